@@ -1,0 +1,5 @@
+import sys
+
+from secondthoughts.cli import main
+
+sys.exit(main())

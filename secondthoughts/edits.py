@@ -1,0 +1,523 @@
+"""Chains of edits: minimum-cost inference, application, and two renderings.
+
+A chain is a list of :class:`Edit` records in source order. ``infer_edits`` finds a
+minimum-cost chain under configurable insert / delete / replace costs (the paper's
+"different preferences on editing"); ``apply_edits`` turns a source back into the target.
+Pure Python plus numba for the general-cost DP: this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from secondthoughts._dp import dp_ops
+
+Op = Literal["insert", "delete", "replace"]
+Costs = tuple[float, float, float]  # (insert, delete, replace)
+
+DEFAULT_COSTS: Costs = (1.0, 1.0, 2.0)
+# Cost sets for augmentation: the paper infers several chains per pair this way.
+DEFAULT_COST_SETS: tuple[Costs, ...] = ((1, 1, 2), (1, 1, 1), (1, 2, 2), (2, 1, 2))
+
+
+class EditError(ValueError):
+    """A chain that does not fit its source, or a rendering that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One span edit. ``start`` indexes the source; inserts go before ``source[start]``."""
+
+    op: Op
+    start: int
+    old: tuple[Hashable, ...] = ()
+    new: tuple[Hashable, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "old", tuple(self.old))
+        object.__setattr__(self, "new", tuple(self.new))
+        if self.op not in ("insert", "delete", "replace"):
+            raise EditError(f"unknown edit op {self.op!r}")
+        if not isinstance(self.start, int) or self.start < 0:
+            raise EditError(f"{self.op} start must be a non-negative int, got {self.start!r}")
+        needs_old, needs_new = {"insert": (False, True), "delete": (True, False), "replace": (True, True)}[self.op]
+        if bool(self.old) != needs_old or bool(self.new) != needs_new:
+            raise EditError(
+                f"{self.op} at {self.start}: old must be {'non-empty' if needs_old else 'empty'} "
+                f"and new {'non-empty' if needs_new else 'empty'} (old={self.old!r}, new={self.new!r})"
+            )
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.old)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "start": self.start, "old": list(self.old), "new": list(self.new)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Edit:
+        try:
+            return cls(d["op"], int(d["start"]), tuple(d.get("old", ())), tuple(d.get("new", ())))
+        except KeyError as e:
+            raise EditError(f"edit {d!r} lacks field {e.args[0]!r}") from None
+
+
+# ---------------------------------------------------------------- inference
+
+
+def _check_costs(costs: Sequence[float]) -> Costs:
+    if len(costs) != 3:
+        raise ValueError(f"costs must be (insert, delete, replace), got {costs!r}")
+    ci, cd, cr = (float(c) for c in costs)
+    if not all(c > 0 and np.isfinite(c) for c in (ci, cd, cr)):
+        raise ValueError(f"costs must be positive finite numbers, got {costs!r}")
+    return ci, cd, cr
+
+
+def _hunk_ops(a: int, b: int, i: int, j: int, use_replace: bool) -> list[tuple[str, int, int]]:
+    """Per-token ops for a block of ``a`` source and ``b`` target tokens with no matches."""
+    k = min(a, b) if use_replace else 0
+    ops = [("replace", i + t, j + t) for t in range(k)]
+    ops += [("delete", i + t, j + k) for t in range(k, a)]
+    ops += [("insert", i + a, j + t) for t in range(k, b)]
+    return ops
+
+
+def _fast_ops(src: Sequence[Hashable], tgt: Sequence[Hashable], costs: Costs) -> list[tuple[str, int, int]] | None:
+    """Per-token ops from rapidfuzz where its alignment is provably minimum-cost, else None.
+
+    Uniform costs: a unit-cost Levenshtein alignment is optimal for any scale. Replace at least
+    insert + delete: a replace never beats a delete and an insert, so a longest-common-
+    subsequence (Indel) alignment is optimal. Within each block of non-matching tokens we
+    re-expand as min(a, b) replaces plus indels, which costs no more than rapidfuzz's block.
+    """
+    from rapidfuzz.distance import Indel, Levenshtein
+
+    ci, cd, cr = costs
+    if ci == cd == cr:
+        opcodes, use_replace = Levenshtein.opcodes(src, tgt), True
+    elif cr >= ci + cd:
+        opcodes, use_replace = Indel.opcodes(src, tgt), cr == ci + cd
+    else:
+        return None
+    ops: list[tuple[str, int, int]] = []
+    hunk: list[int] | None = None  # [i0, i1, j0, j1]
+    for oc in opcodes:
+        if oc.tag == "equal":
+            if hunk:
+                ops += _hunk_ops(hunk[1] - hunk[0], hunk[3] - hunk[2], hunk[0], hunk[2], use_replace)
+                hunk = None
+            continue
+        if hunk is None:
+            hunk = [oc.src_start, oc.src_end, oc.dest_start, oc.dest_end]
+        else:
+            hunk[1], hunk[3] = oc.src_end, oc.dest_end
+    if hunk:
+        ops += _hunk_ops(hunk[1] - hunk[0], hunk[3] - hunk[2], hunk[0], hunk[2], use_replace)
+    return ops
+
+
+_OP_NAMES = {1: "replace", 2: "delete", 3: "insert"}
+
+
+def _dp_token_ops(src: Sequence[Hashable], tgt: Sequence[Hashable], costs: Costs) -> list[tuple[str, int, int]]:
+    ids: dict[Hashable, int] = {}
+    a = np.fromiter((ids.setdefault(t, len(ids)) for t in src), dtype=np.int64, count=len(src))
+    b = np.fromiter((ids.setdefault(t, len(ids)) for t in tgt), dtype=np.int64, count=len(tgt))
+    codes, ii, jj = dp_ops(a, b, *costs)
+    return [(_OP_NAMES[c], i, j) for c, i, j in zip(codes.tolist(), ii.tolist(), jj.tolist())]
+
+
+def _merge(ops: list[tuple[str, int, int]], src: Sequence[Hashable], tgt: Sequence[Hashable]) -> list[Edit]:
+    """Merge neighbouring single-token ops of the same kind into span edits."""
+    edits: list[Edit] = []
+    cur: list[Any] | None = None  # [op, start, old list, new list, next_i]
+    for op, i, j in ops:
+        if cur is not None and cur[0] == op and cur[4] == i:
+            if op != "insert":
+                cur[2].append(src[i])
+            if op != "delete":
+                cur[3].append(tgt[j])
+            cur[4] = i if op == "insert" else i + 1
+            continue
+        if cur is not None:
+            edits.append(Edit(cur[0], cur[1], tuple(cur[2]), tuple(cur[3])))
+        cur = [
+            op,
+            i,
+            [] if op == "insert" else [src[i]],
+            [] if op == "delete" else [tgt[j]],
+            i if op == "insert" else i + 1,
+        ]
+    if cur is not None:
+        edits.append(Edit(cur[0], cur[1], tuple(cur[2]), tuple(cur[3])))
+    return edits
+
+
+def infer_edits(
+    source: Sequence[Hashable],
+    target: Sequence[Hashable],
+    insert_cost: float = 1,
+    delete_cost: float = 1,
+    replace_cost: float = 2,
+) -> list[Edit]:
+    """A minimum-cost chain of edits that turns ``source`` into ``target``.
+
+    Tokens may be any hashable values. Ties are broken deterministically (for the general
+    DP: within a changed block, replaces come first, then deletes, then inserts).
+    """
+    costs = _check_costs((insert_cost, delete_cost, replace_cost))
+    src, tgt = list(source), list(target)
+    # Matching a common prefix / suffix is always optimal with zero-cost matches, and it
+    # shrinks the DP to the part that changed.
+    p = 0
+    while p < len(src) and p < len(tgt) and src[p] == tgt[p]:
+        p += 1
+    s = 0
+    while s < len(src) - p and s < len(tgt) - p and src[-1 - s] == tgt[-1 - s]:
+        s += 1
+    mid_src, mid_tgt = src[p : len(src) - s], tgt[p : len(tgt) - s]
+    if not mid_src and not mid_tgt:
+        return []
+    ops = _fast_ops(mid_src, mid_tgt, costs)
+    if ops is None:
+        ops = _dp_token_ops(mid_src, mid_tgt, costs)
+    return _merge([(op, i + p, j + p) for op, i, j in ops], src, tgt)
+
+
+def chain_cost(edits: Iterable[Edit], insert_cost: float = 1, delete_cost: float = 1, replace_cost: float = 2) -> float:
+    """Sum of per-token operation costs. A replace of unequal spans counts min(a, b)
+    replaces plus the extra tokens as inserts or deletes."""
+    total = 0.0
+    for e in edits:
+        a, b = len(e.old), len(e.new)
+        k = min(a, b)
+        total += k * replace_cost + (a - k) * delete_cost + (b - k) * insert_cost
+    return total
+
+
+def apply_edits(source: Sequence[Hashable], edits: Iterable[Edit]) -> list[Hashable]:
+    """Apply a chain in source order; refuse overlaps, out-of-range spans and stale ``old``."""
+    src = list(source)
+    out: list[Hashable] = []
+    cursor = 0
+    for n, e in enumerate(edits):
+        if e.start < cursor:
+            raise EditError(f"edit {n} ({e.op} at {e.start}) overlaps or precedes the previous edit (ends at {cursor})")
+        if e.end > len(src) or e.start > len(src):
+            raise EditError(f"edit {n} ({e.op} at {e.start}..{e.end}) runs past the end of the source ({len(src)} tokens)")
+        if tuple(src[e.start : e.end]) != e.old:
+            raise EditError(
+                f"edit {n} ({e.op} at {e.start}) expects {list(e.old)!r} but the source has {src[e.start:e.end]!r}"
+            )
+        out.extend(src[cursor : e.start])
+        out.extend(e.new)
+        cursor = e.end
+    out.extend(src[cursor:])
+    return out
+
+
+def augment_chains(
+    source: Sequence[Hashable], target: Sequence[Hashable], cost_sets: Iterable[Sequence[float]] = DEFAULT_COST_SETS
+) -> list[tuple[Costs, list[Edit]]]:
+    """The distinct chains that the given cost sets infer for one pair, first-seen order."""
+    seen: set[tuple[Edit, ...]] = set()
+    out: list[tuple[Costs, list[Edit]]] = []
+    for costs in cost_sets:
+        c = _check_costs(costs)
+        chain = infer_edits(source, target, *c)
+        key = tuple(chain)
+        if key not in seen:
+            seen.add(key)
+            out.append((c, chain))
+    return out
+
+
+# ---------------------------------------------------------------- text tokens
+
+# Each token is a word (letters/digits, inner apostrophes) or one other character, with the
+# whitespace before it attached; trailing whitespace is a token of its own. Joining the tokens
+# gives back the exact string.
+_TOKEN_RE = re.compile(r"\s*(?:\w+(?:['’]\w+)*|[^\w\s])|\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text)
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    return "".join(tokens)
+
+
+def infer_text_edits(source: str, target: str, costs: Sequence[float] = DEFAULT_COSTS) -> list[Edit]:
+    return infer_edits(tokenize(source), tokenize(target), *costs)
+
+
+def apply_text_edits(source: str, edits: Iterable[Edit]) -> str:
+    return detokenize(apply_edits(tokenize(source), edits))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- compact rendering
+
+# The linearized form used in training sequences. Each edit: op marker, source position,
+# then its content; the chain ends with EOC.
+INS, DEL, REP, OLD, NEW, EOC = "<|ins|>", "<|del|>", "<|rep|>", "<|old|>", "<|new|>", "<|eoc|>"
+SPECIAL_TOKENS: tuple[str, ...] = (INS, DEL, REP, OLD, NEW, EOC)
+_OP_MARK = {"insert": INS, "delete": DEL, "replace": REP}
+_MARK_OP = {v: k for k, v in _OP_MARK.items()}
+_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+
+
+def escape(text: str) -> str:
+    """Make user text unable to contain a special token: every marker starts with ``<|``."""
+    return text.replace("\\", "\\\\").replace("<|", "<\\|")
+
+
+def unescape(text: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            if i + 1 >= len(text) or text[i + 1] not in "\\|":
+                raise EditError(f"bad escape at character {i} of {text!r}")
+            out.append(text[i + 1])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def render_compact(edits: Iterable[Edit], *, end: bool = True) -> str:
+    parts: list[str] = []
+    for e in edits:
+        parts.append(f"{_OP_MARK[e.op]}{e.start}")
+        if e.old:
+            parts.append(OLD + escape(detokenize(e.old)))  # type: ignore[arg-type]
+        if e.new:
+            parts.append(NEW + escape(detokenize(e.new)))  # type: ignore[arg-type]
+    if end:
+        parts.append(EOC)
+    return "".join(parts)
+
+
+def parse_compact(text: str, *, require_end: bool = True) -> list[Edit]:
+    """Parse the compact form; errors name the character offset and edit number."""
+    pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
+    pos = 0
+    for m in _SPECIAL_RE.finditer(text):
+        if m.start() > pos:
+            pieces.append((text[pos : m.start()], pos))
+        pieces.append((m.group(), m.start()))
+        pos = m.end()
+    if pos < len(text):
+        pieces.append((text[pos:], pos))
+
+    edits: list[Edit] = []
+    k = 0
+
+    def fail(msg: str, offset: int) -> EditError:
+        return EditError(f"compact chain, edit {len(edits)} at character {offset}: {msg}")
+
+    def content(marker: str) -> str:
+        nonlocal k
+        if k >= len(pieces) or pieces[k][0] != marker:
+            got = pieces[k][0] if k < len(pieces) else "end of text"
+            raise fail(f"expected {marker}, got {got!r}", pieces[k][1] if k < len(pieces) else len(text))
+        k += 1
+        if k >= len(pieces) or pieces[k][0] in SPECIAL_TOKENS:
+            raise fail(f"empty content after {marker}", pieces[k - 1][1])
+        k += 1
+        try:
+            return unescape(pieces[k - 1][0])
+        except EditError as e:
+            raise fail(str(e), pieces[k - 1][1]) from None
+
+    while k < len(pieces):
+        piece, off = pieces[k]
+        if piece == EOC:
+            if k != len(pieces) - 1:
+                raise fail(f"text after {EOC}: {pieces[k + 1][0]!r}", pieces[k + 1][1])
+            return edits
+        if piece not in _MARK_OP:
+            raise fail(f"expected an edit marker or {EOC}, got {piece!r}", off)
+        op = _MARK_OP[piece]
+        k += 1
+        if k >= len(pieces) or not re.fullmatch(r"\d+", pieces[k][0]):
+            raise fail(f"{piece} must be followed by a position", off)
+        start = int(pieces[k][0])
+        k += 1
+        old = tokenize(content(OLD)) if op != "insert" else []
+        new = tokenize(content(NEW)) if op != "delete" else []
+        edits.append(Edit(op, start, tuple(old), tuple(new)))
+    if require_end:
+        raise EditError(f"compact chain ends without {EOC} after {len(edits)} edits")
+    return edits
+
+
+# ---------------------------------------------------------------- readable rendering
+
+_STR = r'"(?:[^"\\]|\\.)*"'
+_LINE_RE = re.compile(
+    rf"^\s*(?:(?P<rep>replace)\s+(?P<rold>{_STR})\s+with\s+(?P<rnew>{_STR})"
+    rf"|(?P<del>delete)\s+(?P<dold>{_STR})"
+    rf"|(?P<ins>insert)\s+(?P<inew>{_STR})\s+(?:after\s+(?P<anchor>{_STR})|(?P<atstart>at\s+start)))"
+    rf"(?:\s+at\s+token\s+(?P<at>\d+))?\s*$"
+)
+
+
+def _q(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _find(tokens: list[str], span: list[str], lo: int) -> int | None:
+    n = len(span)
+    for p in range(max(lo, 0), len(tokens) - n + 1):
+        if tokens[p : p + n] == span:
+            return p
+    return None
+
+
+def _find_loose(tokens: list[str], text: str, lo: int) -> tuple[int, str] | None:
+    """Where ``text`` matches the source, ignoring the whitespace before its first token.
+    Returns (position, that whitespace)."""
+    span = tokenize(text)
+    if not span:
+        return None
+    p = _find(tokens, span, lo)
+    if p is not None:
+        return p, ""
+    if text[:1].isspace():
+        return None
+    for p in range(max(lo, 0), len(tokens) - len(span) + 1):
+        first = tokens[p]
+        ws = first[: len(first) - len(first.lstrip())]
+        if ws and first[len(ws) :] == span[0] and tokens[p + 1 : p + len(span)] == span[1:]:
+            return p, ws
+    return None
+
+
+def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
+    m = _LINE_RE.match(line)
+    if not m:
+        raise EditError(
+            f"readable chain, line {lineno}: cannot read {line!r}; expected "
+            '`replace "old" with "new"`, `delete "old"`, `insert "new" after "word"` or `insert "new" at start`'
+        )
+    at = int(m["at"]) if m["at"] is not None else None
+
+    def s(group: str) -> str:
+        return json.loads(m[group])
+
+    def locate(text: str, lo: int) -> tuple[int, str]:
+        if at is not None:
+            found = _find_loose(tokens, text, at)
+            if found is None or found[0] != at:
+                raise EditError(f"readable chain, line {lineno}: {text!r} is not at token {at} of the source")
+            return found
+        found = _find_loose(tokens, text, lo)
+        if found is None:
+            raise EditError(f"readable chain, line {lineno}: {text!r} not found in the source after token {lo}")
+        return found
+
+    if m["rep"] or m["del"]:
+        old_text = s("rold") if m["rep"] else s("dold")
+        p, ws = locate(old_text, cursor)
+        old = tokens[p : p + len(tokenize(old_text))]
+        if m["del"]:
+            return Edit("delete", p, tuple(old))
+        new_text = s("rnew")
+        if ws and not new_text[:1].isspace():
+            new_text = ws + new_text  # keep the space the replaced word had
+        return Edit("replace", p, tuple(old), tuple(tokenize(new_text)))
+    new_text = s("inew")
+    if m["atstart"]:
+        if at not in (None, 0):
+            raise EditError(f"readable chain, line {lineno}: 'at start' contradicts 'at token {at}'")
+        p = 0
+    else:
+        anchor = s("anchor")
+        a, _ = locate(anchor, cursor - 1) if at is None else _locate_anchor(tokens, anchor, at, lineno)
+        p = a + len(tokenize(anchor))
+    if new_text and not new_text[:1].isspace() and p > 0 and re.match(r"\w", new_text):
+        new_text = " " + new_text  # a word inserted after a word needs its space
+    if not new_text:
+        raise EditError(f"readable chain, line {lineno}: insert of empty text")
+    return Edit("insert", p, (), tuple(tokenize(new_text)))
+
+
+def _locate_anchor(tokens: list[str], anchor: str, at: int, lineno: int) -> tuple[int, str]:
+    n = len(tokenize(anchor))
+    found = _find_loose(tokens, anchor, at - n)
+    if found is None or found[0] + n != at:
+        raise EditError(f"readable chain, line {lineno}: {anchor!r} does not end right before token {at}")
+    return found
+
+
+def parse_readable(text: str, source: str | Sequence[str]) -> list[Edit]:
+    """Parse readable lines back to edits, anchored in the source text.
+
+    Quoted text may leave out the space before a word: it is taken from the source.
+    Lines are read in source order: each edit is looked up after the previous one.
+    """
+    tokens = tokenize(source) if isinstance(source, str) else list(source)
+    edits: list[Edit] = []
+    cursor = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        e = _parse_line(line, tokens, cursor, lineno)
+        if e.start < cursor:
+            raise EditError(f"readable chain, line {lineno}: edit at token {e.start} overlaps the previous edit")
+        edits.append(e)
+        cursor = e.end
+    return edits
+
+
+def _render_line(e: Edit, tokens: list[str], cursor: int, loose: bool) -> str:
+    def show(span: Sequence[Any]) -> str:
+        t = detokenize(span)
+        return t.lstrip() if loose and t.strip() else t
+
+    if e.op == "replace":
+        line = f"replace {_q(show(e.old))} with {_q(show(e.new))}"
+    elif e.op == "delete":
+        line = f"delete {_q(show(e.old))}"
+    elif e.start == 0:
+        line = f"insert {_q(show(e.new))} at start"
+    else:
+        line = f"insert {_q(show(e.new))} after {_q(show(tokens[e.start - 1 : e.start]))}"
+    return line
+
+
+def render_readable(edits: Iterable[Edit], source: str | Sequence[str]) -> str:
+    """One line per edit, e.g. ``replace "hits" with "talks to"``.
+
+    Each line uses the friendliest form (spaces left out, no position) that parses back to
+    exactly the same edit, falling back to exact quoting and ``at token N``.
+    """
+    tokens = tokenize(source) if isinstance(source, str) else list(source)
+    lines: list[str] = []
+    cursor = 0
+    for n, e in enumerate(edits):
+        for loose, pinned in ((True, False), (False, False), (True, True), (False, True)):
+            line = _render_line(e, tokens, cursor, loose)
+            if pinned:
+                line += f" at token {e.start}"
+            try:
+                if _parse_line(line, tokens, cursor, n + 1) == e:
+                    break
+            except EditError:
+                continue
+        else:
+            raise EditError(f"edit {n} ({e.op} at {e.start}) does not fit the source")
+        lines.append(line)
+        cursor = e.end
+    return "\n".join(lines)
