@@ -1,14 +1,51 @@
-"""Examples (context, value-unaligned source, value-aligned target) and dataset readers."""
+"""Examples (context, value-unaligned source, value-aligned target) and dataset readers.
+
+One dispatcher, :func:`read_dataset`, turns the rows of a public dataset into :class:`Example`
+records and says what it did with every row (:class:`ReadResult`).
+
+Rules shared by every format:
+
+* Text is normalized: stripped, runs of spaces and tabs collapsed to one space, newlines kept.
+  Tokens carry their leading whitespace (``edits.tokenize``), so a stray double space would
+  otherwise show up as an edit.
+* A row is *invalid* when a required field is missing, not a string, or empty after
+  normalization, when source and target are identical (an empty chain of edits teaches no
+  re-alignment and usually marks a copy error), or when the line is not a record (bad JSON,
+  wrong number of CSV fields). An invalid row stops the read with :class:`DataError` naming
+  file, line and field, unless ``skip_invalid``: then it is listed in ``ReadResult.skipped``.
+  A row with several examples (ParaDetox) is valid or invalid as a whole.
+* Nothing is dropped silently: rows left out on request (another ``split``) or duplicate
+  rewrites are counted in ``ReadResult.filtered``; ETHICS rows without a partner of the other
+  label are listed in ``ReadResult.unpaired`` (they are data, not errors).
+
+Pairing rules (ETHICS, see :func:`_pair_group`): within one scenario, unacceptable (label 0)
+and acceptable (label 1) rows are paired in file order, ``zip``-style (the i-th 0 with the
+i-th 1); ``pairing="product"`` pairs every 0 with every 1 instead.
+
+* deontology: a scenario is the exact normalized ``scenario`` text, wherever it occurs in the
+  file (the same request recurs in separate runs of rows).
+* justice: a scenario is a run of neighbouring rows that each share at least
+  ``JUSTICE_MIN_SHARED`` of the longer row's words with the run's first row, counting a common
+  word prefix plus a common word suffix, case-insensitively. The dataset varies one slot of a
+  sentence template ("I deserve X because Y", "I usually X but didn't because Y"), so rows of
+  one scenario agree at the start and/or the end.
+"""
 
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
+import importlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice, product
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple, TextIO
 
 
 class DataError(ValueError):
@@ -46,21 +83,583 @@ def write_examples(path: str | os.PathLike[str], examples: Iterable[Example]) ->
 
 
 def read_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
-    """Read normalized examples (the JSONL that ``prepare`` and ``write_examples`` write)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    """Read normalized examples (the JSONL that ``prepare`` and ``write_examples`` write).
+
+    Strict on structure, lenient on content: texts are taken as written (model outputs may,
+    for instance, repeat their source).
+    """
+    for lineno, row in _jsonl_rows(Path(path)):
+        if isinstance(row, _RowError):
+            raise DataError(row.message(str(path), lineno))
+        for key in ("source", "target"):
+            if not isinstance(row.get(key), str):
+                raise DataError(f"{path}:{lineno}: field {key!r} is missing or not a string")
+        ctx = row.get("context", "")
+        if not isinstance(ctx, str):
+            raise DataError(f"{path}:{lineno}: field 'context' is not a string")
+        yield Example(ctx, row["source"], row["target"], str(row.get("id", f"{Path(path).name}:{lineno}")), row.get("meta") or {})
+
+
+# ---------------------------------------------------------------- results
+
+
+class Skipped(NamedTuple):
+    """A row left out of the examples: where it is and why."""
+
+    file: str
+    line: int
+    field: str
+    reason: str
+
+
+@dataclass
+class ReadResult:
+    examples: list[Example]
+    rows_read: int = 0  # records consumed (data lines; a CSV record may span lines)
+    skipped: list[Skipped] = field(default_factory=list)  # invalid rows (only with skip_invalid)
+    unpaired: list[Skipped] = field(default_factory=list)  # ETHICS rows without a partner
+    filtered: Counter[str] = field(default_factory=Counter)  # reason -> rows left out on request
+    source: str = ""
+    limit_reached: bool = False  # reading stopped at ``limit`` examples; counts cover what was read
+
+    @staticmethod
+    def grouped(entries: Iterable[Skipped]) -> list[tuple[str, int]]:
+        """Reasons with counts, most frequent first: ``("field 'x': empty", 3)``."""
+        counts = Counter(f"field {s.field!r}: {s.reason}" if s.field != ROW else s.reason for s in entries)
+        return counts.most_common()
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: {self.rows_read} rows read, {len(self.examples)} examples"]
+        if self.limit_reached:
+            lines.append(f"  stopped at the limit of {len(self.examples)} examples; counts cover the rows read")
+        for reason, n in self.filtered.most_common():
+            lines.append(f"  left out {n}: {reason}")
+        for title, entries in (("skipped invalid", self.skipped), ("unpaired", self.unpaired)):
+            if entries:
+                lines.append(f"  {title}: {len(entries)}")
+                lines.extend(f"    {n:>7}  {reason}" for reason, n in self.grouped(entries))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- options
+
+FORMATS = ("moral_stories", "ethics-deontology", "ethics-justice", "mic", "paradetox", "hh-rlhf", "jsonl", "csv", "hub")
+COLUMN_KEYS = ("context", "source", "target", "id", "split")
+DEFAULT_COLUMNS: dict[str, str] = {k: k for k in COLUMN_KEYS}
+JUSTICE_MIN_SHARED = 0.5
+Pairing = Literal["zip", "product"]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    skip_invalid: bool = False
+    split: str | None = None  # keep rows of this split; for ``hub`` the split to load
+    limit: int | None = None  # stop after this many examples
+    columns: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))  # jsonl / csv / hub
+    paradetox_rewrites: Literal["all", "first"] = "all"
+    pairing: Pairing = "zip"
+    mic_rot: bool = True  # put the rule of thumb after the question in the context
+    hub_format: str = "jsonl"  # how to read the rows of a hub dataset
+    hub_config: str | None = None
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """``"context=Q,source=A,target=B"`` -> a full column map (unnamed keys keep their defaults)."""
+    cols = dict(DEFAULT_COLUMNS)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, name = part.partition("=")
+        key = key.strip()
+        if not sep or key not in COLUMN_KEYS:
+            raise ValueError(f"bad column mapping {part!r}: expected KEY=COLUMN with KEY one of {', '.join(COLUMN_KEYS)}")
+        cols[key] = name.strip()
+    return cols
+
+
+# ---------------------------------------------------------------- row sources
+
+ROW = "<row>"  # the "field" of a problem with the whole record
+
+
+class _RowError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.field, self.reason = field, reason
+
+    def message(self, file: str, line: int) -> str:
+        where = f"field {self.field!r}: " if self.field != ROW else ""
+        return f"{file}:{line}: {where}{self.reason}"
+
+
+Row = Mapping[str, Any]
+RowStream = Iterator[tuple[int, "Row | _RowError"]]  # (line, record or why it is not one)
+
+
+def _open_text(path: Path) -> TextIO:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    # utf-8-sig drops a BOM, which would otherwise glue itself to the first column name.
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _jsonl_rows(path: Path) -> RowStream:
+    with _open_text(path) as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in ("source", "target"):
-                if not isinstance(row.get(key), str):
-                    raise DataError(f"{path}:{lineno}: field {key!r} is missing or not a string")
-            ctx = row.get("context", "")
-            if not isinstance(ctx, str):
-                raise DataError(f"{path}:{lineno}: field 'context' is not a string")
-            yield Example(ctx, row["source"], row["target"], str(row.get("id", f"{Path(path).name}:{lineno}")), row.get("meta") or {})
+                yield line, _RowError(ROW, f"invalid JSON ({e.msg})")
+                continue
+            yield line, row if isinstance(row, dict) else _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
+
+
+def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in header]
+    if missing:  # every row would fail the same way: a file error, never skipped
+        raise DataError(f"{path}:1: field {missing[0]!r}: column missing from the header {header}")
+
+
+def _record(header: list[str], values: list[str]) -> Row | _RowError:
+    if len(values) != len(header):
+        return _RowError(ROW, f"{len(values)} fields where the header has {len(header)}")
+    return dict(zip(header, values))
+
+
+def _csv_rows(path: Path, required: Sequence[str]) -> RowStream:
+    """RFC 4180 CSV: quoted fields may span lines; a record's line is where it starts."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            _check_header(path, header, required)
+            end = reader.line_num
+            for values in reader:
+                start, end = end + 1, reader.line_num
+                if values:  # a blank line is no record
+                    yield start, _record(header, values)
+        except csv.Error as e:  # broken quoting desynchronizes the rest of the file
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+
+
+def _tsv_rows(path: Path, required: Sequence[str]) -> RowStream:
+    """One record per line (ParaDetox's layout); a field may be wrapped in CSV-style quotes.
+
+    Parsing line by line keeps one broken quote from swallowing the lines after it.
+    """
+    with _open_text(path) as f:
+        lines = enumerate((t.rstrip("\r\n") for t in f), 1)
+        _, first = next(lines, (1, ""))
+        header = [h.strip() for h in first.split("\t")]
+        _check_header(path, header, required)
+        for line, text in lines:
+            if not text.strip():
+                continue
+            try:
+                values = next(csv.reader([text], delimiter="\t", strict=True))
+            except csv.Error as e:
+                yield line, _RowError(ROW, f"malformed quoting ({e})")
+                continue
+            yield line, _record(header, values)
+
+
+def _hub_rows(dataset_id: str, opts: ReadOptions) -> RowStream:
+    split = opts.split or "train"
+    try:  # imported here: datasets is slow to import and only this path needs it
+        datasets = importlib.import_module("datasets")
+        ds = datasets.load_dataset(dataset_id, opts.hub_config, split=split)
+    except Exception as e:
+        raise DataError(
+            f"could not load Hugging Face dataset {dataset_id!r} (config {opts.hub_config!r}, split {split!r}): "
+            f"{type(e).__name__}: {e}. Without network access, export it to JSONL or CSV where the network "
+            f"allows and read that file with --format {opts.hub_format}."
+        ) from e
+    for i, row in enumerate(ds, 1):
+        yield i, dict(row)
+
+
+# ---------------------------------------------------------------- fields
+
+
+def _clean(text: str) -> str:
+    return "\n".join(" ".join(line.split()) for line in text.strip().splitlines())
+
+
+def _optional(row: Row, key: str) -> str:
+    """A string field that may be absent or null ("" then)."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _RowError(key, f"expected a string, got {type(value).__name__}")
+    return _clean(value)
+
+
+def _required(row: Row, key: str) -> str:
+    if row.get(key) is None:
+        raise _RowError(key, "missing")
+    value = _optional(row, key)
+    if not value:
+        raise _RowError(key, "empty")
+    return value
+
+
+def _join(parts: Iterable[str]) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _example(context: str, source: str, target: str, id: str, meta: dict[str, Any], target_field: str) -> Example:
+    if source == target:
+        raise _RowError(target_field, "identical to the source")
+    return Example(context, source, target, id, meta)
+
+
+def _label(row: Row, key: str = "label") -> int:
+    value = row.get(key)
+    if value is None:
+        raise _RowError(key, "missing")
+    if isinstance(value, bool) or str(value).strip() not in ("0", "1"):
+        raise _RowError(key, f"expected 0 or 1, got {value!r}")
+    return int(str(value).strip())
+
+
+# ---------------------------------------------------------------- reading machinery
+
+
+class _Reader:
+    """One read: options, where rows come from, and the result that records every row."""
+
+    def __init__(self, fmt: str, path: str, opts: ReadOptions) -> None:
+        self.fmt, self.path, self.opts = fmt, path, opts
+        self.file = f"hub:{path}" if fmt == "hub" else path
+        self.stem = Path(path).name.split(".")[0] if fmt != "hub" else path.replace("/", "_")
+        self.result = ReadResult(examples=[], source=self.file)
+
+    def rows(self, required: Sequence[str], container: str) -> RowStream:
+        """Rows from the hub, or from the file: the generic formats name their container, the
+        others go by the file's extension (``container`` when it has no known one)."""
+        if self.fmt == "hub":
+            return _hub_rows(self.path, self.opts)
+        path = Path(self.path)
+        suffixes = [s.lower().lstrip(".") for s in path.suffixes if s.lower() != ".gz"]
+        ext = next((s for s in reversed(suffixes) if s in ("jsonl", "json", "csv", "tsv")), container)
+        if self.fmt == "jsonl" or (self.fmt != "csv" and ext in ("jsonl", "json")):
+            return _jsonl_rows(path)
+        return _tsv_rows(path, required) if ext == "tsv" else _csv_rows(path, required)
+
+    def invalid(self, line: int, e: _RowError) -> None:
+        if not self.opts.skip_invalid:
+            raise DataError(e.message(self.file, line) + " (use skip_invalid / --skip-invalid to skip such rows)")
+        self.result.skipped.append(Skipped(self.file, line, e.field, e.reason))
+
+    def valid_rows(self, rows: RowStream, split_key: str | None) -> Iterator[tuple[int, Row]]:
+        """Count rows, handle those that are not records, apply the split filter."""
+        for line, row in rows:
+            self.result.rows_read += 1
+            if isinstance(row, _RowError):
+                self.invalid(line, row)
+                continue
+            if self.opts.split is not None and self.fmt != "hub":
+                if split_key is None:
+                    raise DataError(f"{self.file}: format {self.fmt!r} has no split column; drop the split option")
+                if row.get(split_key) is None:
+                    self.invalid(line, _RowError(split_key, "missing (needed to select a split)"))
+                    continue
+                if str(row[split_key]) != self.opts.split:
+                    self.result.filtered[f"split is not {self.opts.split!r}"] += 1
+                    continue
+            yield line, row
+
+    def each_row(self, rows: RowStream, convert: Callable[[Row, int], list[Example]], split_key: str | None = None) -> Iterator[Example]:
+        """Row-wise formats: each valid row gives one or more examples, or is invalid as a whole."""
+        for line, row in self.valid_rows(rows, split_key):
+            try:
+                examples = convert(row, line)
+            except _RowError as e:
+                self.invalid(line, e)
+                continue
+            yield from examples
+
+    def default_id(self, line: int) -> str:
+        return f"{self.stem}:{line}"
+
+
+# ---------------------------------------------------------------- row-wise formats
+
+
+def _moral_stories(r: _Reader) -> Iterator[Example]:
+    def convert(row: Row, line: int) -> list[Example]:
+        # The context sentences stay apart in meta: the reward model uses them as hard negatives.
+        parts = {k: _optional(row, k) for k in ("norm", "situation", "intention")}
+        extra = {k: _optional(row, k) for k in ("moral_consequence", "immoral_consequence", "split")}
+        meta = {"dataset": "moral_stories", **parts, **extra}
+        ctx = _join(parts.values())
+        return [_example(ctx, _required(row, "immoral_action"), _required(row, "moral_action"), _required(row, "ID"), meta, "moral_action")]
+
+    return r.each_row(r.rows(("ID", "moral_action", "immoral_action"), "jsonl"), convert, "split")
+
+
+MIC_META = ("Q", "rot", "A_agrees", "rot-agree", "violation-severity", "split")
+
+
+def _mic(r: _Reader) -> Iterator[Example]:
+    def convert(row: Row, line: int) -> list[Example]:
+        ctx = _join((_required(row, "Q"), _required(row, "rot"))) if r.opts.mic_rot else _required(row, "Q")
+        # Numeric annotations arrive as numbers from JSONL and strings from CSV; kept as given.
+        meta = {"dataset": "mic", **{k: row[k] for k in MIC_META if row.get(k) is not None}}
+        return [_example(ctx, _required(row, "A"), _required(row, "worker_answer"), r.default_id(line), meta, "worker_answer")]
+
+    required = ("Q", "A", "worker_answer") + (("rot",) if r.opts.mic_rot else ())
+    return r.each_row(r.rows(required, "csv"), convert, "split")
+
+
+PARADETOX_REWRITES = ("neutral1", "neutral2", "neutral3")
+
+
+def _paradetox(r: _Reader) -> Iterator[Example]:
+    def convert(row: Row, line: int) -> list[Example]:
+        toxic = _required(row, "toxic")
+        rewrites: dict[str, str] = {}  # text -> column, first occurrence wins
+        for k in PARADETOX_REWRITES:
+            rewrites.setdefault(_optional(row, k), k)
+        rewrites.pop("", None)
+        if not rewrites:
+            raise _RowError(PARADETOX_REWRITES[0], "empty (no neutral rewrite in the row)")
+        chosen = list(rewrites.items())[: 1 if r.opts.paradetox_rewrites == "first" else None]
+        out = [_example("", toxic, text, f"{r.default_id(line)}.{k[-1]}", {"dataset": "paradetox", "rewrite": k}, k) for text, k in chosen]
+        # Counted only once the row is known to be valid, so a skipped row counts once.
+        r.result.filtered["rewrite repeats an earlier one of its row"] += sum(1 for k in PARADETOX_REWRITES if _optional(row, k)) - len(rewrites)
+        r.result.filtered["rewrite after the first (first only)"] += len(rewrites) - len(chosen)
+        return out
+
+    return r.each_row(r.rows(("toxic", "neutral1"), "tsv"), convert)
+
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def _last_turn(row: Row, key: str) -> tuple[str, str]:
+    """Split a dialogue into (what precedes the last assistant turn, that turn's text)."""
+    if row.get(key) is None:
+        raise _RowError(key, "missing")
+    text = row[key]
+    if not isinstance(text, str):
+        raise _RowError(key, f"expected a string, got {type(text).__name__}")
+    i = text.rfind(HH_ASSISTANT)
+    if i < 0:
+        raise _RowError(key, "no 'Assistant:' turn")
+    turn = _clean(text[i + len(HH_ASSISTANT) :])
+    if not turn:
+        raise _RowError(key, "last assistant turn is empty")
+    return _clean(text[:i]), turn
+
+
+def _hh_rlhf(r: _Reader) -> Iterator[Example]:
+    def convert(row: Row, line: int) -> list[Example]:
+        context, target = _last_turn(row, "chosen")
+        rejected_context, source = _last_turn(row, "rejected")
+        if rejected_context != context:
+            raise _RowError("rejected", "dialogue before the last assistant turn differs from 'chosen'")
+        return [_example(context, source, target, r.default_id(line), {"dataset": "hh-rlhf"}, "chosen")]
+
+    return r.each_row(r.rows(("chosen", "rejected"), "jsonl"), convert)
+
+
+def _generic(r: _Reader) -> Iterator[Example]:
+    cols = {**DEFAULT_COLUMNS, **r.opts.columns}
+    mapped = {c for c in cols.values() if c}
+
+    def convert(row: Row, line: int) -> list[Example]:
+        ctx = _optional(row, cols["context"]) if cols["context"] else ""
+        id_value = row.get(cols["id"]) if cols["id"] else None
+        # Unmapped columns ride along in meta; a "meta" object (our own output) is merged in.
+        meta = {k: v for k, v in row.items() if k not in mapped and k != "meta"}
+        if isinstance(row.get("meta"), dict):
+            meta.update(row["meta"])
+        meta.setdefault("dataset", r.stem)
+        ex_id = str(id_value) if id_value not in (None, "") else r.default_id(line)
+        return [_example(ctx, _required(row, cols["source"]), _required(row, cols["target"]), ex_id, meta, cols["target"])]
+
+    # A context column named on purpose must exist (a typo would silently empty every context).
+    required = [cols["source"], cols["target"]] + ([cols["context"]] if cols["context"] not in ("", "context") else [])
+    return r.each_row(r.rows(required, r.fmt if r.fmt in ("jsonl", "csv") else "jsonl"), convert, cols["split"] or None)
+
+
+# ---------------------------------------------------------------- ETHICS (paired) formats
+
+
+@dataclass(frozen=True)
+class _Labeled:
+    line: int
+    label: int
+    text: str
+
+
+def _labeled(r: _Reader, text_key: str, split_key: str | None = None) -> Iterator[tuple[_Labeled, Row]]:
+    for line, row in r.valid_rows(r.rows(("label", text_key), "csv"), split_key):
+        try:
+            yield _Labeled(line, _label(row), _required(row, text_key)), row
+        except _RowError as e:
+            r.invalid(line, e)
+
+
+def _pair_group(group: Sequence[_Labeled], pairing: Pairing) -> tuple[list[tuple[_Labeled, _Labeled]], list[_Labeled]]:
+    """(unacceptable, acceptable) pairs of one scenario, and the rows left without a partner."""
+    bad = [x for x in group if x.label == 0]
+    good = [x for x in group if x.label == 1]
+    if pairing == "product":
+        return list(product(bad, good)), (bad if not good else good if not bad else [])
+    n = min(len(bad), len(good))
+    return list(zip(bad, good)), bad[n:] + good[n:]
+
+
+def _pairs_to_examples(r: _Reader, groups: Iterable[tuple[str, list[_Labeled]]], text_key: str, dataset: str) -> Iterator[Example]:
+    for context, group in groups:
+        pairs, leftovers = _pair_group(group, r.opts.pairing)
+        for x in leftovers:
+            other = "acceptable (1)" if x.label == 0 else "unacceptable (0)"
+            r.result.unpaired.append(Skipped(r.file, x.line, text_key, f"no {other} partner left in its scenario"))
+        for src, tgt in pairs:
+            meta = {"dataset": dataset, "lines": [src.line, tgt.line]}
+            try:
+                yield _example(context, src.text, tgt.text, f"{r.stem}:{src.line}+{tgt.line}", meta, text_key)
+            except _RowError as e:
+                r.invalid(tgt.line, e)
+
+
+def _ethics_deontology(r: _Reader) -> Iterator[Example]:
+    # The same request recurs in separate runs of rows, so group over the whole file.
+    groups: dict[str, list[_Labeled]] = {}
+    for item, row in _labeled(r, "excuse"):
+        try:
+            groups.setdefault(_required(row, "scenario"), []).append(item)
+        except _RowError as e:
+            r.invalid(item.line, e)
+    return _pairs_to_examples(r, groups.items(), "excuse", "ethics-deontology")
+
+
+def shared_words(a: str, b: str) -> float:
+    """Common word prefix + suffix (case-insensitive), as a fraction of the longer text's words."""
+    x, y = a.lower().split(), b.lower().split()
+    n = min(len(x), len(y))
+    p = next((i for i in range(n) if x[i] != y[i]), n)
+    s = next((i for i in range(n - p) if x[-1 - i] != y[-1 - i]), n - p)
+    return (p + s) / max(len(x), len(y), 1)
+
+
+def _justice_groups(items: Iterable[_Labeled]) -> Iterator[tuple[str, list[_Labeled]]]:
+    group: list[_Labeled] = []
+    for item in items:
+        if group and shared_words(group[0].text, item.text) < JUSTICE_MIN_SHARED:
+            yield "", group
+            group = []
+        group.append(item)
+    if group:
+        yield "", group
+
+
+def _ethics_justice(r: _Reader) -> Iterator[Example]:
+    # The scenario text is itself the source / target, so the context stays empty.
+    items = (item for item, _ in _labeled(r, "scenario"))
+    return _pairs_to_examples(r, _justice_groups(items), "scenario", "ethics-justice")
+
+
+_READERS: dict[str, Callable[[_Reader], Iterator[Example]]] = {
+    "moral_stories": _moral_stories,
+    "ethics-deontology": _ethics_deontology,
+    "ethics-justice": _ethics_justice,
+    "mic": _mic,
+    "paradetox": _paradetox,
+    "hh-rlhf": _hh_rlhf,
+    "jsonl": _generic,
+    "csv": _generic,
+}
+
+
+def read_dataset(format: str, path: str | os.PathLike[str], **options: Any) -> ReadResult:
+    """Read one dataset file (or, for ``format="hub"``, a Hugging Face dataset id).
+
+    ``options`` are the fields of :class:`ReadOptions`: ``skip_invalid``, ``split``, ``limit``,
+    ``columns`` (generic formats), ``paradetox_rewrites``, ``pairing``, ``mic_rot``,
+    ``hub_format`` (the format whose rules read the hub rows) and ``hub_config``.
+    """
+    opts = ReadOptions(**options)
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    rows_format = opts.hub_format if format == "hub" else format
+    if rows_format not in _READERS:
+        raise DataError(f"unknown hub_format {rows_format!r}; expected one of {', '.join(_READERS)}")
+    if opts.limit is not None and opts.limit < 0:
+        raise DataError(f"limit must be >= 0, got {opts.limit}")
+    r = _Reader(format, os.fspath(path), opts)
+    try:
+        examples = _READERS[rows_format](r)
+        r.result.examples = list(islice(examples, opts.limit))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{r.file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    r.result.limit_reached = opts.limit is not None and len(r.result.examples) == opts.limit
+    return r.result
+
+
+# ---------------------------------------------------------------- splits and few-shot samples
+
+
+def _rank(ex: Example, seed: int) -> bytes:
+    # Hashing the id (the content when there is none) makes the order independent of the
+    # input order: the same examples in any order land in the same parts.
+    key = ex.id or "\x1f".join((ex.context, ex.source, ex.target))
+    return hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=16).digest()
+
+
+def shuffled(examples: Iterable[Example], seed: int = 0) -> list[Example]:
+    """A seeded permutation that depends on the examples' ids, not on their order.
+
+    Examples sharing an id (and empty-id examples with the same text) keep their input order.
+    """
+    return sorted(examples, key=lambda ex: _rank(ex, seed))
+
+
+def _part_sizes(parts: Mapping[str, float | int | None], n: int) -> dict[str, int]:
+    values = list(parts.values())
+    if any(isinstance(v, bool) or (v is not None and v < 0) for v in values):
+        raise ValueError(f"split sizes must be non-negative numbers or None, got {dict(parts)}")
+    if any(isinstance(v, float) for v in values):
+        if not all(isinstance(v, float) for v in values) or sum(values) > 1 + 1e-9:  # type: ignore[arg-type]
+            raise ValueError(f"fractions must all be floats summing to at most 1, got {dict(parts)}")
+        # Cumulative rounding: the sizes add up to round(total * n), n when the fractions sum to 1.
+        bounds, cum = [0], 0.0
+        for v in values:
+            cum += v  # type: ignore[operator]
+            bounds.append(n if abs(cum - 1) < 1e-9 else round(cum * n))
+        return {k: bounds[i + 1] - bounds[i] for i, k in enumerate(parts)}
+    if sum(v is None for v in values) > 1:
+        raise ValueError("at most one part may take the rest (None)")
+    fixed = sum(v for v in values if v is not None)
+    if fixed > n:
+        raise ValueError(f"split sizes {dict(parts)} ask for {fixed} examples, only {n} given")
+    return {k: n - fixed if v is None else int(v) for k, v in parts.items()}
+
+
+def split_examples(examples: Iterable[Example], parts: Mapping[str, float | int | None], seed: int = 0) -> dict[str, list[Example]]:
+    """Deterministic, order-independent split into named parts.
+
+    ``parts`` holds either fractions (floats summing to at most 1) or sizes (ints; one part may be
+    ``None`` for the rest): ``{"train": 0.9, "dev": 0.1}``, ``{"dev": 500, "train": None}``.
+    Examples are ranked by a seeded hash of their id and cut in the order the parts are given.
+    Exact sizes come at a price: adding examples can move others across a cut.
+    """
+    ranked = shuffled(examples, seed)
+    out, start = {}, 0
+    for name, size in _part_sizes(parts, len(ranked)).items():
+        out[name], start = ranked[start : start + size], start + size
+    return out
+
+
+def few_shot(examples: Iterable[Example], k: int, seed: int = 0) -> list[Example]:
+    """``k`` examples chosen by the same seeded id hash as :func:`split_examples`."""
+    ranked = shuffled(examples, seed)
+    if not 0 <= k <= len(ranked):
+        raise ValueError(f"cannot take {k} few-shot examples from {len(ranked)}")
+    return ranked[:k]

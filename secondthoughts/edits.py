@@ -8,54 +8,62 @@ Pure Python plus numba for the general-cost DP: this module never imports torch.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import math
 import re
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from rapidfuzz.distance import Indel, Levenshtein
 
-from secondthoughts._dp import dp_ops
+from secondthoughts._dp import dp_many
 
 Op = Literal["insert", "delete", "replace"]
 Costs = tuple[float, float, float]  # (insert, delete, replace)
 
 DEFAULT_COSTS: Costs = (1.0, 1.0, 2.0)
 # Cost sets for augmentation: the paper infers several chains per pair this way.
-DEFAULT_COST_SETS: tuple[Costs, ...] = ((1, 1, 2), (1, 1, 1), (1, 2, 2), (2, 1, 2))
+# (1, 1, 3) never replaces, (1, 1, 1) always prefers replacing.
+DEFAULT_COST_SETS: tuple[Costs, ...] = ((1, 1, 2), (1, 1, 3), (1, 1, 1))
 
 
 class EditError(ValueError):
     """A chain that does not fit its source, or a rendering that cannot be parsed."""
 
 
-@dataclass(frozen=True)
-class Edit:
-    """One span edit. ``start`` indexes the source; inserts go before ``source[start]``."""
+class Edit(NamedTuple):
+    """One span edit. ``start`` indexes the source; inserts go before ``source[start]``.
+
+    A plain named tuple, so that building millions of them stays cheap; ``check`` validates
+    one made by hand (``apply_edits`` and the parsers call it).
+    """
 
     op: Op
     start: int
     old: tuple[Hashable, ...] = ()
     new: tuple[Hashable, ...] = ()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "old", tuple(self.old))
-        object.__setattr__(self, "new", tuple(self.new))
+    @property
+    def end(self) -> int:
+        return self.start + len(self.old)
+
+    def check(self) -> Edit:
         if self.op not in ("insert", "delete", "replace"):
             raise EditError(f"unknown edit op {self.op!r}")
-        if not isinstance(self.start, int) or self.start < 0:
+        if not isinstance(self.start, int) or isinstance(self.start, bool) or self.start < 0:
             raise EditError(f"{self.op} start must be a non-negative int, got {self.start!r}")
+        if not isinstance(self.old, tuple) or not isinstance(self.new, tuple):
+            raise EditError(f"{self.op} at {self.start}: old and new must be tuples of tokens")
         needs_old, needs_new = {"insert": (False, True), "delete": (True, False), "replace": (True, True)}[self.op]
         if bool(self.old) != needs_old or bool(self.new) != needs_new:
             raise EditError(
                 f"{self.op} at {self.start}: old must be {'non-empty' if needs_old else 'empty'} "
                 f"and new {'non-empty' if needs_new else 'empty'} (old={self.old!r}, new={self.new!r})"
             )
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.old)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "start": self.start, "old": list(self.old), "new": list(self.new)}
@@ -63,7 +71,7 @@ class Edit:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Edit:
         try:
-            return cls(d["op"], int(d["start"]), tuple(d.get("old", ())), tuple(d.get("new", ())))
+            return cls(d["op"], d["start"], tuple(d.get("old", ())), tuple(d.get("new", ()))).check()
         except KeyError as e:
             raise EditError(f"edit {d!r} lacks field {e.args[0]!r}") from None
 
@@ -71,93 +79,119 @@ class Edit:
 # ---------------------------------------------------------------- inference
 
 
-def _check_costs(costs: Sequence[float]) -> Costs:
+@functools.lru_cache(maxsize=256)
+def _check_costs(costs: tuple[float, ...]) -> Costs:
     if len(costs) != 3:
         raise ValueError(f"costs must be (insert, delete, replace), got {costs!r}")
     ci, cd, cr = (float(c) for c in costs)
-    if not all(c > 0 and np.isfinite(c) for c in (ci, cd, cr)):
+    if not all(c > 0 and math.isfinite(c) for c in (ci, cd, cr)):
         raise ValueError(f"costs must be positive finite numbers, got {costs!r}")
     return ci, cd, cr
 
 
-def _hunk_ops(a: int, b: int, i: int, j: int, use_replace: bool) -> list[tuple[str, int, int]]:
-    """Per-token ops for a block of ``a`` source and ``b`` target tokens with no matches."""
-    k = min(a, b) if use_replace else 0
-    ops = [("replace", i + t, j + t) for t in range(k)]
-    ops += [("delete", i + t, j + k) for t in range(k, a)]
-    ops += [("insert", i + a, j + t) for t in range(k, b)]
-    return ops
+_new = tuple.__new__  # builds an Edit without NamedTuple's Python-level __new__
 
 
-def _fast_ops(src: Sequence[Hashable], tgt: Sequence[Hashable], costs: Costs) -> list[tuple[str, int, int]] | None:
-    """Per-token ops from rapidfuzz where its alignment is provably minimum-cost, else None.
+def _blocks(opcodes: list[tuple[str, int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Merge rapidfuzz opcodes into maximal blocks of non-matching tokens (i0, i1, j0, j1)."""
+    blocks: list[tuple[int, int, int, int]] = []
+    prev_equal = True
+    for tag, i0, i1, j0, j1 in opcodes:
+        if tag == "equal":
+            prev_equal = True
+        elif prev_equal:
+            blocks.append((i0, i1, j0, j1))
+            prev_equal = False
+        else:
+            blocks[-1] = (blocks[-1][0], i1, blocks[-1][2], j1)
+    return blocks
 
-    Uniform costs: a unit-cost Levenshtein alignment is optimal for any scale. Replace at least
-    insert + delete: a replace never beats a delete and an insert, so a longest-common-
-    subsequence (Indel) alignment is optimal. Within each block of non-matching tokens we
-    re-expand as min(a, b) replaces plus indels, which costs no more than rapidfuzz's block.
+
+def _rapidfuzz_chain(a: tuple, b: tuple, costs: Costs) -> list[Edit] | None:
+    """A chain from rapidfuzz's C alignment where it is provably minimum-cost, else None.
+
+    Each block of non-matching tokens (x source, y target tokens) becomes min(x, y) replaces,
+    then deletes or inserts. Optimal when:
+    - costs are uniform: a unit-cost Levenshtein alignment is optimal at any scale;
+    - replace >= insert + delete: replacing never helps, so a longest common subsequence
+      (Indel) alignment is optimal;
+    - otherwise, when an LCS alignment's blocks all lean the same way (x >= y in every block,
+      or x <= y in every block). For any alignment with M matches, cost >=
+      (n-M)*del + (m-M)*ins - min(n-M, m-M)*(ins+del-rep), which decreases with M <= LCS;
+      such an expansion attains that bound at M = LCS.
     """
-    from rapidfuzz.distance import Indel, Levenshtein
-
     ci, cd, cr = costs
     if ci == cd == cr:
-        opcodes, use_replace = Levenshtein.opcodes(src, tgt), True
-    elif cr >= ci + cd:
-        opcodes, use_replace = Indel.opcodes(src, tgt), cr == ci + cd
+        blocks, use_replace = _blocks(Levenshtein.opcodes(a, b).as_list()), True
     else:
-        return None
-    ops: list[tuple[str, int, int]] = []
-    hunk: list[int] | None = None  # [i0, i1, j0, j1]
-    for oc in opcodes:
-        if oc.tag == "equal":
-            if hunk:
-                ops += _hunk_ops(hunk[1] - hunk[0], hunk[3] - hunk[2], hunk[0], hunk[2], use_replace)
-                hunk = None
-            continue
-        if hunk is None:
-            hunk = [oc.src_start, oc.src_end, oc.dest_start, oc.dest_end]
-        else:
-            hunk[1], hunk[3] = oc.src_end, oc.dest_end
-    if hunk:
-        ops += _hunk_ops(hunk[1] - hunk[0], hunk[3] - hunk[2], hunk[0], hunk[2], use_replace)
-    return ops
-
-
-_OP_NAMES = {1: "replace", 2: "delete", 3: "insert"}
-
-
-def _dp_token_ops(src: Sequence[Hashable], tgt: Sequence[Hashable], costs: Costs) -> list[tuple[str, int, int]]:
-    ids: dict[Hashable, int] = {}
-    a = np.fromiter((ids.setdefault(t, len(ids)) for t in src), dtype=np.int64, count=len(src))
-    b = np.fromiter((ids.setdefault(t, len(ids)) for t in tgt), dtype=np.int64, count=len(tgt))
-    codes, ii, jj = dp_ops(a, b, *costs)
-    return [(_OP_NAMES[c], i, j) for c, i, j in zip(codes.tolist(), ii.tolist(), jj.tolist())]
-
-
-def _merge(ops: list[tuple[str, int, int]], src: Sequence[Hashable], tgt: Sequence[Hashable]) -> list[Edit]:
-    """Merge neighbouring single-token ops of the same kind into span edits."""
+        blocks = _blocks(Indel.opcodes(a, b).as_list())
+        use_replace = cr <= ci + cd
+        if cr < ci + cd:
+            leans = {(i1 - i0 > j1 - j0) - (i1 - i0 < j1 - j0) for i0, i1, j0, j1 in blocks}
+            if 1 in leans and -1 in leans:
+                return None
     edits: list[Edit] = []
-    cur: list[Any] | None = None  # [op, start, old list, new list, next_i]
-    for op, i, j in ops:
-        if cur is not None and cur[0] == op and cur[4] == i:
-            if op != "insert":
-                cur[2].append(src[i])
-            if op != "delete":
-                cur[3].append(tgt[j])
-            cur[4] = i if op == "insert" else i + 1
-            continue
-        if cur is not None:
-            edits.append(Edit(cur[0], cur[1], tuple(cur[2]), tuple(cur[3])))
-        cur = [
-            op,
-            i,
-            [] if op == "insert" else [src[i]],
-            [] if op == "delete" else [tgt[j]],
-            i if op == "insert" else i + 1,
-        ]
-    if cur is not None:
-        edits.append(Edit(cur[0], cur[1], tuple(cur[2]), tuple(cur[3])))
+    for i0, i1, j0, j1 in blocks:
+        k = min(i1 - i0, j1 - j0) if use_replace else 0
+        if k:
+            edits.append(_new(Edit, ("replace", i0, a[i0 : i0 + k], b[j0 : j0 + k])))
+        if i1 - i0 > k:
+            edits.append(_new(Edit, ("delete", i0 + k, a[i0 + k : i1], ())))
+        if j1 - j0 > k:
+            edits.append(_new(Edit, ("insert", i1, (), b[j0 + k : j1])))
     return edits
+
+
+_OP_NAMES: tuple[Op, ...] = ("replace", "replace", "delete", "insert")  # index = op code from _dp
+
+
+def _token_ids(seqs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat int64 ids for all sequences plus offsets.
+
+    Strings are identified by their 64-bit hash (a C-speed map; a collision between two
+    distinct tokens of one pair has probability ~1e-17). Other tokens get exact ids.
+    """
+    flat = list(itertools.chain.from_iterable(seqs))
+    off = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in seqs], out=off[1:])
+    try:
+        "".join(flat)  # TypeError unless every token is a str
+        ids = np.fromiter(map(hash, flat), dtype=np.int64, count=len(flat))
+    except TypeError:
+        table: dict[Hashable, int] = {}
+        ids = np.fromiter((table.setdefault(t, len(table)) for t in flat), dtype=np.int64, count=len(flat))
+    return ids, off
+
+
+def infer_edits_many(
+    pairs: Iterable[tuple[Sequence[Hashable], Sequence[Hashable]]],
+    insert_cost: float = 1,
+    delete_cost: float = 1,
+    replace_cost: float = 2,
+) -> list[list[Edit]]:
+    """``infer_edits`` for many pairs: rapidfuzz where provably optimal, and one compiled DP
+    call for all the other pairs."""
+    costs = _check_costs((insert_cost, delete_cost, replace_cost))
+    tpairs = [(a if type(a) is tuple else tuple(a), b if type(b) is tuple else tuple(b)) for a, b in pairs]
+    chains = [_rapidfuzz_chain(a, b, costs) for a, b in tpairs]
+    rest = [n for n, c in enumerate(chains) if c is None]
+    if rest:
+        for n, chain in zip(rest, _dp_chains([tpairs[n] for n in rest], costs)):
+            chains[n] = chain
+    return chains  # type: ignore[return-value]
+
+
+def _dp_chains(tpairs: list[tuple[tuple, tuple]], costs: Costs) -> list[list[Edit]]:
+    n = len(tpairs)
+    if not n:
+        return []
+    ids, off = _token_ids([p[0] for p in tpairs] + [p[1] for p in tpairs])
+    recs = dp_many(ids[: off[n]], off[: n + 1], ids[off[n] :], off[n:] - off[n], *costs)
+    chains: list[list[Edit]] = [[] for _ in range(n)]
+    for p, op, i0, i1, j0, j1 in recs.tolist():
+        a, b = tpairs[p]
+        chains[p].append(_new(Edit, (_OP_NAMES[op], i0, a[i0:i1], b[j0:j1])))
+    return chains
 
 
 def infer_edits(
@@ -169,26 +203,14 @@ def infer_edits(
 ) -> list[Edit]:
     """A minimum-cost chain of edits that turns ``source`` into ``target``.
 
-    Tokens may be any hashable values. Ties are broken deterministically (for the general
-    DP: within a changed block, replaces come first, then deletes, then inserts).
+    Tokens may be any hashable values and costs any positive numbers. Neighbouring
+    single-token operations of one kind are merged into span edits. Ties are broken
+    deterministically: within a changed block, replaces come first, then deletes, then inserts.
     """
     costs = _check_costs((insert_cost, delete_cost, replace_cost))
-    src, tgt = list(source), list(target)
-    # Matching a common prefix / suffix is always optimal with zero-cost matches, and it
-    # shrinks the DP to the part that changed.
-    p = 0
-    while p < len(src) and p < len(tgt) and src[p] == tgt[p]:
-        p += 1
-    s = 0
-    while s < len(src) - p and s < len(tgt) - p and src[-1 - s] == tgt[-1 - s]:
-        s += 1
-    mid_src, mid_tgt = src[p : len(src) - s], tgt[p : len(tgt) - s]
-    if not mid_src and not mid_tgt:
-        return []
-    ops = _fast_ops(mid_src, mid_tgt, costs)
-    if ops is None:
-        ops = _dp_token_ops(mid_src, mid_tgt, costs)
-    return _merge([(op, i + p, j + p) for op, i, j in ops], src, tgt)
+    a, b = tuple(source), tuple(target)
+    chain = _rapidfuzz_chain(a, b, costs)
+    return chain if chain is not None else _dp_chains([(a, b)], costs)[0]
 
 
 def chain_cost(edits: Iterable[Edit], insert_cost: float = 1, delete_cost: float = 1, replace_cost: float = 2) -> float:
@@ -208,6 +230,7 @@ def apply_edits(source: Sequence[Hashable], edits: Iterable[Edit]) -> list[Hasha
     out: list[Hashable] = []
     cursor = 0
     for n, e in enumerate(edits):
+        e.check()
         if e.start < cursor:
             raise EditError(f"edit {n} ({e.op} at {e.start}) overlaps or precedes the previous edit (ends at {cursor})")
         if e.end > len(src) or e.start > len(src):
@@ -230,7 +253,7 @@ def augment_chains(
     seen: set[tuple[Edit, ...]] = set()
     out: list[tuple[Costs, list[Edit]]] = []
     for costs in cost_sets:
-        c = _check_costs(costs)
+        c = _check_costs(tuple(costs))
         chain = infer_edits(source, target, *c)
         key = tuple(chain)
         if key not in seen:
@@ -356,7 +379,7 @@ def parse_compact(text: str, *, require_end: bool = True) -> list[Edit]:
         k += 1
         old = tokenize(content(OLD)) if op != "insert" else []
         new = tokenize(content(NEW)) if op != "delete" else []
-        edits.append(Edit(op, start, tuple(old), tuple(new)))
+        edits.append(Edit(op, start, tuple(old), tuple(new)).check())
     if require_end:
         raise EditError(f"compact chain ends without {EOC} after {len(edits)} edits")
     return edits
@@ -374,7 +397,8 @@ _LINE_RE = re.compile(
 
 
 def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # JSON escapes control characters; these three also break lines for str.splitlines.
+    return re.sub("[\x85\u2028\u2029]", lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
 
 
 def _find(tokens: list[str], span: list[str], lo: int) -> int | None:
@@ -417,11 +441,10 @@ def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
         return json.loads(m[group])
 
     def locate(text: str, lo: int) -> tuple[int, str]:
-        if at is not None:
-            found = _find_loose(tokens, text, at)
-            if found is None or found[0] != at:
+        if at is not None:  # a pinned line is exact: no whitespace filled in
+            if _find(tokens, tokenize(text), at) != at:
                 raise EditError(f"readable chain, line {lineno}: {text!r} is not at token {at} of the source")
-            return found
+            return at, ""
         found = _find_loose(tokens, text, lo)
         if found is None:
             raise EditError(f"readable chain, line {lineno}: {text!r} not found in the source after token {lo}")
@@ -444,33 +467,28 @@ def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
         p = 0
     else:
         anchor = s("anchor")
-        a, _ = locate(anchor, cursor - 1) if at is None else _locate_anchor(tokens, anchor, at, lineno)
-        p = a + len(tokenize(anchor))
-    if new_text and not new_text[:1].isspace() and p > 0 and re.match(r"\w", new_text):
+        n = len(tokenize(anchor))
+        p = locate(anchor, cursor - 1)[0] + n if at is None else at
+        if at is not None and (at < n or _find(tokens, tokenize(anchor), at - n) != at - n):
+            raise EditError(f"readable chain, line {lineno}: {anchor!r} does not end right before token {at}")
+    if at is None and p > 0 and re.match(r"\w", new_text):
         new_text = " " + new_text  # a word inserted after a word needs its space
     if not new_text:
         raise EditError(f"readable chain, line {lineno}: insert of empty text")
     return Edit("insert", p, (), tuple(tokenize(new_text)))
 
 
-def _locate_anchor(tokens: list[str], anchor: str, at: int, lineno: int) -> tuple[int, str]:
-    n = len(tokenize(anchor))
-    found = _find_loose(tokens, anchor, at - n)
-    if found is None or found[0] + n != at:
-        raise EditError(f"readable chain, line {lineno}: {anchor!r} does not end right before token {at}")
-    return found
-
-
 def parse_readable(text: str, source: str | Sequence[str]) -> list[Edit]:
     """Parse readable lines back to edits, anchored in the source text.
 
-    Quoted text may leave out the space before a word: it is taken from the source.
-    Lines are read in source order: each edit is looked up after the previous one.
+    Lines are read in source order: each edit is looked up after the previous one. Quoted
+    text may leave out the space before a word: it is taken from the source. A line that
+    ends in ``at token N`` is exact: its text is used as quoted, at that position.
     """
     tokens = tokenize(source) if isinstance(source, str) else list(source)
     edits: list[Edit] = []
     cursor = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(re.split(r"\r?\n", text), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         e = _parse_line(line, tokens, cursor, lineno)
@@ -507,7 +525,7 @@ def render_readable(edits: Iterable[Edit], source: str | Sequence[str]) -> str:
     lines: list[str] = []
     cursor = 0
     for n, e in enumerate(edits):
-        for loose, pinned in ((True, False), (False, False), (True, True), (False, True)):
+        for loose, pinned in ((True, False), (False, False), (False, True)):
             line = _render_line(e, tokens, cursor, loose)
             if pinned:
                 line += f" at token {e.start}"

@@ -1,0 +1,59 @@
+"""``secondthoughts edits SOURCE TARGET``: the minimum-cost chain between two texts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+
+from secondthoughts.diffview import chain_stats, inline_diff
+from secondthoughts.edits import apply_text_edits, chain_cost, infer_text_edits, render_compact, render_readable, tokenize
+
+
+def parse_costs(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--costs must be three numbers like 1,1,2, got {text!r}") from None
+    if len(parts) != 3 or not all(p > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--costs must be three positive numbers insert,delete,replace, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="the value-unaligned text")
+    p.add_argument("target", help="the value-aligned text")
+    p.add_argument("--costs", type=parse_costs, default=(1.0, 1.0, 2.0), help="insert,delete,replace costs (default 1,1,2)")
+    p.add_argument("--json", action="store_true", help="print the edits, total cost and applied target as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    chain = infer_text_edits(args.source, args.target, args.costs)
+    applied = apply_text_edits(args.source, chain)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "edits": [e.to_dict() for e in chain],
+                    "cost": chain_cost(chain, *args.costs),
+                    "costs": dict(zip(("insert", "delete", "replace"), args.costs)),
+                    "target": applied,
+                    "compact": render_compact(chain),
+                    "readable": render_readable(chain, args.source).splitlines(),
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return 0
+    console = Console(highlight=False)
+    console.print(inline_diff(tokenize(args.source), chain))
+    for line in render_readable(chain, args.source).splitlines():
+        console.print(f"  {line}", markup=False)
+    stats = chain_stats(chain)
+    console.print(
+        f"[dim]{len(chain)} edits ({stats['replace']} replace, {stats['delete']} delete, {stats['insert']} insert), "
+        f"cost {chain_cost(chain, *args.costs):g} under costs {','.join(f'{c:g}' for c in args.costs)}[/dim]"
+    )
+    return 0

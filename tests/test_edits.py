@@ -1,0 +1,274 @@
+"""Chain-of-edits engine: minimality against a plain DP, round trips, clear errors."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secondthoughts import edits as E
+from secondthoughts.edits import (
+    SPECIAL_TOKENS,
+    Edit,
+    EditError,
+    apply_edits,
+    apply_text_edits,
+    augment_chains,
+    chain_cost,
+    detokenize,
+    escape,
+    infer_edits,
+    infer_text_edits,
+    parse_compact,
+    parse_readable,
+    render_compact,
+    render_readable,
+    tokenize,
+    unescape,
+)
+
+
+def reference_cost(a: list, b: list, ci: float, cd: float, cr: float) -> float:
+    """Textbook Wagner-Fischer DP, written independently of the package."""
+    d = [[0.0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        d[i][0] = i * cd
+    for j in range(1, len(b) + 1):
+        d[0][j] = j * ci
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            sub = d[i - 1][j - 1] + (0 if a[i - 1] == b[j - 1] else cr)
+            d[i][j] = min(sub, d[i - 1][j] + cd, d[i][j - 1] + ci)
+    return d[len(a)][len(b)]
+
+
+tokens_st = st.lists(st.sampled_from("abcde"), max_size=12)
+cost_st = st.floats(min_value=0.1, max_value=5, allow_nan=False).map(lambda x: round(x, 2))
+costs_st = st.tuples(cost_st, cost_st, cost_st) | st.sampled_from([(1, 1, 2), (1, 1, 1), (2, 2, 2), (1, 2, 3)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(tokens_st, tokens_st, costs_st)
+def test_infer_is_minimal_and_applies(a, b, costs):
+    chain = infer_edits(a, b, *costs)
+    assert apply_edits(a, chain) == b
+    assert math.isclose(chain_cost(chain, *costs), reference_cost(a, b, *costs), rel_tol=1e-9, abs_tol=1e-9)
+    assert infer_edits(a, b, *costs) == chain  # deterministic
+
+
+@settings(max_examples=400, deadline=None)
+@given(tokens_st, tokens_st, costs_st)
+def test_fast_path_matches_general_dp_cost(a, b, costs):
+    """Where the rapidfuzz path answers, it agrees with the compiled DP on the optimum."""
+    fast = E._rapidfuzz_chain(tuple(a), tuple(b), costs)
+    (slow,) = E._dp_chains([(tuple(a), tuple(b))], costs)
+    assert apply_edits(a, slow) == b
+    assert math.isclose(chain_cost(slow, *costs), reference_cost(a, b, *costs), rel_tol=1e-9, abs_tol=1e-9)
+    if fast is not None:
+        assert apply_edits(a, fast) == b
+        assert math.isclose(chain_cost(fast, *costs), chain_cost(slow, *costs), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_both_paths_are_exercised_for_non_uniform_costs():
+    costs = (1.0, 1.5, 1.2)
+    leaning_one_way = (tuple("abc"), tuple("axc"))
+    leaning_both_ways = (tuple("abcxyz"), tuple("ac1x2yz3"))  # one block deletes more, another inserts more
+    assert E._rapidfuzz_chain(*leaning_one_way, costs) is not None
+    assert E._rapidfuzz_chain(*leaning_both_ways, costs) is None
+    assert E.infer_edits_many([leaning_one_way, leaning_both_ways], *costs) == [
+        infer_edits(*leaning_one_way, *costs),
+        infer_edits(*leaning_both_ways, *costs),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens_st, tokens_st, costs_st)
+def test_neighbouring_ops_of_a_kind_are_merged(a, b, costs):
+    chain = infer_edits(a, b, *costs)
+    for e, f in zip(chain, chain[1:]):
+        assert e.start <= f.start
+        if e.op == f.op:  # same kind only where something lies between them
+            assert f.start > e.end or (e.op == "insert" and f.start > e.start)
+
+
+def test_replace_spans_and_paper_costs():
+    src, tgt = "He hits the dog angrily .".split(), "He talks to the dog .".split()
+    chain = infer_edits(src, tgt)
+    assert apply_edits(src, chain) == tgt
+    assert chain_cost(chain) == reference_cost(src, tgt, 1, 1, 2) == 4
+    assert [e.op for e in chain] == ["replace", "insert", "delete"]
+
+
+def test_any_hashable_tokens():
+    # -1 and -2 share a hash in CPython: non-string tokens must get exact ids.
+    a, b = [1, (2, 3), None, "x", -1, -2], [(2, 3), "x", 7, -2, -1]
+    for costs in [(1, 1.5, 1.2), (1, 1, 2), (1, 1, 1)]:
+        chain = infer_edits(a, b, *costs)
+        assert apply_edits(a, chain) == b
+        assert math.isclose(chain_cost(chain, *costs), reference_cost(a, b, *costs))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(tokens_st, tokens_st), max_size=8), costs_st)
+def test_batch_equals_one_by_one(pairs, costs):
+    assert E.infer_edits_many(pairs, *costs) == [infer_edits(a, b, *costs) for a, b in pairs]
+
+
+@pytest.mark.parametrize("costs", [(0, 1, 1), (1, -1, 1), (1, 1, float("nan")), (1, 1, float("inf"))])
+def test_bad_costs_are_refused(costs):
+    with pytest.raises(ValueError, match="costs"):
+        infer_edits(["a"], ["b"], *costs)
+
+
+def test_apply_refuses_bad_chains():
+    src = ["a", "b", "c"]
+    with pytest.raises(EditError, match="expects"):
+        apply_edits(src, [Edit("delete", 1, ("x",))])
+    with pytest.raises(EditError, match="overlaps"):
+        apply_edits(src, [Edit("delete", 0, ("a", "b")), Edit("replace", 1, ("b",), ("y",))])
+    with pytest.raises(EditError, match="past the end"):
+        apply_edits(src, [Edit("delete", 2, ("c", "d"))])
+    with pytest.raises(EditError, match="past the end"):
+        apply_edits(src, [Edit("insert", 4, (), ("z",))])
+    with pytest.raises(EditError, match="non-empty"):
+        apply_edits(src, [Edit("insert", 0, ("a",), ("b",))])
+    with pytest.raises(EditError, match="unknown edit op"):
+        apply_edits(src, [Edit("swap", 0, ("a",), ("b",))])
+    assert apply_edits(src, [Edit("insert", 3, (), ("d",))]) == ["a", "b", "c", "d"]
+
+
+def test_edit_dict_round_trip():
+    e = Edit("replace", 2, ("a",), ("b", "c"))
+    assert Edit.from_dict(e.to_dict()) == e
+    with pytest.raises(EditError, match="lacks field 'start'"):
+        Edit.from_dict({"op": "delete"})
+
+
+# ------------------------------------------------------------------ text
+
+adversarial = st.sampled_from(
+    [*SPECIAL_TOKENS, "<|", "|>", "\\", "\\|", "<\\|", "<|eoc", '"', "\\\"", "\n", "\t", "  ", "é", "👍🏽", "e\u0301", "’", "'", "—", "at token 3", "after", "insert", " with "]
+)
+text_st = st.lists(st.text(max_size=6) | adversarial | st.sampled_from([" the", " dog", " a", ".", ","]), max_size=10).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_st)
+def test_tokenize_is_exact(text):
+    assert detokenize(tokenize(text)) == text
+    assert tokenize(detokenize(tokenize(text))) == tokenize(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text() | text_st)
+def test_escape_hides_every_marker(text):
+    esc = escape(text)
+    assert not any(t in esc for t in SPECIAL_TOKENS) and "<|" not in esc
+    assert unescape(esc) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_st, text_st, costs_st)
+def test_text_chains_round_trip_both_renderings(src, tgt, costs):
+    chain = infer_text_edits(src, tgt, costs)
+    assert apply_text_edits(src, chain) == tgt
+    compact = render_compact(chain)
+    assert parse_compact(compact) == chain
+    readable = render_readable(chain, src)
+    assert parse_readable(readable, src) == chain
+
+
+def test_very_long_inputs_round_trip():
+    src = " ".join(f"w{i % 97}" for i in range(3000)) + " <|eoc|> end"
+    tgt = src.replace("w5 ", "word five ").replace("<|eoc|>", "<|ins|>")
+    chain = infer_text_edits(src, tgt, (1, 1.5, 1.2))
+    assert apply_text_edits(src, chain) == tgt
+    assert parse_compact(render_compact(chain)) == chain
+    assert parse_readable(render_readable(chain, src), src) == chain
+
+
+def test_compact_form_is_what_training_sees():
+    src, tgt = "He hits the dog.", "He pets the <|dog|>."
+    chain = infer_text_edits(src, tgt)
+    assert render_compact(chain) == "<|rep|>1<|old|> hits<|new|> pets<|rep|>3<|old|> dog<|new|> <\\|dog|><|eoc|>" or apply_text_edits(
+        src, parse_compact(render_compact(chain))
+    ) == tgt
+    assert render_compact([]) == "<|eoc|>" and parse_compact("<|eoc|>") == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<|rep|>1<|old|> a", r"expected <\|new\|>, got 'end of text'"),
+        ("<|rep|>1<|old|> a<|new|> b", "ends without"),
+        ("<|rep|><|old|> a<|new|> b<|eoc|>", "followed by a position"),
+        ("<|rep|>x<|old|> a<|new|> b<|eoc|>", "followed by a position"),
+        ("<|del|>1<|new|> a<|eoc|>", r"expected <\|old\|>"),
+        ("<|ins|>1<|new|><|eoc|>", "empty content"),
+        ("<|eoc|>junk", "text after"),
+        ("junk<|eoc|>", "expected an edit marker"),
+        ("<|ins|>1<|new|> a\\x<|eoc|>", "bad escape"),
+    ],
+)
+def test_malformed_compact_says_what_and_where(text, message):
+    with pytest.raises(EditError, match=message) as info:
+        parse_compact(text)
+    assert re.search(r"character \d+|ends without", str(info.value))
+
+
+def test_readable_is_friendly_and_exact():
+    src = "He hits the dog and asks the cat."
+    tgt = "He talks to the dog and politely asks the cat."
+    chain = infer_text_edits(src, tgt)
+    text = render_readable(chain, src)
+    assert text.splitlines() == ['replace "hits" with "talks"', 'insert "to" after "hits"', 'insert "politely" after "and"']
+    # What a person types: spaces left out, a multi-word replace.
+    mine = parse_readable('replace "hits" with "talks to"\ninsert "politely" after "and"', src)
+    assert apply_text_edits(src, mine) == tgt
+
+
+def test_readable_disambiguates_repeated_words():
+    src = "the cat and the dog"
+    chain = [Edit("delete", 3, (" the",))]
+    text = render_readable(chain, src)
+    assert text == 'delete " the"'
+    assert parse_readable(text, src) == chain
+    assert parse_readable('delete " the" at token 3', src) == chain
+    assert parse_readable('delete "the"\ndelete "dog"', src) == [Edit("delete", 0, ("the",)), Edit("delete", 4, (" dog",))]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('remove "hits"', "line 1: cannot read"),
+        ('delete "zebra"', "not found in the source"),
+        ('delete "dog"\ndelete "hits"', "line 2: .*not found"),
+        ('delete "hits" at token 3', "not at token 3"),
+        ('insert "" at start', "empty text"),
+    ],
+)
+def test_malformed_readable_says_what_and_where(text, message):
+    with pytest.raises(EditError, match=message):
+        parse_readable(text, "He hits the dog.")
+
+
+def test_augmentation_gives_distinct_chains():
+    src, tgt = tokenize("He hits the dog angrily."), tokenize("He talks to the dog politely when he asks.")
+    out = augment_chains(src, tgt, [(1, 1, 2), (1, 1, 2.0), (1, 1, 3), (1, 1, 1), (1, 2, 2)])
+    chains = [tuple(c) for _, c in out]
+    assert len(chains) == len(set(chains)) >= 2
+    assert out[0][0] == (1.0, 1.0, 2.0)
+    for costs, chain in out:
+        assert apply_edits(src, chain) == tgt
+
+
+def test_edits_module_does_not_import_torch():
+    import subprocess
+
+    code = "import sys, secondthoughts.edits as e; e.infer_edits('ab','ba',1,1.5,1.2); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
