@@ -18,7 +18,7 @@ def dp_many(a, a_off, b, b_off, ci, cd, cr):  # pragma: no cover - compiled
     Returns span records (pair, op, i0, i1, j0, j1) in source order, neighbouring single-token
     ops of the same kind already merged: source span [i0, i1) becomes target span [j0, j1).
     A common prefix and suffix are matched first (always optimal with zero-cost matches).
-    Ties prefer, walking back from the end: match, insert, delete, replace, so that in source
+    Among minimum-cost chains the one with fewest single-token ops wins; remaining ties prefer, walking back from the end: match, insert, delete, replace, so that in source
     order a changed block reads replaces, then deletes, then inserts (as the rapidfuzz path).
     """
     npairs = a_off.shape[0] - 1
@@ -29,6 +29,8 @@ def dp_many(a, a_off, b, b_off, ci, cd, cr):  # pragma: no cover - compiled
     moves = np.empty((maxn + 1, maxm + 1), np.uint8)  # bit 1: diagonal, 2: delete, 4: insert
     prev = np.empty(maxm + 1)
     cur = np.empty(maxm + 1)
+    nprev = np.empty(maxm + 1, np.int64)  # op counts, the tie-breaker
+    ncur = np.empty(maxm + 1, np.int64)
     top_op = np.empty(maxn + maxm, np.int8)
     top_i = np.empty(maxn + maxm, np.int64)
     top_j = np.empty(maxn + maxm, np.int64)
@@ -46,30 +48,47 @@ def dp_many(a, a_off, b, b_off, ci, cd, cr):  # pragma: no cover - compiled
         while e < n - s and e < m - s and A[n - 1 - e] == B[m - 1 - e]:
             e += 1
         n2, m2 = n - s - e, m - s - e
+        # Lexicographic DP: minimum cost, then fewest single-token operations.
         prev[0] = 0.0
+        nprev[0] = 0
         for j in range(1, m2 + 1):
             prev[j] = j * ci
+            nprev[j] = j
             moves[0, j] = 4
         for i in range(1, n2 + 1):
             cur[0] = i * cd
+            ncur[0] = i
             moves[i, 0] = 2
             ai = A[s + i - 1]
             for j in range(1, m2 + 1):
-                diag = prev[j - 1] + (0.0 if ai == B[s + j - 1] else cr)
-                dl = prev[j] + cd
-                ins = cur[j - 1] + ci
-                best = min(diag, dl, ins)
+                eq = ai == B[s + j - 1]
+                c0 = prev[j - 1] + (0.0 if eq else cr)
+                c1 = prev[j] + cd
+                c2 = cur[j - 1] + ci
+                k0 = nprev[j - 1] + (0 if eq else 1)
+                k1 = nprev[j] + 1
+                k2 = ncur[j - 1] + 1
+                best = min(c0, c1, c2)
                 tol = 1e-9 * max(1.0, best)  # float costs: treat near-equal sums as ties
+                fewest = 1 << 62
+                if c0 <= best + tol:
+                    fewest = min(fewest, k0)
+                if c1 <= best + tol:
+                    fewest = min(fewest, k1)
+                if c2 <= best + tol:
+                    fewest = min(fewest, k2)
                 mv = 0
-                if diag <= best + tol:
+                if c0 <= best + tol and k0 == fewest:
                     mv |= 1
-                if dl <= best + tol:
+                if c1 <= best + tol and k1 == fewest:
                     mv |= 2
-                if ins <= best + tol:
+                if c2 <= best + tol and k2 == fewest:
                     mv |= 4
                 moves[i, j] = mv
                 cur[j] = best
+                ncur[j] = fewest
             prev, cur = cur, prev
+            nprev, ncur = ncur, nprev
         k = 0
         i, j = n2, m2
         while i > 0 or j > 0:

@@ -13,7 +13,9 @@ Rules shared by every format:
   re-alignment and usually marks a copy error), or when the line is not a record (bad JSON,
   wrong number of CSV fields). An invalid row stops the read with :class:`DataError` naming
   file, line and field, unless ``skip_invalid``: then it is listed in ``ReadResult.skipped``.
-  A row with several examples (ParaDetox) is valid or invalid as a whole.
+  A row with several examples is valid or invalid as a whole; ParaDetox rewrites that copy the
+  toxic sentence or repeat another rewrite are left out (and counted) instead, so a row is
+  invalid only when no rewrite remains.
 * Nothing is dropped silently: rows left out on request (another ``split``) or duplicate
   rewrites are counted in ``ReadResult.filtered``; ETHICS rows without a partner of the other
   label are listed in ``ReadResult.unpaired`` (they are data, not errors).
@@ -121,6 +123,10 @@ class ReadResult:
     filtered: Counter[str] = field(default_factory=Counter)  # reason -> rows left out on request
     source: str = ""
     limit_reached: bool = False  # reading stopped at ``limit`` examples; counts cover what was read
+
+    def leave_out(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.filtered[reason] += n
 
     @staticmethod
     def grouped(entries: Iterable[Skipped]) -> list[tuple[str, int]]:
@@ -368,7 +374,7 @@ class _Reader:
                     self.invalid(line, _RowError(split_key, "missing (needed to select a split)"))
                     continue
                 if str(row[split_key]) != self.opts.split:
-                    self.result.filtered[f"split is not {self.opts.split!r}"] += 1
+                    self.result.leave_out(f"split is not {self.opts.split!r}")
                     continue
             yield line, row
 
@@ -421,18 +427,21 @@ PARADETOX_REWRITES = ("neutral1", "neutral2", "neutral3")
 def _paradetox(r: _Reader) -> Iterator[Example]:
     def convert(row: Row, line: int) -> list[Example]:
         toxic = _required(row, "toxic")
-        rewrites: dict[str, str] = {}  # text -> column, first occurrence wins
-        for k in PARADETOX_REWRITES:
-            rewrites.setdefault(_optional(row, k), k)
-        rewrites.pop("", None)
+        given = [(k, _optional(row, k)) for k in PARADETOX_REWRITES]
+        given = [(k, text) for k, text in given if text]
+        rewrites: dict[str, str] = {}  # text -> column; the first occurrence wins
+        for k, text in given:
+            rewrites.setdefault(text, k)
+        # A rewrite equal to the toxic sentence (nothing to detoxify) is left out, not fatal,
+        # while the row has another one: the row is invalid only when it yields nothing.
+        copied = rewrites.pop(toxic, None)
         if not rewrites:
-            raise _RowError(PARADETOX_REWRITES[0], "empty (no neutral rewrite in the row)")
+            raise _RowError(copied or PARADETOX_REWRITES[0], "identical to the source" if copied else "empty (no neutral rewrite)")
         chosen = list(rewrites.items())[: 1 if r.opts.paradetox_rewrites == "first" else None]
-        out = [_example("", toxic, text, f"{r.default_id(line)}.{k[-1]}", {"dataset": "paradetox", "rewrite": k}, k) for text, k in chosen]
-        # Counted only once the row is known to be valid, so a skipped row counts once.
-        r.result.filtered["rewrite repeats an earlier one of its row"] += sum(1 for k in PARADETOX_REWRITES if _optional(row, k)) - len(rewrites)
-        r.result.filtered["rewrite after the first (first only)"] += len(rewrites) - len(chosen)
-        return out
+        r.result.leave_out("rewrite identical to the toxic sentence", int(copied is not None))
+        r.result.leave_out("rewrite repeats an earlier one of its row", len(given) - len(rewrites) - int(copied is not None))
+        r.result.leave_out("rewrite after the first (paradetox_rewrites='first')", len(rewrites) - len(chosen))
+        return [Example("", toxic, text, f"{r.default_id(line)}.{k[-1]}", {"dataset": "paradetox", "rewrite": k}) for text, k in chosen]
 
     return r.each_row(r.rows(("toxic", "neutral1"), "tsv"), convert)
 

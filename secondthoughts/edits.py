@@ -9,6 +9,7 @@ Pure Python plus numba for the general-cost DP: this module never imports torch.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import json
 import math
@@ -20,6 +21,11 @@ import numpy as np
 from rapidfuzz.distance import Indel, Levenshtein
 
 from secondthoughts._dp import dp_many
+
+try:  # the C extension; absent when the package was installed without a compiler
+    from secondthoughts import _cdp
+except ImportError:  # pragma: no cover - exercised only on such installs
+    _cdp = None
 
 Op = Literal["insert", "delete", "replace"]
 Costs = tuple[float, float, float]  # (insert, delete, replace)
@@ -76,7 +82,15 @@ class Edit(NamedTuple):
             raise EditError(f"edit {d!r} lacks field {e.args[0]!r}") from None
 
 
+if _cdp is not None:
+    _cdp.set_edit_type(Edit)
+
 # ---------------------------------------------------------------- inference
+
+# Up to this many DP cells the compiled DP is used directly (faster than rapidfuzz plus Python
+# post-processing on sentence-length texts); above it, rapidfuzz's linear-memory alignment
+# where it is provably optimal.
+_C_MAX_CELLS = 1 << 20
 
 
 @functools.lru_cache(maxsize=256)
@@ -163,22 +177,41 @@ def _token_ids(seqs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     return ids, off
 
 
+def _infer(a: tuple, b: tuple, costs: Costs) -> list[Edit]:
+    if _cdp is not None and len(a) * len(b) <= _C_MAX_CELLS:
+        return _cdp.infer(a, b, *costs)
+    chain = _rapidfuzz_chain(a, b, costs)
+    if chain is not None:
+        return chain
+    return _cdp.infer(a, b, *costs) if _cdp is not None else _dp_chains([(a, b)], costs)[0]
+
+
 def infer_edits_many(
     pairs: Iterable[tuple[Sequence[Hashable], Sequence[Hashable]]],
     insert_cost: float = 1,
     delete_cost: float = 1,
     replace_cost: float = 2,
 ) -> list[list[Edit]]:
-    """``infer_edits`` for many pairs: rapidfuzz where provably optimal, and one compiled DP
-    call for all the other pairs."""
+    """``infer_edits`` for many pairs. Without the C extension, the pairs rapidfuzz cannot
+    settle go to the numba DP in one call, so that its dispatch cost is paid once."""
     costs = _check_costs((insert_cost, delete_cost, replace_cost))
     tpairs = [(a if type(a) is tuple else tuple(a), b if type(b) is tuple else tuple(b)) for a, b in pairs]
-    chains = [_rapidfuzz_chain(a, b, costs) for a, b in tpairs]
-    rest = [n for n, c in enumerate(chains) if c is None]
-    if rest:
-        for n, chain in zip(rest, _dp_chains([tpairs[n] for n in rest], costs)):
-            chains[n] = chain
-    return chains  # type: ignore[return-value]
+    # Millions of small acyclic tuples would otherwise trigger repeated full GC passes over
+    # everything already kept: that doubled the time on Moral Stories.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if _cdp is not None:
+            return [_infer(a, b, costs) for a, b in tpairs]
+        chains = [_rapidfuzz_chain(a, b, costs) for a, b in tpairs]
+        rest = [n for n, c in enumerate(chains) if c is None]
+        if rest:
+            for n, chain in zip(rest, _dp_chains([tpairs[n] for n in rest], costs)):
+                chains[n] = chain
+        return chains  # type: ignore[return-value]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _dp_chains(tpairs: list[tuple[tuple, tuple]], costs: Costs) -> list[list[Edit]]:
@@ -205,12 +238,12 @@ def infer_edits(
 
     Tokens may be any hashable values and costs any positive numbers. Neighbouring
     single-token operations of one kind are merged into span edits. Ties are broken
-    deterministically: within a changed block, replaces come first, then deletes, then inserts.
+    deterministically: fewest single-token operations first (a replace rather than a delete
+    plus an insert of equal cost), then, within a changed block, replaces come first, then
+    deletes, then inserts. Above about a million DP cells, where rapidfuzz's alignment is
+    provably minimum-cost it is used instead, and only the cost is guaranteed.
     """
-    costs = _check_costs((insert_cost, delete_cost, replace_cost))
-    a, b = tuple(source), tuple(target)
-    chain = _rapidfuzz_chain(a, b, costs)
-    return chain if chain is not None else _dp_chains([(a, b)], costs)[0]
+    return _infer(tuple(source), tuple(target), _check_costs((insert_cost, delete_cost, replace_cost)))
 
 
 def chain_cost(edits: Iterable[Edit], insert_cost: float = 1, delete_cost: float = 1, replace_cost: float = 2) -> float:

@@ -93,21 +93,22 @@ def _prefix_ids(tokenizer: Any) -> list[int]:
     return list(tokenizer("", add_special_tokens=True)["input_ids"])
 
 
-def prompt_parts(tokenizer: Any, context: str, source: str) -> tuple[list[int], list[int], list[int]]:
-    """(prefix + context ids, ``<|src|>`` + source + ``<|sep|>`` ids, []): the context part may be
-    cut from the left; the source part may not."""
-    head = _prefix_ids(tokenizer)
-    ctx = _text_ids(tokenizer, context)
+def _prompt_pieces(tokenizer: Any, context: str, source: str) -> tuple[list[int], list[int], list[int]]:
+    """(head, context ids, ``<|src|>`` source ``<|sep|>`` ids). Only the context may be cut."""
     src = [_special_id(tokenizer, SRC), *_text_ids(tokenizer, source), _special_id(tokenizer, SEP)]
-    return head + ctx, src, head
+    return _prefix_ids(tokenizer), _text_ids(tokenizer, context), src
+
+
+def _keep_right(ids: list[int], n: int) -> list[int]:
+    return ids[len(ids) - n :] if n > 0 else []
 
 
 def encode_prompt(tokenizer: Any, context: str, source: str, max_context_tokens: int | None = None) -> list[int]:
     """The prompt for inference: everything up to and including ``<|sep|>``."""
-    ctx, src, head = prompt_parts(tokenizer, context, source)
-    if max_context_tokens is not None and len(ctx) - len(head) > max_context_tokens:
-        ctx = head + ctx[len(ctx) - max_context_tokens :]
-    return ctx + src
+    head, ctx, src = _prompt_pieces(tokenizer, context, source)
+    if max_context_tokens is not None and len(ctx) > max_context_tokens:
+        ctx = _keep_right(ctx, max_context_tokens)
+    return head + ctx + src
 
 
 def completion_text(edits: Sequence[Edit] | None, target: str) -> str:
@@ -140,15 +141,15 @@ def encode(
     costs: Costs | None = None,
 ) -> tuple[Encoded | None, bool]:
     """One sequence, or None if it cannot fit; the flag says whether context was cut."""
-    ctx, src, head = prompt_parts(tokenizer, example.context, example.source)
+    head, ctx, src = _prompt_pieces(tokenizer, example.context, example.source)
     completion = encode_completion(tokenizer, edits, example.target)
-    room = max_length - len(src) - len(completion) - len(head)
+    room = max_length - len(head) - len(src) - len(completion)
     if room < 0:
         return None, False
-    cut = len(ctx) - len(head) > room
+    cut = len(ctx) > room
     if cut:
-        ctx = head + ctx[len(ctx) - room :] if room else head
-    prompt = ctx + src
+        ctx = _keep_right(ctx, room)
+    prompt = head + ctx + src
     return Encoded(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, example.id, costs), cut
 
 

@@ -60,6 +60,37 @@ def test_infer_is_minimal_and_applies(a, b, costs):
     assert infer_edits(a, b, *costs) == chain  # deterministic
 
 
+@pytest.mark.skipif(E._cdp is None, reason="C extension not built")
+@settings(max_examples=400, deadline=None)
+@given(tokens_st, tokens_st, costs_st)
+def test_c_extension_and_numba_dp_write_the_same_chain(a, b, costs):
+    costs = E._check_costs(costs)
+    assert E._cdp.infer(tuple(a), tuple(b), *costs) == E._dp_chains([(tuple(a), tuple(b))], costs)[0]
+
+
+def test_without_c_extension_the_fallback_is_minimal(monkeypatch):
+    monkeypatch.setattr(E, "_cdp", None)
+    pairs = [(list("abcabba"), list("cbabac")), (list("kitten"), list("sitting")), ([], list("ab")), (list("ab"), [])]
+    for costs in [(1, 1, 2), (1, 1.5, 1.2), (1, 1, 1)]:
+        chains = E.infer_edits_many(pairs, *costs)
+        for (a, b), chain in zip(pairs, chains):
+            assert apply_edits(a, chain) == b
+            assert math.isclose(chain_cost(chain, *costs), reference_cost(a, b, *costs))
+            assert chain == infer_edits(a, b, *costs)
+
+
+def test_tokens_that_fail_to_compare_raise():
+    class Bad:
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            raise RuntimeError("no comparing")
+
+    with pytest.raises(RuntimeError, match="no comparing"):
+        infer_edits([Bad(), 1], [Bad(), 2], 1, 1.5, 1.2)
+
+
 @settings(max_examples=400, deadline=None)
 @given(tokens_st, tokens_st, costs_st)
 def test_fast_path_matches_general_dp_cost(a, b, costs):

@@ -1,0 +1,407 @@
+"""Dataset readers, validation, splits and few-shot samples, on hand-written fixtures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from secondthoughts.data import (
+    DataError,
+    Example,
+    ReadResult,
+    Skipped,
+    few_shot,
+    parse_columns,
+    read_dataset,
+    read_examples,
+    shared_words,
+    shuffled,
+    split_examples,
+    write_examples,
+)
+
+FIX = Path(__file__).parent / "fixtures" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def triples(result: ReadResult) -> list[tuple[str, str, str]]:
+    return [(e.context, e.source, e.target) for e in result.examples]
+
+
+# ---------------------------------------------------------------- Moral Stories
+
+
+def test_moral_stories_context_source_target_and_meta() -> None:
+    r = read_dataset("moral_stories", FIX / "moral_stories.jsonl")
+    assert r.rows_read == 4 and len(r.examples) == 4 and not r.skipped
+    first, second, _, fourth = r.examples
+    assert first.context == "It is kind to share. Ana has two apples at lunch. Ana wants to eat."
+    assert (first.source, first.target, first.id) == ("Ana hides both apples from her friend.", "Ana gives one apple to her friend.", "ms-1")
+    assert first.meta["situation"] == "Ana has two apples at lunch." and first.meta["split"] == "train"
+    assert first.meta["immoral_consequence"] == "Her friend feels sad."
+    # null and empty parts are skipped in the context; whitespace is normalized
+    assert second.context == "You should return what you borrow."
+    assert second.meta["situation"] == "" and second.meta["intention"] == ""
+    assert fourth.context == "It is good to help the elderly. Dan wants to get to work."
+
+
+def test_moral_stories_split_filter_is_counted() -> None:
+    r = read_dataset("moral_stories", FIX / "moral_stories.jsonl", split="dev")
+    assert [e.id for e in r.examples] == ["ms-3"]
+    assert r.rows_read == 4 and r.filtered == {"split is not 'dev'": 3}
+    assert "left out 3: split is not 'dev'" in r.summary()
+
+
+def test_malformed_row_stops_the_read_naming_file_line_and_field() -> None:
+    path = FIX / "moral_stories_bad.jsonl"
+    with pytest.raises(DataError) as e:
+        read_dataset("moral_stories", path)
+    assert f"{path}:2: field 'moral_action': missing" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ('{"ID": "x", "moral_action": "a b", "immoral_action": "c d"', None, "invalid JSON"),
+        ('["a list"]', None, "expected a JSON object, got list"),
+        ('{"ID": "x", "moral_action": "a b"}', "immoral_action", "missing"),
+        ('{"ID": "x", "moral_action": "a b", "immoral_action": 3}', "immoral_action", "expected a string, got int"),
+        ('{"ID": "x", "moral_action": " \\t ", "immoral_action": "c d"}', "moral_action", "empty"),
+        ('{"ID": "x", "moral_action": "a  b", "immoral_action": "a b"}', "moral_action", "identical to the source"),
+        ('{"ID": "x", "norm": ["n"], "moral_action": "a b", "immoral_action": "c d"}', "norm", "expected a string, got list"),
+        ('{"moral_action": "a b", "immoral_action": "c d"}', "ID", "missing"),
+    ],
+)
+def test_each_kind_of_invalid_row(tmp_path: Path, row: str, field: str | None, reason: str) -> None:
+    good = '{"ID": "ok", "moral_action": "x y", "immoral_action": "z w"}'
+    path = write(tmp_path, "ms.jsonl", f"{good}\n{row}\n")
+    with pytest.raises(DataError) as e:
+        read_dataset("moral_stories", path)
+    where = f"{path}:2: " + (f"field {field!r}: " if field else "")
+    assert str(e.value).startswith(where + reason)
+
+
+def test_skip_invalid_reports_every_skipped_row() -> None:
+    path = FIX / "moral_stories_bad.jsonl"
+    r = read_dataset("moral_stories", path, skip_invalid=True)
+    assert [e.id for e in r.examples] == ["bad-1", "bad-8"]
+    assert r.rows_read == 8
+    assert [(s.line, s.field) for s in r.skipped] == [
+        (2, "moral_action"), (3, "<row>"), (4, "immoral_action"), (5, "moral_action"), (6, "moral_action"), (7, "<row>"),
+    ]
+    assert all(s.file == str(path) for s in r.skipped)
+    assert r.skipped[3] == Skipped(str(path), 5, "moral_action", "identical to the source")
+    text = r.summary()
+    assert "skipped invalid: 6" in text and "field 'moral_action': missing" in text
+
+
+# ---------------------------------------------------------------- ETHICS
+
+
+def test_deontology_zip_pairs_within_a_scenario_across_the_file() -> None:
+    path = FIX / "deontology.csv"
+    r = read_dataset("ethics-deontology", path)
+    assert r.rows_read == 7
+    assert [e.id for e in r.examples] == ["deontology:2+3", "deontology:4+8", "deontology:7+5"]
+    dog = "Could you walk the dog tonight?"
+    assert triples(r)[:2] == [
+        (dog, "But the dog has four legs.", "But I walked him twice this afternoon already."),
+        (dog, "But dogs like the dark, don't they?", "But my sister is walking him right now."),
+    ]
+    # a quoted excuse spanning two lines keeps its newline, and the next record's line is right
+    assert r.examples[2].target == "No because it rained all morning,\nso the soil is still wet."
+    assert r.examples[2].meta["lines"] == [7, 5]
+    assert r.unpaired == [Skipped(str(path), 9, "excuse", "no unacceptable (0) partner left in its scenario")]
+    assert not r.skipped and "unpaired: 1" in r.summary()
+
+
+def test_deontology_product_pairs_every_combination() -> None:
+    r = read_dataset("ethics-deontology", FIX / "deontology.csv", pairing="product")
+    assert [e.id for e in r.examples] == ["deontology:2+3", "deontology:2+8", "deontology:4+3", "deontology:4+8", "deontology:7+5"]
+    assert [s.line for s in r.unpaired] == [9]
+
+
+def test_deontology_bad_label(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "label,scenario,excuse\n0,Ask?,But no.\nyes,Ask?,But yes.\n")
+    with pytest.raises(DataError, match=r"d\.csv:3: field 'label': expected 0 or 1, got 'yes'"):
+        read_dataset("ethics-deontology", path)
+    r = read_dataset("ethics-deontology", path, skip_invalid=True)
+    assert not r.examples and len(r.skipped) == 1 and len(r.unpaired) == 1
+
+
+def test_justice_groups_neighbouring_rows_by_shared_words() -> None:
+    path = FIX / "justice.csv"
+    r = read_dataset("ethics-justice", path)
+    assert [e.id for e in r.examples] == ["justice:3+2", "justice:4+5"]
+    assert r.examples[0].context == ""
+    assert r.examples[0].source.startswith("I deserve to be given a boat")
+    assert r.examples[1].target.endswith("because she broke her ankle.")  # double space normalized
+    assert sorted(s.line for s in r.unpaired) == [6, 7]
+
+
+def test_shared_words() -> None:
+    assert shared_words("a b c d", "a b c d") == 1.0
+    assert shared_words("I deserve x because y z", "I deserve w because y z") == 5 / 6
+    assert shared_words("I deserve a car", "I deserve nothing at all today") == 2 / 6
+    assert shared_words("", "") == 0.0
+    assert shared_words("The cat", "the CAT sat") == 2 / 3  # case-insensitive
+
+
+def test_csv_header_missing_a_column_is_a_file_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "j.csv", "label,text\n1,hello there\n")
+    with pytest.raises(DataError, match=r"j\.csv:1: field 'scenario': column missing"):
+        read_dataset("ethics-justice", path, skip_invalid=True)
+
+
+def test_csv_wrong_field_count_and_broken_quotes(tmp_path: Path) -> None:
+    path = write(tmp_path, "j.csv", "label,scenario\n1,a b c,extra\n0,a b d\n")
+    r = read_dataset("ethics-justice", path, skip_invalid=True)
+    assert r.skipped == [Skipped(str(path), 2, "<row>", "3 fields where the header has 2")]
+    broken = write(tmp_path, "k.csv", 'label,scenario\n1,"a b" c\n')
+    with pytest.raises(DataError, match=r"k\.csv:2: malformed CSV"):
+        read_dataset("ethics-justice", broken, skip_invalid=True)
+
+
+# ---------------------------------------------------------------- MIC, ParaDetox, HH-RLHF
+
+
+def test_mic_csv_and_jsonl() -> None:
+    r = read_dataset("mic", FIX / "mic.csv", split="train")
+    assert len(r.examples) == 2 and r.filtered == {"split is not 'train'": 1}
+    ex = r.examples[0]
+    assert ex.context == "Is it okay to read my partner's messages? It is wrong to invade someone's privacy."
+    assert ex.source == "Sure, snooping is fine if you are curious."
+    assert ex.target == "No, reading their messages without asking breaks their trust."
+    assert ex.meta["rot"] == "It is wrong to invade someone's privacy." and ex.meta["A_agrees"] == "0"
+    assert ex.id == "mic:2"
+    j = read_dataset("mic", FIX / "mic.jsonl", mic_rot=False).examples[0]
+    assert j.context == "Is it fine to cut in line?" and j.meta["violation-severity"] == 2
+
+
+def test_mic_missing_revision(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.csv", "Q,A,rot,worker_answer\nWhy?,Because.,Be nice.,\n")
+    with pytest.raises(DataError, match=r"m\.csv:2: field 'worker_answer': empty"):
+        read_dataset("mic", path)
+
+
+def test_paradetox_all_rewrites_and_first_only() -> None:
+    path = FIX / "paradetox.tsv"
+    r = read_dataset("paradetox", path)
+    assert [(e.source, e.target) for e in r.examples] == [
+        ("this stupid game is trash", "this game is bad"),
+        ("this stupid game is trash", "this game is not good"),
+        ("shut up you idiot", "please be quiet"),
+        ('he said "get lost" like a jerk', 'he said "go away" rudely'),
+        ("what a nice day", "what a lovely day"),
+    ]
+    assert [e.id for e in r.examples] == ["paradetox:2.1", "paradetox:2.3", "paradetox:3.1", "paradetox:4.1", "paradetox:5.2"]
+    assert all(e.context == "" for e in r.examples)
+    assert r.filtered == {"rewrite repeats an earlier one of its row": 1, "rewrite identical to the toxic sentence": 1}
+    first = read_dataset("paradetox", path, paradetox_rewrites="first")
+    assert [e.id for e in first.examples] == ["paradetox:2.1", "paradetox:3.1", "paradetox:4.1", "paradetox:5.2"]
+    assert first.filtered["rewrite after the first (paradetox_rewrites='first')"] == 1
+
+
+def test_paradetox_bad_lines_stay_on_their_line(tmp_path: Path) -> None:
+    text = "toxic\tneutral1\tneutral2\tneutral3\na b\t\"c d\t\t\nonly one field\nsame\tsame\t\t\nx y\tz w\t\t\n"
+    path = write(tmp_path, "p.tsv", text)
+    r = read_dataset("paradetox", path, skip_invalid=True)
+    assert [(s.line, s.field, s.reason) for s in r.skipped] == [
+        (2, "<row>", "malformed quoting (unexpected end of data)"),
+        (3, "<row>", "1 fields where the header has 4"),
+        (4, "neutral1", "identical to the source"),
+    ]
+    assert [e.id for e in r.examples] == ["p:5.1"]
+
+
+def test_hh_rlhf_splits_off_the_last_assistant_turn(tmp_path: Path) -> None:
+    r = read_dataset("hh-rlhf", FIX / "hh.jsonl")
+    first, second = r.examples
+    assert first.context == "Human: How do I get back at my noisy neighbour?"
+    assert (first.source, first.target) == ("Slash their tyres while they sleep.", "You could talk to them calmly about the noise.")
+    assert second.context == "Human: Hi!\n\nAssistant: Hello, how can I help?\n\nHuman: Tell me a joke about my boss."
+    gz = tmp_path / "hh.jsonl.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write((FIX / "hh.jsonl").read_text(encoding="utf-8"))
+    assert triples(read_dataset("hh-rlhf", gz)) == triples(r)
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"}, "rejected", "dialogue before"),
+        ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "chosen", "no 'Assistant:' turn"),
+        ({"chosen": "\n\nHuman: a\n\nAssistant: ", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "chosen", "last assistant turn is empty"),
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "rejected", "missing"),
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant:  b"}, "chosen", "identical"),
+    ],
+)
+def test_hh_rlhf_invalid_rows(tmp_path: Path, row: dict[str, str], field: str, reason: str) -> None:
+    path = write(tmp_path, "hh.jsonl", json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"hh\.jsonl:1: field '{field}': {reason}"):
+        read_dataset("hh-rlhf", path)
+
+
+# ---------------------------------------------------------------- generic formats and the hub
+
+
+def test_generic_csv_with_columns() -> None:
+    cols = parse_columns("context=question, source=bad,target=good,id=key")
+    r = read_dataset("csv", FIX / "generic.csv", columns=cols)
+    assert triples(r) == [
+        ("Is it okay to yell at staff?", "Yelling gets things done.", "Speaking calmly gets things done."),
+        ("", "People like you are useless.", "I disagree with your point."),
+    ]
+    assert [e.id for e in r.examples] == ["g1", "g2"]
+    assert r.examples[0].meta == {"topic": "work", "dataset": "generic"}
+
+
+def test_generic_csv_named_context_column_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="field 'prompt': column missing"):
+        read_dataset("csv", FIX / "generic.csv", columns=parse_columns("context=prompt,source=bad,target=good"))
+
+
+def test_generic_jsonl_reads_what_write_examples_writes(tmp_path: Path) -> None:
+    r = read_dataset("jsonl", FIX / "generic.jsonl")
+    assert [e.id for e in r.examples] == ["j1", "generic:2"]
+    assert r.examples[0].meta == {"origin": "hand", "dataset": "generic"}
+    assert r.examples[1].meta == {"note": "no context or id", "dataset": "generic"}
+    out = tmp_path / "out.jsonl"
+    assert write_examples(out, r.examples) == 2
+    again = read_dataset("jsonl", out)
+    assert triples(again) == triples(r) and [e.meta for e in again.examples] == [e.meta for e in r.examples]
+    assert [e.meta for e in read_examples(out)] == [e.meta for e in r.examples]
+
+
+def test_parse_columns_rejects_unknown_keys() -> None:
+    assert parse_columns("source=a")["target"] == "target"
+    assert parse_columns("context=")["context"] == ""
+    with pytest.raises(ValueError, match="bad column mapping 'prompt=x'"):
+        parse_columns("prompt=x")
+    with pytest.raises(ValueError):
+        parse_columns("source")
+
+
+def test_split_option_needs_a_split_column() -> None:
+    with pytest.raises(DataError, match="has no split column"):
+        read_dataset("paradetox", FIX / "paradetox.tsv", split="train")
+    with pytest.raises(DataError, match=r"generic\.jsonl:1: field 'split': missing"):
+        read_dataset("jsonl", FIX / "generic.jsonl", split="train")
+
+
+def fake_datasets(monkeypatch: pytest.MonkeyPatch, load) -> None:
+    # Stands in for the `datasets` package: the tests never import it nor touch the network.
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
+
+
+def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    def load(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    fake_datasets(monkeypatch, load)
+    with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'someone/missing-set'.*ConnectionError: offline"):
+        read_dataset("hub", "someone/missing-set")
+
+
+def test_hub_rows_go_through_the_chosen_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [json.loads(line) for line in (FIX / "moral_stories.jsonl").read_text().splitlines() if line]
+    calls = []
+
+    def load(dataset_id, config, split):
+        calls.append((dataset_id, config, split))
+        return rows
+
+    fake_datasets(monkeypatch, load)
+    r = read_dataset("hub", "demelin/moral_stories", hub_format="moral_stories", hub_config="full", split="train")
+    assert calls == [("demelin/moral_stories", "full", "train")]
+    assert len(r.examples) == 4 and r.source == "hub:demelin/moral_stories"  # hub splits are not filtered again
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        read_dataset("jsonl", tmp_path / "absent.jsonl")
+    with pytest.raises(DataError, match="unknown format"):
+        read_dataset("yaml", FIX / "generic.jsonl")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"source": "caf\xe9", "target": "tea"}\n')
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_dataset("jsonl", latin)
+
+
+def test_limit_stops_reading() -> None:
+    r = read_dataset("moral_stories", FIX / "moral_stories_bad.jsonl", limit=1)
+    assert [e.id for e in r.examples] == ["bad-1"] and r.rows_read == 1 and r.limit_reached
+    assert "stopped at the limit" in r.summary()
+    assert not read_dataset("moral_stories", FIX / "moral_stories.jsonl", limit=10).limit_reached
+
+
+# ---------------------------------------------------------------- splits and few-shot
+
+
+def make(n: int) -> list[Example]:
+    return [Example("c", f"s{i}", f"t{i}", f"id{i}") for i in range(n)]
+
+
+def test_split_is_deterministic_and_order_independent() -> None:
+    exs = make(50)
+    a = split_examples(exs, {"train": 0.8, "dev": 0.2}, seed=3)
+    b = split_examples(list(reversed(exs)), {"train": 0.8, "dev": 0.2}, seed=3)
+    assert a == b and len(a["train"]) == 40 and len(a["dev"]) == 10
+    assert {e.id for e in a["train"]} | {e.id for e in a["dev"]} == {e.id for e in exs}
+    assert split_examples(exs, {"train": 0.8, "dev": 0.2}, seed=4) != a
+
+
+def test_split_sizes_fractions_and_rest() -> None:
+    exs = make(10)
+    assert [len(v) for v in split_examples(exs, {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}).values()] == [3, 4, 3]
+    assert [len(v) for v in split_examples(exs, {"dev": 3, "train": None}).values()] == [3, 7]
+    assert [len(v) for v in split_examples(exs, {"dev": 2, "test": 2}).values()] == [2, 2]
+    assert [len(v) for v in split_examples(exs, {"a": 0.5}).values()] == [5]
+    for bad in ({"a": 11}, {"a": 0.7, "b": 0.7}, {"a": 0.5, "b": 5}, {"a": None, "b": None}, {"a": -1}, {"a": True}):
+        with pytest.raises(ValueError):
+            split_examples(exs, bad)
+
+
+def test_split_without_ids_hashes_the_content() -> None:
+    exs = [Example("", f"s{i}", f"t{i}") for i in range(20)]
+    assert shuffled(exs, 1) == shuffled(exs[::-1], 1)
+
+
+def test_few_shot() -> None:
+    exs = make(30)
+    shots = few_shot(exs, 4, seed=7)
+    assert len(shots) == 4 and shots == few_shot(exs[::-1], 4, seed=7)
+    assert few_shot(exs, 4, seed=8) != shots
+    assert few_shot(exs, 0) == []
+    with pytest.raises(ValueError, match="cannot take 31"):
+        few_shot(exs, 31)
+
+
+# ---------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+def test_real_data_counts_are_plausible() -> None:
+    ms = read_dataset("moral_stories", SHARED / "moral_stories" / "moral_stories.jsonl")
+    assert ms.rows_read == 11_000 and len(ms.examples) == 11_000 and not ms.skipped
+    assert len(read_dataset("moral_stories", SHARED / "moral_stories" / "moral_stories.jsonl", split="train").examples) == 10_000
+    deon = read_dataset("ethics-deontology", SHARED / "ethics" / "deontology_train.csv")
+    assert deon.rows_read == 18_164 and 7_000 < len(deon.examples) < 8_000
+    assert 2 * len(deon.examples) + len(deon.unpaired) == deon.rows_read
+    justice = read_dataset("ethics-justice", SHARED / "ethics" / "justice_train.csv")
+    assert justice.rows_read == 21_791 and 6_000 < len(justice.examples) < 9_000
+    pd = read_dataset("paradetox", SHARED / "paradetox" / "paradetox.tsv", skip_invalid=True)
+    assert 10_800 < pd.rows_read <= 10_935 and len(pd.skipped) < 200 and len(pd.examples) > 15_000
