@@ -197,7 +197,7 @@ class _RowError(Exception):
 
 
 Row = Mapping[str, Any]
-RowStream = Iterator[tuple[int, "Row | _RowError"]]  # (line, record or why it is not one)
+RowStream = Iterator[tuple[int, Row | _RowError]]  # (line, record or why it is not one)
 
 
 def _open_text(path: Path) -> TextIO:
@@ -477,7 +477,7 @@ def _hh_rlhf(r: _Reader) -> Iterator[Example]:
 
 
 def _generic(r: _Reader) -> Iterator[Example]:
-    cols = {**DEFAULT_COLUMNS, **r.opts.columns}
+    cols = r.opts.columns
     mapped = {c for c in cols.values() if c}
 
     def convert(row: Row, line: int) -> list[Example]:
@@ -587,14 +587,28 @@ _READERS: dict[str, Callable[[_Reader], Iterator[Example]]] = {
 }
 
 
-def read_dataset(format: str, path: str | os.PathLike[str], **options: Any) -> ReadResult:
+def read_dataset(
+    format: str,
+    path: str | os.PathLike[str],
+    *,
+    skip_invalid: bool = False,
+    split: str | None = None,
+    limit: int | None = None,
+    columns: Mapping[str, str] | None = None,
+    paradetox_rewrites: Literal["all", "first"] = "all",
+    pairing: Pairing = "zip",
+    mic_rot: bool = True,
+    hub_format: str = "jsonl",
+    hub_config: str | None = None,
+) -> ReadResult:
     """Read one dataset file (or, for ``format="hub"``, a Hugging Face dataset id).
 
-    ``options`` are the fields of :class:`ReadOptions`: ``skip_invalid``, ``split``, ``limit``,
-    ``columns`` (generic formats), ``paradetox_rewrites``, ``pairing``, ``mic_rot``,
-    ``hub_format`` (the format whose rules read the hub rows) and ``hub_config``.
+    The options are those of :class:`ReadOptions`; ``columns`` may name only the keys that
+    differ from :data:`DEFAULT_COLUMNS`.
     """
-    opts = ReadOptions(**options)
+    opts = ReadOptions(
+        skip_invalid, split, limit, {**DEFAULT_COLUMNS, **(columns or {})}, paradetox_rewrites, pairing, mic_rot, hub_format, hub_config
+    )
     if format not in FORMATS:
         raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     rows_format = opts.hub_format if format == "hub" else format
