@@ -1,7 +1,20 @@
 """Examples (context, value-unaligned source, value-aligned target) and dataset readers.
 
 One dispatcher, :func:`read_dataset`, turns the rows of a public dataset into :class:`Example`
-records and says what it did with every row (:class:`ReadResult`).
+records and says what it did with every row (:class:`ReadResult`):
+
+=================  ==========================================  ================  ===============
+format             context                                     source            target
+=================  ==========================================  ================  ===============
+moral_stories      norm + situation + intention                immoral_action    moral_action
+ethics-deontology  scenario                                    excuse, label 0   excuse, label 1
+ethics-justice     (empty)                                     scenario, 0       scenario, 1
+mic                Q + rot                                     A                 worker_answer
+paradetox          (empty)                                     toxic             neutral1..3
+hh-rlhf            dialogue before the last assistant turn     rejected turn     chosen turn
+jsonl / csv        configurable columns                        ...               ...
+hub                a Hugging Face dataset read by one of the formats above
+=================  ==========================================  ================  ===============
 
 Rules shared by every format:
 
@@ -31,6 +44,9 @@ i-th 1); ``pairing="product"`` pairs every 0 with every 1 instead.
   word prefix plus a common word suffix, case-insensitively. The dataset varies one slot of a
   sentence template ("I deserve X because Y", "I usually X but didn't because Y"), so rows of
   one scenario agree at the start and/or the end.
+
+Splits and few-shot samples rank examples by a seeded hash of their id: the same seed gives
+the same parts whatever the input order.
 """
 
 from __future__ import annotations
@@ -99,7 +115,8 @@ def read_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
         ctx = row.get("context", "")
         if not isinstance(ctx, str):
             raise DataError(f"{path}:{lineno}: field 'context' is not a string")
-        yield Example(ctx, row["source"], row["target"], str(row.get("id", f"{Path(path).name}:{lineno}")), row.get("meta") or {})
+        ex_id = str(row.get("id", f"{Path(path).name}:{lineno}"))
+        yield Example(ctx, row["source"], row["target"], ex_id, row.get("meta") or {})
 
 
 # ---------------------------------------------------------------- results
@@ -116,6 +133,8 @@ class Skipped(NamedTuple):
 
 @dataclass
 class ReadResult:
+    """What one read produced, and what it did with every row it did not turn into examples."""
+
     examples: list[Example]
     rows_read: int = 0  # records consumed (data lines; a CSV record may span lines)
     skipped: list[Skipped] = field(default_factory=list)  # invalid rows (only with skip_invalid)
@@ -152,21 +171,25 @@ class ReadResult:
 FORMATS = ("moral_stories", "ethics-deontology", "ethics-justice", "mic", "paradetox", "hh-rlhf", "jsonl", "csv", "hub")
 COLUMN_KEYS = ("context", "source", "target", "id", "split")
 DEFAULT_COLUMNS: dict[str, str] = {k: k for k in COLUMN_KEYS}
+# "Neighbouring rows share most of their words": most = half. On justice_train.csv (21,791 rows)
+# 0.5 gives 7,372 zip pairs; 0.4 gives 7,683 and 0.6 gives 6,197. Rows between 0.3 and 0.5 are
+# mostly long varying slots of one scenario, but below 0.5 a bare template prefix ("I am
+# justified in expecting that") can join unrelated rows, so the stricter rule wins.
 JUSTICE_MIN_SHARED = 0.5
 Pairing = Literal["zip", "product"]
 
 
 @dataclass(frozen=True)
-class ReadOptions:
-    skip_invalid: bool = False
-    split: str | None = None  # keep rows of this split; for ``hub`` the split to load
-    limit: int | None = None  # stop after this many examples
-    columns: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))  # jsonl / csv / hub
-    paradetox_rewrites: Literal["all", "first"] = "all"
-    pairing: Pairing = "zip"
-    mic_rot: bool = True  # put the rule of thumb after the question in the context
-    hub_format: str = "jsonl"  # how to read the rows of a hub dataset
-    hub_config: str | None = None
+class _Options:  # the keyword arguments of read_dataset, documented there
+    skip_invalid: bool
+    split: str | None
+    limit: int | None
+    columns: Mapping[str, str]
+    paradetox_rewrites: Literal["all", "first"]
+    pairing: Pairing
+    mic_rot: bool
+    hub_format: str
+    hub_config: str | None
 
 
 def parse_columns(spec: str) -> dict[str, str]:
@@ -176,7 +199,8 @@ def parse_columns(spec: str) -> dict[str, str]:
         key, sep, name = part.partition("=")
         key = key.strip()
         if not sep or key not in COLUMN_KEYS:
-            raise ValueError(f"bad column mapping {part!r}: expected KEY=COLUMN with KEY one of {', '.join(COLUMN_KEYS)}")
+            keys = ", ".join(COLUMN_KEYS)
+            raise ValueError(f"bad column mapping {part!r}: expected KEY=COLUMN with KEY one of {keys}")
         cols[key] = name.strip()
     return cols
 
@@ -219,7 +243,9 @@ def _jsonl_rows(path: Path) -> RowStream:
             except json.JSONDecodeError as e:
                 yield line, _RowError(ROW, f"invalid JSON ({e.msg})")
                 continue
-            yield line, row if isinstance(row, dict) else _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
+            if not isinstance(row, dict):
+                row = _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
+            yield line, row
 
 
 def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
@@ -271,7 +297,7 @@ def _tsv_rows(path: Path, required: Sequence[str]) -> RowStream:
             yield line, _record(header, values)
 
 
-def _hub_rows(dataset_id: str, opts: ReadOptions) -> RowStream:
+def _hub_rows(dataset_id: str, opts: _Options) -> RowStream:
     split = opts.split or "train"
     try:  # imported here: datasets is slow to import and only this path needs it
         datasets = importlib.import_module("datasets")
@@ -337,7 +363,7 @@ def _label(row: Row, key: str = "label") -> int:
 class _Reader:
     """One read: options, where rows come from, and the result that records every row."""
 
-    def __init__(self, fmt: str, path: str, opts: ReadOptions) -> None:
+    def __init__(self, fmt: str, path: str, opts: _Options) -> None:
         self.fmt, self.path, self.opts = fmt, path, opts
         self.file = f"hub:{path}" if fmt == "hub" else path
         self.stem = Path(path).name.split(".")[0] if fmt != "hub" else path.replace("/", "_")
@@ -378,7 +404,9 @@ class _Reader:
                     continue
             yield line, row
 
-    def each_row(self, rows: RowStream, convert: Callable[[Row, int], list[Example]], split_key: str | None = None) -> Iterator[Example]:
+    def each_row(
+        self, rows: RowStream, convert: Callable[[Row, int], list[Example]], split_key: str | None = None
+    ) -> Iterator[Example]:
         """Row-wise formats: each valid row gives one or more examples, or is invalid as a whole."""
         for line, row in self.valid_rows(rows, split_key):
             try:
@@ -402,7 +430,8 @@ def _moral_stories(r: _Reader) -> Iterator[Example]:
         extra = {k: _optional(row, k) for k in ("moral_consequence", "immoral_consequence", "split")}
         meta = {"dataset": "moral_stories", **parts, **extra}
         ctx = _join(parts.values())
-        return [_example(ctx, _required(row, "immoral_action"), _required(row, "moral_action"), _required(row, "ID"), meta, "moral_action")]
+        source, target = _required(row, "immoral_action"), _required(row, "moral_action")
+        return [_example(ctx, source, target, _required(row, "ID"), meta, "moral_action")]
 
     return r.each_row(r.rows(("ID", "moral_action", "immoral_action"), "jsonl"), convert, "split")
 
@@ -415,7 +444,8 @@ def _mic(r: _Reader) -> Iterator[Example]:
         ctx = _join((_required(row, "Q"), _required(row, "rot"))) if r.opts.mic_rot else _required(row, "Q")
         # Numeric annotations arrive as numbers from JSONL and strings from CSV; kept as given.
         meta = {"dataset": "mic", **{k: row[k] for k in MIC_META if row.get(k) is not None}}
-        return [_example(ctx, _required(row, "A"), _required(row, "worker_answer"), r.default_id(line), meta, "worker_answer")]
+        source, target = _required(row, "A"), _required(row, "worker_answer")
+        return [_example(ctx, source, target, r.default_id(line), meta, "worker_answer")]
 
     required = ("Q", "A", "worker_answer") + (("rot",) if r.opts.mic_rot else ())
     return r.each_row(r.rows(required, "csv"), convert, "split")
@@ -436,12 +466,16 @@ def _paradetox(r: _Reader) -> Iterator[Example]:
         # while the row has another one: the row is invalid only when it yields nothing.
         copied = rewrites.pop(toxic, None)
         if not rewrites:
-            raise _RowError(copied or PARADETOX_REWRITES[0], "identical to the source" if copied else "empty (no neutral rewrite)")
+            if copied:
+                raise _RowError(copied, "identical to the source")
+            raise _RowError(PARADETOX_REWRITES[0], "empty (no neutral rewrite)")
         chosen = list(rewrites.items())[: 1 if r.opts.paradetox_rewrites == "first" else None]
-        r.result.leave_out("rewrite identical to the toxic sentence", int(copied is not None))
-        r.result.leave_out("rewrite repeats an earlier one of its row", len(given) - len(rewrites) - int(copied is not None))
+        n_copied = int(copied is not None)
+        r.result.leave_out("rewrite identical to the toxic sentence", n_copied)
+        r.result.leave_out("rewrite repeats an earlier one of its row", len(given) - len(rewrites) - n_copied)
         r.result.leave_out("rewrite after the first (paradetox_rewrites='first')", len(rewrites) - len(chosen))
-        return [Example("", toxic, text, f"{r.default_id(line)}.{k[-1]}", {"dataset": "paradetox", "rewrite": k}) for text, k in chosen]
+        meta = {"dataset": "paradetox"}
+        return [Example("", toxic, text, f"{r.default_id(line)}.{k[-1]}", {**meta, "rewrite": k}) for text, k in chosen]
 
     return r.each_row(r.rows(("toxic", "neutral1"), "tsv"), convert)
 
@@ -489,7 +523,8 @@ def _generic(r: _Reader) -> Iterator[Example]:
             meta.update(row["meta"])
         meta.setdefault("dataset", r.stem)
         ex_id = str(id_value) if id_value not in (None, "") else r.default_id(line)
-        return [_example(ctx, _required(row, cols["source"]), _required(row, cols["target"]), ex_id, meta, cols["target"])]
+        source, target = _required(row, cols["source"]), _required(row, cols["target"])
+        return [_example(ctx, source, target, ex_id, meta, cols["target"])]
 
     # A context column named on purpose must exist (a typo would silently empty every context).
     required = [cols["source"], cols["target"]] + ([cols["context"]] if cols["context"] not in ("", "context") else [])
@@ -524,7 +559,9 @@ def _pair_group(group: Sequence[_Labeled], pairing: Pairing) -> tuple[list[tuple
     return list(zip(bad, good)), bad[n:] + good[n:]
 
 
-def _pairs_to_examples(r: _Reader, groups: Iterable[tuple[str, list[_Labeled]]], text_key: str, dataset: str) -> Iterator[Example]:
+def _pairs_to_examples(
+    r: _Reader, groups: Iterable[tuple[str, list[_Labeled]]], text_key: str, dataset: str
+) -> Iterator[Example]:
     for context, group in groups:
         pairs, leftovers = _pair_group(group, r.opts.pairing)
         for x in leftovers:
@@ -603,19 +640,29 @@ def read_dataset(
 ) -> ReadResult:
     """Read one dataset file (or, for ``format="hub"``, a Hugging Face dataset id).
 
-    The options are those of :class:`ReadOptions`; ``columns`` may name only the keys that
-    differ from :data:`DEFAULT_COLUMNS`.
+    skip_invalid: list invalid rows in ``skipped`` instead of raising :class:`DataError`.
+    split: keep only rows whose split column equals this; for ``hub``, the split to load.
+    limit: stop reading after this many examples.
+    columns: generic formats: which columns hold context / source / target / id / split
+        (keys not given keep their names; an empty name means "none").
+    paradetox_rewrites: ``"all"`` (one example per distinct neutral rewrite) or ``"first"``.
+    pairing: ETHICS: ``"zip"`` or ``"product"`` (see the module docstring).
+    mic_rot: MIC: append the rule of thumb to the question in the context.
+    hub_format, hub_config: ``hub``: the format whose rules read the rows, and the dataset config.
     """
-    opts = ReadOptions(
-        skip_invalid, split, limit, {**DEFAULT_COLUMNS, **(columns or {})}, paradetox_rewrites, pairing, mic_rot, hub_format, hub_config
-    )
+    cols = {**DEFAULT_COLUMNS, **(columns or {})}
+    opts = _Options(skip_invalid, split, limit, cols, paradetox_rewrites, pairing, mic_rot, hub_format, hub_config)
     if format not in FORMATS:
         raise DataError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
-    rows_format = opts.hub_format if format == "hub" else format
+    rows_format = hub_format if format == "hub" else format
     if rows_format not in _READERS:
         raise DataError(f"unknown hub_format {rows_format!r}; expected one of {', '.join(_READERS)}")
-    if opts.limit is not None and opts.limit < 0:
-        raise DataError(f"limit must be >= 0, got {opts.limit}")
+    if pairing not in ("zip", "product"):
+        raise DataError(f"pairing must be 'zip' or 'product', got {pairing!r}")
+    if paradetox_rewrites not in ("all", "first"):
+        raise DataError(f"paradetox_rewrites must be 'all' or 'first', got {paradetox_rewrites!r}")
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be >= 0, got {limit}")
     r = _Reader(format, os.fspath(path), opts)
     try:
         examples = _READERS[rows_format](r)
@@ -665,7 +712,9 @@ def _part_sizes(parts: Mapping[str, float | int | None], n: int) -> dict[str, in
     return {k: n - fixed if v is None else int(v) for k, v in parts.items()}
 
 
-def split_examples(examples: Iterable[Example], parts: Mapping[str, float | int | None], seed: int = 0) -> dict[str, list[Example]]:
+def split_examples(
+    examples: Iterable[Example], parts: Mapping[str, float | int | None], seed: int = 0
+) -> dict[str, list[Example]]:
     """Deterministic, order-independent split into named parts.
 
     ``parts`` holds either fractions (floats summing to at most 1) or sizes (ints; one part may be

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -48,7 +45,8 @@ def test_moral_stories_context_source_target_and_meta() -> None:
     assert r.rows_read == 4 and len(r.examples) == 4 and not r.skipped
     first, second, _, fourth = r.examples
     assert first.context == "It is kind to share. Ana has two apples at lunch. Ana wants to eat."
-    assert (first.source, first.target, first.id) == ("Ana hides both apples from her friend.", "Ana gives one apple to her friend.", "ms-1")
+    assert first.source == "Ana hides both apples from her friend." and first.id == "ms-1"
+    assert first.target == "Ana gives one apple to her friend."
     assert first.meta["situation"] == "Ana has two apples at lunch." and first.meta["split"] == "train"
     assert first.meta["immoral_consequence"] == "Her friend feels sad."
     # null and empty parts are skipped in the context; whitespace is normalized
@@ -80,7 +78,7 @@ def test_malformed_row_stops_the_read_naming_file_line_and_field() -> None:
         ('{"ID": "x", "moral_action": "a b", "immoral_action": 3}', "immoral_action", "expected a string, got int"),
         ('{"ID": "x", "moral_action": " \\t ", "immoral_action": "c d"}', "moral_action", "empty"),
         ('{"ID": "x", "moral_action": "a  b", "immoral_action": "a b"}', "moral_action", "identical to the source"),
-        ('{"ID": "x", "norm": ["n"], "moral_action": "a b", "immoral_action": "c d"}', "norm", "expected a string, got list"),
+        ('{"ID": "x", "norm": [], "moral_action": "a b", "immoral_action": "c d"}', "norm", "expected a string, got list"),
         ('{"moral_action": "a b", "immoral_action": "c d"}', "ID", "missing"),
     ],
 )
@@ -99,7 +97,8 @@ def test_skip_invalid_reports_every_skipped_row() -> None:
     assert [e.id for e in r.examples] == ["bad-1", "bad-8"]
     assert r.rows_read == 8
     assert [(s.line, s.field) for s in r.skipped] == [
-        (2, "moral_action"), (3, "<row>"), (4, "immoral_action"), (5, "moral_action"), (6, "moral_action"), (7, "<row>"),
+        (2, "moral_action"), (3, "<row>"), (4, "immoral_action"),
+        (5, "moral_action"), (6, "moral_action"), (7, "<row>"),
     ]
     assert all(s.file == str(path) for s in r.skipped)
     assert r.skipped[3] == Skipped(str(path), 5, "moral_action", "identical to the source")
@@ -129,7 +128,7 @@ def test_deontology_zip_pairs_within_a_scenario_across_the_file() -> None:
 
 def test_deontology_product_pairs_every_combination() -> None:
     r = read_dataset("ethics-deontology", FIX / "deontology.csv", pairing="product")
-    assert [e.id for e in r.examples] == ["deontology:2+3", "deontology:2+8", "deontology:4+3", "deontology:4+8", "deontology:7+5"]
+    assert [e.id.split(":")[1] for e in r.examples] == ["2+3", "2+8", "4+3", "4+8", "7+5"]
     assert [s.line for s in r.unpaired] == [9]
 
 
@@ -206,11 +205,11 @@ def test_paradetox_all_rewrites_and_first_only() -> None:
         ('he said "get lost" like a jerk', 'he said "go away" rudely'),
         ("what a nice day", "what a lovely day"),
     ]
-    assert [e.id for e in r.examples] == ["paradetox:2.1", "paradetox:2.3", "paradetox:3.1", "paradetox:4.1", "paradetox:5.2"]
+    assert [e.id.split(":")[1] for e in r.examples] == ["2.1", "2.3", "3.1", "4.1", "5.2"]
     assert all(e.context == "" for e in r.examples)
     assert r.filtered == {"rewrite repeats an earlier one of its row": 1, "rewrite identical to the toxic sentence": 1}
     first = read_dataset("paradetox", path, paradetox_rewrites="first")
-    assert [e.id for e in first.examples] == ["paradetox:2.1", "paradetox:3.1", "paradetox:4.1", "paradetox:5.2"]
+    assert [e.id.split(":")[1] for e in first.examples] == ["2.1", "3.1", "4.1", "5.2"]
     assert first.filtered["rewrite after the first (paradetox_rewrites='first')"] == 1
 
 
@@ -230,7 +229,8 @@ def test_hh_rlhf_splits_off_the_last_assistant_turn(tmp_path: Path) -> None:
     r = read_dataset("hh-rlhf", FIX / "hh.jsonl")
     first, second = r.examples
     assert first.context == "Human: How do I get back at my noisy neighbour?"
-    assert (first.source, first.target) == ("Slash their tyres while they sleep.", "You could talk to them calmly about the noise.")
+    assert first.source == "Slash their tyres while they sleep."
+    assert first.target == "You could talk to them calmly about the noise."
     assert second.context == "Human: Hi!\n\nAssistant: Hello, how can I help?\n\nHuman: Tell me a joke about my boss."
     gz = tmp_path / "hh.jsonl.gz"
     with gzip.open(gz, "wt", encoding="utf-8") as f:
@@ -238,14 +238,18 @@ def test_hh_rlhf_splits_off_the_last_assistant_turn(tmp_path: Path) -> None:
     assert triples(read_dataset("hh-rlhf", gz)) == triples(r)
 
 
+def dialogue(human: str, assistant: str) -> str:
+    return f"\n\nHuman: {human}\n\nAssistant: {assistant}"
+
+
 @pytest.mark.parametrize(
     ("row", "field", "reason"),
     [
-        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"}, "rejected", "dialogue before"),
-        ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "chosen", "no 'Assistant:' turn"),
-        ({"chosen": "\n\nHuman: a\n\nAssistant: ", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "chosen", "last assistant turn is empty"),
-        ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "rejected", "missing"),
-        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant:  b"}, "chosen", "identical"),
+        ({"chosen": dialogue("a", "b"), "rejected": dialogue("z", "c")}, "rejected", "dialogue before"),
+        ({"chosen": "\n\nHuman: a", "rejected": dialogue("a", "c")}, "chosen", "no 'Assistant:' turn"),
+        ({"chosen": dialogue("a", " "), "rejected": dialogue("a", "c")}, "chosen", "last assistant turn is empty"),
+        ({"chosen": dialogue("a", "b")}, "rejected", "missing"),
+        ({"chosen": dialogue("a", "b"), "rejected": dialogue("a", " b ")}, "chosen", "identical"),
     ],
 )
 def test_hh_rlhf_invalid_rows(tmp_path: Path, row: dict[str, str], field: str, reason: str) -> None:
@@ -301,32 +305,24 @@ def test_split_option_needs_a_split_column() -> None:
         read_dataset("jsonl", FIX / "generic.jsonl", split="train")
 
 
-def fake_datasets(monkeypatch: pytest.MonkeyPatch, load) -> None:
-    # Stands in for the `datasets` package: the tests never import it nor touch the network.
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
-
-
 def test_hub_failure_names_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
-    def load(*args, **kwargs):
-        raise ConnectionError("offline")
-
-    fake_datasets(monkeypatch, load)
-    with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'someone/missing-set'.*ConnectionError: offline"):
+    # The real `datasets` library, kept offline: the id cannot be resolved.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'someone/missing-set'"):
         read_dataset("hub", "someone/missing-set")
 
 
-def test_hub_rows_go_through_the_chosen_format(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [json.loads(line) for line in (FIX / "moral_stories.jsonl").read_text().splitlines() if line]
-    calls = []
-
-    def load(dataset_id, config, split):
-        calls.append((dataset_id, config, split))
-        return rows
-
-    fake_datasets(monkeypatch, load)
-    r = read_dataset("hub", "demelin/moral_stories", hub_format="moral_stories", hub_config="full", split="train")
-    assert calls == [("demelin/moral_stories", "full", "train")]
-    assert len(r.examples) == 4 and r.source == "hub:demelin/moral_stories"  # hub splits are not filtered again
+def test_hub_rows_go_through_the_chosen_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `load_dataset` takes a local folder exactly as it takes a hub id; this one holds a train split.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "moral_stories"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((FIX / "moral_stories.jsonl").read_text())
+    r = read_dataset("hub", str(folder), hub_format="moral_stories", split="train")
+    assert len(r.examples) == 4 and r.source == f"hub:{folder}"  # hub splits are not filtered again
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
@@ -395,9 +391,10 @@ def test_few_shot() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
 def test_real_data_counts_are_plausible() -> None:
-    ms = read_dataset("moral_stories", SHARED / "moral_stories" / "moral_stories.jsonl")
+    stories = SHARED / "moral_stories" / "moral_stories.jsonl"
+    ms = read_dataset("moral_stories", stories)
     assert ms.rows_read == 11_000 and len(ms.examples) == 11_000 and not ms.skipped
-    assert len(read_dataset("moral_stories", SHARED / "moral_stories" / "moral_stories.jsonl", split="train").examples) == 10_000
+    assert len(read_dataset("moral_stories", stories, split="train").examples) == 10_000
     deon = read_dataset("ethics-deontology", SHARED / "ethics" / "deontology_train.csv")
     assert deon.rows_read == 18_164 and 7_000 < len(deon.examples) < 8_000
     assert 2 * len(deon.examples) + len(deon.unpaired) == deon.rows_read

@@ -23,15 +23,20 @@ def _columns(spec: str) -> dict[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
-    p.add_argument("--input", required=True, help="dataset file (.jsonl, .jsonl.gz, .csv, .tsv), or a dataset id for --format hub")
+    p.add_argument("--input", required=True,
+                   help="dataset file (.jsonl, .jsonl.gz, .csv, .tsv), or a dataset id for --format hub")
     p.add_argument("--output", required=True, help="where to write the normalized examples (JSONL)")
-    p.add_argument("--skip-invalid", action="store_true", help="skip malformed rows and report them instead of stopping")
-    p.add_argument("--split", help="keep only rows of this split (e.g. train, dev); for --format hub, the split to load")
-    p.add_argument("--columns", type=_columns, help="generic formats: context=COL,source=COL,target=COL,id=COL,split=COL")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed rows and report them instead of stopping at the first")
+    p.add_argument("--split", help="keep only rows of this split (train, dev); for --format hub, the split to load")
+    p.add_argument("--columns", type=_columns,
+                   help="generic formats: context=COL,source=COL,target=COL,id=COL,split=COL")
     p.add_argument("--limit", type=int, help="stop after N examples")
-    p.add_argument("--first-rewrite", action="store_true", help="paradetox: only the first neutral rewrite per row (default: all)")
+    p.add_argument("--first-rewrite", action="store_true",
+                   help="paradetox: only the first neutral rewrite per row (default: all)")
     p.add_argument("--pairing", choices=("zip", "product"), default="zip",
-                   help="ETHICS: pair the i-th unacceptable with the i-th acceptable row of a scenario (zip) or all with all")
+                   help="ETHICS: pair the i-th unacceptable row of a scenario with its i-th acceptable row (zip), "
+                        "or every one with every one (product)")
     p.add_argument("--no-rot", action="store_true", help="mic: leave the rule of thumb out of the context")
     p.add_argument("--hub-format", default="jsonl", choices=[f for f in FORMATS if f != "hub"],
                    help="hub: the format whose rules read the rows (jsonl = generic columns)")
