@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "show what secondthoughts does on a few hand-written examples"),
     "edits": ("edits", "infer and show the chain of edits between two texts"),
     "prepare": ("prepare", "read a dataset and write normalized examples as JSONL"),
+    "train": ("train", "fine-tune a model on chains of edits (AEM) or direct rewrites"),
+    "reward": ("reward", "train or apply the value-alignment reward model"),
 }
 
 

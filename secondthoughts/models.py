@@ -235,6 +235,9 @@ def load(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = Path(name_or_path)
+    if (path / "model").is_dir() and (path / "metrics.jsonl").is_file():  # a `secondthoughts train` run
+        path = path / "model"
+        name_or_path = str(path)
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 

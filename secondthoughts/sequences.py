@@ -20,12 +20,12 @@ Packing puts several sequences in one row with ``position_ids`` restarting at 0 
 Batches carry no attention mask: transformers (4.53+, 5.x) then reads the restarts in
 ``position_ids`` as sequence boundaries and builds a block-diagonal causal mask (sdpa/eager)
 or varlen flash attention, so packed sequences never see each other. Padding gets its own
-restart, so it is a separate segment too.
+restart, so it is a separate segment too. The forward must pass ``use_cache=False``: with a KV
+cache transformers skips this detection and packed sequences would attend to each other.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -233,15 +233,6 @@ def _row(parts: Sequence[Encoded]) -> Row:
 
 def unpacked(sequences: Sequence[Encoded]) -> list[Row]:
     return [_row([s]) for s in sequences]
-
-
-def epoch_rows(sequences: Sequence[Encoded], max_length: int, *, seed: int, epoch: int, packing: bool = True) -> list[Row]:
-    """The rows of one epoch: a shuffle that depends only on (seed, epoch), so a resumed run
-    rebuilds exactly the same order."""
-    order = list(range(len(sequences)))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    shuffled = [sequences[i] for i in order]
-    return pack(shuffled, max_length) if packing else unpacked(shuffled)
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:

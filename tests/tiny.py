@@ -1,4 +1,5 @@
 """Tiny models and tokenizers built on the fly, for tests: no downloads, a second or less.
+Imports torch only when a model is built, so torch-free tests stay light.
 
 ``tiny_tokenizer()`` is a byte-level BPE trained on a few sentences (so it encodes any text);
 ``tiny_model(tokenizer)`` is a 2-layer Llama; ``save_tiny(path)`` writes both where
@@ -10,8 +11,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from secondthoughts.data import Example
 
@@ -65,6 +64,7 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_model(tokenizer: Any, *, seed: int = 0, layers: int = 2, hidden: int = 32, tied: bool = True) -> Any:
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
