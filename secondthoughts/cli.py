@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "read a dataset and write normalized examples as JSONL"),
     "train": ("train", "fine-tune a model on chains of edits (AEM) or direct rewrites"),
     "reward": ("reward", "train or apply the value-alignment reward model"),
+    "realign": ("realign", "re-align texts with a trained model: chain of edits, applied"),
+    "serve": ("serve", "the web editor: re-align, correct edits, let the model continue, save corrections"),
 }
 
 

@@ -42,7 +42,7 @@ def test_no_command_prints_help(capsys):
 
 
 def test_demo_shows_every_chain(capsys):
-    assert main(["demo", "--limit", "3"]) == 0
+    assert main(["demo", "--no-model", "--limit", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count("demo-0") == 3 and "every chain applied back to its target exactly" in " ".join(out.split())
 

@@ -1,0 +1,158 @@
+"""``secondthoughts realign``: re-align texts with a trained run.
+
+    secondthoughts realign --model RUN [--context C] "TEXT" [--prefix CHAIN] [--mode apply|generate|direct] [--json]
+    secondthoughts realign --model RUN --input in.jsonl --output out.jsonl [--batch-size 8]
+
+One text: the coloured inline diff, the readable chain and the re-aligned text (``--json``: the
+whole result). A batch: rows with ``source`` and optional ``context`` and ``prefix``; each output
+row is the input row plus the result fields, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from secondthoughts.data import DataError, _jsonl_rows, _RowError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="the text to re-align (or --input)")
+    p.add_argument("--model", required=True, help="a `secondthoughts train` run folder (or a model folder with edit tokens)")
+    p.add_argument("--context", default="", help="the situation / norm the text responds to")
+    p.add_argument("--prefix", help="first edits to force (compact form or readable lines); the model continues after them")
+    p.add_argument("--mode", choices=("apply", "generate", "direct"), help="apply: chain only, applied (default for CoE runs); "
+                   "generate: chain then target (the paper's decoding); direct: runs trained with --mode direct")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--input", help="JSONL of rows with source (and optional context, prefix) to re-align in batches")
+    p.add_argument("--output", help="where --input's rows go, with the result fields added")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
+    p.add_argument("--unconstrained", action="store_true", help="let the model write chains that may not parse or apply")
+    p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy or sampling)")
+    p.add_argument("--sample", action="store_true", help="sample instead of searching")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0: off)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--prompt-lookup", type=int, metavar="N", help="draft N tokens at a time by copying from the prompt (batch size 1)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        mode=args.mode,
+        constrained=not args.unconstrained,
+        num_beams=args.beams,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        prompt_lookup_num_tokens=args.prompt_lookup,
+    )
+
+
+def read_items(path: str) -> list[dict[str, Any]]:
+    """Rows with a string ``source``; ``context`` and ``prefix`` optional. Errors name file and line."""
+    from secondthoughts.edits import EditError
+    from secondthoughts.realign import as_chain
+
+    rows = []
+    for line, row in _jsonl_rows(Path(path)):
+        if isinstance(row, _RowError):
+            raise DataError(row.message(path, line))
+        if not isinstance(row.get("source"), str):
+            raise DataError(f"{path}:{line}: field 'source': {'missing' if row.get('source') is None else 'expected a string'}")
+        if not isinstance(row.get("context", ""), str):
+            raise DataError(f"{path}:{line}: field 'context': expected a string")
+        if row.get("prefix"):
+            try:
+                as_chain(row["prefix"], row["source"], what="prefix")
+            except (EditError, TypeError) as e:
+                raise DataError(f"{path}:{line}: field 'prefix': {e}") from None
+        rows.append(row)
+    return rows
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from secondthoughts.realign import Realigner
+
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return Realigner(args.model, device=args.device, dtype=dtype)
+
+
+def show(console: Any, result: Any) -> None:
+    """The terminal view of one result: inline diff, readable chain, notes."""
+    from rich.markup import escape
+
+    from secondthoughts.diffview import chain_stats, inline_diff
+    from secondthoughts.edits import tokenize
+
+    if result.context:
+        console.print(f"[dim]context:[/dim] {escape(result.context)}")
+    console.print(inline_diff(tokenize(result.source), result.chain))
+    for n, line in enumerate(result.readable.splitlines()):
+        mark = " [dim](your prefix)[/dim]" if n < result.prefix_edits else ""
+        console.print(f"  {escape(line)}{mark}")
+    if not result.valid:
+        console.print(f"[red]invalid chain:[/red] {escape(result.error or '')}")
+        console.print(f"[dim]model wrote:[/dim] {escape(result.compact)}")
+    if result.truncated:
+        console.print("[yellow]max-new-tokens cut the chain: kept its complete edits[/yellow]")
+    if result.generated_target is not None:
+        note = "[yellow](differs from the chain applied)[/yellow]" if result.disagrees else "[dim](same as the chain applied)[/dim]"
+        console.print(f"[dim]generated target:[/dim] {escape(result.generated_target)} {note}")
+    stats = chain_stats(result.chain)
+    t = result.timings
+    console.print(
+        f"[dim]{len(result.chain)} edits ({stats['replace']} replace, {stats['delete']} delete, {stats['insert']} insert); "
+        f"{t.get('total_s', 0):.2f} s, {int(t.get('new_tokens', 0))} new tokens[/dim]"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from secondthoughts.edits import EditError
+
+    if (args.text is None) == (args.input is None):
+        print("error: give either a TEXT or --input FILE", file=sys.stderr)
+        return 2
+    if args.input and not args.output:
+        print("error: --input needs --output", file=sys.stderr)
+        return 2
+    try:
+        items = read_items(args.input) if args.input else None
+        realigner = _load(args)
+        if items is None:
+            result = realigner.realign(args.context, args.text, prefix=args.prefix, **settings(args))
+        else:
+            t0 = time.perf_counter()
+            results = realigner.realign_many(items, batch_size=args.batch_size, progress=True, **settings(args))
+            elapsed = time.perf_counter() - t0
+    except (DataError, EditError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if items is None:
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        else:
+            show(Console(highlight=False), result)
+        return 0 if result.valid else 1
+    from secondthoughts.commands.reward import write_rows
+
+    write_rows(args.output, [{**row, **r.to_dict()} for row, r in zip(items, results)])
+    valid = sum(r.valid for r in results)
+    parts = [f"{valid} valid", f"{sum(r.truncated for r in results)} truncated"]
+    if any(r.disagrees is not None for r in results):
+        parts.append(f"{sum(bool(r.disagrees) for r in results)} with a target that differs from the chain applied")
+    rate = f" ({len(results) / elapsed:.2f} texts/s)" if results and elapsed > 0 else ""
+    print(f"re-aligned {len(results)} texts{rate}: {', '.join(parts)}; wrote {args.output}")
+    return 0 if valid == len(results) else 1

@@ -1,0 +1,77 @@
+"""``secondthoughts train``: AEM fine-tuning (chain-of-edits or direct rewrite) into a run folder.
+
+Every field of :class:`secondthoughts.sft.TrainConfig` is a flag (``batch_size`` ->
+``--batch-size``, booleans also as ``--no-...``). ``--config run.yaml`` reads the same fields
+from YAML; flags given on the command line override it. Runs under
+``accelerate launch --num_processes N [--cpu] -m secondthoughts train ...`` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, fields
+from typing import Any
+
+from secondthoughts.sft import TrainConfig
+
+
+def parse_cost_sets(text: str) -> list[list[float]]:
+    """``"1,1,2;1,1,3"`` -> ``[[1, 1, 2], [1, 1, 3]]``."""
+    try:
+        sets = [[float(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cost sets look like '1,1,2;1,1,3', got {text!r}") from None
+    if not sets or any(len(s) != 3 for s in sets):
+        raise argparse.ArgumentTypeError(f"each cost set is insert,delete,replace; got {text!r}")
+    return sets
+
+
+def add_config_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per dataclass field. Defaults are suppressed so that only flags actually given
+    override the YAML file; the help still shows the default."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {json.dumps(default)})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "cost_sets":
+            p.add_argument(flag, type=parse_cost_sets, metavar="I,D,R;...", **kw)
+        else:
+            p.add_argument(flag, type=type(default), choices=f.metadata.get("choices"), **kw)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="config_file", default=None, help="YAML file of training settings (flags override)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume and not args.config_file:
+        # The run's own settings; flags that contradict them are refused by sft.train.
+        from pathlib import Path
+
+        saved = Path(given.get("out", TrainConfig.out)) / "config.json"
+        if saved.is_file():
+            return TrainConfig.from_dict({**json.loads(saved.read_text())["train"], **given})
+    if args.config_file:
+        return TrainConfig.from_yaml(args.config_file, **given)
+    return TrainConfig.from_dict(given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from secondthoughts import sft
+
+    config = config_from_args(args)
+    result = sft.train(config, resume=args.resume)
+    st = result.state
+    if not result.is_main_process:
+        return 0
+    best = f"best eval loss {st.best_eval:.4f} at step {st.best_step}" if st.best_eval is not None else "no eval"
+    stop = " (stopped early)" if st.stopped_early else ""
+    print(f"{result.out}: {st.step}/{result.steps_total} steps{stop}, {best}; model in {result.out / 'model'}")
+    return 0

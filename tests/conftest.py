@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny tokenizer / model / model folder / examples file (see tests/tiny.py)."""
+
+from __future__ import annotations
+
+import os
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's
+# spinning threads slow each small op ~20x when another process holds a core. Set before
+# torch is first imported; export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture
+def tiny_tok() -> Any:
+    return tiny.tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_lm(tiny_tok: Any) -> Any:
+    return tiny.tiny_model(tiny_tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama + tokenizer saved as a local model folder (a stand-in for a hub id)."""
+    return tiny.save_tiny(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def examples_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.write_examples_jsonl(tmp_path_factory.mktemp("data") / "examples.jsonl", n=24)

