@@ -111,7 +111,11 @@ def convert_llama_gguf(gguf_path: str | os.PathLike[str]) -> tuple[Any, Any]:
     """Dequantize a Llama-architecture GGUF into an fp32 ``LlamaForCausalLM`` and its tokenizer."""
     from tokenizers import pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from transformers.integrations.gguf import GgufHeader, load_gguf_state_dict, read_gguf_metadata
+    from transformers.integrations.gguf import (
+        GgufHeader,
+        load_gguf_state_dict,
+        read_gguf_metadata,
+    )
     from transformers.integrations.gguf.dequant import GGML_BLOCK, dequantize
 
     gguf_path = Path(gguf_path)

@@ -33,7 +33,15 @@ from typing import Any, Literal
 import torch
 
 from secondthoughts.data import Example
-from secondthoughts.edits import DEFAULT_COST_SETS, EOC, Costs, Edit, augment_chains, render_compact, tokenize
+from secondthoughts.edits import (
+    DEFAULT_COST_SETS,
+    EOC,
+    Costs,
+    Edit,
+    augment_chains,
+    render_compact,
+    tokenize,
+)
 from secondthoughts.models import SEP, SRC
 
 IGNORE_INDEX = -100

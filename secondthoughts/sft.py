@@ -45,7 +45,16 @@ from torch import nn
 from secondthoughts import models
 from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import DEFAULT_COST_SETS
-from secondthoughts.sequences import IGNORE_INDEX, MODES, LengthReport, Row, build_sequences, collate, pack, unpacked
+from secondthoughts.sequences import (
+    IGNORE_INDEX,
+    MODES,
+    LengthReport,
+    Row,
+    build_sequences,
+    collate,
+    pack,
+    unpacked,
+)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -65,7 +74,7 @@ class TrainConfig:
     eval_data: str = _f("", "held-out examples JSONL; empty: hold out eval_fraction of --data")
     eval_fraction: float = _f(0.05, "fraction of --data held out for eval when --eval-data is empty (0: no eval)")
     eval_max: int = _f(500, "at most this many held-out examples")
-    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")
+    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")  # noqa: RUF009 (_f copies lists)
     max_length: int = _f(512, "tokens per sequence and per packed row; longer: context cut from the left, else dropped")
     packing: bool = _f(True, "pack several sequences into each row (attention and loss stay per sequence)")
     batch_size: int = _f(8, "rows per micro-batch per process")
@@ -122,7 +131,7 @@ class TrainConfig:
         with open(path, encoding="utf-8") as f:
             d = yaml.safe_load(f) or {}
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of training settings")
+            raise TypeError(f"{path}: expected a mapping of training settings")
         return cls.from_dict({**d, **overrides})
 
 

@@ -9,12 +9,11 @@ import os
 # torch is first imported; export OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-
-import tiny  # noqa: E402
+import pytest
+import tiny
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import importlib.util
 import time
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from secondthoughts import models
 from secondthoughts.edits import SPECIAL_TOKENS
 

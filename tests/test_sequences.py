@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 
-import tiny
 from secondthoughts import models
 from secondthoughts.data import Example
-from secondthoughts.edits import apply_text_edits, augment_chains, parse_compact, render_compact, tokenize
+from secondthoughts.edits import (
+    apply_text_edits,
+    augment_chains,
+    parse_compact,
+    render_compact,
+    tokenize,
+)
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     build_sequences,
@@ -58,7 +64,7 @@ def test_direct_format(tok):
 
 def test_coe_augmentation_one_sequence_per_distinct_chain_and_each_rebuilds_the_target(tok):
     ex = Example("", "He shouts at her and leaves the room.", "He talks with her calmly.", "b")
-    seqs, report = build_sequences([ex], tok, mode="coe", max_length=256)
+    seqs, _ = build_sequences([ex], tok, mode="coe", max_length=256)
     assert len(seqs) == len(augment_chains(tokenize(ex.source), tokenize(ex.target))) >= 2
     assert len({tuple(s.input_ids) for s in seqs}) == len(seqs)
     for s in seqs:
