@@ -89,10 +89,11 @@ def _text_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def _special_id(tokenizer: Any, token: str) -> int:
-    vocab = tokenizer.get_vocab()
-    if token not in vocab:
+    # convert_tokens_to_ids, not get_vocab(): the latter copies the whole vocabulary per call.
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
         raise KeyError(f"tokenizer lacks {token!r}; call models.add_edit_tokens first")
-    return vocab[token]
+    return i
 
 
 def _prefix_ids(tokenizer: Any) -> list[int]:

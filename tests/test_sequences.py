@@ -166,6 +166,8 @@ def test_bos_tokenizers_get_their_bos(tok):
         def __init__(self, inner):
             self.inner = inner
             self.eos_token_id = inner.eos_token_id
+            self.unk_token_id, self.unk_token = inner.unk_token_id, inner.unk_token
+            self.convert_tokens_to_ids = inner.convert_tokens_to_ids
 
         def __call__(self, text, add_special_tokens=True, **kw):
             out = self.inner(text, add_special_tokens=False, **kw)
