@@ -1,0 +1,77 @@
+"""Edit behaviour of a re-aligner's outputs: the signs of a policy that games its reward.
+
+A value-alignment scorer rates a norm or an intention from the prompt as aligned text, and an
+unchanged source costs the policy nothing to write; so evaluation and refinement both report how
+often an output is the source itself, how often it copies a sentence of its context, and how
+much of the source it kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from secondthoughts.edits import tokenize
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"\w+")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` cut after ., ! or ? and at line breaks, stripped, empty pieces left out."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w.lower() for w in _WORD.findall(text))
+
+
+def identical(source: str, text: str) -> bool:
+    """The output is the source up to surrounding whitespace: the re-aligner changed nothing."""
+    return source.strip() == text.strip()
+
+
+def copies_context(context: str, text: str, min_words: int = 4) -> bool:
+    """``text`` contains a whole sentence of ``context`` (compared as lower-cased words, so
+    punctuation and case do not hide a copy). Sentences shorter than ``min_words`` words are
+    ignored: "Jim is hungry." may well be restated honestly."""
+    words = _words(text)
+    if not words:
+        return False
+    for sent in sentences(context):
+        s = _words(sent)
+        if len(s) < min_words or len(s) > len(words):
+            continue
+        if any(words[i : i + len(s)] == s for i in range(len(words) - len(s) + 1)):
+            return True
+    return False
+
+
+def kept_share(source: str, text: str) -> float:
+    """Share of the source's tokens (``edits.tokenize``) that survive in ``text`` in order: the
+    longest common subsequence over the source length (1.0 for an empty source)."""
+    a, b = tokenize(source), tokenize(text)
+    if not a:
+        return 1.0
+    # LCS by one row of the DP table; sources are short sentences.
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1] / len(a)
+
+
+def summarize(contexts: Sequence[str], sources: Sequence[str], texts: Sequence[str]) -> dict[str, float]:
+    """Shares over a batch: ``identical`` (output == source), ``copies_context``, mean ``kept``."""
+    n = len(texts)
+    if not (len(contexts) == len(sources) == n):
+        raise ValueError(f"lengths differ: {len(contexts)} contexts, {len(sources)} sources, {n} texts")
+    if n == 0:
+        return {"identical": float("nan"), "copies_context": float("nan"), "kept": float("nan")}
+    return {
+        "identical": sum(identical(s, t) for s, t in zip(sources, texts)) / n,
+        "copies_context": sum(copies_context(c, t) for c, t in zip(contexts, texts)) / n,
+        "kept": sum(kept_share(s, t) for s, t in zip(sources, texts)) / n,
+    }
