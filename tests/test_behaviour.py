@@ -4,7 +4,7 @@ import pytest
 
 from secondthoughts.behaviour import copies_context, identical, kept_share, sentences, summarize
 
-CONTEXT = "It's wrong to take credit for others' work. Mia wrote the report with Leo. Mia wants a raise."
+CONTEXT = "It's wrong to take credit for others' work. Mia wrote the report with Leo. Mia is ambitious."
 
 
 def test_sentences_split_on_ends_and_lines() -> None:
@@ -20,7 +20,7 @@ def test_copies_context_ignores_case_and_punctuation() -> None:
     assert copies_context(CONTEXT, "Sure. it's WRONG to take credit for others work, so she stops.")
     assert copies_context(CONTEXT, "Mia wrote the report with Leo")
     # a short sentence is not a copy; a paraphrase is not a copy
-    assert not copies_context(CONTEXT, "Mia wants a raise.")
+    assert not copies_context(CONTEXT, "Mia is ambitious.")
     assert not copies_context(CONTEXT, "Mia credits Leo for the report.")
     assert not copies_context(CONTEXT, "")
 
