@@ -16,6 +16,7 @@ Run folder (``TrainConfig.out``)::
     checkpoint/      latest training state for ``--resume``: trainable weights, optimizer,
                      scheduler, per-process RNG states, step and early-stopping state
     README.md        model card: data, method, hyperparameters, results
+    loss.png         training and held-out loss against steps (shown in the model card)
 
 Every folder is written to a temporary name and renamed into place, so a killed run leaves the
 previous complete version (a crash between the two renames leaves ``.checkpoint.old``, which
@@ -574,6 +575,9 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
     steps = [r for r in rows if "loss" in r]
     ck = find_checkpoint(out)
     st = json.loads((ck / "state.json").read_text())["state"] if ck else {}
+    from secondthoughts.plots import loss_curve
+
+    loss_curve(out)
     method = (
         "chain-of-edits (AEM): `context <|src|> source <|sep|> chain target <eos>`"
         if cfg["mode"] == "coe"
@@ -610,6 +614,8 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
         f"- best eval loss: {st['best_eval']:.4f} at step {st['best_step']} (this is the saved model)" if st.get("best_eval") is not None else "- no evaluation (the last model is saved)",
         f"- last train loss: {steps[-1]['loss']:.4f}" if steps else "- no train loss logged",
         f"- tokens trained on: {st.get('tokens', 0)} in {st.get('elapsed_s', 0):.0f} s",
+        "",
+        "![training and held-out loss](loss.png)",
         "",
         "| step | eval loss |",
         "|---|---|",

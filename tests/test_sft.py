@@ -57,6 +57,7 @@ def test_run_folder_and_reload(tmp_path, tiny_model_dir, examples_jsonl):
     assert not list((out / "model").glob("*.bin")) and not list((out / "model").glob("*.pt"))
     card = (out / "README.md").read_text()
     assert "best eval loss" in card and "LoRA r=4" in card and "| batch_size | 2 |" in card
+    assert "(loss.png)" in card and (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*"))  # no temp or old folders left
 
     model, tok = models.load(str(out))

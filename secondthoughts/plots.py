@@ -1,0 +1,68 @@
+"""PNG curves for run folders (matplotlib, Agg: no display needed), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def line_plot(
+    path: str | os.PathLike[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """One line (with markers when it has few points) per ``label -> (xs, ys)``; empty series are
+    left out of the legend. Written to a temporary file and renamed into place."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    try:
+        for label, (xs, ys) in series.items():
+            if len(xs):
+                ax.plot(xs, ys, label=label, marker="o" if len(xs) <= 30 else None, markersize=3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if any(len(xs) for xs, _ in series.values()):
+            ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
+    """The rows of a ``metrics.jsonl``."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def loss_curve(run: str | os.PathLike[str]) -> Path:
+    """``loss.png`` of a ``secondthoughts train`` run: training loss per logged step and
+    held-out loss per evaluation, against optimizer steps."""
+    run = Path(run)
+    rows = read_metrics(run / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    return line_plot(
+        run / "loss.png",
+        {
+            "train loss": ([r["step"] for r in train], [r["loss"] for r in train]),
+            "held-out loss": ([r["step"] for r in evals], [r["eval_loss"] for r in evals]),
+        },
+        xlabel="optimizer step",
+        ylabel="loss per completion token",
+        title=f"{run.name}: loss",
+    )
