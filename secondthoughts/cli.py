@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "fine-tune a model on chains of edits (AEM) or direct rewrites"),
     "reward": ("reward", "train or apply the value-alignment reward model"),
     "realign": ("realign", "re-align texts with a trained model: chain of edits, applied"),
+    "refine": ("refine", "refine a chain-of-edits run by RL against a value-alignment reward (RLOO, KL, AIL)"),
     "serve": ("serve", "the web editor: re-align, correct edits, let the model continue, save corrections"),
 }
 

@@ -1,0 +1,65 @@
+"""``secondthoughts refine``: refine an AEM run by RL against a value-alignment reward.
+
+    secondthoughts refine --policy runs/aem --reward runs/reward --data train.jsonl --out runs/rl
+    secondthoughts refine --out runs/rl --resume          # continue a killed run exactly
+
+Every field of :class:`secondthoughts.refine.RefineConfig` is a flag (``prompts_per_step`` ->
+``--prompts-per-step``, booleans also as ``--no-...``); ``--config run.yaml`` reads the same
+fields from YAML, and flags override it. Runs under ``accelerate launch --multi_gpu
+--num_processes N -m secondthoughts refine ...`` (or ``torchrun``) as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from secondthoughts.commands.train import add_config_arguments
+from secondthoughts.refine import RefineConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="config_file", default=None, help="YAML file of refinement settings (flags override)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_arguments(p, RefineConfig)
+
+
+def config_from_args(args: argparse.Namespace) -> RefineConfig:
+    given = {f.name: getattr(args, f.name) for f in fields(RefineConfig) if hasattr(args, f.name)}
+    if args.config_file:
+        import yaml
+
+        with open(args.config_file, encoding="utf-8") as f:
+            from_file = yaml.safe_load(f) or {}
+        if not isinstance(from_file, dict):
+            raise TypeError(f"{args.config_file}: expected a mapping of refinement settings")
+        return RefineConfig.from_dict({**from_file, **given})
+    if args.resume:
+        # The run's own settings; flags that contradict them are refused by the resume check.
+        saved = Path(given.get("out", RefineConfig.out)) / "config.json"
+        if saved.is_file():
+            return RefineConfig.from_dict({**json.loads(saved.read_text())["refine"], **given})
+    return RefineConfig.from_dict(given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from secondthoughts.refine import refine
+
+    config = config_from_args(args)
+    result = refine(config, resume=args.resume)
+    if not result.is_main_process:
+        return 0
+    steps = [r for r in result.history if "reward" in r and "eval_reward" not in r]
+    evals = [r for r in result.history if "eval_reward" in r]
+    summary = f"{result.out}: {result.state.step}/{config.steps} steps"
+    if steps:
+        last = steps[-1]
+        summary += f"; last step reward {last['reward']:.3f}, KL {last['kl']:.3f}, valid {last['valid']:.2f}"
+    if len(evals) >= 2:
+        summary += f"; held-out reward {evals[0]['eval_reward']:.3f} -> {evals[-1]['eval_reward']:.3f}"
+    if result.state.step >= config.steps:
+        summary += f"; model in {result.out / 'model'}"
+    print(summary)
+    return 0

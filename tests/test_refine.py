@@ -1,0 +1,296 @@
+"""RL refinement: each loss piece against hand-computed values, then tiny-model runs: the run
+folder and final model, the logged KL being the KL in the loss, exact resume, the CLI and two
+processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from secondthoughts import models
+from secondthoughts.cli import main
+from secondthoughts.data import read_examples
+from secondthoughts.realign import Realigner
+from secondthoughts.refine import (
+    CompletionLogProbs,
+    RefineConfig,
+    Refiner,
+    ail_hinge,
+    batch_rows,
+    clipped_policy_loss,
+    greedy_advantages,
+    mean_token_logp,
+    refine,
+    rloo_advantages,
+    sequence_kl,
+    total_rewards,
+)
+from secondthoughts.sft import TrainConfig, train
+
+TIMING = {"samples_per_s", "rollout_s", "score_s", "update_s", "elapsed_s"}
+
+
+def word_reward(contexts: list[str], texts: list[str]) -> list[float]:
+    """A stand-in for the reward model: likes 'talks', mildly likes change."""
+    return [1.0 if "talk" in t else 0.2 + 0.01 * len(t) for t in texts]
+
+
+# ---------------------------------------------------------------- the loss pieces, by hand
+
+
+def test_total_rewards_penalize_invalid_chains():
+    got = total_rewards(torch.tensor([0.8, 0.3, 0.9]), torch.tensor([True, False, True]), 1.5)
+    assert got.tolist() == pytest.approx([0.8, -1.5, 0.9])
+
+
+def test_sequence_kl_sums_log_ratios_over_the_chain():
+    logps = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # row 0: 0.5 - 1.0 (third token is padding); row 1: 3 * 0.5
+    assert sequence_kl(logps, ref, mask).tolist() == pytest.approx([-0.5, 1.5])
+
+
+def test_rloo_baseline_is_the_mean_of_the_other_samples():
+    got = rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0]), k=3)
+    # 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2 | 0 - 3, 0 - 3, 6 - 0
+    assert got.tolist() == pytest.approx([-1.5, 0.0, 1.5, -3.0, -3.0, 6.0])
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.ones(5), k=2)
+
+
+def test_greedy_baseline_subtracts_the_prompts_greedy_reward():
+    got = greedy_advantages(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.5, 5.0]), k=2)
+    assert got.tolist() == pytest.approx([-0.5, 0.5, -2.0, -1.0])
+
+
+def test_clipped_policy_loss_by_hand():
+    ratio = torch.tensor([[1.5, 0.5], [1.1, 0.7]])
+    old = torch.tensor([[-1.0, -2.0], [-0.3, -4.0]])
+    logps = old + ratio.log()
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.ones(2, 2)
+    loss, clip = clipped_policy_loss(logps, old, adv, mask, clip_eps=0.2)
+    # seq 0 (A=1):  -min(1.5, 1.2) - min(0.5, 0.8) = -1.7
+    # seq 1 (A=-2): -min(-2.2, -2.2) - min(-1.4, -1.6) = 3.8   -> mean 1.05
+    assert float(loss) == pytest.approx(1.05, abs=1e-6)
+    assert float(clip) == pytest.approx(0.75)  # 1.5, 0.5 and 0.7 fall outside [0.8, 1.2]
+    # a padded token changes nothing, whatever its ratio
+    logps2 = torch.cat([logps, torch.tensor([[5.0], [5.0]])], 1)
+    old2 = torch.cat([old, torch.zeros(2, 1)], 1)
+    loss2, clip2 = clipped_policy_loss(logps2, old2, adv, torch.cat([mask, torch.zeros(2, 1)], 1), 0.2)
+    assert float(loss2) == pytest.approx(1.05, abs=1e-6) and float(clip2) == pytest.approx(0.75)
+
+
+def test_clipped_loss_at_ratio_one_has_the_reinforce_gradient():
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -0.3]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = torch.tensor([0.5, -2.0])
+    loss, _ = clipped_policy_loss(logps, logps.detach(), adv, mask, 0.2)
+    loss.backward()
+    # d/d logp of -(1/N) sum_i A_i sum_t logp_it = -A_i / N on real tokens
+    assert logps.grad.flatten().tolist() == pytest.approx([-0.25, -0.25, 0.0, 1.0, 1.0, 1.0])
+    assert loss.item() == pytest.approx(-(0.5 * 2 + -2.0 * 3) / 2)  # the surrogate at ratio 1: -mean(A * tokens)
+
+
+def test_mean_token_logp_and_ail_hinge():
+    assert mean_token_logp(torch.tensor([[-1.0, -3.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]])).tolist() == [-2.0]
+    # gaps 0.2 and 1.8 against margin 0.5: (0.3 + 0) / 2
+    got = ail_hinge(torch.tensor([-1.0, -0.2]), torch.tensor([-1.2, -2.0]), margin=0.5)
+    assert float(got) == pytest.approx(0.15)
+    assert float(ail_hinge(torch.tensor([0.0]), torch.tensor([-1.0]), 0.5)) == 0.0
+
+
+def test_batch_rows_layout():
+    rows = batch_rows([[1, 2], [3]], [[4], [5, 6]], pad_id=0)
+    assert rows["input_ids"].tolist() == [[1, 2, 4, 0], [0, 3, 5, 6]]
+    assert rows["attention_mask"].tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert rows["completion_ids"].tolist() == [[4, 0], [5, 6]]
+    assert rows["completion_mask"].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+
+
+def test_completion_logprobs_match_unpadded_forwards(tiny_tok, tiny_lm):
+    prompts, comps = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
+    with torch.no_grad():
+        got = CompletionLogProbs(tiny_lm)(**batch_rows(prompts, comps, tiny_tok.pad_token_id))
+    for i, (p, c) in enumerate(zip(prompts, comps)):
+        with torch.no_grad():
+            logits = tiny_lm(torch.tensor([p + c])).logits[0].log_softmax(-1)
+        want = [float(logits[len(p) - 1 + j, t]) for j, t in enumerate(c)]
+        assert got[i, : len(c)].tolist() == pytest.approx(want, abs=1e-5)
+        assert got[i, len(c) :].abs().sum() == 0
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="k >= 2"):
+        RefineConfig(k=1)
+    assert RefineConfig(k=1, baseline="greedy").k == 1
+    with pytest.raises(ValueError, match="ail_costs"):
+        RefineConfig(ail_costs="1,1")
+    with pytest.raises(ValueError, match="baseline"):
+        RefineConfig(baseline="ppo")
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(RefineConfig))
+
+
+# ---------------------------------------------------------------- tiny runs
+
+
+@pytest.fixture(scope="module")
+def aem_run(tmp_path_factory, tiny_model_dir, examples_jsonl) -> Path:
+    """A tiny LoRA AEM run (a few steps: it writes near-noise, which is what RL starts from)."""
+    cfg = TrainConfig(
+        data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path_factory.mktemp("aem") / "aem"),
+        max_length=128, batch_size=4, max_steps=3, eval_fraction=0.0, lora_r=4, progress=False,
+    )  # fmt: skip
+    return train(cfg).out
+
+
+def _cfg(tmp_path: Path, aem: Path, data: Path, name: str = "rl", **kw) -> RefineConfig:
+    settings = {
+        "policy": str(aem), "reward": "unused", "data": str(data), "out": str(tmp_path / name), "steps": 3,
+        "prompts_per_step": 2, "k": 3, "max_new_tokens": 24, "lr": 1e-2, "lora_r": 4, "lora_alpha": 8,
+        "checkpoint_every": 1, "progress": False,
+    }  # fmt: skip
+    return RefineConfig(**{**settings, **kw})
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_final_model_and_reload(tmp_path, aem_run, examples_jsonl):
+    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, eval_data=str(examples_jsonl), eval_max=4), word_reward)
+    res = r.train()
+    out = res.out
+    rows = _metrics(out)
+    steps = [x for x in rows if "reward" in x]
+    evals = [x for x in rows if "eval_reward" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3] and [x["step"] for x in evals] == [0, 3]
+    for key in ("reward", "score", "objective", "kl", "valid", "identical", "copies_context", "kept", "edits", "policy_loss", "ail_loss", "samples_per_s"):
+        assert all(math.isfinite(x[key]) for x in steps), key
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # fresh adapter: the policy is the AEM model
+    # constrained decoding: every chain applies, unless max_new_tokens cut it (logged)
+    assert all(e.startswith("no <|eoc|> within 24") for x in steps for e in x.get("invalid_examples", []))
+    assert all(0 <= x["valid"] <= 1 for x in steps)
+    assert (out / "reward.png").stat().st_size > 1000
+    info = json.loads((out / "config.json").read_text())
+    assert info["train"]["mode"] == "coe" and info["refine"]["k"] == 3 and info["policy"]["reference"] == "adapter disabled"
+    assert not list(out.glob(".*"))
+
+    # model/: one adapter on the original base, giving exactly the refined policy's outputs
+    cfg = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["base_model_name_or_path"] == json.loads((aem_run / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    loaded, _ = models.load(str(out))
+    ids = torch.tensor([r.prompt_ids(next(read_examples(examples_jsonl)))])
+    with torch.no_grad():
+        want = r.policy(ids).logits
+        with r.policy.disable_adapter():
+            aem_logits = r.policy(ids).logits
+        got = loaded(ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(want, aem_logits, atol=1e-3)  # training moved the policy
+    res2 = Realigner(out).realign("It is wrong to hit people.", "Tom hits his brother.", max_new_tokens=20)
+    assert res2.valid
+
+
+def test_logged_kl_is_the_kl_in_the_loss(tmp_path, aem_run, examples_jsonl):
+    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, beta=0.3), word_reward)
+    exs = list(read_examples(examples_jsonl))[:2]
+    first = r.rollout(exs, seed=1)
+    r.score(first)
+    r.update(first)  # move the policy away from the reference
+    batch = r.rollout(exs, seed=2)
+    rewards = r.score(batch).clone()
+    rows = r._rows([batch.prompt_ids[i // batch.k] for i in range(len(batch))], batch.completion_ids)
+    kl_before = sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
+    stats = r.update(batch)
+    assert kl_before.abs().max() > 1e-4
+    assert r.last_kl.tolist() == pytest.approx(kl_before.tolist(), abs=1e-5)
+    assert stats["kl"] == pytest.approx(float(kl_before.mean()), abs=1e-5)
+    assert stats["objective"] == pytest.approx(float((rewards - 0.3 * kl_before).mean()), abs=1e-5)
+    assert r.last_advantages.tolist() == pytest.approx(rloo_advantages(rewards - 0.3 * kl_before, 3).tolist(), abs=1e-5)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path, aem_run, examples_jsonl):
+    kw = {"steps": 4, "checkpoint_every": 2, "ail_negative": "both"}
+    full = refine(_cfg(tmp_path, aem_run, examples_jsonl, "full", **kw), word_reward)
+    cfg = _cfg(tmp_path, aem_run, examples_jsonl, "killed", **kw)
+    refine(cfg, word_reward, stop_after=3)
+    assert not (Path(cfg.out) / "model").exists()
+    resumed = refine(cfg, word_reward, resume=True)
+    assert resumed.state.step == 4
+    strip = [{k: v for k, v in x.items() if k not in TIMING} for x in _metrics(full.out)]
+    assert strip == [{k: v for k, v in x.items() if k not in TIMING} for x in _metrics(Path(cfg.out))]
+    with pytest.raises(FileExistsError, match="--resume"):
+        refine(cfg, word_reward)
+    with pytest.raises(ValueError, match="beta"):
+        refine(_cfg(tmp_path, aem_run, examples_jsonl, "killed", beta=0.5, **kw), word_reward, resume=True)
+
+
+def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, examples_jsonl):
+    cfg = _cfg(tmp_path, aem_run, examples_jsonl, baseline="greedy", k=2, ppo_epochs=2, constrained=False, max_new_tokens=12, invalid_penalty=2.0, ail_negative="reverse")
+    r = Refiner(cfg, word_reward)
+    batch = r.rollout(list(read_examples(examples_jsonl))[:3], seed=0)
+    assert batch.greedy is not None and len(batch.greedy) == 3 and len(batch) == 6
+    rewards = r.score(batch)
+    assert not all(batch.valid)  # an untrained tiny model, unconstrained: noise that does not parse
+    for i, ok in enumerate(batch.valid):
+        assert (rewards[i] == -2.0) == (not ok)
+        assert ok or batch.errors[i]
+    stats = r.update(batch)
+    assert 0.0 <= stats["clip_frac"] <= 1.0 and math.isfinite(stats["ail_loss"])
+    assert r.last_advantages.shape == (6,)
+
+
+def test_full_finetuning_uses_a_frozen_copy(tmp_path, aem_run, examples_jsonl):
+    res = refine(_cfg(tmp_path, aem_run, examples_jsonl, full=True, steps=1, lr=1e-3, ail_weight=0.0), word_reward)
+    info = json.loads((res.out / "config.json").read_text())
+    assert info["policy"]["reference"] == "frozen copy"
+    assert (res.out / "model" / "model.safetensors").is_file()
+    model, _ = models.load(str(res.out))
+    assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_cli_runs_and_resumes(tmp_path, aem_run, examples_jsonl, capsys):
+    out = tmp_path / "cli"
+    argv = ["refine", "--policy", str(aem_run), "--reward", "test_refine:word_reward", "--data", str(examples_jsonl), "--out", str(out),
+            "--steps", "2", "--prompts-per-step", "2", "--k", "2", "--max-new-tokens", "16", "--lora-r", "4", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "2/2 steps" in capsys.readouterr().out
+    shutil.rmtree(out / "model")
+    assert main(["refine", "--out", str(out), "--resume"]) == 0  # finished: resume only writes the model again
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="steps"):
+        main(["refine", "--out", str(out), "--resume", "--steps", "3"])
+
+
+def test_two_processes_refine_together(tmp_path, aem_run, examples_jsonl):
+    """Two CPU processes (DDP over gloo): one run folder, metrics written once, a checkpoint with
+    both processes' RNG states, and twice the samples per step."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if accelerate is None or torch.cuda.is_available():
+        pytest.skip("needs the accelerate CLI and a CPU-only machine")
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
+    out = tmp_path / "ddp"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "secondthoughts", "refine", "--policy", str(aem_run), "--reward", "test_refine:word_reward",
+           "--data", str(examples_jsonl), "--out", str(out), "--steps", "2", "--prompts-per-step", "1", "--k", "2",
+           "--max-new-tokens", "16", "--lora-r", "4", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "config.json").read_text())
+    assert info["plan"]["world_size"] == 2 and info["plan"]["samples_per_step"] == 4
+    assert sorted(p.name for p in (out / "checkpoint").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert [x["step"] for x in _metrics(out)] == [1, 2]
+    models.load(str(out))
