@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "realign": ("realign", "re-align texts with a trained model: chain of edits, applied"),
     "refine": ("refine", "refine a chain-of-edits run by RL against a value-alignment reward (RLOO, KL, AIL)"),
     "serve": ("serve", "the web editor: re-align, correct edits, let the model continue, save corrections"),
+    "evaluate": ("evaluate", "re-align a test set and report alignment, fluency, faithfulness, edit behaviour and speed"),
 }
 
 
