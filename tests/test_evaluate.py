@@ -310,6 +310,14 @@ def test_base_lm_of_a_lora_run_is_the_adapter_disabled(lora_run: Path, tiny_mode
     assert "records no base model" in E.base_fluency(tiny_model_dir, plain, plain_tok)
     given = E.base_fluency(tiny_model_dir, plain, plain_tok, base_lm=str(tiny_model_dir))
     assert isinstance(given, E.Fluency) and "--base-lm" in given.description
+    full_run = tiny_model_dir.parent / "full-run"
+    full_run.mkdir(exist_ok=True)
+    (full_run / "config.json").write_text(json.dumps({"train": {"model": str(tiny_model_dir), "mode": "coe"}}))
+    from_config = E.base_fluency(full_run, plain, plain_tok)
+    assert isinstance(from_config, E.Fluency) and not from_config.adapter_off and "loaded from its config.json" in from_config.description
+    assert _close([s for s, _ in from_config.nll(texts)], [s for s, _ in theirs], tol=1e-5)
+    (full_run / "config.json").write_text(json.dumps({"train": {"model": str(full_run / "gone"), "mode": "coe"}}))
+    assert "could not be loaded" in E.base_fluency(full_run, plain, plain_tok)
 
 
 def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
