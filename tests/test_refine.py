@@ -247,9 +247,15 @@ def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, exampl
     for i, ok in enumerate(batch.valid):
         assert (rewards[i] == -2.0) == (not ok)
         assert ok or batch.errors[i]
+    # expected advantages: (reward - beta KL) minus the same for the prompt's greedy decode
+    def penalized(b):
+        rows = r._rows([b.prompt_ids[i // b.k] for i in range(len(b))], b.completion_ids)
+        return b.rewards - cfg.beta * sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
+
+    want = greedy_advantages(penalized(batch), penalized(batch.greedy), 2)
     stats = r.update(batch)
     assert 0.0 <= stats["clip_frac"] <= 1.0 and math.isfinite(stats["ail_loss"])
-    assert r.last_advantages.shape == (6,)
+    assert r.last_advantages.tolist() == pytest.approx(want.tolist(), abs=1e-5)
 
 
 def test_full_finetuning_uses_a_frozen_copy(tmp_path, aem_run, examples_jsonl):
