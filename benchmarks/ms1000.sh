@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's real run: LoRA on 1,000 Moral Stories training pairs for one epoch, chain of edits
+# (AEM) and the direct baseline, then greedy re-alignment of 100 dev examples.
+#   bash benchmarks/ms1000.sh [WORK_DIR]        (default /tmp/ms1000; runs go to runs/ms1000-*)
+# Each step skips what is already there, and `train --resume` continues a killed run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-/tmp/ms1000}
+DATA=../shared/data/moral_stories/moral_stories.jsonl
+mkdir -p "$WORK"
+[ -s "$WORK/train.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split train --limit 1000 --output "$WORK/train.jsonl"
+[ -s "$WORK/dev.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split dev --limit 100 --output "$WORK/dev.jsonl"
+for MODE in coe direct; do
+  RUN=runs/ms1000-$MODE
+  if [ ! -f "$RUN/README.md" ]; then
+    RESUME=$([ -d "$RUN/checkpoint" ] && echo --resume || true)
+    /usr/bin/time -v secondthoughts train --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" --out $RUN --mode $MODE \
+      --epochs 1 --lr 1e-3 --lora-r 16 --lora-alpha 16 --max-length 256 --batch-size 8 --eval-every 20 --log-every 5 $RESUME \
+      2> >(tee "$WORK/train-$MODE.log" >&2)
+  fi
+done
+# Greedy chains as the model writes them (unconstrained: the parse rate measures the model) and constrained.
+R="secondthoughts realign --model runs/ms1000-coe --input $WORK/dev.jsonl --batch-size 8"
+[ -s "$WORK/coe-unconstrained.jsonl" ] || $R --unconstrained --output "$WORK/coe-unconstrained.jsonl"
+[ -s "$WORK/coe-constrained.jsonl" ] || $R --output "$WORK/coe-constrained.jsonl"
+[ -s "$WORK/direct.jsonl" ] || secondthoughts realign --model runs/ms1000-direct --mode direct --input "$WORK/dev.jsonl" --batch-size 8 --output "$WORK/direct.jsonl"
+python benchmarks/parse_rate.py "$WORK/coe-unconstrained.jsonl" "$WORK/coe-constrained.jsonl" "$WORK/direct.jsonl"
