@@ -353,6 +353,12 @@ def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys
     assert m["plots"]["alignment"] == m["alignment"] and not (out / "alignment.png").exists()
     assert m["info"]["mode"] == "generate" and "Alignment before / after: not drawn (no reward model" in (out / "report.md").read_text()
 
+    # unconstrained: the tiny model's chains are its own, and the report says how they were decoded
+    assert main([*no_reward, "--unconstrained", "--max-new-tokens", "6"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["info"]["constrained"] is False and m["info"]["generation"]["constrained"] is False
+    assert 0.0 <= m["behaviour"]["valid"]["mean"] <= 1.0
+
 
 def test_cli_errors_name_file_and_line(lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"

@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
     p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy)")
+    p.add_argument("--unconstrained", action="store_true", help="decode without the chain constraint, so the valid-chain share measures the model itself")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--examples", type=int, default=6, help="example rows with inline diffs in report.md (default 6)")
@@ -72,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.data}: no examples")
         dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
         gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.beams)) if v not in (None, 1)}
+        if args.unconstrained:
+            gen["constrained"] = False
         t0 = time.perf_counter()
         ev = evaluate_run(
             args.model, examples, reward_run=args.reward, base_lm=args.base_lm, device=args.device, dtype=dtype,
             mode=args.mode, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
-            info={"data": str(args.data), "limit": args.limit}, **gen,
+            info={"data": str(args.data), "limit": args.limit, "constrained": not args.unconstrained}, **gen,
         )  # fmt: skip
         write_report(ev, out, shown=args.examples, overwrite=args.overwrite)
     except (DataError, EditError, ValueError, FileNotFoundError, FileExistsError, OSError) as e:
