@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "refine": ("refine", "refine a chain-of-edits run by RL against a value-alignment reward (RLOO, KL, AIL)"),
     "serve": ("serve", "the web editor: re-align, correct edits, let the model continue, save corrections"),
     "evaluate": ("evaluate", "re-align a test set and report alignment, fluency, faithfulness, edit behaviour and speed"),
+    "bench": ("bench", "the benchmark grid: methods x datasets x seeds, few-shot transfer, two scorers, claims judged from intervals"),
 }
 
 

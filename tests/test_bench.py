@@ -1,0 +1,316 @@
+"""The benchmark harness: claim verdicts against hand-made numbers, config errors, DPO from a
+direct run, and a whole tiny grid end to end (tiny Llama, tiny BERT scorers, fixture datasets
+written here): cached on the second run, one deleted cell recomputed alone, a changed setting
+marking its cell and dependents stale, an interrupted training resumed, results.md = results.json."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tiny
+import torch
+import yaml
+
+from secondthoughts import bench as B
+from secondthoughts.cli import main
+from secondthoughts.data import Example, write_examples
+
+# ---------------------------------------------------------------- verdicts, by hand
+
+
+def test_outcome_reads_the_interval_of_the_difference() -> None:
+    assert B.outcome({"mean": 0.1, "ci95": [0.01, 0.2]}) == "better"
+    assert B.outcome({"mean": -0.1, "ci95": [-0.2, -0.01]}) == "worse"
+    assert B.outcome({"mean": 0.1, "ci95": [-0.01, 0.2]}) == "tie"
+    assert B.outcome({"mean": 0.0, "ci95": [0.0, 0.0]}) == "tie"  # an interval touching 0 is no evidence
+    assert B.outcome(None) == "missing" and B.outcome({"mean": 0.1, "ci95": None}) == "missing"
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "expected"),
+    [
+        (["better", "better", "better", "better"], "confirmed"),
+        (["better", "better", "better", "tie"], "inconclusive"),  # the second scorer does not agree everywhere
+        (["better", "worse"], "inconclusive"),
+        (["tie", "tie"], "inconclusive"),
+        (["worse", "tie"], "refuted"),
+        (["worse", "worse"], "refuted"),
+        (["better", "missing"], "not run"),
+        ([], "not run"),
+    ],
+)
+def test_verdict(outcomes: list[str], expected: str) -> None:
+    assert B.verdict(outcomes) == expected
+
+
+def test_paired_difference_by_hand() -> None:
+    a = {"x": 0.9, "y": 0.8, "z": 0.7, "only_a": 5.0}
+    b = {"x": 0.5, "y": 0.6, "z": 0.9, "only_b": -5.0}
+    d = B.paired_difference(a, b, resamples=200)
+    assert d is not None and d["n"] == 3 and d["mean"] == pytest.approx((0.4 + 0.2 - 0.2) / 3)
+    assert -0.2 - 1e-9 <= d["ci95"][0] < 0 < d["mean"] <= d["ci95"][1] <= 0.4 + 1e-9
+    assert B.outcome(d) == "tie"  # 4 resamples in 27 have a negative mean: the interval reaches below 0
+    assert B.paired_difference({"x": 1.0}, {"y": 1.0}) is None
+
+
+def test_claims_from_hand_made_cells(tmp_path: Path) -> None:
+    """collect() judges claims from per-example outputs: AEM clearly above direct on both
+    scorers of both datasets -> confirmed; RL tied -> inconclusive; transfer below -> refuted."""
+    cfg = B.config_from_dict({
+        "datasets": {"a": {"format": "jsonl", "path": "a.jsonl", "train": 4, "test": 4}, "b": {"format": "jsonl", "path": "b.jsonl", "train": 4, "test": 4}},
+        "reward": {"backbone": "x"}, "transfer": {"source": "a", "target": "b", "ks": [0, 2]},
+    })  # fmt: skip
+    cells = B.plan(cfg)
+    fp = B.fingerprints(cfg, cells)
+    level = {"direct": 0.2, "dpo": 0.3, "aem": 0.6, "aem_rl": 0.6, "from_aem": 0.1, "from_base": 0.5}
+    for c in cells:
+        folder = tmp_path / c.key
+        (folder / "eval").mkdir(parents=True)
+        base = level.get(c.method or f"from_{c.start}", 0.0)
+        rows = [{"id": f"e{i}", "reward_output": base + 0.01 * i, "reward2_output": base + 0.02 * i, "rouge_l": 10.0 * i} for i in range(8)]
+        (folder / "eval" / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        metric = {"mean": base, "ci95": [base - 0.05, base + 0.05]}
+        metrics = {"seed": 0, "pairs": 2, "test": {"accuracy": 0.9, "pairwise_accuracy": 0.8}} if c.kind == "scorer" else {
+            **{m: metric for m in B.METRICS}, "reference": {"source": {"alignment": metric, "alignment_second": metric},
+                                                          "target": {"alignment": metric, "alignment_second": metric}}}  # fmt: skip
+        (folder / B.CELL_FILE).write_text(json.dumps({"key": c.key, "fingerprint": fp[c.key], "seed": c.seed, "wall_s": 1.0, "finished": "now", "metrics": metrics}))
+    results = B.collect(cfg, tmp_path, cells, fp)
+    verdicts = {c["id"]: c["verdict"] for c in results["claims"]}
+    assert verdicts == {1: "confirmed", 2: "inconclusive", 3: "refuted"}
+    first = results["claims"][0]["comparisons"][0]
+    assert first["difference"]["mean"] == pytest.approx(0.4) and first["outcome"] == "better" and first["rouge_l_difference"]["mean"] == 0.0
+    assert [c["where"] for c in results["claims"][2]["comparisons"]] == ["b, k=2", "b, k=2"]  # k = 0 is reported, not judged
+    _check_markdown_matches_json(B.render_markdown(results), results)
+
+
+def _check_markdown_matches_json(md: str, results: dict[str, Any]) -> None:
+    """Every number of the method and transfer tables and every claim verdict, as results.json says."""
+    for d, by_method in results["methods"].items():
+        for m, row in by_method.items():
+            section = md[md.index(f"## {d} ") :]
+            line = next(x for x in section.splitlines() if x.startswith(f"| {B.METHOD_NAMES[m]} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for (metric, _), cell in zip(B.TABLE_METRICS, cells[1:]):
+                assert cell == B.fmt(row[metric], 2 if metric == "perplexity" else 3), (d, m, metric)
+    for start, by_k in results["transfer"].items():
+        for k, row in by_k.items():
+            line = next(x for x in md.splitlines() if x.startswith(f"| {k} | {start} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for (metric, _), cell in zip(B.TABLE_METRICS, cells[2:]):
+                assert cell == B.fmt(row[metric], 2 if metric == "perplexity" else 3)
+    for claim in results["claims"]:
+        assert f"### ({claim['id']}) {claim['claim']}: **{claim['verdict']}**" in md
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _write_yaml(path: Path, d: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    data = tiny.write_examples_jsonl(tmp_path / "d.jsonl", n=12)
+    good = {"datasets": {"d": {"format": "jsonl", "path": str(data), "train": 4, "test": 2}}, "transfer": None}
+    path = _write_yaml(tmp_path / "c.yaml", good)
+    cfg = B.load_config([path], ["train.epochs=2", "seeds=[0, 1]"])
+    assert cfg.train == {"epochs": 2} and cfg.seeds == [0, 1]
+
+    def error(d: dict[str, Any], sets: tuple[str, ...] = ()) -> str:
+        with pytest.raises(B.ConfigError) as e:
+            B.load_config([_write_yaml(tmp_path / "bad.yaml", d)], sets)
+        return str(e.value)
+
+    assert "bad.yaml: datasets.d: unknown key(s) ['trian']" in error({"datasets": {"d": {**good["datasets"]["d"], "trian": 3}}})
+    assert "bad.yaml + --set train.epoch=2: train: unknown training settings: ['epoch']" in error(good, ("train.epoch=2",))
+    assert "train.data: set by the harness" in error({**good, "train": {"data": "x"}})
+    assert "refine: " in error({**good, "refine": {"k": 0}})
+    assert "methods: dpo starts from the direct model" in error({**good, "methods": ["dpo"]})
+    assert "transfer.target: 'nope'" in error({**good, "transfer": {"source": "d", "target": "nope"}})
+    assert "unknown key(s) ['colour']" in error({**good, "colour": 1})
+    assert "expected key=value" in error(good, ("train.epochs",))
+    missing = B.load_config([_write_yaml(tmp_path / "m.yaml", {"datasets": {"d": {"format": "jsonl", "path": str(tmp_path / "gone.jsonl")}}})])
+    with pytest.raises(B.ConfigError, match=r"m.yaml: datasets.d.path: .*gone.jsonl not found"):
+        B.Bench(missing, tmp_path / "out").dry_run()
+
+
+def test_paper_config_loads_and_plans() -> None:
+    cfg = B.load_config([Path(__file__).parent.parent / "benchmarks" / "paper.yaml"])
+    keys = [c.key for c in B.plan(cfg)]
+    assert "scorers/moral_stories/second" in keys and "s0/ethics_deontology/aem_rl" in keys
+    assert [k for k in keys if "transfer/from_" in k] == [f"s0/transfer/from_{s}-k{k}" for k in (0, 16, 64, 256) for s in B.STARTS]
+    assert set(cfg.datasets) == {"moral_stories", "ethics_deontology"}  # ParaDetox is in the file, disabled
+
+
+# ---------------------------------------------------------------- DPO
+
+
+def test_dpo_with_zero_learning_rate_gives_the_direct_model_back(tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path) -> None:
+    from secondthoughts import models
+    from secondthoughts.data import read_examples
+    from secondthoughts.dpo import DPOSettings, train_dpo
+    from secondthoughts.realign import Realigner
+    from secondthoughts.sft import TrainConfig, train
+
+    direct = train(TrainConfig(data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path / "direct"), mode="direct", max_length=128,
+                               batch_size=4, max_steps=2, eval_fraction=0.0, lora_r=4, lr=0.05, progress=False)).out  # fmt: skip
+    out = train_dpo(direct, list(read_examples(examples_jsonl)), tmp_path / "dpo", DPOSettings(lora_r=4, max_steps=1, batch_size=4, grad_accum=1, lr=0.0), progress=False)
+    a, _ = models.load(str(direct), device="cpu")
+    b, _ = models.load(str(out), device="cpu")
+    x = torch.tensor([[5, 400, 7, 401, 9, 12]])  # 400, 401: the run's marker tokens (trained rows carried over)
+    assert torch.allclose(a(x).logits, b(x).logits, atol=1e-5)
+    assert Realigner(out).default_mode() == "direct"
+    info = json.loads((out / "config.json").read_text())
+    assert info["train"]["mode"] == "direct" and info["dpo"]["start"] == str(direct)
+    trained = train_dpo(direct, list(read_examples(examples_jsonl)), tmp_path / "dpo2", DPOSettings(lora_r=4, max_steps=2, batch_size=4, grad_accum=1, lr=0.05), progress=False)
+    c, _ = models.load(str(trained), device="cpu")
+    assert not torch.allclose(a(x).logits, c(x).logits, atol=1e-4)
+
+
+# ---------------------------------------------------------------- a tiny grid, end to end
+
+
+def _bert_backbone(path: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = sorted({w for e in tiny.EXAMPLES for t in (e.context, e.source, e.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizer(vocab=str(path / "vocab.txt"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _dataset(path: Path, prefix: str, n: int) -> Path:
+    rows = [Example(e.context, e.source, e.target, f"{prefix}{k}") for k in range(n) for e in [tiny.EXAMPLES[k % len(tiny.EXAMPLES)]]]
+    write_examples(path, rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bench")
+    config = {
+        "model": str(tiny.save_tiny(root / "tiny")),
+        "seeds": [0],
+        "datasets": {
+            "ms": {"format": "jsonl", "path": str(_dataset(root / "ms.jsonl", "ms", 16)), "train": 8, "test": 3},
+            "eth": {"format": "jsonl", "path": str(_dataset(root / "eth.jsonl", "eth", 16)), "train": 8, "test": 3},
+        },
+        "train": {"max_length": 128, "batch_size": 4, "max_steps": 2, "eval_fraction": 0.0, "lora_r": 4, "lr": 0.05, "checkpoint_every": 1},
+        "dpo": {"max_steps": 1, "batch_size": 4, "grad_accum": 1, "lora_r": 4},
+        "refine": {"steps": 1, "prompts_per_step": 2, "k": 2, "lora_r": 4, "max_new_tokens": 16, "checkpoint_every": 1},
+        "reward": {"backbone": str(_bert_backbone(root / "bert")), "max_length": 64, "batch_size": 4},
+        "transfer": {"source": "ms", "target": "eth", "ks": [0, 4], "min_examples": 4, "train": {"epochs": 1}},
+        "evaluate": {"batch_size": 4, "bootstrap": 20, "max_new_tokens": 16},
+    }
+    path = _write_yaml(root / "grid.yaml", config)
+    out = root / "out"
+    assert main(["bench", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
+    return {"config": path, "out": out, "root": root}
+
+
+def _bench(grid: dict[str, Any], sets: tuple[str, ...] = ()) -> tuple[B.Bench, list[str]]:
+    """A Bench on the grid's folder whose run_cell records which cells it computes."""
+    b = B.Bench(B.load_config([grid["config"]], sets), grid["out"], progress=False, log=lambda s: None)
+    computed: list[str] = []
+    original = b.run_cell
+
+    def recording(cell: B.Cell, status: str) -> None:
+        computed.append(cell.key)
+        original(cell, status)
+
+    b.run_cell = recording  # type: ignore[method-assign]
+    return b, computed
+
+
+def test_grid_runs_end_to_end(grid: dict[str, Any]) -> None:
+    out = grid["out"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["cells"]["done"] == results["cells"]["total"] == 4 + 8 + 1 + 4
+    for d in ("ms", "eth"):
+        for m in B.METHODS:
+            row = results["methods"][d][m]
+            # (a 2-step tiny direct model writes empty texts: no perplexity for those)
+            for metric in ("alignment", "alignment_second", "rouge_l", *(("perplexity",) if m.startswith("aem") else ())):
+                assert isinstance(row[metric]["mean"], float) and len(row[metric]["ci95"]) == 2, (d, m, metric)
+    assert set(results["transfer"]["from_aem"]) == set(results["transfer"]["from_base"]) == {"0", "4"}
+    assert [c["id"] for c in results["claims"]] == [1, 2, 3]
+    assert all(c["verdict"] in ("confirmed", "refuted", "inconclusive") for c in results["claims"])
+    for png in ("alignment_vs_perplexity.png", "transfer.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # The two scorers differ: other seed, other half of the reward pairs.
+    s1, s2 = (results["scorers"][f"scorers/ms/{r}"] for r in B.SCORERS)
+    assert (s1["seed"], s2["seed"]) == (0, 1)
+    halves = [json.loads((out / f"scorers/ms/{r}/run/metrics.json").read_text())["train"]["examples"] for r in B.SCORERS]
+    assert halves == [4, 4]
+    # Each cell's outputs carry both scorers; the second one is the independently trained model.
+    rows = [json.loads(x) for x in (out / "s0/ms/aem_rl/eval/outputs.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all({"reward_output", "reward2_output"} <= set(r) for r in rows)
+    assert json.loads((out / "s0/ms/aem_rl/run/config.json").read_text())["refine"]["reward"].endswith("scorers/ms/main/run")
+    assert json.loads((out / "s0/ms/dpo/run/config.json").read_text())["train"]["mode"] == "direct"
+    _check_markdown_matches_json((out / "results.md").read_text(), results)
+
+
+def test_second_run_recomputes_nothing(grid: dict[str, Any]) -> None:
+    out = grid["out"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob(B.CELL_FILE)}
+    b, computed = _bench(grid)
+    b.run()
+    assert computed == []
+    assert {p: p.stat().st_mtime_ns for p in out.rglob(B.CELL_FILE)} == stamps
+    assert "17 cells: 17 done; estimated 0s left" in b.dry_run()
+
+
+def test_deleted_cell_is_recomputed_alone(grid: dict[str, Any]) -> None:
+    out = grid["out"]
+    before = json.loads((out / "s0/eth/aem/cell.json").read_text())
+    shutil.rmtree(out / "s0/eth/aem")
+    b, computed = _bench(grid)
+    assert re.search(r"s0/eth/aem +todo", b.dry_run())
+    b.run()
+    assert computed == ["s0/eth/aem"]
+    after = json.loads((out / "s0/eth/aem/cell.json").read_text())
+    assert after["fingerprint"] == before["fingerprint"]
+    for metric in ("alignment", "rouge_l"):  # seeded: the same numbers
+        assert after["metrics"][metric]["mean"] == pytest.approx(before["metrics"][metric]["mean"], abs=1e-6)
+
+
+def test_interrupted_training_resumes_and_changed_settings_go_stale(grid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from secondthoughts.sft import TrainConfig, train
+
+    out = grid["out"]
+    # A killed direct run: a checkpoint after 1 of 2 steps and no cell.json.
+    saved = json.loads((out / "s0/ms/direct/run/config.json").read_text())["train"]
+    shutil.rmtree(out / "s0/ms/direct")
+    train(TrainConfig.from_dict({**saved, "progress": False}), stop_after=1)
+    b, computed = _bench(grid)
+    assert re.search(r"s0/ms/direct +partial", b.dry_run())
+    b.run(["s0/ms/direct"])
+    assert computed == ["s0/ms/direct"]
+    assert re.search(r"resumed .*s0/ms/direct/run at step 1/2", capsys.readouterr().out)
+    # A setting of the RL stage changed: that cell is stale, nothing else.
+    b2, computed2 = _bench(grid, ("refine.beta=0.1",))
+    listing = b2.dry_run()
+    assert re.search(r"s0/ms/aem_rl +stale", listing) and re.search(r"s0/ms/aem +done", listing)
+    assert len(re.findall(r" stale ", listing)) == 2  # aem_rl of both datasets
+    b2.run(["s0/ms/aem_rl"])
+    assert computed2 == ["s0/ms/aem_rl"]
+
+
+def test_dry_run_command_lists_statuses(grid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    (out := grid["root"] / "fresh").mkdir()
+    assert main(["bench", "--config", str(grid["config"]), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"scorers/ms/main +todo", text) and "17 cells: 17 todo; estimated" in text
+    assert not any(out.iterdir())  # nothing run, nothing written
+    assert main(["bench", "--config", str(grid["config"]), "--out", str(out), "--set", "methods=[dpo]"]) == 1
+    assert "methods: dpo starts from the direct model" in capsys.readouterr().err
