@@ -12,6 +12,10 @@ Three modes, one prompt (``sequences.encode_prompt``: ``context <|src|> source <
 - ``direct``: for runs trained with ``--mode direct`` (no chain): the model writes the text; the
   chain shown is inferred from source to text.
 
+Greedy apply mode one text at a time drafts by default (``draft="auto"``): the chain's
+spans and likely positions come from the source, several tokens are checked in one forward
+pass, and the output is plain greedy's (``secondthoughts.drafting``).
+
 With ``constrained=True`` (default) a :class:`~secondthoughts.constrained.ChainConstraint`
 masks every token that would break the chain, so every chain parses and applies. A chain cut by
 ``max_new_tokens`` is closed after its last complete edit (``truncated=True``).
@@ -35,6 +39,7 @@ import torch
 
 from secondthoughts import models
 from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
+from secondthoughts.drafting import ChainDrafter, PromptLookup, greedy_generate
 from secondthoughts.edits import (
     EOC,
     SPECIAL_TOKENS,
@@ -54,6 +59,8 @@ from secondthoughts.sequences import encode_prompt, split_completion
 
 Mode = Literal["apply", "generate", "direct"]
 MODES: tuple[str, ...] = ("apply", "generate", "direct")
+Draft = Literal["auto", "chain", "none"]
+DRAFTS: tuple[str, ...] = ("auto", "chain", "none")
 ChainLike = str | Sequence[Edit]
 
 
@@ -244,6 +251,7 @@ class Realigner:
         max_new_tokens: int | None = None,
         seed: int | None = None,
         prompt_lookup_num_tokens: int | None = None,
+        draft: Draft = "auto",
     ) -> RealignResult:
         """Re-align one text; settings as :meth:`realign_many`. ``prefix``: the first edits,
         forced (compact, readable or ``Edit`` records); ``EditError`` if it does not apply."""
@@ -251,7 +259,7 @@ class Realigner:
         return self.realign_many(
             [item], batch_size=1, mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-            prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+            prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft,
         )[0]  # fmt: skip
 
     def realign_many(
@@ -268,6 +276,7 @@ class Realigner:
         max_new_tokens: int | None = None,
         seed: int | None = None,
         prompt_lookup_num_tokens: int | None = None,
+        draft: Draft = "auto",
         progress: bool = False,
     ) -> list[RealignResult]:
         """Re-align many texts in left-padded batches (sorted by length; results in input order).
@@ -282,6 +291,10 @@ class Realigner:
         seed: seeds torch once before the first batch (sampled results then depend on batching).
         prompt_lookup_num_tokens: draft this many tokens by copying from the prompt (transformers'
             prompt lookup); batch size 1 and no beams, as transformers requires.
+        draft: "chain": greedy decoding that drafts from the source (spans, positions; in generate
+            mode the target by prompt lookup) and verifies drafts in one forward pass, one text
+            at a time; same output as plain greedy. "auto": "chain" for greedy apply mode at
+            batch size 1 (where it is faster), else "none".
         """
         mode = mode or self.default_mode()  # type: ignore[assignment]
         self.check_mode(mode)  # type: ignore[arg-type]
@@ -290,6 +303,9 @@ class Realigner:
         if prompt_lookup_num_tokens:
             if num_beams > 1:
                 raise ValueError("prompt lookup drafting works with num_beams=1 only")
+            batch_size = 1
+        draft = self._draft_choice(draft, mode, batch_size, num_beams, do_sample, prompt_lookup_num_tokens)  # type: ignore[arg-type]
+        if draft == "chain":
             batch_size = 1
         jobs = [_job(x, i) for i, x in enumerate(items)]
         if mode == "direct" and any(j.prefix or j.closed for j in jobs):
@@ -312,13 +328,28 @@ class Realigner:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
                 batch = [jobs[i] for i in idx]
-                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s)  # type: ignore[arg-type]
+                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s, draft)  # type: ignore[arg-type]
                 for i, r in zip(idx, out):
                     results[i] = r
                 bar.update(len(idx))
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------ internals
+
+    @staticmethod
+    def _draft_choice(draft: str, mode: str, batch_size: int, num_beams: int, do_sample: bool, lookup: int | None) -> str:
+        """"chain" or "none"; ``ValueError`` for chain drafting where it cannot run."""
+        if draft not in DRAFTS:
+            raise ValueError(f"draft must be one of {DRAFTS}, got {draft!r}")
+        if draft == "auto":
+            plain = batch_size == 1 and num_beams == 1 and not do_sample and not lookup
+            return "chain" if mode == "apply" and plain else "none"
+        if draft == "chain":
+            if mode == "direct":
+                raise ValueError("chain drafting needs a chain: mode 'apply' or 'generate', not 'direct'")
+            if num_beams > 1 or do_sample or lookup:
+                raise ValueError("chain drafting is greedy: no beams, sampling or prompt lookup")
+        return draft
 
     def _prompt(self, job: _Job) -> list[int]:
         tok = self.tokenizer
@@ -350,6 +381,7 @@ class Realigner:
         max_new_tokens: int | None,
         search: dict[str, Any],
         prompt_s: float,
+        draft: str = "none",
     ) -> list[RealignResult]:
         t0 = time.perf_counter()
         tok = self.tokenizer
@@ -367,8 +399,12 @@ class Realigner:
         if constrained and voc is not None:
             starts = [start_state(j.prefix[-1].end, j.closed, j.prefix[-1].op) if j.prefix else start_state(0, j.closed) for j in jobs]
             processor = ChainConstraint(voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target")
+        forwards: int | None = None
         if mode == "apply" and all(j.closed for j in jobs):
             new = [[] for _ in jobs]  # the prefixes are whole chains: nothing to generate
+        elif draft == "chain":
+            gen, forwards = self._drafted(jobs[0], prompts[0], mode, budget, stops, processor)
+            new = [self._cut(gen, mode)]
         else:
             training = self.model.training  # a caller's model (from_model) keeps its mode
             self.model.eval()
@@ -392,7 +428,24 @@ class Realigner:
         total_s = time.perf_counter() - t0 + prompt_s
         for r, g in zip(results, new):
             r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(jobs), "new_tokens": len(g)}
+            if forwards is not None:  # drafting: tokens per forward pass is its gain
+                r.timings["forwards"] = forwards
         return results
+
+    def _drafted(
+        self, job: _Job, prompt: list[int], mode: str, budget: int, stops: list[int], processor: ChainConstraint | None
+    ) -> tuple[list[int], int]:
+        """Greedy ids for one job with chain drafting, and the forward passes it took."""
+        start = start_state(job.prefix[-1].end, job.closed, job.prefix[-1].op) if job.prefix else start_state(0, job.closed)
+        # A target mostly copies the source: prompt lookup drafts it (generate mode).
+        drafter = ChainDrafter(self.vocab, self.tokenizer, job.source, start, target_lookup=PromptLookup(10) if mode == "generate" else None)
+        training = self.model.training
+        self.model.eval()
+        try:
+            gen, stats = greedy_generate(self.model, prompt, budget, stops=stops, processors=[processor] if processor else [], drafter=drafter)
+        finally:
+            self.model.train(training)
+        return gen, stats.forwards
 
     def _cut(self, gen: list[int], mode: str) -> list[int]:
         """Generated ids up to the end: ``<|eoc|>`` kept in apply mode, EOS / padding dropped."""

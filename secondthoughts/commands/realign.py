@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--prompt-lookup", type=int, metavar="N", help="draft N tokens at a time by copying from the prompt (batch size 1)")
+    p.add_argument("--draft", choices=("auto", "chain", "none"), default="auto", help="chain: draft spans and positions from "
+                   "the source, check them in one pass (greedy, one text at a time, same output); auto (default): chain for greedy apply mode at batch size 1")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
 
@@ -54,6 +56,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         prompt_lookup_num_tokens=args.prompt_lookup,
+        draft=args.draft,
     )
 
 
