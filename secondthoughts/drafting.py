@@ -15,6 +15,7 @@ sequences plain greedy would show them, so the output is plain greedy's, token f
   is where the span ends;
 - after a complete position it drafts ``<|old|>`` (``<|new|>`` for an insert) and then the span;
 - a token the grammar forces is drafted as it is;
+- the chain's first marker is guessed as ``<|rep|>`` (it rides along with the prompt's pass);
 - a new edit's position is guessed: where the grammar first allows it after the previous edit
   (one changed block), after the first word for the first edit;
 - elsewhere (the new text of an edit, a target) it may fall back to prompt lookup: the tokens
@@ -111,17 +112,24 @@ class ChainDrafter:
     ):
         self.voc, self.tokenizer = voc, tokenizer
         self.src = SourceIndex(source)
-        self.states = [start or start_state()]  # states[i]: after gen[:i]; gen only grows
+        self.states = [start or start_state()]  # states[i]: after _gen[:i]
+        self._gen: list[int] = []
         self.text_lookup, self.target_lookup = text_lookup, target_lookup
         self._span_ids: dict[int, tuple[list[int], dict[int, int]]] = {}
         self._digits: dict[int, list[int]] = {}
 
     def state(self, gen: Sequence[int]) -> ChainState:
-        if len(gen) < len(self.states) - 1:  # a new sequence: start over
-            del self.states[1:]
-        for t in gen[len(self.states) - 1 :]:
+        """The grammar state after ``gen``, advanced from the longest prefix already walked."""
+        same = 0
+        for a, b in zip(self._gen, gen):  # decoding only appends, so this is all of _gen there
+            if a != b:
+                break
+            same += 1
+        del self.states[same + 1 :], self._gen[same:]
+        for t in gen[same:]:
             self.states.append(advance(self.states[-1], t, self.voc, self.src))
-        return self.states[len(gen)]
+            self._gen.append(t)
+        return self.states[-1]
 
     def span_tokens(self, pos: int) -> tuple[list[int], dict[int, int]]:
         """The source from ``pos`` as a span, in the tokenizer's ids (as training tokenized spans),
@@ -154,6 +162,10 @@ class ChainDrafter:
             ids, offsets = self.span_tokens(state.pos)
             j = offsets.get(len(state.buf))
             return (ids[j:] if j is not None else []), False  # where the span ends is the model's call
+        if state.phase == OP and not state.prev and voc.rep in (allowed(state, voc, self.src, "stop") or ()):
+            # A chain's first edit, drafted with the prompt (nearly free there): most often a
+            # replace of what the subject does.
+            return [voc.rep], True
         if state.phase == POS and not state.buf:
             return self._guess_pos(state), True
         if state.phase == POS:

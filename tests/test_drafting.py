@@ -70,6 +70,8 @@ def test_chain_drafter_drafts_position_marker_and_span(untrained):
     drafter = ChainDrafter(voc, tok, SRC)
     one = tok("1", add_special_tokens=False)["input_ids"]
     span = tok(" hits his brother when he is angry.", add_special_tokens=False)["input_ids"]
+    # a chain starts with a guessed replace after the name, with its span
+    assert drafter([], [], 64) == [voc.rep] + one + [voc.old] + span
     # after <|rep|> the first edit's likeliest position is 1 (after the name), then the span from it
     assert drafter([], [voc.rep], 64) == one + [voc.old] + span
     assert drafter([], [voc.rep], 3) == (one + [voc.old] + span)[:3]
