@@ -49,6 +49,7 @@ from secondthoughts.data import (
     split_examples,
     write_examples,
 )
+from secondthoughts.plots import save_png
 
 METHODS: tuple[str, ...] = ("direct", "dpo", "aem", "aem_rl")
 METHOD_NAMES = {"direct": "direct fine-tuning", "dpo": "DPO (from direct)", "aem": "AEM (chains of edits)", "aem_rl": "AEM + RL"}
@@ -1083,8 +1084,6 @@ def _scatter(path: Path, points: Sequence[tuple[str, str, Mapping[str, Any]]]) -
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        save_png(fig, path)
     finally:
         plt.close(fig)

@@ -27,10 +27,11 @@ import os
 import platform
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secondthoughts import settings
 from secondthoughts.data import Example
 
 
@@ -51,11 +52,7 @@ class DPOSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPOSettings:
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown DPO settings: {unknown}")
-        out = cls(**d)
+        out = settings.from_dict(cls, d, "DPO settings")
         for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
             if getattr(out, name) < 1:
                 raise ValueError(f"DPO {name} must be >= 1")

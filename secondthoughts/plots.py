@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def line_plot(
@@ -36,11 +37,18 @@ def line_plot(
         if any(len(xs) for xs, _ in series.values()):
             ax.legend()
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        save_png(fig, path)
     finally:
         plt.close(fig)
+    return path
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """``fig`` as a PNG at ``path``, written to a temporary name and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
     return path
 
 

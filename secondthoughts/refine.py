@@ -50,13 +50,12 @@ import copy
 import importlib
 import json
 import math
-import os
 import platform
 import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secondthoughts import behaviour, models
+from secondthoughts import behaviour, models, settings
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
     EOC,
@@ -79,6 +78,7 @@ from secondthoughts.edits import (
     render_compact,
     tokenize,
 )
+from secondthoughts.plots import save_png
 from secondthoughts.sequences import encode_prompt, split_completion
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -86,8 +86,7 @@ BASELINES: tuple[str, ...] = ("rloo", "greedy")
 NEGATIVES: tuple[str, ...] = ("sample", "reverse", "both")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+_f = settings.setting
 
 
 @dataclass
@@ -161,11 +160,7 @@ class RefineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RefineConfig:
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown refinement settings: {unknown}")
-        return cls(**d)
+        return settings.from_dict(cls, d, "refinement settings")
 
 
 # ---------------------------------------------------------------- the loss pieces (plain functions)
@@ -736,9 +731,7 @@ def reward_curve(out: Path) -> Path | None:
         b.set_xlabel("step")
         b.set_ylabel("KL to the AEM model (per chain)")
         fig.tight_layout()
-        tmp = out / ".reward.png.tmp"
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out / "reward.png")
+        save_png(fig, out / "reward.png")
     finally:
         plt.close(fig)
     return out / "reward.png"

@@ -34,7 +34,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secondthoughts import models
+from secondthoughts import models, settings
 from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import DEFAULT_COST_SETS
 from secondthoughts.sequences import (
@@ -57,11 +57,7 @@ from secondthoughts.sequences import (
     unpacked,
 )
 
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+_f = settings.setting
 
 
 @dataclass
@@ -118,12 +114,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings: {unknown}")
-        return cls(**d)
+        return settings.from_dict(cls, d, "training settings")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
