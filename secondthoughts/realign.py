@@ -39,7 +39,12 @@ import torch
 
 from secondthoughts import models
 from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
-from secondthoughts.drafting import ChainDrafter, PromptLookup, greedy_generate
+from secondthoughts.drafting import (
+    TEXT_LOOKUP,
+    ChainDrafter,
+    PromptLookup,
+    greedy_generate,
+)
 from secondthoughts.edits import (
     EOC,
     SPECIAL_TOKENS,
@@ -438,7 +443,10 @@ class Realigner:
         """Greedy ids for one job with chain drafting, and the forward passes it took."""
         start = start_state(job.prefix[-1].end, job.closed, job.prefix[-1].op) if job.prefix else start_state(0, job.closed)
         # A target mostly copies the source: prompt lookup drafts it (generate mode).
-        drafter = ChainDrafter(self.vocab, self.tokenizer, job.source, start, target_lookup=PromptLookup(10) if mode == "generate" else None)
+        drafter = ChainDrafter(
+            self.vocab, self.tokenizer, job.source, start,
+            text_lookup=TEXT_LOOKUP, target_lookup=PromptLookup(10) if mode == "generate" else None,
+        )  # fmt: skip
         training = self.model.training
         self.model.eval()
         try:

@@ -62,6 +62,7 @@ def test_ngram_lookup_copies_after_the_latest_match():
     assert ngram_lookup([5, 6, 7, 8, 1, 5, 6, 9, 2, 5, 6], 2) == [9, 2]  # the bigram's latest earlier match
     assert ngram_lookup([1, 2, 3, 4, 3], 5) == [4, 3]  # a unigram when no bigram matches
     assert ngram_lookup([1, 2, 3], 4) == []
+    assert ngram_lookup([1, 2, 3, 4, 3], 5, max_ngram=3, min_ngram=2) == []  # no bigram match
 
 
 def test_chain_drafter_drafts_position_marker_and_span(untrained):
