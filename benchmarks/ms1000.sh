@@ -25,3 +25,20 @@ R="secondthoughts realign --model runs/ms1000-coe --input $WORK/dev.jsonl --batc
 [ -s "$WORK/coe-constrained.jsonl" ] || $R --output "$WORK/coe-constrained.jsonl"
 [ -s "$WORK/direct.jsonl" ] || secondthoughts realign --model runs/ms1000-direct --mode direct --input "$WORK/dev.jsonl" --batch-size 8 --output "$WORK/direct.jsonl"
 python benchmarks/parse_rate.py "$WORK/coe-unconstrained.jsonl" "$WORK/coe-constrained.jsonl" "$WORK/direct.jsonl"
+
+# Stage 2: RL refinement of the AEM run against the reward model trained on all 10,000 Moral
+# Stories train pairs (README, reward section), then held-out evaluation of all three runs.
+REWARD=runs/reward-ms-full
+if [ ! -f "$REWARD/metrics.json" ]; then
+  [ -s "$WORK/train-all.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split train --output "$WORK/train-all.jsonl"
+  [ -s "$WORK/dev-all.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split dev --output "$WORK/dev-all.jsonl"
+  secondthoughts reward train --data "$WORK/train-all.jsonl" --dev "$WORK/dev-all.jsonl" --out $REWARD
+fi
+if [ ! -d runs/ms1000-rl/model ]; then
+  RESUME=$([ -d runs/ms1000-rl/checkpoint ] && echo --resume || true)
+  /usr/bin/time -v secondthoughts refine --policy runs/ms1000-coe --reward $REWARD --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" \
+    --out runs/ms1000-rl --steps 40 --prompts-per-step 8 --k 4 --lr 1e-4 --checkpoint-every 5 $RESUME 2> >(tee "$WORK/refine.log" >&2)
+fi
+for RUN in coe direct rl; do
+  [ -f "$WORK/report-$RUN/metrics.json" ] || secondthoughts evaluate --model runs/ms1000-$RUN --data "$WORK/dev.jsonl" --reward $REWARD --out "$WORK/report-$RUN"
+done

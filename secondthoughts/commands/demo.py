@@ -1,7 +1,8 @@
 """``secondthoughts demo``: a model re-aligns some of the hand-written examples the package ships.
 
-The model: ``--model RUN``; else a run shipped in the package (``examples/demo-run``, a run
-folder of ``secondthoughts train`` whose adapter sits on the embedded model); else the embedded
+The model: ``--model RUN``; else the run shipped in the package (``examples/demo-run``: the
+LoRA adapter of ``benchmarks/ms1000.sh``'s chain-of-edits run on 1,000 Moral Stories pairs, on the
+embedded model, copied in by ``scripts/ship_demo_run.py``); else (``--retrain``) the embedded
 SmolLM2-135M fine-tuned (LoRA) on those examples right here, once, into a cache folder
 (``models.cache_root()/demo-run-<key>``, reused by the next call). It re-aligns a few examples
 with constrained decoding and prints each chain as an inline diff with its readable lines, next
@@ -173,7 +174,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]No model to re-align with ({escape(str(e))}); showing the chains of the examples.[/yellow]")
         show_chains(console, examples, args.costs)
         return 0
-    if Path(run_dir) == demo_run_dir():
+    if run_dir == packaged_run():
+        console.print(
+            "[dim]The shipped model: SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on 1,000 Moral "
+            "Stories pairs for one epoch (benchmarks/ms1000.sh; model card in "
+            f"{escape(str(run_dir))}/README.md). It has never seen these hand-written examples.[/dim]"
+        )
+    elif Path(run_dir) == demo_run_dir():
         console.print(
             "[dim]This model was fine-tuned on these very examples: it shows the mechanics (a chain written, "
             "constrained, applied), not how well a model generalizes.[/dim]"
