@@ -38,7 +38,7 @@ fi
 if [ ! -d runs/ms1000-rl/model ]; then
   RESUME=$([ -d runs/ms1000-rl/checkpoint ] && echo --resume || true)
   /usr/bin/time -v secondthoughts refine --policy runs/ms1000-coe --reward $REWARD --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" \
-    --out runs/ms1000-rl --steps 20 --prompts-per-step 8 --k 4 --lr 1e-4 --checkpoint-every 5 $RESUME 2> >(tee "$WORK/refine.log" >&2)
+    --out runs/ms1000-rl --steps 12 --prompts-per-step 8 --k 4 --lr 2e-4 --checkpoint-every 4 $RESUME 2> >(tee "$WORK/refine.log" >&2)
 fi
 for RUN in coe direct rl; do
   [ -f "$WORK/report-$RUN/metrics.json" ] || secondthoughts evaluate --model runs/ms1000-$RUN --data "$WORK/dev.jsonl" --reward $REWARD --out "$WORK/report-$RUN"
