@@ -368,6 +368,15 @@ def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> l
     return [*ops, voc.eoc]
 
 
+def _replaces_with_itself(state: ChainState, src: SourceIndex) -> bool:
+    """A replace whose new text so far equals its old span: closing it would write a no-op edit
+    (which ``infer_edits`` never writes), so the text must go on."""
+    if state.op != "replace":
+        return False
+    full, ends = src.span(state.pos)
+    return len(state.buf) in ends and ends[len(state.buf)] == state.cursor and full[: len(state.buf)] == state.buf
+
+
 def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> list[int] | torch.Tensor | None:
     """The tokens that keep the chain valid: a list of ids, a vocabulary mask, or None (all)."""
     phase = state.phase
@@ -391,7 +400,7 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
     if phase == TEXT:
         ctx = _scan(state.buf)
         mask = voc.text_ok[ctx].clone() if ctx is not None else torch.zeros_like(voc.text_mask)
-        if _text_closable(state.buf):
+        if _text_closable(state.buf) and not _replaces_with_itself(state, src):
             mask[_next_markers(state.cursor, state.op, voc, src)] = True
         return mask
     if phase == DONE and then == "target":

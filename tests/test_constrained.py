@@ -135,6 +135,20 @@ def test_bad_tokens_are_refused(voc, tok_with_edits):
     assert run("<|del|>1<|old|> hits<|rep|>3<|old|> brother<|new|> y<|eoc|>") == DONE
 
 
+def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):
+    index = SourceIndex("Tom hits his brother.")
+    closers = {voc.eoc, *voc.op_markers}
+
+    def closing(text: str) -> set[int]:
+        state = walk(tok_with_edits(text, add_special_tokens=False)["input_ids"], voc, index)
+        return closers & set(_ids(voc, allowed(state, voc, index, "stop")))
+
+    assert closing("<|rep|>1<|old|> hits<|new|> hits") == set()  # a no-op edit: the text must go on
+    assert voc.eoc in closing("<|rep|>1<|old|> hits<|new|> hit")
+    assert voc.eoc in closing("<|rep|>1<|old|> hits<|new|> hits him")
+    assert voc.eoc in closing("<|rep|>1<|old|> hits his<|new|> hits")  # a shorter text is a real edit
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_random_walks_always_parse_and_apply(voc, seed):
     """Any path through the allowed sets, cut anywhere, gives a chain that applies."""
