@@ -78,7 +78,7 @@ from secondthoughts.edits import (
     render_compact,
     tokenize,
 )
-from secondthoughts.plots import save_png
+from secondthoughts.plots import read_metrics, save_png
 from secondthoughts.sequences import encode_prompt, split_completion
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -706,7 +706,7 @@ def _reduce(accelerator: Any, d: dict[str, float], op: str = "sum") -> dict[str,
 
 def reward_curve(out: Path) -> Path | None:
     """``reward.png``: reward, KL-penalized reward and validity (left), KL (right) per step."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out / "metrics.jsonl")
     steps = [r for r in rows if "reward" in r and "eval_reward" not in r]
     if not steps:
         return None

@@ -46,6 +46,7 @@ from torch import nn
 from secondthoughts import models, settings
 from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import DEFAULT_COST_SETS
+from secondthoughts.plots import loss_curve, read_metrics
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     MODES,
@@ -288,7 +289,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics a killed run logged after its last checkpoint: the resumed run redoes them."""
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_metrics(path)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step), encoding="utf-8")
 
 
@@ -561,13 +562,11 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
     out = Path(out)
     info = json.loads((out / "config.json").read_text())
     cfg, data = info["train"], info["data"]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out / "metrics.jsonl")
     evals = [r for r in rows if "eval_loss" in r]
     steps = [r for r in rows if "loss" in r]
     ck = find_checkpoint(out)
     st = json.loads((ck / "state.json").read_text())["state"] if ck else {}
-    from secondthoughts.plots import loss_curve
-
     loss_curve(out)
     method = (
         "chain-of-edits (AEM): `context <|src|> source <|sep|> chain target <eos>`"
