@@ -35,3 +35,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def examples_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny.write_examples_jsonl(tmp_path_factory.mktemp("data") / "examples.jsonl", n=24)
+
+
+@pytest.fixture(scope="module")
+def untrained() -> Any:
+    """A ``Realigner`` on an untrained tiny model: it writes noise, which the chain constraint must
+    keep valid (seed 6: its greedy chains use every op)."""
+    from secondthoughts import models
+    from secondthoughts.realign import Realigner
+
+    tok = tiny.tiny_tokenizer()
+    model = tiny.tiny_model(tok, seed=6)
+    models.add_edit_tokens(model, tok)
+    return Realigner.from_model(model, tok)

@@ -10,7 +10,6 @@ import pytest
 import tiny
 import torch
 
-from secondthoughts import models
 from secondthoughts.constrained import ChainConstraint, start_state
 from secondthoughts.drafting import (
     ChainDrafter,
@@ -23,14 +22,6 @@ from secondthoughts.realign import Realigner, _Job
 SRC = "Tom hits his brother when he is angry."
 CTX = "It is wrong to hit people."
 ITEMS = [(e.context, e.source) for e in tiny.EXAMPLES]
-
-
-@pytest.fixture(scope="module")
-def untrained() -> Realigner:
-    tok = tiny.tiny_tokenizer()
-    model = tiny.tiny_model(tok, seed=6)  # greedy chains with every op (as in test_realign)
-    models.add_edit_tokens(model, tok)
-    return Realigner.from_model(model, tok)
 
 
 def _setup(rl: Realigner, source: str, mode: str = "apply", prefix: str = "") -> tuple[list[int], list[int], ChainConstraint, _Job]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,6 @@ from secondthoughts.data import Example, write_examples
 from secondthoughts.edits import infer_text_edits, render_compact, render_readable
 from secondthoughts.realign import RealignResult
 from secondthoughts.sari import Sari, corpus_sari, sentence_sari, tokenize_13a
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _close(a: Sequence[float], b: Sequence[float], tol: float = 1e-9) -> bool:

@@ -23,15 +23,6 @@ CTX = "It is wrong to hit people."
 ITEMS = [(e.context, e.source) for e in tiny.EXAMPLES]
 
 
-@pytest.fixture(scope="module")
-def untrained() -> Realigner:
-    """An untrained tiny model: it writes noise, which the constraint must keep valid."""
-    tok = tiny.tiny_tokenizer()
-    model = tiny.tiny_model(tok, seed=6)  # a seed whose greedy chains use every op
-    models.add_edit_tokens(model, tok)
-    return Realigner.from_model(model, tok)
-
-
 def _run(tmp: Path, model_dir: Path, data: Path, mode: str) -> Path:
     cfg = TrainConfig(
         data=str(data), model=str(model_dir), out=str(tmp / mode), mode=mode, max_length=128, batch_size=4,
