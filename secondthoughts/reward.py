@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secondthoughts import models
+from secondthoughts.behaviour import sentences
 from secondthoughts.data import Example
 
 EMBEDDED = "embedded"
@@ -100,15 +100,12 @@ class Item(NamedTuple):
     example: int  # index of its example
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
 def context_sentences(ex: Example) -> list[str]:
     """The example's context as separate sentences: Moral Stories' parts when ``meta`` has them."""
     parts = [p.strip() for k in CONTEXT_PARTS if isinstance(p := ex.meta.get(k), str) and p.strip()]
     if parts:
         return parts
-    return [s.strip() for s in _SENTENCE_END.split(ex.context) if s.strip()]
+    return sentences(ex.context)
 
 
 def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None) -> list[Item]:
