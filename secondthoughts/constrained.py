@@ -469,16 +469,46 @@ class ChainConstraint(LogitsProcessor):
         for r in range(rows):
             item = min(r // per, len(self.sources) - 1)
             a = allowed(self.state(item, gen[r]), self.voc, self.sources[item], self.then)
-            if a is None:
-                allow[r] = True
-                continue
-            masked = True
-            if isinstance(a, torch.Tensor):
-                k = min(len(a), vocab)
-                allow[r, :k] = a[:k]
-            else:
-                allow[r, [i for i in a if i < vocab]] = True
+            masked |= a is not None
+            _fill(allow[r], a)
         if not masked:
             return scores
         return scores.masked_fill(~allow.to(scores.device), -float("inf"))
 
+
+def _fill(row: torch.Tensor, a: list[int] | torch.Tensor | None) -> None:
+    """Set the allowed entries of a (vocabulary-wide, all False) row; ``None`` allows all."""
+    if a is None:
+        row[:] = True
+    elif isinstance(a, torch.Tensor):
+        k = min(len(a), len(row))
+        row[:k] = a[:k]
+    else:
+        row[[i for i in a if i < len(row)]] = True
+
+
+def completion_masks(
+    voc: EditVocab, sources: Sequence[str], completions: Sequence[Sequence[int]], vocab_size: int, then: Literal["stop", "target"] = "stop"
+) -> tuple[torch.Tensor, int]:
+    """The tokens ``ChainConstraint`` allowed at every position of each completion: a
+    (total tokens, vocab_size) mask, completion after completion, and how many positions hold a
+    token outside their set (an unconstrained sample, a chain cut short); those rows allow all.
+
+    Sampling under the constraint draws from the model's distribution renormalized over these
+    sets, so the log-probabilities of such samples (and their KL to a reference) are computed on
+    the same sets.
+    """
+    total = sum(map(len, completions))
+    out = torch.zeros((total, vocab_size), dtype=torch.bool)
+    outside, row = 0, 0
+    for source, ids in zip(sources, completions, strict=True):
+        src = SourceIndex(source)
+        state = start_state()
+        for t in ids:
+            _fill(out[row], allowed(state, voc, src, then))
+            if not (t < vocab_size and out[row, t]):
+                out[row] = True
+                outside += 1
+            state = advance(state, t, voc, src)
+            row += 1
+    return out, outside

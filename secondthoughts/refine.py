@@ -285,7 +285,9 @@ class CompletionLogProbs(nn.Module):
     """Per-token log-probabilities of the completion tokens, (N, T) with zeros on padding.
 
     Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``);
-    a module, so that DDP wraps it.
+    a module, so that DDP wraps it. ``allow`` (completion tokens, vocab), from
+    ``constrained.completion_masks``: normalize over the tokens the constraint allowed there, the
+    distribution constrained decoding samples from.
     """
 
     def __init__(self, lm: nn.Module):
@@ -295,13 +297,18 @@ class CompletionLogProbs(nn.Module):
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+        allow: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         lm = self.causal_lm()
         width = input_ids.shape[1] - completion_ids.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         keep = completion_mask.bool()
         logits = lm.get_output_embeddings()(hidden[:, width - 1 : -1][keep]).float()
+        if allow is not None:
+            logits = logits.masked_fill(~allow.to(logits.device), -float("inf"))
         lp = -F.cross_entropy(logits, completion_ids[keep], reduction="none")
         return torch.zeros(completion_ids.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
 
@@ -553,8 +560,21 @@ class Refiner:
 
     # ------------------------------------------------------------ update
 
-    def _rows(self, prompts: list[list[int]], comps: list[list[int]]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch_rows(prompts, comps, self.pad_id).items()}
+    def _rows(self, prompts: list[list[int]], comps: list[list[int]], sources: list[str]) -> dict[str, torch.Tensor]:
+        """Model inputs for completions after prompts; under constrained decoding with the tokens
+        the constraint allowed at each completion position (``sources``: each row's source)."""
+        rows = batch_rows(prompts, comps, self.pad_id)
+        self.outside_constraint = 0
+        if self.config.constrained:
+            from secondthoughts.constrained import completion_masks
+
+            size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
+            rows["allow"], self.outside_constraint = completion_masks(self.vocab, sources, comps, size)
+        return {k: v.to(self.device) for k, v in rows.items()}
+
+    def sample_rows(self, batch: Rollout) -> dict[str, torch.Tensor]:
+        """Model inputs of a rollout's samples."""
+        return self._rows([batch.prompt_ids[i // batch.k] for i in range(len(batch))], batch.completion_ids, batch.sources)
 
     def reference_logprobs(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
         """Log-probabilities under the frozen AEM model: the adapter-disabled policy, or the copy."""
@@ -568,20 +588,23 @@ class Refiner:
         with torch.no_grad(), self.accelerator.autocast():
             return self.logprobs(**rows).float()
 
-    def _ail_rows(self, batch: Rollout) -> tuple[list[list[int]], list[list[int]]]:
+    def _ail_rows(self, batch: Rollout) -> tuple[list[list[int]], list[list[int]], list[str]]:
         """Expert chains (gold, source -> target) and, for ``reverse`` negatives, the chain built the
         same way toward the unaligned text (target -> source) after a prompt holding the target."""
         prompts: list[list[int]] = []
         comps: list[list[int]] = []
+        sources: list[str] = []
         costs = self.config.costs
         for ex, p in zip(batch.examples, batch.prompt_ids):
             prompts.append(p)
             comps.append(self._chain_ids(infer_edits(tokenize(ex.source), tokenize(ex.target), *costs)))
+            sources.append(ex.source)
         if self.config.ail_negative in ("reverse", "both"):
             for ex in batch.examples:
                 prompts.append(self.prompt_ids(Example(ex.context, ex.target, ex.source, ex.id)))
                 comps.append(self._chain_ids(infer_edits(tokenize(ex.target), tokenize(ex.source), *costs)))
-        return prompts, comps
+                sources.append(ex.target)
+        return prompts, comps, sources
 
     def _chain_ids(self, chain: list[Edit]) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.
@@ -595,16 +618,19 @@ class Refiner:
         cfg = self.config
         n, k, p = len(batch), batch.k, len(batch.examples)
         use_ail = cfg.ail_weight > 0
-        ail_prompts, ail_comps = self._ail_rows(batch) if use_ail else ([], [])
+        ail_prompts, ail_comps, ail_sources = self._ail_rows(batch) if use_ail else ([], [], [])
         sample_prompts = [batch.prompt_ids[i // k] for i in range(n)]
-        rows = self._rows(sample_prompts + ail_prompts, batch.completion_ids + ail_comps)
-        sample_rows = {key: v[:n] for key, v in rows.items()}
-        mask = sample_rows["completion_mask"]
+        rows = self._rows(sample_prompts + ail_prompts, batch.completion_ids + ail_comps, batch.sources + ail_sources)
+        outside = self.outside_constraint
+        mask = rows["completion_mask"][:n]
+        sample_rows = {key: v[:n] for key, v in rows.items() if key != "allow"}
+        if "allow" in rows:
+            sample_rows["allow"] = rows["allow"][: int(mask.sum())]
         ref = self.reference_logprobs(sample_rows)
         rewards = batch.rewards.to(self.device)
         if batch.greedy is not None:
             g = batch.greedy
-            g_rows = self._rows(g.prompt_ids, g.completion_ids)
+            g_rows = self.sample_rows(g)
             g_kl = sequence_kl(self.policy_logprobs(g_rows), self.reference_logprobs(g_rows), g_rows["completion_mask"])
             g_total = g.rewards.to(self.device) - cfg.beta * g_kl  # type: ignore[union-attr]
         stats: dict[str, float] = {}
@@ -620,7 +646,7 @@ class Refiner:
                 total = rewards - cfg.beta * kl
                 advantages = rloo_advantages(total, k) if batch.greedy is None else greedy_advantages(total, g_total, k)
                 stats.update(objective=float(total.mean()), kl=float(kl.mean()), kl_per_token=float(((old - ref) * mask).sum() / mask.sum().clamp(min=1)),
-                             advantage_abs=float(advantages.abs().mean()))  # fmt: skip
+                             advantage_abs=float(advantages.abs().mean()), outside_constraint=float(outside))  # fmt: skip
             policy_loss, clip_frac = clipped_policy_loss(logps[:n], old, advantages, mask, cfg.clip_eps)  # type: ignore[arg-type]
             loss = policy_loss
             if use_ail:
@@ -772,6 +798,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
             raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
     elif (out / "config.json").exists() or find_checkpoint(out):
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
     if not cfg.data:
         raise ValueError("no prompts: pass --data examples.jsonl")

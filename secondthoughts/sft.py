@@ -377,6 +377,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     accelerator = Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
     model, tokenizer, _ = build_model(config)
     train_ex, eval_ex = load_examples(config)

@@ -21,6 +21,7 @@ from secondthoughts.constrained import (
     _pos_prefix_ok,
     advance,
     allowed,
+    completion_masks,
     start_state,
     token_pieces,
     walk,
@@ -192,6 +193,28 @@ def test_processor_masks_each_row_from_its_own_ids(voc, tok_with_edits):
     assert free[3, b] and not free[3, hit]
     assert free[2].sum() == 1 and free[2, voc.eos]  # a finished row may only end
     assert not free[[0, 1, 3], len(voc.pieces) :].any()  # padding ids are never allowed
+
+
+def test_completion_masks_follow_each_completion(voc, tok_with_edits):
+    sources = ["Tom hits his brother.", "a b"]
+    good = tok_with_edits("<|rep|>1<|old|> hits<|new|> hugs<|eoc|>", add_special_tokens=False)["input_ids"]
+    (b,) = tok_with_edits(" b", add_special_tokens=False)["input_ids"][:1]
+    (zero,) = tok_with_edits("0", add_special_tokens=False)["input_ids"]
+    broken = [voc.dele, zero, voc.old, b, voc.eoc]  # deletes " b" at position 0, where "a" is
+    size = len(voc.pieces) + 3
+    masks, outside = completion_masks(voc, sources, [good, broken], size)
+    assert masks.shape == (len(good) + len(broken), size) and outside == 1
+    state = start_state()
+    for j, t in enumerate(good):  # the sets the processor uses, position by position
+        proc = ChainConstraint(voc, sources[:1], prompt_len=0)
+        allowed_row = ~torch.isinf(proc(torch.tensor([good[:j]]), torch.zeros(1, size)))[0]
+        assert torch.equal(masks[j], allowed_row) and masks[j, t]
+        state = advance(state, t, voc, SourceIndex(sources[0]))
+    assert state.phase == DONE
+    rows = masks[len(good) :]
+    assert rows[0].sum() == len(voc.op_markers) + 1  # after nothing: a marker or the end
+    assert rows[1, zero] and rows[2, voc.old] and not rows[2].all()
+    assert rows[3].all()  # " b" where the span is "a": outside the set, so this row allows all
 
 
 def test_start_state_after_a_prefix(voc, tok_with_edits):

@@ -17,6 +17,7 @@ import torch
 
 from secondthoughts import models
 from secondthoughts.cli import main
+from secondthoughts.constrained import ChainConstraint
 from secondthoughts.data import read_examples
 from secondthoughts.realign import Realigner
 from secondthoughts.refine import (
@@ -211,7 +212,7 @@ def test_logged_kl_is_the_kl_in_the_loss(tmp_path, aem_run, examples_jsonl):
     r.update(first)  # move the policy away from the reference
     batch = r.rollout(exs, seed=2)
     rewards = r.score(batch).clone()
-    rows = r._rows([batch.prompt_ids[i // batch.k] for i in range(len(batch))], batch.completion_ids)
+    rows = r.sample_rows(batch)
     kl_before = sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
     stats = r.update(batch)
     assert kl_before.abs().max() > 1e-4
@@ -219,6 +220,35 @@ def test_logged_kl_is_the_kl_in_the_loss(tmp_path, aem_run, examples_jsonl):
     assert stats["kl"] == pytest.approx(float(kl_before.mean()), abs=1e-5)
     assert stats["objective"] == pytest.approx(float((rewards - 0.3 * kl_before).mean()), abs=1e-5)
     assert r.last_advantages.tolist() == pytest.approx(rloo_advantages(rewards - 0.3 * kl_before, 3).tolist(), abs=1e-5)
+
+
+def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, examples_jsonl):
+    """Chains sampled under the constraint come from the model renormalized over the allowed
+    tokens: the log-probs of the loss and the KL are those, so a policy equal to its reference has
+    KL 0 and the estimate is not biased by tokens only the constraint made possible."""
+    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, k=2, max_new_tokens=16), word_reward)
+    exs = list(read_examples(examples_jsonl))[:2]
+    batch = r.rollout(exs, seed=3)
+    rows = r.sample_rows(batch)
+    assert "allow" in rows and r.outside_constraint == 0
+    got = r.policy_logprobs(rows)
+    for i, comp in enumerate(batch.completion_ids):
+        prompt = batch.prompt_ids[i // batch.k]
+        processor = ChainConstraint(r.vocab, [batch.sources[i]], len(prompt))
+        with torch.no_grad():
+            logits = r.policy(torch.tensor([prompt + comp])).logits[0]
+        want = []
+        for j, t in enumerate(comp):
+            scores = processor(torch.tensor([prompt + comp[:j]]), logits[len(prompt) - 1 + j].unsqueeze(0))
+            want.append(float(scores.log_softmax(-1)[0, t]))
+        assert got[i, : len(comp)].tolist() == pytest.approx(want, abs=1e-4)
+        # renormalized over a subset: never below the unconstrained log-prob
+        free = logits[len(prompt) - 1 : -1].log_softmax(-1).gather(1, torch.tensor(comp).unsqueeze(1)).squeeze(1)
+        assert (got[i, : len(comp)] >= free - 1e-5).all()
+        assert (got[i, : len(comp)] > free + 1e-3).any()  # the constraint removed mass somewhere
+    # the same rows without the constraint are the plain log-probs
+    plain = CompletionLogProbs(r.policy)(**{k: v for k, v in rows.items() if k != "allow"})
+    assert not torch.allclose(plain, got)
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path, aem_run, examples_jsonl):
@@ -249,7 +279,7 @@ def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, exampl
         assert ok or batch.errors[i]
     # expected advantages: (reward - beta KL) minus the same for the prompt's greedy decode
     def penalized(b):
-        rows = r._rows([b.prompt_ids[i // b.k] for i in range(len(b))], b.completion_ids)
+        rows = r.sample_rows(b)
         return b.rewards - cfg.beta * sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
 
     want = greedy_advantages(penalized(batch), penalized(batch.greedy), 2)
@@ -294,7 +324,7 @@ def test_two_processes_refine_together(tmp_path, aem_run, examples_jsonl):
            "--data", str(examples_jsonl), "--out", str(out), "--steps", "2", "--prompts-per-step", "1", "--k", "2",
            "--max-new-tokens", "16", "--lora-r", "4", "--no-progress"]  # fmt: skip
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-20000:]
     info = json.loads((out / "config.json").read_text())
     assert info["plan"]["world_size"] == 2 and info["plan"]["samples_per_step"] == 4
     assert sorted(p.name for p in (out / "checkpoint").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
