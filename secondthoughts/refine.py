@@ -103,7 +103,7 @@ class RefineConfig:
     steps: int = _f(200, "refinement steps (each: rollout, score, update)")
     prompts_per_step: int = _f(8, "prompts per step per process")
     k: int = _f(4, "sampled chains per prompt (RLOO needs >= 2)")
-    temperature: float = _f(1.0, "sampling temperature")
+    temperature: float = _f(1.0, "sampling temperature (the log-probs of the loss and the KL use it too)")
     top_p: float = _f(1.0, "nucleus sampling threshold (1: off)")
     top_k: int = _f(0, "top-k sampling (0: off)")
     max_new_tokens: int = _f(0, "chain budget in tokens (0: 3 per source token + 48, as realign); a chain cut by it is invalid")
@@ -287,12 +287,15 @@ class CompletionLogProbs(nn.Module):
     Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``);
     a module, so that DDP wraps it. ``allow`` (completion tokens, vocab), from
     ``constrained.completion_masks``: normalize over the tokens the constraint allowed there, the
-    distribution constrained decoding samples from.
+    distribution constrained decoding samples from. ``temperature``: the sampling temperature, so
+    the ratio and the KL are those of the distribution the chains came from (top-p / top-k
+    truncation is not modelled, as in TRL).
     """
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.lm = lm
+        self.temperature = temperature
 
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
@@ -307,6 +310,8 @@ class CompletionLogProbs(nn.Module):
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         keep = completion_mask.bool()
         logits = lm.get_output_embeddings()(hidden[:, width - 1 : -1][keep]).float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         if allow is not None:
             logits = logits.masked_fill(~allow.to(logits.device), -float("inf"))
         lp = -F.cross_entropy(logits, completion_ids[keep], reduction="none")
@@ -473,7 +478,7 @@ class Refiner:
         self.vocab = EditVocab.from_tokenizer(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.max_length = self.aem_info.get("max_length")
-        self.logprobs = CompletionLogProbs(self.policy)
+        self.logprobs = CompletionLogProbs(self.policy, config.temperature)
         self.params = [p for p in self.logprobs.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler("constant_with_warmup", self.optimizer, num_warmup_steps=config.warmup_steps)
@@ -580,7 +585,7 @@ class Refiner:
         """Log-probabilities under the frozen AEM model: the adapter-disabled policy, or the copy."""
         with torch.no_grad(), self.accelerator.autocast():
             if self.reference is not None:
-                return CompletionLogProbs(self.reference)(**rows).float()
+                return CompletionLogProbs(self.reference, self.config.temperature)(**rows).float()
             with self.policy.disable_adapter():
                 return self.logprobs(**rows).float()
 

@@ -222,11 +222,12 @@ def test_logged_kl_is_the_kl_in_the_loss(tmp_path, aem_run, examples_jsonl):
     assert r.last_advantages.tolist() == pytest.approx(rloo_advantages(rewards - 0.3 * kl_before, 3).tolist(), abs=1e-5)
 
 
-def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, examples_jsonl):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, examples_jsonl, temperature):
     """Chains sampled under the constraint come from the model renormalized over the allowed
-    tokens: the log-probs of the loss and the KL are those, so a policy equal to its reference has
-    KL 0 and the estimate is not biased by tokens only the constraint made possible."""
-    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, k=2, max_new_tokens=16), word_reward)
+    tokens (at the sampling temperature): the log-probs of the loss and the KL are those, so the
+    estimate is not biased by tokens only the constraint made possible."""
+    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, k=2, max_new_tokens=16, temperature=temperature), word_reward)
     exs = list(read_examples(examples_jsonl))[:2]
     batch = r.rollout(exs, seed=3)
     rows = r.sample_rows(batch)
@@ -236,7 +237,7 @@ def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, e
         prompt = batch.prompt_ids[i // batch.k]
         processor = ChainConstraint(r.vocab, [batch.sources[i]], len(prompt))
         with torch.no_grad():
-            logits = r.policy(torch.tensor([prompt + comp])).logits[0]
+            logits = r.policy(torch.tensor([prompt + comp])).logits[0] / temperature
         want = []
         for j, t in enumerate(comp):
             scores = processor(torch.tensor([prompt + comp[:j]]), logits[len(prompt) - 1 + j].unsqueeze(0))
@@ -247,7 +248,7 @@ def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, e
         assert (got[i, : len(comp)] >= free - 1e-5).all()
         assert (got[i, : len(comp)] > free + 1e-3).any()  # the constraint removed mass somewhere
     # the same rows without the constraint are the plain log-probs
-    plain = CompletionLogProbs(r.policy)(**{k: v for k, v in rows.items() if k != "allow"})
+    plain = CompletionLogProbs(r.policy, temperature)(**{k: v for k, v in rows.items() if k != "allow"})
     assert not torch.allclose(plain, got)
 
 
