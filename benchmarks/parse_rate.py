@@ -3,16 +3,42 @@
     python benchmarks/parse_rate.py realigned.jsonl [more.jsonl ...] [--show 3]
 
 Per file: rows, valid chains (parsed and applied to the source), chains cut by the generation
-budget, mean edits per chain, outputs identical to the source, the commonest errors, and the
-first ``--show`` rows as source -> output.
+budget, mean edits per chain, outputs identical to the source, the commonest kinds of error, and
+the first ``--show`` rows as source -> output. For the delete and replace edits of every chain that
+parses, where they fail: the span they copy occurs in the source, and at the written position
+(a model that copies spans well but miscounts positions shows many found spans, few right positions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
+
+from secondthoughts.edits import EditError, parse_compact, tokenize
+
+
+def span_positions(rows: list[dict]) -> tuple[int, int, int, int]:
+    """(chains that parse, their delete/replace edits, spans found in the source, at the written position)."""
+    parsed = edits = found = placed = 0
+    for r in rows:
+        try:
+            chain = parse_compact(r["compact"])
+        except (EditError, KeyError):
+            continue
+        parsed += 1
+        src = tokenize(r["source"])
+        for e in chain:
+            if e.op == "insert" or not e.old:
+                continue
+            n = len(e.old)
+            starts = [i for i in range(len(src) - n + 1) if tuple(src[i : i + n]) == tuple(e.old)]
+            edits += 1
+            found += bool(starts)
+            placed += e.start in starts
+    return parsed, edits, found, placed
 
 
 def summarize(path: Path, show: int) -> None:
@@ -26,9 +52,14 @@ def summarize(path: Path, show: int) -> None:
     edits = [len(r["chain"]) for r in rows if r["valid"]]
     print(f"{path}: {n} rows; valid {valid}/{n} = {valid / n:.1%}; cut by the budget {cut}; "
           f"identical to source {same}; mean edits per valid chain {sum(edits) / max(len(edits), 1):.2f}")
-    errors = Counter(str(r["error"]).split(":")[0][:80] for r in rows if not r["valid"])
-    for err, k in errors.most_common(5):
+    # kinds of error: numbers and quoted text masked, so that one kind counts once
+    errors = Counter(re.sub(r"\d+", "N", str(r["error"]).split(" but ")[0].split(", got")[0])[:80] for r in rows if not r["valid"])
+    for err, k in errors.most_common(6):
         print(f"  {k} x {err}")
+    parsed, edits, found, placed = span_positions(rows)
+    if edits:
+        print(f"  chains that parse: {parsed}/{n}; their {edits} delete/replace spans: in the source {found} ({found / edits:.0%}), "
+              f"at the written position {placed} ({placed / edits:.0%})")
     for r in rows[:show]:
         print(f"  - source: {r['source']}\n    output: {r['text']}")
         if r.get("target"):
