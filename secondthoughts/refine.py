@@ -565,20 +565,21 @@ class Refiner:
 
     # ------------------------------------------------------------ update
 
-    def _rows(self, prompts: list[list[int]], comps: list[list[int]], sources: list[str]) -> dict[str, torch.Tensor]:
+    def _rows(self, prompts: list[list[int]], comps: list[list[int]], sources: list[str]) -> tuple[dict[str, torch.Tensor], int]:
         """Model inputs for completions after prompts; under constrained decoding with the tokens
-        the constraint allowed at each completion position (``sources``: each row's source)."""
+        the constraint allowed at each completion position (``sources``: each row's source), and
+        how many completion tokens fell outside those sets."""
         rows = batch_rows(prompts, comps, self.pad_id)
-        self.outside_constraint = 0
+        outside = 0
         if self.config.constrained:
             from secondthoughts.constrained import completion_masks
 
             size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
-            rows["allow"], self.outside_constraint = completion_masks(self.vocab, sources, comps, size)
-        return {k: v.to(self.device) for k, v in rows.items()}
+            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size)
+        return {k: v.to(self.device) for k, v in rows.items()}, outside
 
-    def sample_rows(self, batch: Rollout) -> dict[str, torch.Tensor]:
-        """Model inputs of a rollout's samples."""
+    def sample_rows(self, batch: Rollout) -> tuple[dict[str, torch.Tensor], int]:
+        """Model inputs of a rollout's samples (and the tokens outside the constraint's sets)."""
         return self._rows([batch.prompt_ids[i // batch.k] for i in range(len(batch))], batch.completion_ids, batch.sources)
 
     def reference_logprobs(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -625,8 +626,7 @@ class Refiner:
         use_ail = cfg.ail_weight > 0
         ail_prompts, ail_comps, ail_sources = self._ail_rows(batch) if use_ail else ([], [], [])
         sample_prompts = [batch.prompt_ids[i // k] for i in range(n)]
-        rows = self._rows(sample_prompts + ail_prompts, batch.completion_ids + ail_comps, batch.sources + ail_sources)
-        outside = self.outside_constraint
+        rows, outside = self._rows(sample_prompts + ail_prompts, batch.completion_ids + ail_comps, batch.sources + ail_sources)
         mask = rows["completion_mask"][:n]
         sample_rows = {key: v[:n] for key, v in rows.items() if key != "allow"}
         if "allow" in rows:
@@ -635,7 +635,7 @@ class Refiner:
         rewards = batch.rewards.to(self.device)
         if batch.greedy is not None:
             g = batch.greedy
-            g_rows = self.sample_rows(g)
+            g_rows, _ = self.sample_rows(g)
             g_kl = sequence_kl(self.policy_logprobs(g_rows), self.reference_logprobs(g_rows), g_rows["completion_mask"])
             g_total = g.rewards.to(self.device) - cfg.beta * g_kl  # type: ignore[union-attr]
         stats: dict[str, float] = {}

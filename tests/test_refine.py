@@ -212,7 +212,7 @@ def test_logged_kl_is_the_kl_in_the_loss(tmp_path, aem_run, examples_jsonl):
     r.update(first)  # move the policy away from the reference
     batch = r.rollout(exs, seed=2)
     rewards = r.score(batch).clone()
-    rows = r.sample_rows(batch)
+    rows, _ = r.sample_rows(batch)
     kl_before = sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
     stats = r.update(batch)
     assert kl_before.abs().max() > 1e-4
@@ -230,8 +230,8 @@ def test_constrained_logprobs_are_the_sampling_distribution(tmp_path, aem_run, e
     r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, k=2, max_new_tokens=16, temperature=temperature), word_reward)
     exs = list(read_examples(examples_jsonl))[:2]
     batch = r.rollout(exs, seed=3)
-    rows = r.sample_rows(batch)
-    assert "allow" in rows and r.outside_constraint == 0
+    rows, outside = r.sample_rows(batch)
+    assert "allow" in rows and outside == 0
     got = r.policy_logprobs(rows)
     for i, comp in enumerate(batch.completion_ids):
         prompt = batch.prompt_ids[i // batch.k]
@@ -280,7 +280,7 @@ def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, exampl
         assert ok or batch.errors[i]
     # expected advantages: (reward - beta KL) minus the same for the prompt's greedy decode
     def penalized(b):
-        rows = r.sample_rows(b)
+        rows, _ = r.sample_rows(b)
         return b.rewards - cfg.beta * sequence_kl(r.policy_logprobs(rows), r.reference_logprobs(rows), rows["completion_mask"])
 
     want = greedy_advantages(penalized(batch), penalized(batch.greedy), 2)
