@@ -101,7 +101,7 @@ def run_trl(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[st
     del ids
     model = models.apply_lora(model, (), r=16, alpha=32, dropout=0.05)
     rows = [
-        {"prompt": f"{ex.context}{SRC}{ex.source}{SEP}", "completion": render_compact(chain) + ex.target}
+        {"prompt": f"{ex.context}{SRC}{ex.source}{SEP}", "completion": render_compact(chain, ex.source) + ex.target}
         for ex in examples
         for _, chain in augment_chains(tokenize(ex.source), tokenize(ex.target))
     ]

@@ -25,7 +25,7 @@ def span_positions(rows: list[dict]) -> tuple[int, int, int, int]:
     parsed = edits = found = placed = 0
     for r in rows:
         try:
-            chain = parse_compact(r["compact"])
+            chain = parse_compact(r["compact"], r["source"])
         except (EditError, KeyError):
             continue
         parsed += 1

@@ -5,17 +5,23 @@ The grammar (``edits.render_compact``), checked token by token on the bytes gene
 
     chain := edit* <|eoc|>
     edit  := <|ins|> POS <|new|> TEXT | <|del|> POS <|old|> SPAN | <|rep|> POS <|old|> SPAN <|new|> TEXT
+           | <|ins|> <|old|> ANCHOR <|new|> TEXT | <|del|> <|old|> SPAN | <|rep|> <|old|> SPAN <|new|> TEXT
 
+- Each edit starts after the previous one as ``infer_edits`` writes chains: right where it ends
+  only for a delete or insert after a replace, or an insert after a delete (one changed block);
+  otherwise past at least one kept token (``edits.lowest_start``). So a model cannot write two
+  inserts at one place or split a replace in two.
+- Without ``POS`` (anchored), a ``SPAN`` is the escaped source text of some tokens from there on
+  and the edit lands at its first occurrence (``edits.resolve_anchor``); an insert's ``ANCHOR`` is
+  the one source token right before it.
 - ``POS`` is a decimal source-token index (no leading zeros), below the source length for a
-  delete or replace, up to it for an insert, and after the previous edit as ``infer_edits``
-  writes chains: right where it ends only for a delete or insert after a replace, or an insert
-  after a delete (one changed block); otherwise past at least one kept token. So a model cannot
-  write two inserts at one place or split a replace in two.
-- ``SPAN`` is exactly the escaped source text from ``POS`` to an edit-token boundary, at least one
-  token long (so ``parse_compact`` reads back the source tokens themselves).
+  delete or replace, up to it for an insert, and only where the anchored form would not find the
+  edit (the renderer writes positions only there); its ``SPAN`` is then exactly the escaped source
+  text from ``POS`` to an edit-token boundary, at least one token long (so ``parse_compact`` reads
+  back the source tokens themselves).
 - ``TEXT`` is any non-empty text as ``edits.escape`` writes it (no ``<|``; a backslash only
   before a backslash, or before ``|`` after ``<``), ending on a whole UTF-8 character. So the
-  chain is in canonical form: ``render_compact(parse_compact(chain)) == chain``.
+  chain is in canonical form: ``render_compact(parse_compact(chain, source), source) == chain``.
 - Markers are only the special-token ids; a text token can never spell one.
 
 At each step the allowed set is computed exactly (not by probing the top candidates): it is small
@@ -42,7 +48,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import LogitsProcessor
 
-from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, tokenize
+from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, lowest_start, resolve_anchor, tokenize
 from secondthoughts.models import edit_token_ids
 
 # Phases of a chain being written.
@@ -55,10 +61,12 @@ class ChainState(NamedTuple):
     """Where a row is in the grammar.
 
     ``op``: the edit being written ("" between edits); ``prev``: the previous edit's op;
-    ``cursor``: the end of the previous edit (OP), the lowest position the current edit may take
-    (POS) or the end of the current edit (SPAN, TEXT); ``pos``: the current edit's position;
-    ``buf``: bytes of the current field (position digits, span or text); ``n``: tokens consumed;
-    ``closable_at``: tokens consumed at the last point where ``<|eoc|>`` could have followed.
+    ``cursor``: the end of the previous edit (OP, POS) or the end of the current edit (SPAN once
+    closed, TEXT); ``lo``: the lowest position the current edit may take; ``pos``: the current
+    edit's position (-1 while an anchored span is being written); ``cands``: the positions an
+    anchored span still matches; ``buf``: bytes of the current field (position digits, span or
+    text); ``n``: tokens consumed; ``closable_at``: tokens consumed at the last point where
+    ``<|eoc|>`` could have followed.
     """
 
     phase: int
@@ -69,9 +77,11 @@ class ChainState(NamedTuple):
     buf: bytes = b""
     n: int = 0
     closable_at: int = 0
+    lo: int = 0
+    cands: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return f"{_PHASE_NAMES[self.phase]}(op={self.op or '-'}, cursor={self.cursor}, pos={self.pos}, buf={self.buf!r})"
+        return f"{_PHASE_NAMES[self.phase]}(op={self.op or '-'}, cursor={self.cursor}, lo={self.lo}, pos={self.pos}, buf={self.buf!r})"
 
 
 def start_state(cursor: int = 0, closed: bool = False, prev: str = "") -> ChainState:
@@ -225,12 +235,16 @@ class EditVocab:
 
 
 class SourceIndex:
-    """A source's edit tokens and, per position, the escaped text a span may copy."""
+    """A source's edit tokens and, per position, the escaped text a span may copy. ``anchored``:
+    chains as ``render_compact(chain, source)`` writes them (positions only where needed); else
+    as ``render_compact(chain)`` (every edit with its position, as models trained before anchoring)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, anchored: bool = True):
+        self.anchored = anchored
         self.tokens = tokenize(source)
         self.n = len(self.tokens)
         self._spans: dict[int, tuple[bytes, dict[int, int]]] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     def span(self, pos: int) -> tuple[bytes, dict[int, int]]:
         """(escaped bytes of tokens[pos:], {byte length of an escaped span: its end token})."""
@@ -246,26 +260,60 @@ class SourceIndex:
             self._spans[pos] = (full, ends)
         return self._spans[pos]
 
+    def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
-def _pos_prefix_ok(digits: str, lo: int, hi: int) -> bool:
-    """Whether ``digits`` starts the decimal form of some integer in [lo, hi] (no leading zeros)."""
-    if not digits:
-        return lo <= hi
-    if len(digits) > 1 and digits[0] == "0":
-        return False
-    v = int(digits)
-    if digits == "0":
-        return lo <= 0 <= hi
-    a, b = v, v
-    while a <= hi:  # the numbers written digits + k more digits: [v * 10^k, (v + 1) * 10^k - 1]
-        if b >= lo:
-            return True
-        a, b = a * 10, b * 10 + 9
-    return False
+    def positions(self, op: str, lo: int) -> tuple[str, ...]:
+        """The positions (as digits) an ``op`` may write from ``lo``: those the anchored form would
+        not find. A delete or replace at ``p`` needs its first token earlier in [lo, p) (else no
+        span from ``p`` has an earlier occurrence); an insert at ``p`` needs an anchor that misses it."""
+
+        def make() -> tuple[str, ...]:
+            t, hi = self.tokens, self.n + 1 if op == "insert" else self.n
+            if not self.anchored:
+                return tuple(map(str, range(lo, hi)))
+            if op == "insert":
+                ps = [p for p in range(lo, self.n + 1) if p == 0 or resolve_anchor(t, "insert", t[p - 1 : p], lo) != p]
+            else:
+                ps = [p for p in range(lo, self.n) if t[p] in t[lo:p]]
+            return tuple(map(str, ps))
+
+        return self._cached(("positions", op, lo), make)
+
+    def anchors(self, op: str, lo: int) -> tuple[int, ...]:
+        """Where an anchored span may start: any position from ``lo``; for an insert's one-token
+        anchor, any token that ends at ``lo`` or later."""
+        if not self.anchored:
+            return ()
+        return tuple(range(max(lo - 1, 0), self.n)) if op == "insert" else tuple(range(lo, self.n))
+
+    def span_limit(self, pos: int, lo: int) -> int:
+        """Bytes a span written at position ``pos`` may take: while its tokens also occur earlier
+        in [lo, pos), so that the positional form stays the canonical one (see ``positions``)."""
+
+        def make() -> int:
+            full, ends = self.span(pos)
+            if not self.anchored:
+                return len(full)
+            t, best = self.tokens, 0
+            for nbytes, end in ends.items():
+                if resolve_anchor(t, "delete", t[pos:end], lo) == pos:
+                    break
+                best = nbytes
+            return best
+
+        return self._cached(("limit", pos, lo), make)
+
+    def one_token(self, pos: int) -> int:
+        """Byte length of the escaped token at ``pos``."""
+        return min(self.span(pos)[1])
 
 
-def _pos_complete_ok(digits: str, lo: int, hi: int) -> bool:
-    return bool(digits) and (digits == "0" or digits[0] != "0") and lo <= int(digits) <= hi
+def _digits_ok(digits: str, positions: tuple[str, ...]) -> bool:
+    """Whether ``digits`` starts some allowed position (decimal, so no leading zeros)."""
+    return any(p.startswith(digits) for p in positions)
 
 
 def _text_closable(buf: bytes) -> bool:
@@ -282,18 +330,8 @@ def _text_closable(buf: bytes) -> bool:
 # ---------------------------------------------------------------- the grammar
 
 
-# Canonical order inside one changed block (``edits.infer_edits``): a replace, then a delete, then
-# an insert, each where the previous one ends. Any other edit starts after a kept token.
-_RANK = {"replace": 0, "delete": 1, "insert": 2}
-
-
-def _lowest(op: str, cursor: int, prev: str) -> int:
-    """The lowest position an ``op`` may take after an edit ``prev`` that ends at ``cursor``."""
-    return cursor if not prev or _RANK[op] > _RANK[prev] else cursor + 1
-
-
-def _highest(op: str, src: SourceIndex) -> int:
-    return src.n if op == "insert" else src.n - 1
+def _viable(op: str, lo: int, src: SourceIndex) -> bool:
+    return bool(src.positions(op, lo) or src.anchors(op, lo))
 
 
 def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
@@ -302,10 +340,34 @@ def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, 
     if tid == voc.eoc:
         return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
     op = voc.op_markers.get(tid)
-    lo = _lowest(op, state.cursor, state.prev) if op else 0
-    if op is None or lo > _highest(op, src):
+    lo = lowest_start(op, state.cursor, state.prev) if op else 0
+    if op is None or not _viable(op, lo, src):
         return ChainState(BAD, n=n, closable_at=state.closable_at)
-    return ChainState(POS, op, lo, state.prev, n=n, closable_at=n - 1)
+    return ChainState(POS, op, state.cursor, state.prev, n=n, closable_at=n - 1, lo=lo)
+
+
+def _span_view(state: ChainState, src: SourceIndex) -> list[tuple[int, bytes, dict[int, int]]]:
+    """(position, the bytes its span may take, its token ends) for every position the span being
+    written may still stand at: one when written with a position, the candidates when anchored."""
+    if state.pos >= 0:
+        full, ends = src.span(state.pos)
+        return [(state.pos, full[: src.span_limit(state.pos, state.lo)], ends)]
+    out = []
+    for p in state.cands:
+        full, ends = src.span(p)
+        out.append((p, full[: src.one_token(p)] if state.op == "insert" else full, ends))
+    return out
+
+
+def _span_close(state: ChainState, src: SourceIndex) -> tuple[int, int] | None:
+    """(position, end token) if the span written so far may end here: the first candidate where it
+    ends on a token boundary (an insert's anchor: one token)."""
+    n = len(state.buf)
+    for p, full, ends in _span_view(state, src):
+        end = ends.get(n)
+        if end is not None and n <= len(full) and full.startswith(state.buf) and (state.op != "insert" or end == p + 1):
+            return p, end
+    return None
 
 
 def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> ChainState:
@@ -319,30 +381,38 @@ def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> Ch
         return _marker_step(state, tid, voc, src, n)
     bad = ChainState(BAD, n=n, closable_at=state.closable_at)
     if phase == POS:
-        hi = _highest(state.op, src)
         digits = state.buf.decode()
+        allowed_pos = src.positions(state.op, state.lo)
         if piece is not None:
-            if piece.isdigit() and _pos_prefix_ok(digits + piece.decode(), state.cursor, hi):
+            if piece.isdigit() and _digits_ok(digits + piece.decode(), allowed_pos):
                 return state._replace(buf=state.buf + piece, n=n)
             return bad
+        if not digits:  # anchored: <|old|> starts the span (or an insert's anchor)
+            cands = src.anchors(state.op, state.lo)
+            return state._replace(phase=SPAN, pos=-1, cands=cands, n=n) if tid == voc.old and cands else bad
         follow = voc.new if state.op == "insert" else voc.old
-        if tid == follow and _pos_complete_ok(digits, state.cursor, hi):
+        if tid == follow and digits in allowed_pos:
             p = int(digits)
-            return ChainState(TEXT if state.op == "insert" else SPAN, state.op, p, state.prev, p, b"", n, state.closable_at)
+            return state._replace(phase=TEXT if state.op == "insert" else SPAN, cursor=p, pos=p, buf=b"", n=n)
         return bad
     if phase == SPAN:
-        full, ends = src.span(state.pos)
         if piece is not None:
             buf = state.buf + piece
-            if full.startswith(buf):
-                closable = n if state.op == "delete" and len(buf) in ends else state.closable_at
-                return state._replace(buf=buf, n=n, closable_at=closable)
+            view = [(p, full) for p, full, _ in _span_view(state, src) if full.startswith(buf)]
+            if not view:
+                return bad
+            nxt = state._replace(buf=buf, n=n, cands=tuple(p for p, _ in view) if state.pos < 0 else ())
+            if state.op == "delete" and _span_close(nxt, src):
+                nxt = nxt._replace(closable_at=n)
+            return nxt
+        close = _span_close(state, src)
+        if close is None:
             return bad
-        end = ends.get(len(state.buf))
-        if end is None:
-            return bad
+        p, end = close
+        if state.op == "insert":  # the anchor ends right before the insert
+            return ChainState(TEXT, "insert", end, state.prev, end, b"", n, state.closable_at, state.lo) if tid == voc.new else bad
         if state.op == "replace":
-            return ChainState(TEXT, "replace", end, state.prev, state.pos, b"", n, state.closable_at) if tid == voc.new else bad
+            return ChainState(TEXT, "replace", end, state.prev, p, b"", n, state.closable_at, state.lo) if tid == voc.new else bad
         return _marker_step(ChainState(OP, cursor=end, prev="delete", closable_at=state.closable_at), tid, voc, src, n)
     # TEXT
     if piece is not None:
@@ -364,7 +434,7 @@ def walk(ids: Sequence[int], voc: EditVocab, src: SourceIndex, start: ChainState
 
 
 def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> list[int]:
-    ops = [m for m, op in voc.op_markers.items() if _lowest(op, cursor, prev) <= _highest(op, src)]
+    ops = [m for m, op in voc.op_markers.items() if _viable(op, lowest_start(op, cursor, prev), src)]
     return [*ops, voc.eoc]
 
 
@@ -383,20 +453,26 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
     if phase == OP:
         return _next_markers(state.cursor, state.prev, voc, src)
     if phase == POS:
-        hi = _highest(state.op, src)
         digits = state.buf.decode()
-        ids = [i for i in voc.digit_ids if _pos_prefix_ok(digits + voc.pieces[i].decode(), state.cursor, hi)]  # type: ignore[union-attr]
-        if _pos_complete_ok(digits, state.cursor, hi):
+        positions = src.positions(state.op, state.lo)
+        ids = [i for i in voc.digit_ids if _digits_ok(digits + voc.pieces[i].decode(), positions)]  # type: ignore[union-attr]
+        if not digits and src.anchors(state.op, state.lo):
+            ids.append(voc.old)
+        elif digits in positions:
             ids.append(voc.new if state.op == "insert" else voc.old)
         return ids
     if phase == SPAN:
-        full, ends = src.span(state.pos)
-        rest = full[len(state.buf) :]
-        ids = [i for k in range(1, min(voc.max_piece, len(rest)) + 1) for i in voc.by_bytes.get(rest[:k], ())]
-        end = ends.get(len(state.buf))
-        if end is not None:
-            ids += [voc.new] if state.op == "replace" else _next_markers(end, "delete", voc, src)
-        return ids
+        ids = set()
+        for _, full, _ in _span_view(state, src):
+            if not full.startswith(state.buf):
+                continue
+            rest = full[len(state.buf) :]
+            ids.update(i for k in range(1, min(voc.max_piece, len(rest)) + 1) for i in voc.by_bytes.get(rest[:k], ()))
+        close = _span_close(state, src)
+        out = sorted(ids)
+        if close is not None:
+            out += [voc.new] if state.op in ("replace", "insert") else _next_markers(close[1], "delete", voc, src)
+        return out
     if phase == TEXT:
         ctx = _scan(state.buf)
         mask = voc.text_ok[ctx].clone() if ctx is not None else torch.zeros_like(voc.text_mask)
@@ -423,6 +499,7 @@ class ChainConstraint(LogitsProcessor):
     ``generate`` expands them for beams). ``prompt_len``: width of the (left-padded) prompt, a
     forced prefix included; ``starts``: each input's state after that prefix. ``then``: "stop"
     when ``<|eoc|>`` ends generation (apply mode), "target" when a target follows (generate mode).
+    ``anchored``: the chain format the model was trained on (see ``SourceIndex``).
     """
 
     def __init__(
@@ -433,9 +510,10 @@ class ChainConstraint(LogitsProcessor):
         *,
         starts: Sequence[ChainState] | None = None,
         then: Literal["stop", "target"] = "stop",
+        anchored: bool = True,
     ):
         self.voc = voc
-        self.sources = [SourceIndex(s) for s in sources]
+        self.sources = [SourceIndex(s, anchored) for s in sources]
         self.prompt_len = prompt_len
         self.starts = list(starts) if starts is not None else [start_state()] * len(sources)
         if len(self.starts) != len(self.sources):
@@ -488,7 +566,12 @@ def _fill(row: torch.Tensor, a: list[int] | torch.Tensor | None) -> None:
 
 
 def completion_masks(
-    voc: EditVocab, sources: Sequence[str], completions: Sequence[Sequence[int]], vocab_size: int, then: Literal["stop", "target"] = "stop"
+    voc: EditVocab,
+    sources: Sequence[str],
+    completions: Sequence[Sequence[int]],
+    vocab_size: int,
+    then: Literal["stop", "target"] = "stop",
+    anchored: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """The tokens ``ChainConstraint`` allowed at every position of each completion: a
     (total tokens, vocab_size) mask, completion after completion, and how many positions hold a
@@ -502,7 +585,7 @@ def completion_masks(
     out = torch.zeros((total, vocab_size), dtype=torch.bool)
     outside, row = 0, 0
     for source, ids in zip(sources, completions, strict=True):
-        src = SourceIndex(source)
+        src = SourceIndex(source, anchored)
         state = start_state()
         for t in ids:
             _fill(out[row], allowed(state, voc, src, then))

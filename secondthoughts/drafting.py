@@ -10,10 +10,12 @@ sequences plain greedy would show them, so the output is plain greedy's, token f
 
 :class:`ChainDrafter` walks the chain grammar (``constrained.advance``) over the generated ids:
 
-- inside a span (after ``<|del|>``/``<|rep|>`` POS ``<|old|>``) the rest is the source from POS:
-  it drafts the source's remaining tokens, as the tokenizer splits them; the model's only choice
-  is where the span ends;
-- after a complete position it drafts ``<|old|>`` (``<|new|>`` for an insert) and then the span;
+- inside a span (after ``<|del|>``/``<|rep|>`` [POS] ``<|old|>``) the rest is the source from where
+  the span stands (an anchored span: its first candidate that matches what was written; before
+  any is written, the guessed position below): it drafts the source's remaining tokens, as the
+  tokenizer splits them; the model's only choice is where the span ends;
+- after an edit marker it drafts ``<|old|>`` when the chain is anchored; after a complete position,
+  ``<|old|>`` (``<|new|>`` for an insert) and then the span;
 - a token the grammar forces is drafted as it is;
 - the chain's first marker is guessed as ``<|rep|>`` (it rides along with the prompt's pass);
 - a new edit's position is guessed: where the grammar first allows it after the previous edit
@@ -115,9 +117,10 @@ class ChainDrafter:
         *,
         text_lookup: Drafter | None = None,
         target_lookup: Drafter | None = None,
+        anchored: bool = True,
     ):
         self.voc, self.tokenizer = voc, tokenizer
-        self.src = SourceIndex(source)
+        self.src = SourceIndex(source, anchored)
         self.states = [start or start_state()]  # states[i]: after _gen[:i]
         self._gen: list[int] = []
         self.text_lookup, self.target_lookup = text_lookup, target_lookup
@@ -150,12 +153,17 @@ class ChainDrafter:
             self._span_ids[pos] = (ids, offsets)
         return self._span_ids[pos]
 
+    @staticmethod
+    def _likely_pos(state: ChainState) -> int:
+        """The likeliest position of a new edit: right where the grammar allows after an edit (a
+        delete or insert after a replace, ...: one changed block), past the first word for a
+        chain's first edit (a Moral Stories sentence starts with its subject's name)."""
+        return state.lo if state.prev else state.lo + 1
+
     def _guess_pos(self, state: ChainState) -> list[int]:
-        """Digits of the likeliest position of a new edit: right where the grammar allows after an
-        edit (a delete or insert after a replace, ...: one changed block), past the first word
-        for a chain's first edit (a Moral Stories sentence starts with its subject's name)."""
-        pos = state.cursor if state.prev else state.cursor + 1
-        if pos > (self.src.n if state.op == "insert" else self.src.n - 1):
+        """Digits of ``_likely_pos``."""
+        pos = self._likely_pos(state)
+        if str(pos) not in self.src.positions(state.op, state.lo):
             return []
         if pos not in self._digits:
             self._digits[pos] = self.tokenizer(str(pos), add_special_tokens=False)["input_ids"]
@@ -165,14 +173,27 @@ class ChainDrafter:
         """(tokens the source fixes or suggests from ``state``, whether drafting may go on after them)."""
         voc = self.voc
         if state.phase == SPAN:
-            ids, offsets = self.span_tokens(state.pos)
+            pos = state.pos
+            if pos < 0:  # anchored: the first candidate that matches, or the likeliest one at first
+                likely = self._likely_pos(state) - (state.op == "insert")
+                pos = next((p for p in state.cands if p == likely or state.buf), -1)
+                if pos < 0:
+                    return [], False
+            ids, offsets = self.span_tokens(pos)
             j = offsets.get(len(state.buf))
-            return (ids[j:] if j is not None else []), False  # where the span ends is the model's call
+            if j is None:
+                return [], False
+            if state.op == "insert":  # an anchor is one source token
+                end = offsets.get(self.src.one_token(pos))
+                ids = ids[: end if end is not None and end > j else j + 1]
+            return ids[j:], False  # where a span ends is the model's call
         if state.phase == OP and not state.prev and voc.rep in (allowed(state, voc, self.src, "stop") or ()):
             # A chain's first edit, drafted with the prompt (nearly free there): most often a
             # replace of what the subject does.
             return [voc.rep], True
         if state.phase == POS and not state.buf:
+            if self.src.anchored and self.src.anchors(state.op, state.lo):
+                return [voc.old], True
             return self._guess_pos(state), True
         if state.phase == POS:
             follow = voc.new if state.op == "insert" else voc.old

@@ -352,21 +352,63 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def render_compact(edits: Iterable[Edit], *, end: bool = True) -> str:
+# Canonical order inside one changed block (``infer_edits``): a replace, then a delete, then an
+# insert, each where the previous one ends. Any other edit starts after a kept token.
+_RANK = {"replace": 0, "delete": 1, "insert": 2}
+
+
+def lowest_start(op: str, cursor: int, prev: str) -> int:
+    """The lowest position an ``op`` may take after an edit ``prev`` that ends at ``cursor``, in
+    the order ``infer_edits`` writes chains. Edits written without a position are looked up from here."""
+    return cursor if not prev or _RANK[op] > _RANK[prev] else cursor + 1
+
+
+def resolve_anchor(tokens: Sequence[Any], op: str, span: Sequence[Any], lo: int) -> int | None:
+    """Where an edit written without its position lands: a delete or replace at the first
+    occurrence of its span at or after ``lo``; an insert right after the first occurrence of its
+    anchor (the text before it) that ends at or after ``lo``. None if there is none."""
+    tokens, span = list(tokens), list(span)
+    if op == "insert":
+        a = _find(tokens, span, max(lo - len(span), 0))
+        return None if a is None else a + len(span)
+    return _find(tokens, span, lo)
+
+
+def _anchors(tokens: Sequence[Any], e: Edit, lo: int) -> bool:
+    """Whether ``e`` may be written without its position (its span, or for an insert the one token
+    before it, finds it)."""
+    if e.op == "insert":
+        return e.start > 0 and resolve_anchor(tokens, "insert", tokens[e.start - 1 : e.start], lo) == e.start
+    return resolve_anchor(tokens, e.op, e.old, lo) == e.start
+
+
+def render_compact(edits: Iterable[Edit], source: str | Sequence[str] | None = None, *, end: bool = True) -> str:
+    """The compact form. With the ``source``, anchored: an edit leaves out its position when its
+    span (a delete or replace: ``<|del|><|old|> span``) or the token before it (an insert:
+    ``<|ins|><|old|> word<|new|> text``) first occurs, after the previous edit, right where it is;
+    so a model copies text instead of counting tokens. Without it, every edit has its position."""
+    tokens = None if source is None else (tokenize(source) if isinstance(source, str) else list(source))
     parts: list[str] = []
+    cursor, prev = 0, ""
     for e in edits:
-        parts.append(f"{_OP_MARK[e.op]}{e.start}")
+        anchored = tokens is not None and _anchors(tokens, e, lowest_start(e.op, cursor, prev))
+        parts.append(_OP_MARK[e.op] + ("" if anchored else str(e.start)))
+        if anchored and e.op == "insert":
+            parts.append(OLD + escape(detokenize(tokens[e.start - 1 : e.start])))  # type: ignore[index]
         if e.old:
             parts.append(OLD + escape(detokenize(e.old)))  # type: ignore[arg-type]
         if e.new:
             parts.append(NEW + escape(detokenize(e.new)))  # type: ignore[arg-type]
+        cursor, prev = e.end, e.op
     if end:
         parts.append(EOC)
     return "".join(parts)
 
 
-def parse_compact(text: str, *, require_end: bool = True) -> list[Edit]:
-    """Parse the compact form; errors name the character offset and edit number."""
+def parse_compact(text: str, source: str | Sequence[str] | None = None, *, require_end: bool = True) -> list[Edit]:
+    """Parse the compact form; errors name the character offset and edit number. Edits written
+    without a position are looked up in ``source`` (see ``render_compact``)."""
+    tokens = None if source is None else (tokenize(source) if isinstance(source, str) else list(source))
     pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
     pos = 0
     for m in _SPECIAL_RE.finditer(text):
@@ -407,12 +449,23 @@ def parse_compact(text: str, *, require_end: bool = True) -> list[Edit]:
             raise fail(f"expected an edit marker or {EOC}, got {piece!r}", off)
         op = _MARK_OP[piece]
         k += 1
-        if k >= len(pieces) or not re.fullmatch(r"\d+", pieces[k][0]):
-            raise fail(f"{piece} must be followed by a position", off)
-        start = int(pieces[k][0])
-        k += 1
+        start: int | None = None
+        if k < len(pieces) and re.fullmatch(r"\d+", pieces[k][0]):
+            start = int(pieces[k][0])
+            k += 1
+        elif k < len(pieces) and pieces[k][0] != OLD:
+            raise fail(f"{piece} must be followed by a position or {OLD}", off)
+        anchor = tokenize(content(OLD)) if op == "insert" and start is None else []
         old = tokenize(content(OLD)) if op != "insert" else []
         new = tokenize(content(NEW)) if op != "delete" else []
+        if start is None:
+            if tokens is None:
+                raise fail(f"{piece} without a position: reading it needs the source", off)
+            prev = edits[-1] if edits else None
+            lo = lowest_start(op, prev.end, prev.op) if prev else 0
+            start = resolve_anchor(tokens, op, anchor or old, lo)
+            if start is None:
+                raise fail(f"{detokenize(anchor or old)!r} does not occur in the source after token {lo}", off)
         edits.append(Edit(op, start, tuple(old), tuple(new)).check())
     if require_end:
         raise EditError(f"compact chain ends without {EOC} after {len(edits)} edits")

@@ -525,11 +525,13 @@ def evaluate_run(
     """Load the run (LoRA adapters merged for generation), the reward model and the base LM,
     then :func:`evaluate`. ``kw`` goes to :func:`evaluate`."""
     from secondthoughts import models
-    from secondthoughts.realign import Realigner, run_info
+    from secondthoughts.realign import Realigner, chain_format, run_info
 
     model, tokenizer = models.load(str(run), device=device, dtype=dtype)
     info = run_info(run) or {}
-    realigner = Realigner.from_model(model, tokenizer, trained_mode=info.get("mode"), max_length=info.get("max_length"))
+    realigner = Realigner.from_model(
+        model, tokenizer, trained_mode=info.get("mode"), max_length=info.get("max_length"), chain_format=chain_format(info)
+    )
     realigner.name = str(run)
     reward = None
     if reward_run is not None:
@@ -676,7 +678,7 @@ def _example_rows(ev: Evaluation, shown: int) -> list[str]:
         try:
             if r["valid"] is False:
                 raise EditError(r["error"] or "invalid chain")
-            diff = markdown_diff(r["source"], parse_compact(r["chain"]) if r["chain"] else [])
+            diff = markdown_diff(r["source"], parse_compact(r["chain"], r["source"]) if r["chain"] else [])
         except EditError as e:  # the output is the source unchanged: say why
             diff = _esc(r["source"]) + f" <i>(invalid chain: {_esc(str(e))})</i>"
         rew = f"{r['reward_source']:.2f} → {r['reward_output']:.2f}" if "reward_output" in r else "n/a"

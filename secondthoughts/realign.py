@@ -60,7 +60,7 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
-from secondthoughts.sequences import encode_prompt, split_completion
+from secondthoughts.sequences import CHAIN_FORMATS, encode_prompt, split_completion
 
 Mode = Literal["apply", "generate", "direct"]
 MODES: tuple[str, ...] = ("apply", "generate", "direct")
@@ -81,7 +81,7 @@ def as_chain(chain: ChainLike, source: str, *, what: str = "chain") -> tuple[lis
         try:
             if any(m in text for m in SPECIAL_TOKENS):
                 closed = text.endswith(EOC)
-                edits = parse_compact(text, require_end=False)
+                edits = parse_compact(text, source, require_end=False)
             else:
                 edits = parse_readable(text, source)
         except EditError as e:
@@ -184,6 +184,12 @@ def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
+def chain_format(info: dict[str, Any] | None) -> str:
+    """The chain format a run's model writes, from its ``run_info``: runs trained before chains
+    were anchored have no ``chain_format``, and theirs is positional."""
+    return info.get("chain_format", "positional") if info else "anchored"
+
+
 class Realigner:
     """A model that re-aligns text: ``Realigner("runs/aem").realign(context, source)``.
 
@@ -198,17 +204,22 @@ class Realigner:
         if hasattr(model, "merge_and_unload"):  # ours alone, so merging in place is safe
             model = model.merge_and_unload()
         info = run_info(run) or {}
-        self._setup(model, tokenizer, info.get("mode"), info.get("max_length"), str(run))
+        self._setup(model, tokenizer, info.get("mode"), info.get("max_length"), str(run), chain_format(info))
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, trained_mode: str | None = None, max_length: int | None = None) -> Realigner:
+    def from_model(
+        cls, model: Any, tokenizer: Any, *, trained_mode: str | None = None, max_length: int | None = None, chain_format: str = "anchored"
+    ) -> Realigner:
         """Wrap a loaded model (edit tokens already added), e.g. a policy during RL or a test
         model. A ``PeftModel`` is used as it is (not merged: the caller may still train it)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, trained_mode, max_length, type(model).__name__)
+        self._setup(model, tokenizer, trained_mode, max_length, type(model).__name__, chain_format)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, trained_mode: str | None, max_length: int | None, name: str) -> None:
+    def _setup(self, model: Any, tokenizer: Any, trained_mode: str | None, max_length: int | None, name: str, chain_format: str) -> None:
+        if chain_format not in CHAIN_FORMATS:
+            raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
+        self.anchored = chain_format == "anchored"  # the chain format the model writes
         self.model = model
         self.tokenizer = tokenizer
         self.trained_mode = trained_mode
@@ -225,6 +236,10 @@ class Realigner:
         if self._vocab is None:
             self._vocab = EditVocab.from_tokenizer(self.tokenizer)
         return self._vocab
+
+    def _render(self, chain: Sequence[Edit], source: str, *, end: bool = True) -> str:
+        """A chain in the format this model writes."""
+        return render_compact(chain, source if self.anchored else None, end=end)
 
     def default_mode(self) -> str:
         return "direct" if self.trained_mode == "direct" else "apply"
@@ -367,7 +382,7 @@ class Realigner:
         ids = encode_prompt(tok, job.context, job.source, max_ctx)
         if job.prefix or job.closed:
             # Tokenized the way training tokenized whole chains; the cut falls on a marker.
-            ids += tok(render_compact(job.prefix, end=job.closed), add_special_tokens=False)["input_ids"]
+            ids += tok(self._render(job.prefix, job.source, end=job.closed), add_special_tokens=False)["input_ids"]
         return ids
 
     def _budget(self, jobs: Sequence[_Job], mode: str) -> int:
@@ -403,7 +418,9 @@ class Realigner:
         processor = None
         if constrained and voc is not None:
             starts = [start_state(j.prefix[-1].end, j.closed, j.prefix[-1].op) if j.prefix else start_state(0, j.closed) for j in jobs]
-            processor = ChainConstraint(voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target")
+            processor = ChainConstraint(
+                voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target", anchored=self.anchored
+            )
         forwards: int | None = None
         if mode == "apply" and all(j.closed for j in jobs):
             new = [[] for _ in jobs]  # the prefixes are whole chains: nothing to generate
@@ -445,7 +462,7 @@ class Realigner:
         # A target mostly copies the source: prompt lookup drafts it (generate mode).
         drafter = ChainDrafter(
             self.vocab, self.tokenizer, job.source, start,
-            text_lookup=TEXT_LOOKUP, target_lookup=PromptLookup(10) if mode == "generate" else None,
+            text_lookup=TEXT_LOOKUP, target_lookup=PromptLookup(10) if mode == "generate" else None, anchored=self.anchored,
         )  # fmt: skip
         training = self.model.training
         self.model.eval()
@@ -472,9 +489,9 @@ class Realigner:
         if mode == "direct":
             res.text = self.tokenizer.decode(gen, skip_special_tokens=True)
             res.chain = infer_text_edits(job.source, res.text)
-            res.compact, res.readable = render_compact(res.chain), render_readable(res.chain, job.source)
+            res.compact, res.readable = render_compact(res.chain, job.source), render_readable(res.chain, job.source)
             return res
-        head = render_compact(job.prefix, end=job.closed)
+        head = self._render(job.prefix, job.source, end=job.closed)
         chain_text, target = split_completion(head + self.vocab.decode(gen))
         closed = chain_text.endswith(EOC)
         if not closed and processor is not None:
@@ -485,9 +502,9 @@ class Realigner:
         try:
             if not closed and processor is None:
                 raise EditError(f"no {EOC} within {len(gen)} new tokens")
-            res.chain = parse_compact(chain_text)
+            res.chain = parse_compact(chain_text, job.source)
             res.text = detokenize(apply_edits(tokenize(job.source), res.chain))  # type: ignore[arg-type]
-            res.compact = render_compact(res.chain)
+            res.compact = self._render(res.chain, job.source)
             res.readable = render_readable(res.chain, job.source)
         except EditError as e:
             res.valid, res.error, res.chain, res.text, res.compact = False, str(e), [], job.source, chain_text

@@ -257,7 +257,7 @@ def parse_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool) -> 
         return [], source, f"no {EOC} within {len(ids)} new tokens"
     chain_text, _ = split_completion(vocab.decode(ids))
     try:
-        chain = parse_compact(chain_text)
+        chain = parse_compact(chain_text, source)
         return chain, detokenize(apply_edits(tokenize(source), chain)), None  # type: ignore[arg-type]
     except EditError as e:
         return [], source, str(e)
@@ -460,7 +460,7 @@ class Refiner:
         from transformers import get_scheduler
 
         from secondthoughts.constrained import EditVocab
-        from secondthoughts.realign import run_info
+        from secondthoughts.realign import chain_format, run_info
 
         self.config = config
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
@@ -468,6 +468,7 @@ class Refiner:
         self.accelerator = Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.aem_info = run_info(config.policy) or {}
+        self.anchored = chain_format(self.aem_info) == "anchored"  # as the policy writes chains
         if self.aem_info.get("mode", "coe") != "coe":
             raise ValueError(f"{config.policy} was trained with --mode {self.aem_info['mode']}: refinement needs a chain-of-edits run")
         self.policy, self.reference, self.tokenizer, self.aem = load_policy(config)
@@ -518,7 +519,7 @@ class Refiner:
             ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
         stops = [self.vocab.eoc] + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
-        processor = ChainConstraint(self.vocab, [e.source for e in examples], width, then="stop") if self.config.constrained else None
+        processor = ChainConstraint(self.vocab, [e.source for e in examples], width, anchored=self.anchored) if self.config.constrained else None
         search: dict[str, Any] = {"do_sample": False}
         if not greedy:
             search = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": self.config.top_k, "num_return_sequences": k}
@@ -575,7 +576,7 @@ class Refiner:
             from secondthoughts.constrained import completion_masks
 
             size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
-            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size)
+            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size, anchored=self.anchored)
         return {k: v.to(self.device) for k, v in rows.items()}, outside
 
     def sample_rows(self, batch: Rollout) -> tuple[dict[str, torch.Tensor], int]:
@@ -603,18 +604,18 @@ class Refiner:
         costs = self.config.costs
         for ex, p in zip(batch.examples, batch.prompt_ids):
             prompts.append(p)
-            comps.append(self._chain_ids(infer_edits(tokenize(ex.source), tokenize(ex.target), *costs)))
+            comps.append(self._chain_ids(infer_edits(tokenize(ex.source), tokenize(ex.target), *costs), ex.source))
             sources.append(ex.source)
         if self.config.ail_negative in ("reverse", "both"):
             for ex in batch.examples:
                 prompts.append(self.prompt_ids(Example(ex.context, ex.target, ex.source, ex.id)))
-                comps.append(self._chain_ids(infer_edits(tokenize(ex.target), tokenize(ex.source), *costs)))
+                comps.append(self._chain_ids(infer_edits(tokenize(ex.target), tokenize(ex.source), *costs), ex.target))
                 sources.append(ex.target)
         return prompts, comps, sources
 
-    def _chain_ids(self, chain: list[Edit]) -> list[int]:
+    def _chain_ids(self, chain: list[Edit], source: str) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.
-        return list(self.tokenizer(render_compact(chain), add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(render_compact(chain, source if self.anchored else None), add_special_tokens=False)["input_ids"])
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """KL-penalized rewards, advantages, and ``ppo_epochs`` optimizer steps on this batch

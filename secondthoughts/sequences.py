@@ -47,6 +47,7 @@ from secondthoughts.models import SEP, SRC
 IGNORE_INDEX = -100
 Mode = Literal["coe", "direct"]
 MODES: tuple[str, ...] = ("coe", "direct")
+CHAIN_FORMATS: tuple[str, ...] = ("anchored", "positional")
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,10 @@ def encode_prompt(tokenizer: Any, context: str, source: str, max_context_tokens:
     return head + ctx + src
 
 
-def completion_text(edits: Sequence[Edit] | None, target: str) -> str:
-    """What the model writes after ``<|sep|>`` (without EOS): chain + target, or the target."""
-    return target if edits is None else render_compact(edits) + target
+def completion_text(edits: Sequence[Edit] | None, target: str, source: str | None = None) -> str:
+    """What the model writes after ``<|sep|>`` (without EOS): chain + target, or the target. With
+    the ``source``, the chain is anchored (``edits.render_compact``)."""
+    return target if edits is None else render_compact(edits, source) + target
 
 
 def split_completion(text: str) -> tuple[str, str]:
@@ -134,8 +136,9 @@ def split_completion(text: str) -> tuple[str, str]:
     return text[: i + len(EOC)], text[i + len(EOC) :]
 
 
-def encode_completion(tokenizer: Any, edits: Sequence[Edit] | None, target: str) -> list[int]:
-    chain = list(tokenizer(render_compact(edits), add_special_tokens=False)["input_ids"]) if edits is not None else []
+def encode_completion(tokenizer: Any, edits: Sequence[Edit] | None, target: str, source: str | None = None) -> list[int]:
+    """Completion ids; with the ``source``, the chain is anchored (``edits.render_compact``)."""
+    chain = list(tokenizer(render_compact(edits, source), add_special_tokens=False)["input_ids"]) if edits is not None else []
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
     return chain + _text_ids(tokenizer, target) + [tokenizer.eos_token_id]
@@ -148,10 +151,11 @@ def encode(
     max_length: int,
     *,
     costs: Costs | None = None,
+    anchored: bool = True,
 ) -> tuple[Encoded | None, bool]:
     """One sequence, or None if it cannot fit; the flag says whether context was cut."""
     head, ctx, src = _prompt_pieces(tokenizer, example.context, example.source)
-    completion = encode_completion(tokenizer, edits, example.target)
+    completion = encode_completion(tokenizer, edits, example.target, example.source if anchored else None)
     room = max_length - len(head) - len(src) - len(completion)
     if room < 0:
         return None, False
@@ -169,11 +173,16 @@ def build_sequences(
     mode: Mode = "coe",
     max_length: int = 512,
     cost_sets: Sequence[Costs] = DEFAULT_COST_SETS,
+    chain_format: str = "anchored",
 ) -> tuple[list[Encoded], LengthReport]:
     """All training sequences: in CoE mode one per distinct chain that ``cost_sets`` infer
-    (the paper's augmentation), in direct mode one per example."""
+    (the paper's augmentation), in direct mode one per example. ``chain_format``: "anchored"
+    (edits found by the text they copy, positions only where that is ambiguous) or "positional"
+    (every edit with its source-token position)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if chain_format not in CHAIN_FORMATS:
+        raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
     report = LengthReport(max_length)
     out: list[Encoded] = []
     for ex in examples:
@@ -185,7 +194,7 @@ def build_sequences(
         else:
             chains = [(None, None)]
         for costs, edits in chains:
-            enc, cut = encode(tokenizer, ex, edits, max_length, costs=costs)
+            enc, cut = encode(tokenizer, ex, edits, max_length, costs=costs, anchored=chain_format == "anchored")
             if enc is None:
                 report.dropped += 1
                 report.dropped_ids.append(ex.id)

@@ -48,6 +48,7 @@ from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import DEFAULT_COST_SETS
 from secondthoughts.plots import loss_curve, read_metrics
 from secondthoughts.sequences import (
+    CHAIN_FORMATS,
     IGNORE_INDEX,
     MODES,
     LengthReport,
@@ -72,6 +73,12 @@ class TrainConfig:
     eval_data: str = _f("", "held-out examples JSONL; empty: hold out eval_fraction of --data")
     eval_fraction: float = _f(0.05, "fraction of --data held out for eval when --eval-data is empty (0: no eval)")
     eval_max: int = _f(500, "at most this many held-out examples")
+    chain_format: str = _f(
+        "anchored",
+        "coe chains: 'anchored' (an edit is found by the text it copies; a position only where that is ambiguous) "
+        "or 'positional' (every edit with its source-token position, as runs made before it)",
+        choices=CHAIN_FORMATS,
+    )
     cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")  # noqa: RUF009 (_f copies lists)
     max_length: int = _f(512, "tokens per sequence and per packed row; longer: context cut from the left, else dropped")
     packing: bool = _f(True, "pack several sequences into each row (attention and loss stay per sequence)")
@@ -382,8 +389,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     model, tokenizer, _ = build_model(config)
     train_ex, eval_ex = load_examples(config)
     cost_sets = [tuple(c) for c in config.cost_sets]
-    train_seqs, report = build_sequences(train_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets)  # type: ignore[arg-type]
-    eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets)  # type: ignore[arg-type]
+    train_seqs, report = build_sequences(train_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets, chain_format=config.chain_format)  # type: ignore[arg-type]
+    eval_seqs, eval_report = build_sequences(
+        eval_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets, chain_format=config.chain_format
+    )  # type: ignore[arg-type]
     if not train_seqs:
         raise ValueError(f"no training sequences left: {report.summary()}")
     if main:
@@ -590,7 +599,9 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
         "## Method",
         f"- base model: `{cfg['model']}`",
         f"- format: {method}; loss only after `<|sep|>`",
-        f"- augmentation: chains under cost sets {cfg['cost_sets']} (insert, delete, replace)" if cfg["mode"] == "coe" else "- augmentation: none",
+        f"- augmentation: {cfg.get('chain_format', 'positional')} chains under cost sets {cfg['cost_sets']} (insert, delete, replace)"
+        if cfg["mode"] == "coe"
+        else "- augmentation: none",
         f"- {tuning}",
         "",
         "## Hyperparameters",

@@ -18,7 +18,7 @@ from secondthoughts.constrained import (
     ChainConstraint,
     EditVocab,
     SourceIndex,
-    _pos_prefix_ok,
+    _digits_ok,
     advance,
     allowed,
     completion_masks,
@@ -77,29 +77,35 @@ def test_pieces_round_trip(tok_with_edits):
 
 
 def test_position_prefixes():
-    assert _pos_prefix_ok("", 3, 3) and not _pos_prefix_ok("", 4, 3)
-    assert _pos_prefix_ok("1", 10, 19) and _pos_prefix_ok("1", 1, 1) and not _pos_prefix_ok("1", 2, 9)
-    assert _pos_prefix_ok("0", 0, 5) and not _pos_prefix_ok("0", 1, 5) and not _pos_prefix_ok("01", 0, 50)
-    assert _pos_prefix_ok("2", 100, 250) and not _pos_prefix_ok("3", 100, 250) and not _pos_prefix_ok("25", 100, 249)
+    assert _digits_ok("", ("3",)) and not _digits_ok("", ())
+    assert _digits_ok("1", ("2", "15")) and not _digits_ok("1", ("2", "21")) and _digits_ok("15", ("15",))
+    assert not _digits_ok("01", ("0", "1", "10")) and not _digits_ok("3", ())
+    index = SourceIndex("Tom hits his brother and his dog.")  # his: tokens 2 and 5
+    assert index.positions("delete", 0) == ("5",)  # only where the span alone would not find it
+    assert index.positions("delete", 3) == ()  # from token 3 on, " his" first occurs at 5
+    assert index.positions("insert", 0) == ("0", "6")  # the start, and after the second " his"
+    assert SourceIndex("a b", anchored=False).positions("insert", 1) == ("1", "2")
 
 
-def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs) -> None:
+def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs, anchored: bool) -> None:
     chain = infer_text_edits(src, tgt, costs)
-    ids = tok(render_compact(chain), add_special_tokens=False)["input_ids"]
-    index = SourceIndex(src)
+    text = render_compact(chain, src if anchored else None)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    index = SourceIndex(src, anchored)
     state = start_state()
     for t in ids:
         assert t in _ids(voc, allowed(state, voc, index, "stop")), f"{voc.decode([t])!r} refused in {state.describe()}"
         state = advance(state, t, voc, index)
         assert state.phase != BAD
     assert state.phase == DONE
-    assert voc.decode(ids) == render_compact(chain)
+    assert voc.decode(ids) == text
 
 
+@pytest.mark.parametrize("anchored", [True, False])
 @pytest.mark.parametrize("k", range(len(SOURCES)))
-def test_gold_chains_are_accepted(voc, tok_with_edits, k):
+def test_gold_chains_are_accepted(voc, tok_with_edits, k, anchored):
     for costs in DEFAULT_COST_SETS:
-        _accepts(voc, tok_with_edits, SOURCES[k], TARGETS[k], costs)
+        _accepts(voc, tok_with_edits, SOURCES[k], TARGETS[k], costs, anchored)
 
 
 def test_chains_of_random_pairs_under_every_cost_set_are_accepted(voc, tok_with_edits):
@@ -110,11 +116,12 @@ def test_chains_of_random_pairs_under_every_cost_set_are_accepted(voc, tok_with_
         src = "".join(rng.choices(words, k=rng.randint(0, 8)))
         tgt = "".join(rng.choices(words, k=rng.randint(0, 8)))
         for costs in (*DEFAULT_COST_SETS, (1, 2, 1.5), (2, 1, 2.5)):
-            _accepts(voc, tok_with_edits, src, tgt, costs)
+            for anchored in (True, False):
+                _accepts(voc, tok_with_edits, src, tgt, costs, anchored)
 
 
 def test_bad_tokens_are_refused(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.")  # 5 tokens
+    index = SourceIndex("Tom hits his brother.", anchored=False)  # 5 tokens
 
     def run(text: str) -> int:
         return walk(tok_with_edits(text, add_special_tokens=False)["input_ids"], voc, index).phase
@@ -136,8 +143,33 @@ def test_bad_tokens_are_refused(voc, tok_with_edits):
     assert run("<|del|>1<|old|> hits<|rep|>3<|old|> brother<|new|> y<|eoc|>") == DONE
 
 
+def test_anchored_chains_copy_spans_and_write_positions_only_where_needed(voc, tok_with_edits):
+    index = SourceIndex("Tom hits his brother and his dog.")  # " his" at tokens 2 and 5
+
+    def run(text: str) -> int:
+        return walk(tok_with_edits(text, add_special_tokens=False)["input_ids"], voc, index).phase
+
+    assert run("<|rep|><|old|> hits<|new|> hugs<|eoc|>") == DONE
+    assert run("<|del|><|old|> his brother<|eoc|>") == DONE  # the first " his brother"
+    assert run("<|del|>5<|old|> his<|eoc|>") == DONE  # the second " his" needs its position
+    assert run("<|del|>2") == BAD  # the span alone finds token 2: no position there
+    assert run("<|del|>5<|old|> his dog") == BAD  # " his dog" alone finds it: no position
+    assert run("<|del|><|old|> cat") == BAD  # not in the source
+    assert run("<|rep|><|old|> hits<|new|> x<|rep|><|old|> his brother") == BAD  # must be past a kept token
+    assert run("<|rep|><|old|> hits<|new|> x<|rep|><|old|> his<|new|> y<|eoc|>") == DONE  # so this is token 5
+    assert run("<|rep|><|old|> hits<|new|> x<|del|><|old|> his<|eoc|>") == DONE  # one changed block
+    assert run("<|ins|><|old|> brother<|new|> X<|eoc|>") == DONE  # after its one-token anchor
+    assert run("<|ins|><|old|> his brother") == BAD  # an anchor is one token
+    assert run("<|ins|>0<|new|> Oh,<|eoc|>") == DONE  # the start has no anchor
+    assert run("<|ins|>1") == BAD  # "Tom" anchors token 1
+    ids = tok_with_edits("<|del|><|old|> his<|ins|><|old|> his<|new|> a<|eoc|>", add_special_tokens=False)["input_ids"]
+    assert walk(ids, voc, index).phase == DONE
+    chain = parse_compact(voc.decode(ids), index.tokens)
+    assert [(e.op, e.start) for e in chain] == [("delete", 2), ("insert", 3)]
+
+
 def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.")
+    index = SourceIndex("Tom hits his brother.", anchored=False)
     closers = {voc.eoc, *voc.op_markers}
 
     def closing(text: str) -> set[int]:
@@ -150,12 +182,13 @@ def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):
     assert voc.eoc in closing("<|rep|>1<|old|> hits his<|new|> hits")  # a shorter text is a real edit
 
 
+@pytest.mark.parametrize("anchored", [True, False])
 @pytest.mark.parametrize("seed", range(60))
-def test_random_walks_always_parse_and_apply(voc, seed):
+def test_random_walks_always_parse_and_apply(voc, seed, anchored):
     """Any path through the allowed sets, cut anywhere, gives a chain that applies."""
     rng = random.Random(seed)
     src = SOURCES[seed % len(SOURCES)]
-    index = SourceIndex(src)
+    index = SourceIndex(src, anchored)
     state, ids = start_state(), []
     for _ in range(rng.randint(1, 80)):
         options = _ids(voc, allowed(state, voc, index, "stop"))
@@ -168,13 +201,13 @@ def test_random_walks_always_parse_and_apply(voc, seed):
         if state.phase == DONE:
             break
     text = voc.decode(ids) if state.phase == DONE else voc.decode(ids[: state.closable_at]) + EOC
-    chain = parse_compact(text)
+    chain = parse_compact(text, src)
     apply_edits(tokenize(src), chain)
-    assert render_compact(chain) == text  # the canonical form: nothing the renderer writes differently
+    assert render_compact(chain, src if anchored else None) == text  # canonical: nothing the renderer writes differently
 
 
 def test_processor_masks_each_row_from_its_own_ids(voc, tok_with_edits):
-    proc = ChainConstraint(voc, ["Tom hits his brother.", "a b"], prompt_len=1)
+    proc = ChainConstraint(voc, ["Tom hits his brother.", "a b"], prompt_len=1, anchored=False)
     (one,) = tok_with_edits("1", add_special_tokens=False)["input_ids"]
     (hit,) = tok_with_edits(" hits", add_special_tokens=False)["input_ids"][:1]
     (b,) = tok_with_edits(" b", add_special_tokens=False)["input_ids"][:1]
@@ -202,14 +235,14 @@ def test_completion_masks_follow_each_completion(voc, tok_with_edits):
     (zero,) = tok_with_edits("0", add_special_tokens=False)["input_ids"]
     broken = [voc.dele, zero, voc.old, b, voc.eoc]  # deletes " b" at position 0, where "a" is
     size = len(voc.pieces) + 3
-    masks, outside = completion_masks(voc, sources, [good, broken], size)
+    masks, outside = completion_masks(voc, sources, [good, broken], size, anchored=False)
     assert masks.shape == (len(good) + len(broken), size) and outside == 1
     state = start_state()
     for j, t in enumerate(good):  # the sets the processor uses, position by position
-        proc = ChainConstraint(voc, sources[:1], prompt_len=0)
+        proc = ChainConstraint(voc, sources[:1], prompt_len=0, anchored=False)
         allowed_row = ~torch.isinf(proc(torch.tensor([good[:j]]), torch.zeros(1, size)))[0]
         assert torch.equal(masks[j], allowed_row) and masks[j, t]
-        state = advance(state, t, voc, SourceIndex(sources[0]))
+        state = advance(state, t, voc, SourceIndex(sources[0], anchored=False))
     assert state.phase == DONE
     rows = masks[len(good) :]
     assert rows[0].sum() == len(voc.op_markers) + 1  # after nothing: a marker or the end
@@ -218,7 +251,7 @@ def test_completion_masks_follow_each_completion(voc, tok_with_edits):
 
 
 def test_start_state_after_a_prefix(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.")
+    index = SourceIndex("Tom hits his brother.", anchored=False)
     state = start_state(cursor=3, prev="replace")
     assert state.phase == OP
     ids = tok_with_edits("<|del|>2", add_special_tokens=False)["input_ids"]

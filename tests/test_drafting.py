@@ -56,10 +56,25 @@ def test_ngram_lookup_copies_after_the_latest_match():
     assert ngram_lookup([1, 2, 3, 4, 3], 5, max_ngram=3, min_ngram=2) == []  # no bigram match
 
 
-def test_chain_drafter_drafts_position_marker_and_span(untrained):
+def test_chain_drafter_drafts_anchored_spans(untrained):
     rl = untrained
     voc, tok = rl.vocab, rl.tokenizer
     drafter = ChainDrafter(voc, tok, SRC)
+    span = tok(" hits his brother when he is angry.", add_special_tokens=False)["input_ids"]
+    # a chain starts with a guessed replace of the span after the name (no position to count)
+    assert drafter([], [], 64) == [voc.rep, voc.old] + span
+    assert drafter([], [voc.dele], 64) == [voc.old] + span
+    # inside an anchored span: the rest of the first place it matches
+    his = tok(" his", add_special_tokens=False)["input_ids"]
+    assert drafter([], [voc.dele, voc.old, *his], 64) == tok(" brother when he is angry.", add_special_tokens=False)["input_ids"]
+    # an insert's anchor is one source token: the name, for a first edit after it
+    assert drafter([], [voc.ins, voc.old], 64) == tok("Tom", add_special_tokens=False)["input_ids"]
+
+
+def test_chain_drafter_drafts_position_marker_and_span(untrained):
+    rl = untrained
+    voc, tok = rl.vocab, rl.tokenizer
+    drafter = ChainDrafter(voc, tok, SRC, anchored=False)
     one = tok("1", add_special_tokens=False)["input_ids"]
     span = tok(" hits his brother when he is angry.", add_special_tokens=False)["input_ids"]
     # a chain starts with a guessed replace after the name, with its span
@@ -71,8 +86,8 @@ def test_chain_drafter_drafts_position_marker_and_span(untrained):
     assert drafter([], [voc.dele, *one, voc.old, span[0]], 64) == span[1:]
     # free text: nothing, unless a lookup drafter is given
     text = [voc.rep, *one, voc.old, span[0], voc.new, *tok(" talks", add_special_tokens=False)["input_ids"]]
-    assert ChainDrafter(voc, tok, SRC)([], text, 8) == []
-    assert ChainDrafter(voc, tok, SRC, text_lookup=PromptLookup(2))([7, 8, 9, 7], text, 8) == [8, 9]
+    assert ChainDrafter(voc, tok, SRC, anchored=False)([], text, 8) == []
+    assert ChainDrafter(voc, tok, SRC, text_lookup=PromptLookup(2), anchored=False)([7, 8, 9, 7], text, 8) == [8, 9]
 
 
 @pytest.mark.parametrize("mode", ["apply", "generate"])

@@ -209,6 +209,8 @@ def test_text_chains_round_trip_both_renderings(src, tgt, costs):
     assert apply_text_edits(src, chain) == tgt
     compact = render_compact(chain)
     assert parse_compact(compact) == chain
+    anchored = render_compact(chain, src)
+    assert parse_compact(anchored, src) == chain
     readable = render_readable(chain, src)
     assert parse_readable(readable, src) == chain
 
@@ -219,6 +221,7 @@ def test_very_long_inputs_round_trip():
     chain = infer_text_edits(src, tgt, (1, 1.5, 1.2))
     assert apply_text_edits(src, chain) == tgt
     assert parse_compact(render_compact(chain)) == chain
+    assert parse_compact(render_compact(chain, src), src) == chain
     assert parse_readable(render_readable(chain, src), src) == chain
 
 
@@ -231,12 +234,28 @@ def test_compact_form_is_what_training_sees():
     assert render_compact([]) == "<|eoc|>" and parse_compact("<|eoc|>") == []
 
 
+def test_anchored_compact_copies_spans_instead_of_counting():
+    src = "He hits the dog and the cat."
+    chain = infer_text_edits(src, "He pets the dog and a big cat now.")
+    text = render_compact(chain, src)
+    # " the" first occurs at 2, but a replace after a replace starts past a kept token: at 5
+    assert text == "<|rep|><|old|> hits<|new|> pets<|rep|><|old|> the<|new|> a<|ins|><|old|> the<|new|> big<|ins|><|old|> cat<|new|> now<|eoc|>"
+    assert parse_compact(text, src) == chain
+    assert render_compact([Edit("delete", 5, (" the",))], src) == "<|del|>5<|old|> the<|eoc|>"  # " the" alone finds 2
+    assert parse_compact("<|del|><|old|> the dog<|ins|><|old|> cat<|new|>!<|eoc|>", src) == [
+        Edit("delete", 2, (" the", " dog")), Edit("insert", 7, (), ("!",))
+    ]
+    with pytest.raises(EditError, match="' the dog' does not occur in the source after token 5"):
+        parse_compact("<|del|><|old|> the dog<|del|><|old|> the dog<|eoc|>", src)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ("<|rep|>1<|old|> a", r"expected <\|new\|>, got 'end of text'"),
         ("<|rep|>1<|old|> a<|new|> b", "ends without"),
-        ("<|rep|><|old|> a<|new|> b<|eoc|>", "followed by a position"),
+        ("<|rep|><|old|> a<|new|> b<|eoc|>", "needs the source"),
+        ("<|rep|><|new|> b<|eoc|>", "followed by a position or"),
         ("<|rep|>x<|old|> a<|new|> b<|eoc|>", "followed by a position"),
         ("<|del|>1<|new|> a<|eoc|>", r"expected <\|old\|>"),
         ("<|ins|>1<|new|><|eoc|>", "empty content"),

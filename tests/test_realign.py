@@ -38,7 +38,7 @@ def coe_run(tmp_path_factory, tiny_model_dir, examples_jsonl) -> Path:
 
 def _consistent(r: RealignResult) -> None:
     assert r.valid, r.error
-    assert parse_compact(r.compact) == r.chain
+    assert parse_compact(r.compact, r.source) == r.chain
     assert apply_text_edits(r.source, r.chain) == r.text
     assert render_readable(r.chain, r.source) == r.readable
 

@@ -47,13 +47,22 @@ def test_coe_format_and_loss_mask(tok):
     enc, cut = encode(tok, EX, chain, 256)
     assert enc is not None and not cut
     text = _text(tok, enc.input_ids)
-    expected_completion = render_compact(chain) + EX.target + tok.eos_token
+    expected_completion = render_compact(chain, EX.source) + EX.target + tok.eos_token
     assert text == f"{EX.context}<|src|>{EX.source}<|sep|>" + expected_completion
+    assert "<|rep|><|old|> hits" in text  # anchored: the span says where, no token count
     sep = enc.input_ids.index(tok.convert_tokens_to_ids("<|sep|>"))
     assert all(label == IGNORE_INDEX for label in enc.labels[: sep + 1])
     assert enc.labels[sep + 1 :] == enc.input_ids[sep + 1 :]
     assert _text(tok, enc.labels[sep + 1 :]) == expected_completion
     assert enc.input_ids[: sep + 1] == encode_prompt(tok, EX.context, EX.source)
+
+
+def test_positional_chain_format(tok):
+    (seq,), _ = build_sequences([EX], tok, mode="coe", max_length=256, cost_sets=[(1, 1, 2)], chain_format="positional")
+    chain = augment_chains(tokenize(EX.source), tokenize(EX.target), [(1, 1, 2)])[0][1]
+    assert render_compact(chain) in _text(tok, seq.input_ids) and "<|rep|>1<|old|>" in _text(tok, seq.input_ids)
+    with pytest.raises(ValueError, match="chain_format"):
+        build_sequences([EX], tok, chain_format="numbered")
 
 
 def test_direct_format(tok):
@@ -71,7 +80,7 @@ def test_coe_augmentation_one_sequence_per_distinct_chain_and_each_rebuilds_the_
         completion = _text(tok, [i for i, label in zip(s.input_ids, s.labels) if label != IGNORE_INDEX])
         chain_text, target = split_completion(completion.removesuffix(tok.eos_token))
         assert target == ex.target
-        assert apply_text_edits(ex.source, parse_compact(chain_text)) == ex.target
+        assert apply_text_edits(ex.source, parse_compact(chain_text, ex.source)) == ex.target
 
 
 def test_user_text_never_becomes_a_marker(tok):
@@ -86,7 +95,7 @@ def test_user_text_never_becomes_a_marker(tok):
         eoc = completion.index(tok.convert_tokens_to_ids("<|eoc|>"))
         assert not marker_ids & set(completion[eoc + 1 :])
         chain_text, target = split_completion(_text(tok, completion[:-1]))
-        assert target == ex.target and apply_text_edits(ex.source, parse_compact(chain_text)) == ex.target
+        assert target == ex.target and apply_text_edits(ex.source, parse_compact(chain_text, ex.source)) == ex.target
 
 
 def test_long_context_is_cut_from_the_left_and_counted(tok):

@@ -117,7 +117,7 @@ def show_chains(console: Console, examples: list[Example], costs: tuple[float, f
         console.print(inline_diff(tokenize(ex.source), chain))
         for line in render_readable(chain, ex.source).splitlines():
             console.print(f"  {line}", markup=False)
-        console.print("[dim]compact:[/dim] " + escape(render_compact(chain)))
+        console.print("[dim]compact:[/dim] " + escape(render_compact(chain, ex.source)))
         for k, v in chain_stats(chain).items():
             if k in totals:
                 totals[k] += v

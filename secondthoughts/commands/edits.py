@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                     "cost": chain_cost(chain, *args.costs),
                     "costs": dict(zip(("insert", "delete", "replace"), args.costs)),
                     "target": applied,
-                    "compact": render_compact(chain),
+                    "compact": render_compact(chain, args.source),
                     "readable": render_readable(chain, args.source).splitlines(),
                 },
                 ensure_ascii=False,
