@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,26 @@ def test_run_folder_loads_merged_and_matches_the_adapter(coe_run):
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, r.model(ids).logits, atol=1e-4)
     _consistent(r.realign(CTX, SRC, max_new_tokens=30))
+
+
+def test_the_run_says_which_chain_format_its_model_writes(coe_run, tmp_path):
+    r = Realigner(coe_run)
+    assert r.anchored and json.loads((coe_run / "config.json").read_text())["train"]["chain_format"] == "anchored"
+    res = r.realign(CTX, SRC, max_new_tokens=30)
+    _consistent(res)
+    assert res.compact == render_compact(res.chain, SRC)  # anchored: positions only where needed
+    # a run from before anchoring (no chain_format in its config) writes positions
+    old = tmp_path / "old"
+    shutil.copytree(coe_run / "model", old / "model")
+    shutil.copy(coe_run / "metrics.jsonl", old / "metrics.jsonl")
+    info = json.loads((coe_run / "config.json").read_text())
+    del info["train"]["chain_format"]
+    (old / "config.json").write_text(json.dumps(info))
+    positional = Realigner(old)
+    assert not positional.anchored
+    res = positional.realign(CTX, SRC, max_new_tokens=30)
+    _consistent(res)
+    assert res.compact == render_compact(res.chain)  # every edit with its position
 
 
 def test_cli_single_text(coe_run, capsys):
