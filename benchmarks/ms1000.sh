@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's real run: LoRA on 1,000 Moral Stories training pairs for one epoch, chain of edits
+# The README's real run: LoRA on 1,000 Moral Stories training pairs (one epoch; the anchored run up to three), chain of edits
 # (AEM) and the direct baseline, then greedy re-alignment of 100 dev examples.
 #   bash benchmarks/ms1000.sh [WORK_DIR]        (default /tmp/ms1000; runs go to runs/ms1000-*)
 # Each step skips what is already there, and `train --resume` continues a killed run.
@@ -10,13 +10,20 @@ DATA=../shared/data/moral_stories/moral_stories.jsonl
 mkdir -p "$WORK"
 [ -s "$WORK/train.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split train --limit 1000 --output "$WORK/train.jsonl"
 [ -s "$WORK/dev.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split dev --limit 100 --output "$WORK/dev.jsonl"
-for MODE in coe direct; do
-  RUN=runs/ms1000-$MODE
+# ms1000-coe is the first run, made before chains were anchored: positional chains, one epoch.
+# ms1000-anchored: anchored chains (the default now), up to 3 epochs with early stopping.
+for NAME in coe direct anchored; do
+  RUN=runs/ms1000-$NAME
+  case $NAME in
+    coe) FLAGS="--mode coe --chain-format positional --epochs 1";;
+    direct) FLAGS="--mode direct --epochs 1";;
+    anchored) FLAGS="--mode coe --chain-format anchored --epochs 3";;
+  esac
   if [ ! -f "$RUN/README.md" ]; then
     RESUME=$([ -d "$RUN/checkpoint" ] && echo --resume || true)
-    /usr/bin/time -v secondthoughts train --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" --out $RUN --mode $MODE \
-      --epochs 1 --lr 1e-3 --lora-r 16 --lora-alpha 16 --max-length 256 --batch-size 8 --eval-every 20 --log-every 5 $RESUME \
-      2> >(tee "$WORK/train-$MODE.log" >&2)
+    /usr/bin/time -v secondthoughts train --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" --out $RUN $FLAGS \
+      --lr 1e-3 --lora-r 16 --lora-alpha 16 --max-length 256 --batch-size 8 --eval-every 20 --log-every 5 $RESUME \
+      2> >(tee "$WORK/train-$NAME.log" >&2)
   fi
 done
 # Greedy chains as the model writes them (unconstrained: the parse rate measures the model) and constrained.
@@ -24,8 +31,11 @@ R="secondthoughts realign --model runs/ms1000-coe --input $WORK/dev.jsonl --batc
 # (realign exits 1 when some chain is invalid, which unconstrained decoding allows)
 [ -s "$WORK/coe-unconstrained.jsonl" ] || $R --unconstrained --output "$WORK/coe-unconstrained.jsonl" || true
 [ -s "$WORK/coe-constrained.jsonl" ] || $R --output "$WORK/coe-constrained.jsonl"
+A="secondthoughts realign --model runs/ms1000-anchored --input $WORK/dev.jsonl --batch-size 8"
+[ -s "$WORK/anchored-unconstrained.jsonl" ] || $A --unconstrained --output "$WORK/anchored-unconstrained.jsonl" || true
+[ -s "$WORK/anchored-constrained.jsonl" ] || $A --output "$WORK/anchored-constrained.jsonl"
 [ -s "$WORK/direct.jsonl" ] || secondthoughts realign --model runs/ms1000-direct --mode direct --input "$WORK/dev.jsonl" --batch-size 8 --output "$WORK/direct.jsonl"
-python benchmarks/parse_rate.py "$WORK/coe-unconstrained.jsonl" "$WORK/coe-constrained.jsonl" "$WORK/direct.jsonl"
+python benchmarks/parse_rate.py "$WORK"/coe-*.jsonl "$WORK"/anchored-*.jsonl "$WORK/direct.jsonl"
 
 # Stage 2: RL refinement of the AEM run against the reward model trained on all 10,000 Moral
 # Stories train pairs (README, reward section), then held-out evaluation of all three runs.
@@ -40,6 +50,6 @@ if [ ! -d runs/ms1000-rl/model ]; then
   /usr/bin/time -v secondthoughts refine --policy runs/ms1000-coe --reward $REWARD --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" \
     --out runs/ms1000-rl --steps 12 --prompts-per-step 8 --k 4 --lr 2e-4 --checkpoint-every 4 $RESUME 2> >(tee "$WORK/refine.log" >&2)
 fi
-for RUN in coe direct rl; do
+for RUN in coe direct anchored rl; do
   [ -f "$WORK/report-$RUN/metrics.json" ] || secondthoughts evaluate --model runs/ms1000-$RUN --data "$WORK/dev.jsonl" --reward $REWARD --out "$WORK/report-$RUN"
 done
