@@ -2,7 +2,7 @@
 (``secondthoughts/examples/demo-run``), with the adapter weights stored as float16 (half the size;
 they are cast back to the model's dtype on load).
 
-    python scripts/ship_demo_run.py runs/ms1000-coe
+    python scripts/ship_demo_run.py runs/ms1000-anchored
 
 Kept: ``config.json``, ``metrics.jsonl``, ``README.md`` (the model card), ``loss.png`` and
 ``model/`` (adapter + tokenizer). Left out: ``checkpoint/`` (optimizer state). The shipped run is
