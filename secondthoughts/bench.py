@@ -49,6 +49,7 @@ from secondthoughts.data import (
     split_examples,
     write_examples,
 )
+from secondthoughts.edits import CHAIN_FORMATS
 from secondthoughts.plots import save_png
 
 METHODS: tuple[str, ...] = ("direct", "dpo", "aem", "aem_rl")
@@ -113,6 +114,9 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     scorer_seeds: list[int] = field(default_factory=lambda: [0, 1])
     train: dict[str, Any] = field(default_factory=dict)
+    # The chains AEM cells train on (sft.TrainConfig.chain_format): kept out of `train` so that it
+    # enters only the fingerprints of the cells it changes.
+    chain_format: str = "anchored"
     dpo: dict[str, Any] = field(default_factory=dict)
     refine: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
@@ -189,6 +193,8 @@ def _check_settings(cfg: BenchConfig) -> None:
     for key in ("data", "out", "model", "mode", "seed"):
         if key in cfg.train:
             raise ConfigError(f"{cfg.where('train.' + key)}: set by the harness per cell; remove it")
+    if "chain_format" in cfg.train or (cfg.transfer is not None and "chain_format" in cfg.transfer.train):
+        raise ConfigError(f"{cfg.where('train.chain_format')}: set it at the top level (chain_format), where it reaches the AEM cells only")
     for key in ("policy", "reward", "data", "out", "seed"):
         if key in cfg.refine:
             raise ConfigError(f"{cfg.where('refine.' + key)}: set by the harness per cell; remove it")
@@ -249,6 +255,8 @@ def _validate(cfg: BenchConfig) -> None:
             raise ConfigError(f"{cfg.where('transfer')}: transfer starts from the source's aem model: add aem to methods")
         if not t.ks or any(not isinstance(k, int) or k < 0 for k in t.ks) or len(set(t.ks)) != len(t.ks):
             raise ConfigError(f"{cfg.where('transfer.ks')}: distinct non-negative integers, got {t.ks!r}")
+    if cfg.chain_format not in CHAIN_FORMATS:
+        raise ConfigError(f"{cfg.where('chain_format')}: one of {list(CHAIN_FORMATS)}, got {cfg.chain_format!r}")
     if cfg.evaluate.batch_size < 1 or cfg.evaluate.bootstrap < 0:
         raise ConfigError(f"{cfg.where('evaluate')}: batch_size >= 1 and bootstrap >= 0")
     _check_settings(cfg)
@@ -376,8 +384,11 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
         return {**data, "reward": cfg.reward, "seed": cfg.scorer_seeds[SCORERS.index(cell.role)], "role": cell.role}
     evaluation = asdict(cfg.evaluate)
     common = {**data, "model": cfg.model, "seed": cell.seed, "evaluate": evaluation}
+    # Positional chains were the only format before the option: they add nothing, so that caches
+    # made then keep their fingerprints.
+    chains = {"chain_format": cfg.chain_format} if cfg.chain_format != "positional" else {}
     if cell.kind == "method":
-        extra: dict[str, Any] = {"train": cfg.train}
+        extra: dict[str, Any] = {"train": cfg.train, **(chains if cell.method in ("aem", "aem_rl") else {})}
         if cell.method == "dpo":
             extra["dpo"] = cfg.dpo
         if cell.method == "aem_rl":
@@ -386,7 +397,9 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
     assert cfg.transfer is not None
     if cell.kind == "merge":
         return {"model": cfg.model, "seed": cell.seed, "source": cfg.transfer.source}
-    return {**common, "start": cell.start, "k": cell.k, "train": {**cfg.train, **cfg.transfer.train}, "min_examples": cfg.transfer.min_examples}
+    return {
+        **common, "start": cell.start, "k": cell.k, "train": {**cfg.train, **cfg.transfer.train}, "min_examples": cfg.transfer.min_examples, **chains,
+    }  # fmt: skip
 
 
 def fingerprints(cfg: BenchConfig, cells: Sequence[Cell]) -> dict[str, str]:
@@ -641,8 +654,8 @@ class Bench:
         if not (folder / TRAINED_FILE).is_file():
             t0 = time.perf_counter()
             if cell.method in ("direct", "aem"):
-                self._sft(run, {**self.cfg.train, "data": str(train_file), "mode": "direct" if cell.method == "direct" else "coe",
-                                "model": self.cfg.model, "seed": cell.seed})  # fmt: skip
+                chains = {} if cell.method == "direct" else {"mode": "coe", "chain_format": self.cfg.chain_format}
+                self._sft(run, {**self.cfg.train, "data": str(train_file), "mode": "direct", **chains, "model": self.cfg.model, "seed": cell.seed})
             elif cell.method == "dpo":
                 from secondthoughts.dpo import DPOSettings, train_dpo
 
@@ -713,7 +726,7 @@ class Bench:
         elif not (folder / TRAINED_FILE).is_file():
             t0 = time.perf_counter()
             start = str(self.out / f"s{cell.seed}/transfer/merged_aem" / "model") if cell.start == "aem" else self.cfg.model
-            settings = {**self.cfg.train, **t.train, "mode": "coe", "model": start, "seed": cell.seed}
+            settings = {**self.cfg.train, **t.train, "mode": "coe", "chain_format": self.cfg.chain_format, "model": start, "seed": cell.seed}
             if cell.k == 0:
                 self._untrained(run, settings)
             else:

@@ -357,6 +357,10 @@ def unescape(text: str) -> str:
 _RANK = {"replace": 0, "delete": 1, "insert": 2}
 
 
+# How a compact chain locates its edits (``render_compact``): by the text they copy, or by position.
+CHAIN_FORMATS: tuple[str, ...] = ("anchored", "positional")
+
+
 def lowest_start(op: str, cursor: int, prev: str) -> int:
     """The lowest position an ``op`` may take after an edit ``prev`` that ends at ``cursor``, in
     the order ``infer_edits`` writes chains. Edits written without a position are looked up from here."""

@@ -46,6 +46,7 @@ from secondthoughts.drafting import (
     greedy_generate,
 )
 from secondthoughts.edits import (
+    CHAIN_FORMATS,
     EOC,
     SPECIAL_TOKENS,
     Edit,
@@ -60,7 +61,7 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
-from secondthoughts.sequences import CHAIN_FORMATS, encode_prompt, split_completion
+from secondthoughts.sequences import encode_prompt, split_completion
 
 Mode = Literal["apply", "generate", "direct"]
 MODES: tuple[str, ...] = ("apply", "generate", "direct")

@@ -34,6 +34,7 @@ import torch
 
 from secondthoughts.data import Example
 from secondthoughts.edits import (
+    CHAIN_FORMATS,
     DEFAULT_COST_SETS,
     EOC,
     Costs,
@@ -47,7 +48,6 @@ from secondthoughts.models import SEP, SRC
 IGNORE_INDEX = -100
 Mode = Literal["coe", "direct"]
 MODES: tuple[str, ...] = ("coe", "direct")
-CHAIN_FORMATS: tuple[str, ...] = ("anchored", "positional")
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,9 @@ from torch import nn
 
 from secondthoughts import models, settings
 from secondthoughts.data import Example, read_examples, split_examples
-from secondthoughts.edits import DEFAULT_COST_SETS
+from secondthoughts.edits import CHAIN_FORMATS, DEFAULT_COST_SETS
 from secondthoughts.plots import loss_curve, read_metrics
 from secondthoughts.sequences import (
-    CHAIN_FORMATS,
     IGNORE_INDEX,
     MODES,
     LengthReport,

@@ -135,6 +135,8 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     assert "transfer.target: 'nope'" in error({**good, "transfer": {"source": "d", "target": "nope"}})
     assert "unknown key(s) ['colour']" in error({**good, "colour": 1})
     assert "expected key=value" in error(good, ("train.epochs",))
+    assert "chain_format: one of ['anchored', 'positional']" in error({**good, "chain_format": "numbered"})
+    assert "set it at the top level" in error({**good, "train": {"chain_format": "anchored"}})
     missing = B.load_config([_write_yaml(tmp_path / "m.yaml", {"datasets": {"d": {"format": "jsonl", "path": str(tmp_path / "gone.jsonl")}}})])
     with pytest.raises(B.ConfigError, match=r"m.yaml: datasets.d.path: .*gone.jsonl not found"):
         B.Bench(missing, tmp_path / "out").dry_run()
@@ -146,6 +148,21 @@ def test_paper_config_loads_and_plans() -> None:
     assert "scorers/moral_stories/second" in keys and "s0/ethics_deontology/aem_rl" in keys
     assert [k for k in keys if "transfer/from_" in k] == [f"s0/transfer/from_{s}-k{k}" for k in (0, 16, 64, 256) for s in B.STARTS]
     assert set(cfg.datasets) == {"moral_stories", "ethics_deontology"}  # ParaDetox is in the file, disabled
+
+
+def test_chain_format_reaches_only_the_cells_it_changes(tmp_path: Path) -> None:
+    """Positional chains leave fingerprints as they were before the option (older caches stay
+    valid); anchored ones change the AEM-trained cells only."""
+    cfg = B.load_config([Path(__file__).parent.parent / "benchmarks" / "paper.yaml"])
+    cells = B.plan(cfg)
+    positional = B.fingerprints(cfg, cells)
+    anchored = B.fingerprints(B.load_config([Path(__file__).parent.parent / "benchmarks" / "paper.yaml"], ["chain_format=anchored"]), cells)
+    changed = sorted(k for k in positional if positional[k] != anchored[k])
+    assert changed and all(k.endswith(("/aem", "/aem_rl", "/merged_aem")) or "/transfer/from_" in k for k in changed)
+    assert "s0/moral_stories/direct" not in changed and "s0/moral_stories/aem" in changed
+    assert "s0/transfer/from_base-k16" in changed  # few-shot runs train on chains too
+    aem = next(c for c in cells if c.key == "s0/moral_stories/aem")
+    assert "chain_format" not in json.dumps(B.cell_settings(cfg, aem))  # settings as they were before the option
 
 
 # ---------------------------------------------------------------- DPO
