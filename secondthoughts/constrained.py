@@ -254,9 +254,12 @@ class SourceIndex:
             # one byte per backslash and per "<|" (escape() adds ASCII only).
             full = escape(detokenize(self.tokens[pos:])).encode()
             ends: dict[int, int] = {}
-            for k in range(pos + 1, self.n + 1):
-                t = detokenize(self.tokens[pos:k])
-                ends[len(t.encode()) + t.count("\\") + t.count("<|")] = k
+            size, last = 0, ""
+            for k in range(pos + 1, self.n + 1):  # one pass: anchored spans ask for every position
+                t = self.tokens[k - 1]
+                size += len(t.encode()) + t.count("\\") + t.count("<|") + (last.endswith("<") and t.startswith("|"))
+                ends[size] = k
+                last = t
             self._spans[pos] = (full, ends)
         return self._spans[pos]
 
@@ -273,11 +276,11 @@ class SourceIndex:
         def make() -> tuple[str, ...]:
             t, hi = self.tokens, self.n + 1 if op == "insert" else self.n
             if not self.anchored:
-                return tuple(map(str, range(lo, hi)))
-            if op == "insert":
-                ps = [p for p in range(lo, self.n + 1) if p == 0 or resolve_anchor(t, "insert", t[p - 1 : p], lo) != p]
+                ps = list(range(lo, hi))
+            elif op == "insert":
+                ps = [p for p in range(lo, hi) if p == 0 or resolve_anchor(t, "insert", t[p - 1 : p], lo) != p]
             else:
-                ps = [p for p in range(lo, self.n) if t[p] in t[lo:p]]
+                ps = [p for p in range(lo, hi) if t[p] in t[lo:p]]
             return tuple(map(str, ps))
 
         return self._cached(("positions", op, lo), make)

@@ -388,10 +388,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     model, tokenizer, _ = build_model(config)
     train_ex, eval_ex = load_examples(config)
     cost_sets = [tuple(c) for c in config.cost_sets]
-    train_seqs, report = build_sequences(train_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets, chain_format=config.chain_format)  # type: ignore[arg-type]
-    eval_seqs, eval_report = build_sequences(
-        eval_ex, tokenizer, mode=config.mode, max_length=config.max_length, cost_sets=cost_sets, chain_format=config.chain_format
-    )  # type: ignore[arg-type]
+    shape = {"mode": config.mode, "max_length": config.max_length, "cost_sets": cost_sets, "chain_format": config.chain_format}
+    train_seqs, report = build_sequences(train_ex, tokenizer, **shape)  # type: ignore[arg-type]
+    eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, **shape)  # type: ignore[arg-type]
     if not train_seqs:
         raise ValueError(f"no training sequences left: {report.summary()}")
     if main:
