@@ -19,7 +19,7 @@ def dp_many(a, a_off, b, b_off, ci, cd, cr):  # pragma: no cover - compiled
     ops of the same kind already merged: source span [i0, i1) becomes target span [j0, j1).
     A common prefix and suffix are matched first (always optimal with zero-cost matches).
     Among minimum-cost chains the one with fewest single-token ops wins; remaining ties prefer, walking back from the end: match, insert, delete, replace, so that in source
-    order a changed block reads replaces, then deletes, then inserts (as the rapidfuzz path).
+    order a changed block reads replaces, then deletes, then inserts (as the C extension).
     """
     npairs = a_off.shape[0] - 1
     maxn, maxm = 0, 0

@@ -3,8 +3,9 @@
 A chain is a list of :class:`Edit` records in source order. ``infer_edits`` finds a
 minimum-cost chain under configurable insert / delete / replace costs (the paper's
 "different preferences on editing"); ``apply_edits`` turns a source back into the target.
-The DP runs in a small C extension (``_cdp.c``); without it, in rapidfuzz where that is
-provably optimal and in numba otherwise. This module never imports torch.
+The DP runs in a small C extension (``_cdp.c``), or in numba without it (the same chains: which
+of several minimum-cost chains is written must not depend on whether a compiler was at hand,
+since training data is built from them). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -88,9 +89,8 @@ if _cdp is not None:
 
 # ---------------------------------------------------------------- inference
 
-# Up to this many DP cells the compiled DP is used directly (faster than rapidfuzz plus Python
-# post-processing on sentence-length texts); above it, rapidfuzz's linear-memory alignment
-# where it is provably optimal.
+# Up to this many DP cells the compiled DP is used (C, else numba: they write the same chain);
+# above it, rapidfuzz's linear-memory alignment where it is provably optimal, with or without C.
 _C_MAX_CELLS = 1 << 20
 
 
@@ -178,10 +178,12 @@ def _token_ids(seqs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     return ids, off
 
 
+def _large(a: tuple, b: tuple) -> bool:
+    return len(a) * len(b) > _C_MAX_CELLS
+
+
 def _infer(a: tuple, b: tuple, costs: Costs) -> list[Edit]:
-    if _cdp is not None and len(a) * len(b) <= _C_MAX_CELLS:
-        return _cdp.infer(a, b, *costs)
-    chain = _rapidfuzz_chain(a, b, costs)
+    chain = _rapidfuzz_chain(a, b, costs) if _large(a, b) else None
     if chain is not None:
         return chain
     return _cdp.infer(a, b, *costs) if _cdp is not None else _dp_chains([(a, b)], costs)[0]
@@ -193,8 +195,8 @@ def infer_edits_many(
     delete_cost: float = 1,
     replace_cost: float = 2,
 ) -> list[list[Edit]]:
-    """``infer_edits`` for many pairs. Without the C extension, the pairs rapidfuzz cannot
-    settle go to the numba DP in one call, so that its dispatch cost is paid once."""
+    """``infer_edits`` for many pairs. Without the C extension, the pairs go to the numba DP in
+    one call, so that its dispatch cost is paid once."""
     costs = _check_costs((insert_cost, delete_cost, replace_cost))
     tpairs = [(a if type(a) is tuple else tuple(a), b if type(b) is tuple else tuple(b)) for a, b in pairs]
     # Millions of small acyclic tuples would otherwise trigger repeated full GC passes over
@@ -204,7 +206,7 @@ def infer_edits_many(
     try:
         if _cdp is not None:
             return [_infer(a, b, costs) for a, b in tpairs]
-        chains = [_rapidfuzz_chain(a, b, costs) for a, b in tpairs]
+        chains = [_rapidfuzz_chain(a, b, costs) if _large(a, b) else None for a, b in tpairs]
         rest = [n for n, c in enumerate(chains) if c is None]
         if rest:
             for n, chain in zip(rest, _dp_chains([tpairs[n] for n in rest], costs)):

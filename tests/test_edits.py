@@ -68,6 +68,23 @@ def test_c_extension_and_numba_dp_write_the_same_chain(a, b, costs):
     assert E._cdp.infer(tuple(a), tuple(b), *costs) == E._dp_chains([(tuple(a), tuple(b))], costs)[0]
 
 
+@pytest.mark.skipif(E._cdp is None, reason="C extension not built")
+def test_without_c_extension_the_chains_are_the_same(monkeypatch):
+    """Ties between minimum-cost chains are broken the same way with or without a compiler: an
+    LCS aligner (rapidfuzz) would choose other equally cheap chains for these."""
+    pairs = [
+        ("Sam decides to skip some of his lessons, so he can have more time to play.".split(),
+         "Sam asks his coach to help with the training plan so as not to fall behind.".split()),
+        (list("abcabba"), list("cbabac")), (list("xaybzc"), list("abxcyz")),
+    ]  # fmt: skip
+    for costs in [(1, 1, 2), (1, 1, 3), (1, 1, 1), (1, 1.5, 1.2)]:
+        with_c = E.infer_edits_many(pairs, *costs)
+        monkeypatch.setattr(E, "_cdp", None)
+        assert E.infer_edits_many(pairs, *costs) == with_c
+        assert [infer_edits(a, b, *costs) for a, b in pairs] == with_c
+        monkeypatch.undo()
+
+
 def test_without_c_extension_the_fallback_is_minimal(monkeypatch):
     monkeypatch.setattr(E, "_cdp", None)
     pairs = [(list("abcabba"), list("cbabac")), (list("kitten"), list("sitting")), ([], list("ab")), (list("ab"), [])]
