@@ -24,7 +24,9 @@ CTX = "It is wrong to hit people."
 ITEMS = [(e.context, e.source) for e in tiny.EXAMPLES]
 
 
-def _setup(rl: Realigner, source: str, mode: str = "apply", prefix: str = "") -> tuple[list[int], list[int], ChainConstraint, _Job]:
+def _setup(
+    rl: Realigner, source: str, mode: str = "apply", prefix: str = "", anchored: bool = True
+) -> tuple[list[int], list[int], ChainConstraint, _Job]:
     job = _Job(CTX, source, (), False)
     if prefix:
         from secondthoughts.realign import as_chain
@@ -34,7 +36,7 @@ def _setup(rl: Realigner, source: str, mode: str = "apply", prefix: str = "") ->
     prompt = rl._prompt(job)
     stops = [rl.tokenizer.eos_token_id] + ([rl.vocab.eoc] if mode == "apply" else [])
     start = start_state(job.prefix[-1].end, job.closed, job.prefix[-1].op) if job.prefix else start_state()
-    proc = ChainConstraint(rl.vocab, [source], len(prompt), starts=[start], then="stop" if mode == "apply" else "target")
+    proc = ChainConstraint(rl.vocab, [source], len(prompt), starts=[start], then="stop" if mode == "apply" else "target", anchored=anchored)
     return prompt, stops, proc, job
 
 
@@ -91,16 +93,16 @@ def test_chain_drafter_drafts_position_marker_and_span(untrained):
 
 
 @pytest.mark.parametrize("mode", ["apply", "generate"])
-@pytest.mark.parametrize("constrained", [True, False])
-def test_chain_drafting_gives_plain_greedy_ids(untrained, mode, constrained):
+@pytest.mark.parametrize("constrained, anchored", [(True, True), (True, False), (False, True)])
+def test_chain_drafting_gives_plain_greedy_ids(untrained, mode, constrained, anchored):
     rl = untrained
     for _, source in ITEMS + [(CTX, SRC)]:
-        prompt, stops, proc, job = _setup(rl, source, mode)
+        prompt, stops, proc, job = _setup(rl, source, mode, anchored=anchored)
         proc = proc if constrained else None
         budget = rl._budget([job], mode)
         ref = _hf_greedy(rl, prompt, budget, stops, proc)
         plain, _ = greedy_generate(rl.model, prompt, budget, stops=stops, processors=[proc] if proc else [])
-        drafter = ChainDrafter(rl.vocab, rl.tokenizer, source, target_lookup=PromptLookup(6), text_lookup=PromptLookup(3))
+        drafter = ChainDrafter(rl.vocab, rl.tokenizer, source, target_lookup=PromptLookup(6), text_lookup=PromptLookup(3), anchored=anchored)
         drafted, stats = greedy_generate(rl.model, prompt, budget, stops=stops, processors=[proc] if proc else [], drafter=drafter)
         assert plain == ref
         assert drafted == ref
