@@ -6,7 +6,8 @@ Per file: rows, valid chains (parsed and applied to the source), chains cut by t
 budget, mean edits per chain, outputs identical to the source, the commonest kinds of error, and
 the first ``--show`` rows as source -> output. For the delete and replace edits of every chain that
 parses, where they fail: the span they copy occurs in the source, and at the written position
-(a model that copies spans well but miscounts positions shows many found spans, few right positions).
+(a model that copies spans well but miscounts positions shows many found spans, few right positions;
+an anchored edit stands where its span is found, so only written positions can miss).
 """
 
 from __future__ import annotations
