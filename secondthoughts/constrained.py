@@ -311,7 +311,7 @@ class SourceIndex:
 
     def one_token(self, pos: int) -> int:
         """Byte length of the escaped token at ``pos``."""
-        return min(self.span(pos)[1])
+        return self._cached(("one", pos), lambda: min(self.span(pos)[1]))
 
 
 def _digits_ok(digits: str, positions: tuple[str, ...]) -> bool:
@@ -351,7 +351,8 @@ def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, 
 
 def _span_view(state: ChainState, src: SourceIndex) -> list[tuple[int, bytes, dict[int, int]]]:
     """(position, the bytes its span may take, its token ends) for every position the span being
-    written may still stand at: one when written with a position, the candidates when anchored."""
+    written may still stand at: one when written with a position, the candidates when anchored.
+    Each of these bytes starts with ``state.buf`` (``advance`` keeps only such positions)."""
     if state.pos >= 0:
         full, ends = src.span(state.pos)
         return [(state.pos, full[: src.span_limit(state.pos, state.lo)], ends)]
@@ -362,13 +363,13 @@ def _span_view(state: ChainState, src: SourceIndex) -> list[tuple[int, bytes, di
     return out
 
 
-def _span_close(state: ChainState, src: SourceIndex) -> tuple[int, int] | None:
-    """(position, end token) if the span written so far may end here: the first candidate where it
-    ends on a token boundary (an insert's anchor: one token)."""
-    n = len(state.buf)
-    for p, full, ends in _span_view(state, src):
-        end = ends.get(n)
-        if end is not None and n <= len(full) and full.startswith(state.buf) and (state.op != "insert" or end == p + 1):
+def _span_close(op: str, nbytes: int, view: list[tuple[int, bytes, dict[int, int]]]) -> tuple[int, int] | None:
+    """(position, end token) if a span of ``nbytes`` written so far may end here: the first
+    position of ``view`` (``_span_view``, those still matching) where it ends on a token boundary
+    (an insert's anchor: one token)."""
+    for p, _, ends in view:
+        end = ends.get(nbytes)
+        if end is not None and (op != "insert" or end == p + 1):
             return p, end
     return None
 
@@ -401,14 +402,14 @@ def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> Ch
     if phase == SPAN:
         if piece is not None:
             buf = state.buf + piece
-            view = [(p, full) for p, full, _ in _span_view(state, src) if full.startswith(buf)]
+            view = [v for v in _span_view(state, src) if v[1].startswith(buf)]
             if not view:
                 return bad
-            nxt = state._replace(buf=buf, n=n, cands=tuple(p for p, _ in view) if state.pos < 0 else ())
-            if state.op == "delete" and _span_close(nxt, src):
+            nxt = state._replace(buf=buf, n=n, cands=tuple(p for p, _, _ in view) if state.pos < 0 else ())
+            if state.op == "delete" and _span_close("delete", len(buf), view):
                 nxt = nxt._replace(closable_at=n)
             return nxt
-        close = _span_close(state, src)
+        close = _span_close(state.op, len(state.buf), _span_view(state, src))
         if close is None:
             return bad
         p, end = close
@@ -466,12 +467,11 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
         return ids
     if phase == SPAN:
         ids = set()
-        for _, full, _ in _span_view(state, src):
-            if not full.startswith(state.buf):
-                continue
+        view = _span_view(state, src)
+        for _, full, _ in view:
             rest = full[len(state.buf) :]
             ids.update(i for k in range(1, min(voc.max_piece, len(rest)) + 1) for i in voc.by_bytes.get(rest[:k], ()))
-        close = _span_close(state, src)
+        close = _span_close(state.op, len(state.buf), view)
         out = sorted(ids)
         if close is not None:
             out += [voc.new] if state.op in ("replace", "insert") else _next_markers(close[1], "delete", voc, src)
