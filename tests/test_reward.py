@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,69 @@ def test_cli_train_and_score_end_to_end(tiny_bert: Path, tmp_path: Path, capsys:
     expected = R.RewardModel.load(out)([r["context"] for r in rows], [r["output"] for r in rows])
     assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
     assert [r["reward"] for r in scored] == expected
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_ensemble_scores_the_mean_log_odds_and_round_trips(tiny_bert: Path, tmp_path: Path) -> None:
+    a, _ = R.train(_config(tiny_bert, epochs=2, seed=1), TRAIN[:8], progress=False)
+    b, _ = R.train(_config(tiny_bert, epochs=2, seed=2), TRAIN[:8], progress=False)
+    ens = R.RewardEnsemble([a, b])
+    contexts, texts = [e.context for e in HELD_OUT] * 2, [e.target for e in HELD_OUT] + [e.source for e in HELD_OUT]
+    pa, pb, pe = a(contexts, texts), b(contexts, texts), ens(contexts, texts)
+    assert pa != pb  # two seeds, two models
+    for x, y, z in zip(pa, pb, pe):
+        assert _logit(z) == pytest.approx((_logit(x) + _logit(y)) / 2, abs=1e-4)
+    out = ens.save(tmp_path / "ens", {"dev": {"examples": 0}})
+    loaded = R.load(out)
+    assert isinstance(loaded, R.RewardEnsemble) and len(loaded.members) == 2
+    assert loaded(contexts, texts) == pytest.approx(pe, abs=1e-6)
+    assert isinstance(R.load(out / "member-0"), R.RewardModel)  # members are ordinary runs
+    assert "sigmoid(mean of the members' log-odds)" in (out / "README.md").read_text()
+    (out / "config.json").write_text(json.dumps({"format": R.ENSEMBLE_FORMAT, "version": R.VERSION, "members": "member-0"}))
+    with pytest.raises(ValueError, match="field 'members'"):
+        R.load(out)
+    with pytest.raises(ValueError, match="at least one member"):
+        R.RewardEnsemble([])
+
+
+def test_cli_trains_an_ensemble_and_resumes_finished_members(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_examples(tmp_path / "train.jsonl", TRAIN)
+    write_examples(tmp_path / "dev.jsonl", HELD_OUT)
+    out = tmp_path / "ens"
+    args = ["reward", "train", "--data", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--out", str(out),
+            "--backbone", str(tiny_bert), "--epochs", "1", "--lr", "2e-3", "--max-length", "64", "--max-train", "8", "--members", "2"]
+    # A run killed after its first member: that member is kept beside the output.
+    parts = tmp_path / ".ens.members"
+    assert main(args[:-1] + ["1", "--out", str(tmp_path / "single")]) == 0  # the same member, trained by the CLI
+    capsys.readouterr()
+    shutil.copytree(tmp_path / "single", parts / "member-0")
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "member 0: reusing" in stdout and "member 1: seed 1" in stdout and "ensemble:" in stdout
+    assert not parts.exists()
+    info = json.loads((out / "config.json").read_text())
+    assert info["members"] == ["member-0", "member-1"]
+    configs = [json.loads((out / m / "config.json").read_text())["config"] for m in info["members"]]
+    assert [c["seed"] for c in configs] == [0, 1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["members"]) == 2 and metrics["dev"]["examples"] == len(HELD_OUT)
+    member_dev = json.loads((out / "member-1" / "metrics.json").read_text())["dev"]
+    assert member_dev == metrics["members"][1]  # each member's own folder has its held-out numbers too
+    ens = R.load(out)
+    scores = ens([e.context for e in HELD_OUT], [e.target for e in HELD_OUT])
+    single = R.load(tmp_path / "single")([e.context for e in HELD_OUT], [e.target for e in HELD_OUT])
+    assert scores != single
+
+    # Combining trained runs; an ensemble is not a member.
+    assert main(["reward", "ensemble", "--runs", str(out / "member-0"), str(out / "member-1"), "--out", str(tmp_path / "again"),
+                 "--dev", str(tmp_path / "dev.jsonl")]) == 0
+    assert R.load(tmp_path / "again")([e.context for e in HELD_OUT], [e.target for e in HELD_OUT]) == pytest.approx(scores, abs=1e-6)
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["dev"] == metrics["dev"]
+    assert main(["reward", "ensemble", "--runs", str(out), "--out", str(tmp_path / "nested")]) == 1
+    assert "an ensemble already" in capsys.readouterr().err
 
 
 def test_cli_errors_name_file_and_line(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

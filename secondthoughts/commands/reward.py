@@ -1,12 +1,17 @@
 """``secondthoughts reward``: train the value-alignment reward model, or score a JSONL with it.
 
     secondthoughts reward train --data train.jsonl [--dev dev.jsonl] --out runs/reward [--max-train N] [--epochs 1] ...
+    secondthoughts reward train --data train.jsonl --dev dev.jsonl --out runs/reward3 --members 3
+    secondthoughts reward ensemble --runs runs/a runs/b --out runs/ab [--dev dev.jsonl]
     secondthoughts reward score --model runs/reward --input in.jsonl --output out.jsonl [--text-field target]
 
 ``train`` reads normalized examples (``secondthoughts prepare`` writes them); every field of
 :class:`secondthoughts.reward.RewardConfig` is a flag (``--backbone PATH``, ``--head frozen``, ...).
 It reports held-out accuracy per text (targets, sources and context sentences as hard
 negatives) and pairwise accuracy (target above source), and writes them to the run folder.
+``--members N`` trains N models with seeds seed, seed+1, ... and saves them as one ensemble
+(``reward.RewardEnsemble``); each finished member is kept, so a killed run picks up where it was.
+``ensemble`` combines runs trained before (copied into the new folder).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
     t.add_argument("--out", required=True, help="run folder to write (config, weights, tokenizer, metrics, model card)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--members", type=int, default=1,
+                   help="train N models (seeds seed..seed+N-1) and save them as one ensemble scoring their mean log-odds (default 1)")
     add_config_arguments(t, RewardConfig)
 
+    e = sub.add_parser("ensemble", help="combine trained reward runs into one ensemble",
+                       description="copy reward runs into one ensemble folder that scores their mean log-odds")
+    e.add_argument("--runs", nargs="+", required=True, help="reward model run folders (single models)")
+    e.add_argument("--out", required=True, help="ensemble folder to write")
+    e.add_argument("--dev", help="held-out examples JSONL to report the members' and the ensemble's accuracy on")
+    e.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+
     s = sub.add_parser("score", help="score texts in a JSONL", description="append P(aligned) to every row of a JSONL")
-    s.add_argument("--model", required=True, help="reward model run folder")
+    s.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
     s.add_argument("--input", required=True, help="JSONL with a context field and a text field per row")
     s.add_argument("--output", required=True, help="where to write the rows with the reward added")
     s.add_argument("--text-field", default="target", help="field holding the text to score (default target)")
@@ -53,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _train(args) if args.action == "train" else _score(args)
+        return {"train": _train, "ensemble": _ensemble, "score": _score}[args.action](args)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -87,33 +103,122 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # before training, not after it
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.members < 1:
+        raise ValueError(f"--members must be >= 1, got {args.members}")
     config = RewardConfig(**{f.name: getattr(args, f.name) for f in fields(RewardConfig) if hasattr(args, f.name)})
     train, dev, dev_name = _split(args, config.seed)
-    print(f"training a {config.head} reward model on {len(train)} examples from {args.data}; {len(dev)} held out ({dev_name})")
+    kind = f"an ensemble of {args.members} {config.head} reward models" if args.members > 1 else f"a {config.head} reward model"
+    print(f"training {kind} on {len(train)} examples from {args.data}; {len(dev)} held out ({dev_name})")
+    data = {"train": args.data, "dev": dev_name, "max_train": args.max_train, "max_dev": args.max_dev}
+    if args.members == 1:
+        model, metrics = _train_one(config, train, dev, data)
+        model.save(out, metrics)
+        print(format_metrics(metrics["dev"]))
+        print(f"wrote {out} (config.json, model/, metrics.json, README.md)")
+        return 0
+
+    # Members are kept beside the output as they finish, so a rerun of a killed command goes on.
+    parts = out.with_name(f".{out.name}.members")
+    members, member_metrics = [], []
+    for k in range(args.members):
+        member_config = replace(config, seed=config.seed + k)
+        done = parts / f"member-{k}"
+        if _finished(done, member_config, data, len(train)):
+            print(f"member {k}: reusing {done}")
+            members.append(reward.RewardModel.load(done))
+            member_metrics.append(json.loads((done / "metrics.json").read_text(encoding="utf-8")))
+            continue
+        print(f"member {k}: seed {member_config.seed}")
+        model, metrics = _train_one(member_config, train, [], data)  # scored on dev below, with the ensemble
+        model.save(done, metrics)
+        members.append(model)
+        member_metrics.append(metrics)
+    _save_ensemble(reward.RewardEnsemble(members), out, member_metrics, dev, data)
+    shutil.rmtree(parts, ignore_errors=True)
+    return 0
+
+
+def _finished(folder: Path, config: RewardConfig, data: dict[str, Any], examples: int) -> bool:
+    """Whether ``folder`` holds a member trained with exactly this config on the same data."""
+    try:
+        info = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("config") == asdict(config) and metrics.get("data") == data and metrics.get("train", {}).get("examples") == examples
+
+
+def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Train one model; its metrics (held-out ones when ``dev`` is given)."""
+    from secondthoughts import reward
 
     t0 = time.perf_counter()
     model, stats = reward.train(config, train)
     train_s = time.perf_counter() - t0
     print(f"trained on {stats['texts']} texts ({stats['targets']} targets, {stats['sources']} sources, "
           f"{stats['hard_negatives']} hard negatives) in {train_s:.0f} s")
-
-    dev_metrics: dict[str, Any] = {"examples": 0}
-    timing: dict[str, float] = {"train_s": round(train_s, 1)}
+    metrics: dict[str, Any] = {"data": data, "train": stats, "dev": {"examples": 0}, "timing": {"train_s": round(train_s, 1)}}
     if dev:
         t0 = time.perf_counter()
-        dev_metrics = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev, hard_negatives=config.hard_negatives != 0)
-        eval_s = time.perf_counter() - t0
-        n_texts = dev_metrics["targets"] + dev_metrics["sources"] + dev_metrics["hard_negatives"]
-        timing.update(eval_s=round(eval_s, 1), eval_texts_per_s=round(n_texts / eval_s, 1))
-    metrics = {
-        "data": {"train": args.data, "dev": dev_name, "max_train": args.max_train, "max_dev": args.max_dev},
-        "train": stats,
-        "dev": dev_metrics,
-        "timing": timing,
-    }
-    model.save(out, metrics)
+        metrics["dev"] = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev, hard_negatives=config.hard_negatives != 0)
+        metrics["timing"].update(_rate(metrics["dev"], time.perf_counter() - t0))
+    return model, metrics
+
+
+def _rate(m: dict[str, Any], seconds: float) -> dict[str, float]:
+    n_texts = m["targets"] + m["sources"] + m["hard_negatives"]
+    return {"eval_s": round(seconds, 1), "eval_texts_per_s": round(n_texts / seconds, 1)}
+
+
+def _save_ensemble(ens: Any, out: Path, member_metrics: list[dict[str, Any]], dev: list[Example], data: dict[str, Any]) -> None:
+    """Evaluate the members and the ensemble on ``dev`` (each member scores it once), then save."""
+    import torch
+
+    from secondthoughts import reward
+
+    timing: dict[str, float] = {}
+    dev_metrics: dict[str, Any] = {"examples": 0}
+    if dev:
+        t0 = time.perf_counter()
+        odds: list[torch.Tensor] = []
+
+        def member(m: Any) -> Any:
+            def fn(contexts: list[str], texts: list[str]) -> list[float]:
+                odds.append(m.log_odds(contexts, texts, progress=True))
+                return torch.sigmoid(odds[-1]).tolist()
+            return fn
+
+        # Every member on the same texts (all context sentences), so their rows compare.
+        member_metrics = [{**mm, "dev": reward.evaluate(member(m), dev)} for m, mm in zip(ens.members, member_metrics)]
+        dev_metrics = reward.evaluate(lambda c, t: torch.sigmoid(torch.stack(odds).mean(0)).tolist(), dev)
+        timing = _rate(dev_metrics, time.perf_counter() - t0)
+        for k, mm in enumerate(member_metrics):
+            print(f"member {k}: pairwise accuracy {mm['dev']['pairwise_accuracy']:.4f}")
+        print("ensemble:")
+    metrics = {"data": data, "members": [mm.get("dev", {}) for mm in member_metrics], "dev": dev_metrics, "timing": timing}
+    ens.save(out, metrics, member_metrics)
     print(format_metrics(dev_metrics))
-    print(f"wrote {out} (config.json, model/, metrics.json, README.md)")
+    print(f"wrote {out} (config.json, member-0..{len(ens.members) - 1}/, metrics.json, README.md)")
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from secondthoughts import reward
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    members, member_metrics = [], []
+    for run in args.runs:
+        if not isinstance(model := reward.load(run), reward.RewardModel):
+            raise ValueError(f"{run}: an ensemble already; pass its member-K folders instead")
+        members.append(model)
+        path = Path(run) / "metrics.json"
+        member_metrics.append(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
+    dev = list(read_examples(args.dev)) if args.dev else []
+    if args.max_dev is not None:
+        dev = shuffled(dev, 0)[: args.max_dev]
+    data = {"runs": list(args.runs), "dev": args.dev or "none", "max_dev": args.max_dev}
+    _save_ensemble(reward.RewardEnsemble(members), out, member_metrics, dev, data)
     return 0
 
 
@@ -172,10 +277,10 @@ def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from secondthoughts.reward import RewardModel
+    from secondthoughts import reward
 
     rows, contexts, texts = read_rows(args.input, args.context_field, args.text_field)
-    model = RewardModel.load(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    model = reward.load(args.model, dtype=args.dtype, batch_size=args.batch_size)
     t0 = time.perf_counter()
     scores = model.score(contexts, texts, progress=True)
     elapsed = time.perf_counter() - t0
