@@ -6,6 +6,7 @@ The grammar (``edits.render_compact``), checked token by token on the bytes gene
     chain := edit* <|eoc|>
     edit  := <|ins|> POS <|new|> TEXT | <|del|> POS <|old|> SPAN | <|rep|> POS <|old|> SPAN <|new|> TEXT
            | <|ins|> <|old|> ANCHOR <|new|> TEXT | <|del|> <|old|> SPAN | <|rep|> <|old|> SPAN <|new|> TEXT
+           | <|ins|> <|new|> TEXT
 
 - Each edit starts after the previous one as ``infer_edits`` writes chains: right where it ends
   only for a delete or insert after a replace, or an insert after a delete (one changed block);
@@ -13,7 +14,8 @@ The grammar (``edits.render_compact``), checked token by token on the bytes gene
   inserts at one place or split a replace in two.
 - Without ``POS`` (anchored), a ``SPAN`` is the escaped source text of some tokens from there on
   and the edit lands at its first occurrence (``edits.resolve_anchor``); an insert's ``ANCHOR`` is
-  the one source token right before it.
+  the one source token right before it, never one the previous edit took: an insert right where
+  that edit ends (or at the start) is ``<|ins|> <|new|> TEXT`` (``edits.insert_here``).
 - ``POS`` is a decimal source-token index (no leading zeros), below the source length for a
   delete or replace, up to it for an insert, and only where the anchored form would not find the
   edit (the renderer writes positions only there); its ``SPAN`` is then exactly the escaped source
@@ -48,7 +50,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import LogitsProcessor
 
-from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, lowest_start, resolve_anchor, tokenize
+from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, insert_here, lowest_start, resolve_anchor, tokenize
 from secondthoughts.models import edit_token_ids
 
 # Phases of a chain being written.
@@ -268,29 +270,41 @@ class SourceIndex:
             self._memo[key] = make()
         return self._memo[key]
 
-    def positions(self, op: str, lo: int) -> tuple[str, ...]:
+    def here(self, op: str, prev: str) -> bool:
+        """Whether an ``op`` after ``prev`` may be written ``<|ins|><|new|>``: at ``lo``, right where ``prev`` ends."""
+        return self.anchored and op == "insert" and insert_here(prev)
+
+    def positions(self, op: str, lo: int, here: bool = False) -> tuple[str, ...]:
         """The positions (as digits) an ``op`` may write from ``lo``: those the anchored form would
         not find. A delete or replace at ``p`` needs its first token earlier in [lo, p) (else no
-        span from ``p`` has an earlier occurrence); an insert at ``p`` needs an anchor that misses it."""
+        span from ``p`` has an earlier occurrence); an insert at ``p`` needs an anchor that misses
+        it, and with ``here`` (see ``here``) not to stand at ``lo``."""
 
         def make() -> tuple[str, ...]:
             t, hi = self.tokens, self.n + 1 if op == "insert" else self.n
             if not self.anchored:
                 ps = list(range(lo, hi))
             elif op == "insert":
-                ps = [p for p in range(lo, hi) if p == 0 or resolve_anchor(t, "insert", t[p - 1 : p], lo) != p]
+                ps = [p for p in range(lo + here, hi) if p == 0 or resolve_anchor(t, "insert", t[p - 1 : p], lo) != p]
             else:
                 ps = [p for p in range(lo, hi) if t[p] in t[lo:p]]
             return tuple(map(str, ps))
 
-        return self._cached(("positions", op, lo), make)
+        return self._cached(("positions", op, lo, here), make)
 
-    def anchors(self, op: str, lo: int) -> tuple[int, ...]:
+    def anchors(self, op: str, lo: int, here: bool = False) -> tuple[int, ...]:
         """Where an anchored span may start: any position from ``lo``; for an insert's one-token
-        anchor, any token that ends at ``lo`` or later."""
+        anchor, any token that ends at ``lo`` or later, except with ``here``: then the token before
+        ``lo`` belongs to the previous edit, and neither it nor a later copy of it (which would
+        find it first) anchors."""
         if not self.anchored:
             return ()
-        return tuple(range(max(lo - 1, 0), self.n)) if op == "insert" else tuple(range(lo, self.n))
+        if op != "insert":
+            return tuple(range(lo, self.n))
+        if not here or lo == 0:
+            return tuple(range(max(lo - 1, 0), self.n))
+        t = self.tokens
+        return self._cached(("anchors", lo), lambda: tuple(p for p in range(lo, self.n) if t[p] != t[lo - 1]))
 
     def span_limit(self, pos: int, lo: int) -> int:
         """Bytes a span written at position ``pos`` may take: while its tokens also occur earlier
@@ -333,8 +347,8 @@ def _text_closable(buf: bytes) -> bool:
 # ---------------------------------------------------------------- the grammar
 
 
-def _viable(op: str, lo: int, src: SourceIndex) -> bool:
-    return bool(src.positions(op, lo) or src.anchors(op, lo))
+def _viable(op: str, lo: int, src: SourceIndex, here: bool) -> bool:
+    return here or bool(src.positions(op, lo, here) or src.anchors(op, lo, here))
 
 
 def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
@@ -344,7 +358,7 @@ def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, 
         return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
     op = voc.op_markers.get(tid)
     lo = lowest_start(op, state.cursor, state.prev) if op else 0
-    if op is None or not _viable(op, lo, src):
+    if op is None or not _viable(op, lo, src, src.here(op, state.prev)):
         return ChainState(BAD, n=n, closable_at=state.closable_at)
     return ChainState(POS, op, state.cursor, state.prev, n=n, closable_at=n - 1, lo=lo)
 
@@ -386,13 +400,16 @@ def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> Ch
     bad = ChainState(BAD, n=n, closable_at=state.closable_at)
     if phase == POS:
         digits = state.buf.decode()
-        allowed_pos = src.positions(state.op, state.lo)
+        here = src.here(state.op, state.prev)
+        allowed_pos = src.positions(state.op, state.lo, here)
         if piece is not None:
             if piece.isdigit() and _digits_ok(digits + piece.decode(), allowed_pos):
                 return state._replace(buf=state.buf + piece, n=n)
             return bad
+        if not digits and here and tid == voc.new:  # an insert right where the previous edit ends
+            return state._replace(phase=TEXT, cursor=state.lo, pos=state.lo, buf=b"", n=n)
         if not digits:  # anchored: <|old|> starts the span (or an insert's anchor)
-            cands = src.anchors(state.op, state.lo)
+            cands = src.anchors(state.op, state.lo, here)
             return state._replace(phase=SPAN, pos=-1, cands=cands, n=n) if tid == voc.old and cands else bad
         follow = voc.new if state.op == "insert" else voc.old
         if tid == follow and digits in allowed_pos:
@@ -438,7 +455,7 @@ def walk(ids: Sequence[int], voc: EditVocab, src: SourceIndex, start: ChainState
 
 
 def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> list[int]:
-    ops = [m for m, op in voc.op_markers.items() if _viable(op, lowest_start(op, cursor, prev), src)]
+    ops = [m for m, op in voc.op_markers.items() if _viable(op, lowest_start(op, cursor, prev), src, src.here(op, prev))]
     return [*ops, voc.eoc]
 
 
@@ -458,10 +475,11 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
         return _next_markers(state.cursor, state.prev, voc, src)
     if phase == POS:
         digits = state.buf.decode()
-        positions = src.positions(state.op, state.lo)
+        here = src.here(state.op, state.prev)
+        positions = src.positions(state.op, state.lo, here)
         ids = [i for i in voc.digit_ids if _digits_ok(digits + voc.pieces[i].decode(), positions)]  # type: ignore[union-attr]
-        if not digits and src.anchors(state.op, state.lo):
-            ids.append(voc.old)
+        if not digits:
+            ids += [voc.old] * bool(src.anchors(state.op, state.lo, here)) + [voc.new] * here
         elif digits in positions:
             ids.append(voc.new if state.op == "insert" else voc.old)
         return ids

@@ -14,7 +14,8 @@ sequences plain greedy would show them, so the output is plain greedy's, token f
   the span stands (an anchored span: its first candidate that matches what was written; before
   any is written, the guessed position below): it drafts the source's remaining tokens, as the
   tokenizer splits them; the model's only choice is where the span ends;
-- after an edit marker it drafts ``<|old|>`` when the chain is anchored; after a complete position,
+- after an edit marker it drafts ``<|old|>`` when the chain is anchored (``<|new|>`` for an insert
+  after a delete or replace: most often it goes right where that edit ends); after a complete position,
   ``<|old|>`` (``<|new|>`` for an insert) and then the span;
 - a token the grammar forces is drafted as it is;
 - the chain's first marker is guessed as ``<|rep|>`` (it rides along with the prompt's pass);
@@ -163,7 +164,7 @@ class ChainDrafter:
     def _guess_pos(self, state: ChainState) -> list[int]:
         """Digits of ``_likely_pos``."""
         pos = self._likely_pos(state)
-        if str(pos) not in self.src.positions(state.op, state.lo):
+        if str(pos) not in self.src.positions(state.op, state.lo, self.src.here(state.op, state.prev)):
             return []
         if pos not in self._digits:
             self._digits[pos] = self.tokenizer(str(pos), add_special_tokens=False)["input_ids"]
@@ -175,7 +176,8 @@ class ChainDrafter:
         if state.phase == SPAN:
             pos = state.pos
             if pos < 0:  # anchored: the first candidate that matches, or the likeliest one at first
-                likely = self._likely_pos(state) - (state.op == "insert")
+                # an insert's anchor is the token before it; after a delete or replace, a token past the one where it ends
+                likely = self._likely_pos(state) - (state.op == "insert" and not (state.prev and self.src.here(state.op, state.prev)))
                 pos = next((p for p in state.cands if p == likely or state.buf), -1)
                 if pos < 0:
                     return [], False
@@ -192,7 +194,10 @@ class ChainDrafter:
             # replace of what the subject does.
             return [voc.rep], True
         if state.phase == POS and not state.buf:
-            if self.src.anchored and self.src.anchors(state.op, state.lo):
+            here = self.src.here(state.op, state.prev)
+            if here and state.prev:  # an insert after a delete or replace: most often right where it ends
+                return [voc.new], False
+            if self.src.anchored and self.src.anchors(state.op, state.lo, here):
                 return [voc.old], True
             return self._guess_pos(state), True
         if state.phase == POS:

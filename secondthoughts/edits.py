@@ -369,6 +369,13 @@ def lowest_start(op: str, cursor: int, prev: str) -> int:
     return cursor if not prev or _RANK[op] > _RANK[prev] else cursor + 1
 
 
+def insert_here(prev: str) -> bool:
+    """Whether an insert may stand right where the previous edit ``prev`` ends (anchored chains
+    write it ``<|ins|><|new|> text``, with no anchor): at a chain's start and after a delete or
+    replace, not after another insert (two inserts at one place are one insert)."""
+    return prev != "insert"
+
+
 def resolve_anchor(tokens: Sequence[Any], op: str, span: Sequence[Any], lo: int) -> int | None:
     """Where an edit written without its position lands: a delete or replace at the first
     occurrence of its span at or after ``lo``; an insert right after the first occurrence of its
@@ -381,8 +388,8 @@ def resolve_anchor(tokens: Sequence[Any], op: str, span: Sequence[Any], lo: int)
 
 
 def _anchors(tokens: Sequence[Any], e: Edit, lo: int) -> bool:
-    """Whether ``e`` may be written without its position (its span, or for an insert the one token
-    before it, finds it)."""
+    """Whether ``e`` may be written with an anchor instead of its position (its span, or for an
+    insert the one token before it, finds it)."""
     if e.op == "insert":
         return e.start > 0 and resolve_anchor(tokens, "insert", tokens[e.start - 1 : e.start], lo) == e.start
     return resolve_anchor(tokens, e.op, e.old, lo) == e.start
@@ -392,14 +399,17 @@ def render_compact(edits: Iterable[Edit], source: str | Sequence[str] | None = N
     """The compact form. With the ``source``, anchored: an edit leaves out its position when its
     span (a delete or replace: ``<|del|><|old|> span``) or the token before it (an insert:
     ``<|ins|><|old|> word<|new|> text``) first occurs, after the previous edit, right where it is;
-    so a model copies text instead of counting tokens. Without it, every edit has its position."""
+    so a model copies text instead of counting tokens. An insert right where the previous edit
+    ends (or at the start) is ``<|ins|><|new|> text``: no anchor, so that what follows ``<|old|>``
+    is always text no edit has taken yet. Without the source, every edit has its position."""
     tokens = None if source is None else (tokenize(source) if isinstance(source, str) else list(source))
     parts: list[str] = []
     cursor, prev = 0, ""
     for e in edits:
-        anchored = tokens is not None and _anchors(tokens, e, lowest_start(e.op, cursor, prev))
+        here = tokens is not None and e.op == "insert" and e.start == cursor and insert_here(prev)
+        anchored = here or (tokens is not None and _anchors(tokens, e, lowest_start(e.op, cursor, prev)))
         parts.append(_OP_MARK[e.op] + ("" if anchored else str(e.start)))
-        if anchored and e.op == "insert":
+        if anchored and e.op == "insert" and not here:
             parts.append(OLD + escape(detokenize(tokens[e.start - 1 : e.start])))  # type: ignore[index]
         if e.old:
             parts.append(OLD + escape(detokenize(e.old)))  # type: ignore[arg-type]
@@ -413,7 +423,8 @@ def render_compact(edits: Iterable[Edit], source: str | Sequence[str] | None = N
 
 def parse_compact(text: str, source: str | Sequence[str] | None = None, *, require_end: bool = True) -> list[Edit]:
     """Parse the compact form; errors name the character offset and edit number. Edits written
-    without a position are looked up in ``source`` (see ``render_compact``)."""
+    without a position are looked up in ``source`` (see ``render_compact``). An insert anchored by
+    the last token of the edit before it is read too (chains written before ``<|ins|><|new|>``)."""
     tokens = None if source is None else (tokenize(source) if isinstance(source, str) else list(source))
     pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
     pos = 0
@@ -459,8 +470,13 @@ def parse_compact(text: str, source: str | Sequence[str] | None = None, *, requi
         if k < len(pieces) and re.fullmatch(r"\d+", pieces[k][0]):
             start = int(pieces[k][0])
             k += 1
+        elif op == "insert" and k < len(pieces) and pieces[k][0] == NEW:
+            prev = edits[-1] if edits else None
+            if prev is not None and not insert_here(prev.op):
+                raise fail(f"{INS}{NEW} (right where the previous edit ends) cannot follow an insert", off)
+            start = prev.end if prev else 0
         elif k < len(pieces) and pieces[k][0] != OLD:
-            raise fail(f"{piece} must be followed by a position or {OLD}", off)
+            raise fail(f"{piece} must be followed by a position or {OLD}" + (f" or {NEW}" if op == "insert" else ""), off)
         anchor = tokenize(content(OLD)) if op == "insert" and start is None else []
         old = tokenize(content(OLD)) if op != "insert" else []
         new = tokenize(content(NEW)) if op != "delete" else []

@@ -84,6 +84,8 @@ def test_position_prefixes():
     assert index.positions("delete", 0) == ("5",)  # only where the span alone would not find it
     assert index.positions("delete", 3) == ()  # from token 3 on, " his" first occurs at 5
     assert index.positions("insert", 0) == ("0", "6")  # the start, and after the second " his"
+    assert index.positions("insert", 0, here=True) == ("6",)  # the start is <|ins|><|new|>
+    assert index.anchors("insert", 3, here=True) == (3, 4, 6, 7)  # not " his", which the edit before took at 2
     assert SourceIndex("a b", anchored=False).positions("insert", 1) == ("1", "2")
 
 
@@ -160,12 +162,17 @@ def test_anchored_chains_copy_spans_and_write_positions_only_where_needed(voc, t
     assert run("<|rep|><|old|> hits<|new|> x<|del|><|old|> his<|eoc|>") == DONE  # one changed block
     assert run("<|ins|><|old|> brother<|new|> X<|eoc|>") == DONE  # after its one-token anchor
     assert run("<|ins|><|old|> his brother") == BAD  # an anchor is one token
-    assert run("<|ins|>0<|new|> Oh,<|eoc|>") == DONE  # the start has no anchor
+    assert run("<|ins|><|new|> Oh,<|eoc|>") == DONE  # the start has no anchor: "here"
+    assert run("<|ins|>0") == BAD  # so no position either
     assert run("<|ins|>1") == BAD  # "Tom" anchors token 1
-    ids = tok_with_edits("<|del|><|old|> his<|ins|><|old|> his<|new|> a<|eoc|>", add_special_tokens=False)["input_ids"]
-    assert walk(ids, voc, index).phase == DONE
-    chain = parse_compact(voc.decode(ids), index.tokens)
-    assert [(e.op, e.start) for e in chain] == [("delete", 2), ("insert", 3)]
+    assert run("<|ins|><|new|> Oh,<|ins|><|new|>") == BAD  # two inserts at one place
+    # Right after a delete: "here", never an anchor the delete took (nor a later copy of it, which finds it first).
+    for text, at in [("<|del|><|old|> his<|ins|><|new|> a<|eoc|>", 3), ("<|del|><|old|> his<|ins|>6<|new|> a<|eoc|>", 6)]:
+        ids = tok_with_edits(text, add_special_tokens=False)["input_ids"]
+        assert walk(ids, voc, index).phase == DONE
+        assert [(e.op, e.start) for e in parse_compact(voc.decode(ids), index.tokens)] == [("delete", 2), ("insert", at)]
+    assert run("<|del|><|old|> his<|ins|><|old|> his") == BAD
+    assert run("<|del|><|old|> his<|ins|>3") == BAD
 
 
 def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):

@@ -256,8 +256,15 @@ def test_anchored_compact_copies_spans_instead_of_counting():
     chain = infer_text_edits(src, "He pets the dog and a big cat now.")
     text = render_compact(chain, src)
     # " the" first occurs at 2, but a replace after a replace starts past a kept token: at 5
-    assert text == "<|rep|><|old|> hits<|new|> pets<|rep|><|old|> the<|new|> a<|ins|><|old|> the<|new|> big<|ins|><|old|> cat<|new|> now<|eoc|>"
+    # "big" goes right where the second replace ends: no anchor, nothing copied from text already taken
+    assert text == "<|rep|><|old|> hits<|new|> pets<|rep|><|old|> the<|new|> a<|ins|><|new|> big<|ins|><|old|> cat<|new|> now<|eoc|>"
     assert parse_compact(text, src) == chain
+    # The same chain as written before <|ins|><|new|> (anchored by the replaced " the") still reads the same.
+    assert parse_compact(text.replace("<|ins|><|new|> big", "<|ins|><|old|> the<|new|> big"), src) == chain
+    assert render_compact([Edit("insert", 0, (), ("Oh", ","))], src) == "<|ins|><|new|>Oh,<|eoc|>"  # the start, where no token anchors
+    assert parse_compact("<|ins|><|new|>Oh,<|eoc|>", src) == [Edit("insert", 0, (), ("Oh", ","))]
+    with pytest.raises(EditError, match="cannot follow an insert"):
+        parse_compact("<|ins|><|new|>Oh,<|ins|><|new|> so<|eoc|>", src)
     assert render_compact([Edit("delete", 5, (" the",))], src) == "<|del|>5<|old|> the<|eoc|>"  # " the" alone finds 2
     assert parse_compact("<|del|><|old|> the dog<|ins|><|old|> cat<|new|>!<|eoc|>", src) == [
         Edit("delete", 2, (" the", " dog")), Edit("insert", 7, (), ("!",))
@@ -273,6 +280,7 @@ def test_anchored_compact_copies_spans_instead_of_counting():
         ("<|rep|>1<|old|> a<|new|> b", "ends without"),
         ("<|rep|><|old|> a<|new|> b<|eoc|>", "needs the source"),
         ("<|rep|><|new|> b<|eoc|>", "followed by a position or"),
+        ("<|ins|><|del|>", r"followed by a position or <\|old\|> or <\|new\|>"),
         ("<|rep|>x<|old|> a<|new|> b<|eoc|>", "followed by a position"),
         ("<|del|>1<|new|> a<|eoc|>", r"expected <\|old\|>"),
         ("<|ins|>1<|new|><|eoc|>", "empty content"),
