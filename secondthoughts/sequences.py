@@ -6,7 +6,7 @@ The format, token by token (``[BOS]`` only for tokenizers that add one by defaul
     direct: [BOS] context <|src|> source <|sep|> target <eos>
 
 ``chain`` is ``edits.render_compact`` of the edits from source to target: anchored by default,
-e.g. ``<|rep|><|old|> hits<|new|> talks<|ins|><|old|> hits<|new|> to<|eoc|>`` (spans copied from
+e.g. ``<|rep|><|old|> hits<|new|> talks<|ins|><|new|> to<|eoc|>`` (spans copied from
 the source), or positional, ``<|rep|>1<|old|> hits<|new|> talks<|ins|>2<|new|> to<|eoc|>``
 (positions index ``edits.tokenize(source)``); either way the source sits alone between
 ``<|src|>`` and ``<|sep|>``. The loss covers only what follows ``<|sep|>``. Context, source and target are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from secondthoughts import reward as R
 from secondthoughts.cli import main
@@ -96,9 +98,28 @@ def test_training_counts_hard_negatives(tiny_bert: Path, trained: tuple[R.Reward
     _, stats = trained  # the default: one context sentence per example and epoch
     n, epochs = len(TRAIN), _config(tiny_bert).epochs
     assert stats["examples"] == n and stats["targets"] == stats["sources"] == epochs * n
-    assert stats["hard_negatives"] == epochs * n and stats["texts"] == 3 * epochs * n
-    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2), TRAIN, progress=False)
-    assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n)
+    # the default views: target and source once more without their context, hard negatives not
+    assert stats["hard_negatives"] == epochs * n and stats["alone"] == 2 * epochs * n and stats["texts"] == 5 * epochs * n
+    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2, views="context"), TRAIN, progress=False)
+    assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n) and "alone" not in stats
+
+
+def test_views_score_the_lower_log_odds_of_pair_and_text_alone(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
+    model, _ = trained
+    assert model.config.views == "context+alone"
+    contexts, texts = [e.context for e in HELD_OUT], [e.target for e in HELD_OUT]
+    both = model.log_odds(contexts, texts)
+    plain = dataclasses.replace(model.config, views="context")
+    single = R.RewardModel(plain, model.encoder, model.tokenizer)
+    in_context, alone = single.log_odds(contexts, texts), single.log_odds([""] * len(texts), texts)
+    assert torch.allclose(both, torch.minimum(in_context, alone), atol=1e-5)
+    assert not torch.allclose(in_context, alone)  # the views differ, so the minimum is a real choice
+    items = [R.Item("c", "t", 1, "target", 0), R.Item("c", "s", 0, "source", 0), R.Item("", "t", 1, "target", 0, True),
+             R.Item("", "s", 0, "source", 0, True)]
+    logits = torch.tensor([[0.0, 2.0], [0.0, 1.0], [0.0, -1.0], [0.0, 3.0]])
+    ce = F.cross_entropy(logits, torch.tensor([1, 0, 1, 0])).item()
+    # one pair per view: margins 2 - 1 in context, -1 - 3 alone
+    assert R.reward_loss(logits, items).item() == pytest.approx(ce + (F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(4.0))).item() / 2)
 
 
 def test_batching_helpers() -> None:
@@ -159,6 +180,10 @@ def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: t
     assert loaded(ctx, texts) == model(ctx, texts)
     model.save(out)  # replacing a run folder works and leaves no temporary folder behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    info = json.loads((out / "config.json").read_text())
+    del info["config"]["views"]  # a run saved before views: it scored the pair only, and still does
+    (out / "config.json").write_text(json.dumps(info))
+    assert R.RewardModel.load(out).config.views == "context"
 
 
 @pytest.mark.parametrize("head", R.HEADS)

@@ -156,13 +156,17 @@ def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], d
     model, stats = reward.train(config, train)
     train_s = time.perf_counter() - t0
     print(f"trained on {stats['texts']} texts ({stats['targets']} targets, {stats['sources']} sources, "
-          f"{stats['hard_negatives']} hard negatives) in {train_s:.0f} s")
+          f"{stats['hard_negatives']} hard negatives{_alone(stats)}) in {train_s:.0f} s")
     metrics: dict[str, Any] = {"data": data, "train": stats, "dev": {"examples": 0}, "timing": {"train_s": round(train_s, 1)}}
     if dev:
         t0 = time.perf_counter()
         metrics["dev"] = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev, hard_negatives=config.hard_negatives != 0)
         metrics["timing"].update(_rate(metrics["dev"], time.perf_counter() - t0))
     return model, metrics
+
+
+def _alone(stats: dict[str, Any]) -> str:
+    return f"; {stats['alone']} targets and sources again without their context" if stats.get("alone") else ""
 
 
 def _rate(m: dict[str, Any], seconds: float) -> dict[str, float]:
