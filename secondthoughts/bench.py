@@ -381,7 +381,12 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
     spec = asdict(cfg.datasets[cell.dataset])
     data = {"dataset": spec, "data_seed": cfg.data_seed}
     if cell.kind == "scorer":
-        return {**data, "reward": cfg.reward, "seed": cfg.scorer_seeds[SCORERS.index(cell.role)], "role": cell.role}
+        # Scorers saw their context only before views existed: "context" adds nothing, so that caches
+        # made then keep their fingerprints; the default (context+alone) enters when not set.
+        reward = {k: v for k, v in cfg.reward.items() if k != "views"}
+        views = cfg.reward.get("views", default_reward_views())
+        return {**data, "reward": reward, **({"views": views} if views != "context" else {}), "seed": cfg.scorer_seeds[SCORERS.index(cell.role)],
+                "role": cell.role}  # fmt: skip
     evaluation = asdict(cfg.evaluate)
     common = {**data, "model": cfg.model, "seed": cell.seed, "evaluate": evaluation}
     # Positional chains were the only format before the option: they add nothing, so that caches
@@ -400,6 +405,12 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
     return {
         **common, "start": cell.start, "k": cell.k, "train": {**cfg.train, **cfg.transfer.train}, "min_examples": cfg.transfer.min_examples, **chains,
     }  # fmt: skip
+
+
+def default_reward_views() -> str:
+    from secondthoughts.reward import RewardConfig
+
+    return RewardConfig().views
 
 
 def fingerprints(cfg: BenchConfig, cells: Sequence[Cell]) -> dict[str, str]:

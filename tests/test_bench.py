@@ -165,6 +165,22 @@ def test_chain_format_reaches_only_the_cells_it_changes(tmp_path: Path) -> None:
     assert "chain_format" not in json.dumps(B.cell_settings(cfg, aem))  # settings as they were before the option
 
 
+def test_reward_views_reach_the_scorers_and_what_they_judge() -> None:
+    """``views: context`` (as before the option) keeps the scorers' fingerprints; the default
+    (context+alone) changes them, and through them every cell they score."""
+    paper = Path(__file__).parent.parent / "benchmarks" / "paper.yaml"
+    cfg = B.load_config([paper])
+    cells = B.plan(cfg)
+    before = B.fingerprints(cfg, cells)
+    scorer = next(c for c in cells if c.key == "scorers/moral_stories/main")
+    assert "views" not in json.dumps(B.cell_settings(cfg, scorer))  # settings as they were before the option
+    explicit = B.fingerprints(B.load_config([paper], ["reward.views=context+alone"]), cells)
+    cfg.reward.pop("views")  # the default
+    assert B.fingerprints(cfg, cells) == explicit
+    assert explicit["scorers/moral_stories/main"] != before["scorers/moral_stories/main"]
+    assert explicit["s0/moral_stories/aem_rl"] != before["s0/moral_stories/aem_rl"]  # its reward changed
+
+
 # ---------------------------------------------------------------- DPO
 
 
