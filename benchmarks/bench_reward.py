@@ -10,8 +10,9 @@ with ``RewardModel.score`` (length-sorted batches, inference mode). Two workload
 * ``distinct``: the targets of n examples, every context different (the frozen head's worst case:
   it must encode each context as well as each text).
 
-Without a run folder a variant is built untrained from the embedded encoder: its speed is the
-same. float32 is always measured; bfloat16 too where the CPU has native bf16 instructions (or on
+Each model is timed with both ``views``: ``context`` (the pair) and ``context+alone`` (the pair
+and the text alone, the lower log-odds), whatever its run folder says. Without a run folder a
+variant is built untrained from the embedded encoder: its speed is the same. float32 is always measured; bfloat16 too where the CPU has native bf16 instructions (or on
 CUDA), with the largest score difference to float32. Best of ``--repeat`` passes; the goal is
 at least 100 texts/s on CPU.
 """
@@ -26,7 +27,9 @@ from pathlib import Path
 import torch
 
 from secondthoughts.data import read_dataset
-from secondthoughts.reward import HEADS, RewardConfig, RewardModel, cpu_has_native_bf16
+from dataclasses import replace
+
+from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_stories/moral_stories.jsonl"
 
@@ -48,6 +51,11 @@ def model_for(head: str, run: str | None, dtype: torch.dtype, batch_size: int) -
     model = RewardModel.create(RewardConfig(head=head), batch_size=batch_size)
     model.encoder.to(dtype)
     return model
+
+
+def with_views(model: RewardModel, views: str) -> RewardModel:
+    return RewardModel(replace(model.config, views=views), model.encoder, model.tokenizer, model.head,
+                       batch_size=model.batch_size, device=model.device)  # fmt: skip
 
 
 def texts_per_s(model: RewardModel, contexts: list[str], texts: list[str], repeat: int) -> tuple[float, list[float]]:
@@ -77,19 +85,21 @@ def main() -> None:
     runs = {"finetune": args.finetune, "frozen": args.frozen}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; texts/s, best of {args.repeat}")
-    print(f"{'head':<9} {'dtype':<9} {'workload':<9} {'texts/s':>8} {'vs finetune fp32':>17} {'max |dp| vs fp32':>17}")
+    print(f"{'head':<9} {'views':<14} {'dtype':<9} {'workload':<9} {'texts/s':>8} {'vs finetune fp32':>17} {'max |dp| vs fp32':>17}")
     baseline: dict[str, float] = {}
     for head in HEADS:
-        reference: dict[str, list[float]] = {}
+        reference: dict[tuple[str, str], list[float]] = {}
         for dtype in dtypes:
-            model = model_for(head, runs[head], dtype, args.batch_size)
-            for name, (contexts, texts) in loads.items():
-                rate, scores = texts_per_s(model, contexts, texts, args.repeat)
-                baseline.setdefault(name, rate)  # the first measured: finetune, float32
-                diff = "" if dtype == torch.float32 else f"{max(abs(a - b) for a, b in zip(scores, reference[name])):.4f}"
-                reference.setdefault(name, scores)
-                dname = str(dtype).removeprefix("torch.")
-                print(f"{head:<9} {dname:<9} {name:<9} {rate:>8.1f} {rate / baseline[name]:>16.2f}x {diff:>17}", flush=True)
+            loaded = model_for(head, runs[head], dtype, args.batch_size)
+            for views in VIEWS:
+                model = with_views(loaded, views)
+                for name, (contexts, texts) in loads.items():
+                    rate, scores = texts_per_s(model, contexts, texts, args.repeat)
+                    baseline.setdefault(name, rate)  # the first measured: finetune, context, float32
+                    ref = reference.setdefault((views, name), scores)
+                    diff = "" if dtype == torch.float32 else f"{max(abs(a - b) for a, b in zip(scores, ref)):.4f}"
+                    dname = str(dtype).removeprefix("torch.")
+                    print(f"{head:<9} {views:<14} {dname:<9} {name:<9} {rate:>8.1f} {rate / baseline[name]:>16.2f}x {diff:>17}", flush=True)
 
 
 if __name__ == "__main__":
