@@ -11,7 +11,9 @@ mkdir -p "$WORK"
 [ -s "$WORK/train.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split train --limit 1000 --output "$WORK/train.jsonl"
 [ -s "$WORK/dev.jsonl" ] || secondthoughts prepare --format moral_stories --input $DATA --split dev --limit 100 --output "$WORK/dev.jsonl"
 # ms1000-coe is the first run, made before chains were anchored: positional chains, one epoch.
-# ms1000-anchored: anchored chains (the default now), up to 3 epochs with early stopping.
+# ms1000-anchored: anchored chains (the default now), up to 3 epochs with early stopping. The README's
+# anchored run predates <|ins|><|new|> (an insert right where an edit ends has no anchor); this trains
+# the current format. The 1-epoch comparison of the two formats: README, "A real run".
 for NAME in coe direct anchored; do
   RUN=runs/ms1000-$NAME
   case $NAME in

@@ -14,6 +14,12 @@ Two heads on one sentence encoder (default: the embedded all-MiniLM-L6-v2):
   ``v`` (text), features ``[u, v, u*v, |u-v|]``. Trains in minutes; each distinct context is
   encoded once per ``score`` call, which pays off when many texts share a prompt (RL rollouts).
 
+Views (``RewardConfig.views``, scoring only): ``context+alone``, the default, scores a text both
+in its context and alone (empty context) and keeps the lower log-odds. On Moral Stories the
+text alone ranks targets above sources better than in context (the encoder makes little of
+situation and intention, which half of the train split lacks), while only the context view knows
+an echo of the prompt; the lower of the two keeps both (README: reward model).
+
 A :class:`RewardModel` is a plain callable ``reward(contexts, texts) -> list[float]``; the RL
 stage accepts it or any function of that shape. It keeps its own tokenizer.
 
@@ -69,8 +75,8 @@ class RewardConfig:
     head: str = field(default="finetune", metadata={"help": "finetune: cross-encoder classifier; frozen: logistic regression on frozen embeddings", "choices": HEADS})
     max_length: int = field(default=128, metadata={"help": "tokens per (context, text) pair; the longer side is cut first"})
     views: str = field(default="context+alone", metadata={
-        "help": "context: score (context, text); context+alone: also the text alone (empty context), trained on both, "
-                "scoring the lower log-odds: aligned only if it reads so on its own and in its context", "choices": VIEWS})
+        "help": "how texts are scored (training is the same): context: the pair (context, text); context+alone: the lower "
+                "log-odds of the pair and of the text with an empty context, aligned only if it reads so both ways", "choices": VIEWS})
     hard_negatives: int = field(default=1, metadata={"help": "context sentences per example trained on as unaligned texts, drawn anew each epoch (-1: all, 0: none); evaluation uses all"})
     pairwise_weight: float = field(default=1.0, metadata={"help": "weight of the pairwise loss -log sigmoid(logit(target) - logit(source)) beside the per-text cross-entropy"})
     epochs: int = field(default=1, metadata={"help": "finetune: passes over the training texts"})
@@ -105,7 +111,6 @@ class Item(NamedTuple):
     label: int  # ALIGNED or UNALIGNED
     kind: str  # "target", "source" or "context" (a hard negative)
     example: int  # index of its example
-    alone: bool = False  # the "alone" view: context left empty
 
 
 def context_sentences(ex: Example) -> list[str]:
@@ -116,20 +121,16 @@ def context_sentences(ex: Example) -> list[str]:
     return sentences(ex.context)
 
 
-def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None,
-                   alone: bool = False) -> list[Item]:
+def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, generator: torch.Generator | None = None) -> list[Item]:
     """Target (aligned), source and context sentences (unaligned) of every example, in that order.
 
     ``hard_negatives``: context sentences per example (-1: all, 0: none); fewer than all are
-    drawn at random with ``generator`` (the first ones without it). ``alone``: target and source
-    also with an empty context (a context sentence alone is no echo, so it gets no such copy).
+    drawn at random with ``generator`` (the first ones without it).
     """
     items: list[Item] = []
     for i, ex in enumerate(examples):
         items.append(Item(ex.context, ex.target, ALIGNED, "target", i))
         items.append(Item(ex.context, ex.source, UNALIGNED, "source", i))
-        if alone:
-            items += [Item("", ex.target, ALIGNED, "target", i, True), Item("", ex.source, UNALIGNED, "source", i, True)]
         # A sentence equal to the target or source would carry two labels; it is left out.
         sents = [s for s in dict.fromkeys(context_sentences(ex)) if s not in (ex.target, ex.source)] if hard_negatives else []
         if 0 <= hard_negatives < len(sents):
@@ -258,9 +259,10 @@ class RewardModel:
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None,
-        dtype: str | torch.dtype | None = None, batch_size: int = 32,
+        dtype: str | torch.dtype | None = None, batch_size: int = 32, views: str | None = None,
     ) -> RewardModel:
-        """Read a run folder. ``dtype``: None/"float32" (exact), "bfloat16", or "auto" (see :func:`resolve_dtype`)."""
+        """Read a run folder. ``dtype``: None/"float32" (exact), "bfloat16", or "auto" (see :func:`resolve_dtype`);
+        ``views``: score this way instead of as the run says (it changes scoring only, not the weights)."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -271,7 +273,7 @@ class RewardModel:
         unknown = sorted(set(info["config"]) - {f.name for f in fields(RewardConfig)})
         if unknown:
             raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
-        config = RewardConfig(**info["config"])
+        config = RewardConfig(**{**info["config"], **({"views": views} if views else {})})
         device_t = torch.device(device) if device is not None else models.default_device()
         torch_dtype = resolve_dtype(dtype, device_t)
         loader = AutoModelForSequenceClassification if config.head == "finetune" else AutoModel
@@ -471,9 +473,9 @@ def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: fl
     labels = torch.tensor([it.label for it in items], device=logits.device)
     loss = F.cross_entropy(logits, labels)
     if pairwise_weight:
-        where = {(it.example, it.alone, it.kind): i for i, it in enumerate(items)}
-        pairs = [(where[e, a, "target"], where[e, a, "source"]) for e, a in dict.fromkeys((it.example, it.alone) for it in items)
-                 if (e, a, "target") in where and (e, a, "source") in where]
+        where = {(it.example, it.kind): i for i, it in enumerate(items)}
+        pairs = [(where[e, "target"], where[e, "source"]) for e in dict.fromkeys(it.example for it in items)
+                 if (e, "target") in where and (e, "source") in where]
         if pairs:
             t, s = torch.tensor(pairs, device=logits.device).T
             margin = logits[:, ALIGNED] - logits[:, UNALIGNED]
@@ -513,7 +515,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
     for _ in range(cfg.epochs):
         # Each epoch draws its own hard negatives; batches hold whole examples so that the
         # pairwise loss sees each target beside its source.
-        items = labelled_items(examples, cfg.hard_negatives, gen, alone=cfg.views == "context+alone")
+        items = labelled_items(examples, cfg.hard_negatives, gen)
         counts.update(_kind_counts(items))
         enc = rm._encode([it.context for it in items], [it.text for it in items])
         rows: list[list[int]] = [[] for _ in examples]
@@ -540,7 +542,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
 def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
     assert rm.head is not None
     cfg, head = rm.config, rm.head
-    items = labelled_items(examples, cfg.hard_negatives, gen, alone=cfg.views == "context+alone")
+    items = labelled_items(examples, cfg.hard_negatives, gen)
     with torch.inference_mode():
         feats = rm._features([it.context for it in items], [it.text for it in items], progress)
     feats = feats.clone()  # inference tensors cannot take part in autograd
@@ -566,15 +568,10 @@ _KIND_COUNTS = {"target": "targets", "source": "sources", "context": "hard_negat
 
 
 def _kind_counts(items: Sequence[Item]) -> dict[str, int]:
-    """Texts per kind in their context; the copies scored alone (``alone``) apart, when there are any."""
     counts = dict.fromkeys(_KIND_COUNTS.values(), 0)
-    alone = 0
     for it in items:
-        if it.alone:
-            alone += 1
-        else:
-            counts[_KIND_COUNTS[it.kind]] += 1
-    return {**counts, "alone": alone} if alone else counts
+        counts[_KIND_COUNTS[it.kind]] += 1
+    return counts
 
 
 def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: bool = True,

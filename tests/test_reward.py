@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from secondthoughts import reward as R
 from secondthoughts.cli import main
@@ -98,10 +97,9 @@ def test_training_counts_hard_negatives(tiny_bert: Path, trained: tuple[R.Reward
     _, stats = trained  # the default: one context sentence per example and epoch
     n, epochs = len(TRAIN), _config(tiny_bert).epochs
     assert stats["examples"] == n and stats["targets"] == stats["sources"] == epochs * n
-    # the default views: target and source once more without their context, hard negatives not
-    assert stats["hard_negatives"] == epochs * n and stats["alone"] == 2 * epochs * n and stats["texts"] == 5 * epochs * n
-    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2, views="context"), TRAIN, progress=False)
-    assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n) and "alone" not in stats
+    assert stats["hard_negatives"] == epochs * n and stats["texts"] == 3 * epochs * n
+    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2), TRAIN, progress=False)
+    assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n)
 
 
 def test_views_score_the_lower_log_odds_of_pair_and_text_alone(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
@@ -114,12 +112,6 @@ def test_views_score_the_lower_log_odds_of_pair_and_text_alone(tiny_bert: Path, 
     in_context, alone = single.log_odds(contexts, texts), single.log_odds([""] * len(texts), texts)
     assert torch.allclose(both, torch.minimum(in_context, alone), atol=1e-5)
     assert not torch.allclose(in_context, alone)  # the views differ, so the minimum is a real choice
-    items = [R.Item("c", "t", 1, "target", 0), R.Item("c", "s", 0, "source", 0), R.Item("", "t", 1, "target", 0, True),
-             R.Item("", "s", 0, "source", 0, True)]
-    logits = torch.tensor([[0.0, 2.0], [0.0, 1.0], [0.0, -1.0], [0.0, 3.0]])
-    ce = F.cross_entropy(logits, torch.tensor([1, 0, 1, 0])).item()
-    # one pair per view: margins 2 - 1 in context, -1 - 3 alone
-    assert R.reward_loss(logits, items).item() == pytest.approx(ce + (F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(4.0))).item() / 2)
 
 
 def test_batching_helpers() -> None:
@@ -148,7 +140,11 @@ def test_training_improves_pairwise_accuracy(tiny_bert: Path, trained: tuple[R.R
     before = R.evaluate(R.RewardModel.create(_config(tiny_bert)), HELD_OUT)
     after = R.evaluate(trained[0], HELD_OUT)
     assert after["pairwise_accuracy"] >= 0.9 > before["pairwise_accuracy"]
-    assert after["accuracy"] > before["accuracy"] and after["echo_accuracy"] >= 0.9
+    # Per text, in context: this tiny model never saw an empty context, so alone it stays unsure
+    # (the embedded encoder reads a text alone well: README, reward model).
+    model = trained[0]
+    in_context = R.evaluate(R.RewardModel(dataclasses.replace(model.config, views="context"), model.encoder, model.tokenizer), HELD_OUT)
+    assert in_context["accuracy"] > before["accuracy"] and in_context["echo_accuracy"] >= 0.9
 
 
 def test_frozen_head_learns_too(tiny_bert: Path) -> None:
@@ -184,6 +180,7 @@ def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: t
     del info["config"]["views"]  # a run saved before views: it scored the pair only, and still does
     (out / "config.json").write_text(json.dumps(info))
     assert R.RewardModel.load(out).config.views == "context"
+    assert R.RewardModel.load(out, views="context+alone").config.views == "context+alone"  # scoring only: any run may
 
 
 @pytest.mark.parametrize("head", R.HEADS)
@@ -270,6 +267,19 @@ def test_cli_train_and_score_end_to_end(tiny_bert: Path, tmp_path: Path, capsys:
     expected = R.RewardModel.load(out)([r["context"] for r in rows], [r["output"] for r in rows])
     assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
     assert [r["reward"] for r in scored] == expected
+
+
+def test_cli_scores_with_the_views_asked_for(trained: tuple[R.RewardModel, dict[str, object]], tmp_path: Path) -> None:
+    out = trained[0].save(tmp_path / "run")
+    rows = [{"context": e.context, "text": t} for e in HELD_OUT for t in (e.target, e.source)]
+    src = _write_jsonl(tmp_path / "in.jsonl", rows)
+    got = {}
+    for views in R.VIEWS:
+        dst = tmp_path / f"{views}.jsonl"
+        assert main(["reward", "score", "--model", str(out), "--input", str(src), "--output", str(dst), "--text-field", "text", "--views", views]) == 0
+        got[views] = [json.loads(line)["reward"] for line in dst.read_text().splitlines()]
+        assert got[views] == R.RewardModel.load(out, views=views)([r["context"] for r in rows], [r["text"] for r in rows])
+    assert got["context"] != got["context+alone"]
 
 
 def _logit(p: float) -> float:

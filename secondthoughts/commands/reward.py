@@ -30,7 +30,7 @@ from typing import Any
 
 from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError, read_examples, shuffled, split_examples
-from secondthoughts.reward import RewardConfig
+from secondthoughts.reward import VIEWS, RewardConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dev", help="held-out examples JSONL to report the members' and the ensemble's accuracy on")
     e.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    e.add_argument("--views", choices=VIEWS, help="score every member this way instead of as its run says")
 
     s = sub.add_parser("score", help="score texts in a JSONL", description="append P(aligned) to every row of a JSONL")
     s.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
@@ -63,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--context-field", default="context", help="field holding the context (default context)")
     s.add_argument("--reward-field", default="reward", help="field to write the score to (default reward)")
     s.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    s.add_argument("--views", choices=VIEWS, help="score this way instead of as the run says (context, or context+alone)")
     s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
                    help="float32 (exact); bfloat16 ~2x faster on CPUs with AVX512-BF16/AMX; auto picks (default float32)")
 
@@ -156,17 +158,13 @@ def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], d
     model, stats = reward.train(config, train)
     train_s = time.perf_counter() - t0
     print(f"trained on {stats['texts']} texts ({stats['targets']} targets, {stats['sources']} sources, "
-          f"{stats['hard_negatives']} hard negatives{_alone(stats)}) in {train_s:.0f} s")
+          f"{stats['hard_negatives']} hard negatives) in {train_s:.0f} s")
     metrics: dict[str, Any] = {"data": data, "train": stats, "dev": {"examples": 0}, "timing": {"train_s": round(train_s, 1)}}
     if dev:
         t0 = time.perf_counter()
         metrics["dev"] = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev, hard_negatives=config.hard_negatives != 0)
         metrics["timing"].update(_rate(metrics["dev"], time.perf_counter() - t0))
     return model, metrics
-
-
-def _alone(stats: dict[str, Any]) -> str:
-    return f"; {stats['alone']} targets and sources again without their context" if stats.get("alone") else ""
 
 
 def _rate(m: dict[str, Any], seconds: float) -> dict[str, float]:
@@ -213,7 +211,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     members, member_metrics = [], []
     for run in args.runs:
-        if not isinstance(model := reward.load(run), reward.RewardModel):
+        if not isinstance(model := reward.load(run, views=args.views), reward.RewardModel):
             raise ValueError(f"{run}: an ensemble already; pass its member-K folders instead")
         members.append(model)
         path = Path(run) / "metrics.json"
@@ -284,7 +282,7 @@ def _score(args: argparse.Namespace) -> int:
     from secondthoughts import reward
 
     rows, contexts, texts = read_rows(args.input, args.context_field, args.text_field)
-    model = reward.load(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    model = reward.load(args.model, dtype=args.dtype, batch_size=args.batch_size, views=args.views)
     t0 = time.perf_counter()
     scores = model.score(contexts, texts, progress=True)
     elapsed = time.perf_counter() - t0
