@@ -280,6 +280,13 @@ def test_cli_scores_with_the_views_asked_for(trained: tuple[R.RewardModel, dict[
         got[views] = [json.loads(line)["reward"] for line in dst.read_text().splitlines()]
         assert got[views] == R.RewardModel.load(out, views=views)([r["context"] for r in rows], [r["text"] for r in rows])
     assert got["context"] != got["context+alone"]
+    data = tmp_path / "dev.jsonl"
+    write_examples(data, HELD_OUT)
+    for views in R.VIEWS:
+        assert main(["reward", "evaluate", "--model", str(out), "--data", str(data), "--views", views, "--output", str(tmp_path / "m.json")]) == 0
+        saved = json.loads((tmp_path / "m.json").read_text())
+        expected = R.evaluate(R.RewardModel.load(out, views=views), HELD_OUT)
+        assert saved["views"] == [views] and saved["pairwise_accuracy"] == expected["pairwise_accuracy"] and saved["accuracy"] == expected["accuracy"]
 
 
 def _logit(p: float) -> float:

@@ -4,6 +4,7 @@
     secondthoughts reward train --data train.jsonl --dev dev.jsonl --out runs/reward3 --members 3
     secondthoughts reward ensemble --runs runs/a runs/b --out runs/ab [--dev dev.jsonl]
     secondthoughts reward score --model runs/reward --input in.jsonl --output out.jsonl [--text-field target]
+    secondthoughts reward evaluate --model runs/reward --data dev.jsonl [--views context]
 
 ``train`` reads normalized examples (``secondthoughts prepare`` writes them); every field of
 :class:`secondthoughts.reward.RewardConfig` is a flag (``--backbone PATH``, ``--head frozen``, ...).
@@ -56,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     e.add_argument("--views", choices=VIEWS, help="score every member this way instead of as its run says")
 
+    v = sub.add_parser("evaluate", help="held-out accuracy of a reward run or ensemble",
+                       description="accuracy per text, pairwise and echo accuracy of a reward run or ensemble on examples")
+    v.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
+    v.add_argument("--data", required=True, help="held-out examples JSONL (context, source, target)")
+    v.add_argument("--max-dev", type=int, help="evaluate on at most N examples (a seeded sample)")
+    v.add_argument("--views", choices=VIEWS, help="score this way instead of as the run says")
+    v.add_argument("--output", help="also write the metrics to this JSON file")
+
     s = sub.add_parser("score", help="score texts in a JSONL", description="append P(aligned) to every row of a JSONL")
     s.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
     s.add_argument("--input", required=True, help="JSONL with a context field and a text field per row")
@@ -71,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return {"train": _train, "ensemble": _ensemble, "score": _score}[args.action](args)
+        return {"train": _train, "ensemble": _ensemble, "evaluate": _evaluate, "score": _score}[args.action](args)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -245,6 +254,29 @@ def format_metrics(m: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- score
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from secondthoughts import reward
+
+    model = reward.load(args.model, views=args.views)
+    dev = list(read_examples(args.data))
+    if args.max_dev is not None:
+        dev = shuffled(dev, 0)[: args.max_dev]
+    if not dev:
+        raise ValueError(f"{args.data}: no examples")
+    t0 = time.perf_counter()
+    m = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev)
+    views = sorted({m.config.views for m in (model.members if isinstance(model, reward.RewardEnsemble) else [model])})
+    print(f"{args.model} (views: {', '.join(views)}) on {args.data}")
+    print(format_metrics(m))
+    if args.output:
+        write_json(args.output, {"model": args.model, "data": args.data, "views": views, **m, **_rate(m, time.perf_counter() - t0)})
+    return 0
+
+
+def write_json(path: str, obj: dict[str, Any]) -> None:
+    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
 def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Rows of a JSONL with their context and text; a bad row raises DataError naming file and line.
 
@@ -266,12 +298,16 @@ def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict
 
 def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
     """JSONL written to a temporary file and renamed into place."""
+    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _write_atomic(path: str, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            f.write(text)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
