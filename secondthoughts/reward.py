@@ -269,7 +269,7 @@ class RewardModel:
         path = Path(path)
         info_path = path / "config.json"
         info = _read_info(info_path, FORMAT)
-        info["config"].setdefault("views", "context")  # runs from before views scored the pair alone
+        info["config"].setdefault("views", "context")  # runs saved before views existed scored the pair only
         unknown = sorted(set(info["config"]) - {f.name for f in fields(RewardConfig)})
         if unknown:
             raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
@@ -383,9 +383,9 @@ class RewardModel:
 class RewardEnsemble:
     """Several reward models scored as one: the mean of their log-odds, through a sigmoid.
 
-    Members trained with other seeds disagree on the hard pairs; averaging their log-odds (not
-    their probabilities, which saturate) ranks more targets above their sources than any one of
-    them (README: reward model). Saved as a folder of member run folders.
+    Members trained with other seeds or settings disagree on the hard pairs; their mean log-odds
+    (not probabilities, which saturate) is steadier than any one of them, though not always better
+    than the best (README: reward model). Saved as a folder of member run folders.
     """
 
     def __init__(self, members: Sequence[RewardModel]) -> None:
