@@ -3,7 +3,8 @@
     python benchmarks/parse_rate.py realigned.jsonl [more.jsonl ...] [--show 3]
 
 Per file: rows, valid chains (parsed and applied to the source), chains cut by the generation
-budget, mean edits per chain, outputs identical to the source, the commonest kinds of error, and
+budget, mean edits per chain, outputs identical to the source, the commonest kinds of error, how
+many failed on a span that an earlier edit had already taken (it occurs only before its lookup), and
 the first ``--show`` rows as source -> output. For the delete and replace edits of every chain that
 parses, where they fail: the span they copy occurs in the source, and at the written position
 (a model that copies spans well but miscounts positions shows many found spans, few right positions;
@@ -42,6 +43,13 @@ def span_positions(rows: list[dict]) -> tuple[int, int, int, int]:
     return parsed, edits, found, placed
 
 
+def reaches_back(row: dict) -> bool:
+    """Whether the chain failed on a span (or anchor) that is in the source, but only before the
+    position its lookup starts from: text an earlier edit already took."""
+    m = re.search(r"""edit \d+ at character \d+: (['"])(.*)\1 does not occur in the source after token \d+""", str(row["error"]))
+    return bool(m) and m.group(2) in row["source"]
+
+
 def summarize(path: Path, show: int) -> None:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
@@ -57,6 +65,8 @@ def summarize(path: Path, show: int) -> None:
     errors = Counter(re.sub(r"\d+", "N", str(r["error"]).split(" but ")[0].split(", got")[0])[:80] for r in rows if not r["valid"])
     for err, k in errors.most_common(6):
         print(f"  {k} x {err}")
+    back = sum(reaches_back(r) for r in rows if not r["valid"])
+    print(f"  invalid chains whose failing span occurs in the source, but only before where its lookup starts: {back} of {n - valid}")
     parsed, edits, found, placed = span_positions(rows)
     if edits:
         print(f"  chains that parse: {parsed}/{n}; their {edits} delete/replace spans: in the source {found} ({found / edits:.0%}), "
