@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from secondthoughts.data import read_dataset
-from dataclasses import replace
-
 from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_stories/moral_stories.jsonl"

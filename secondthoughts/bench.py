@@ -383,8 +383,10 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
     if cell.kind == "scorer":
         # Scorers saw their context only before views existed: "context" adds nothing, so that caches
         # made then keep their fingerprints; the default (context+alone) enters when not set.
+        from secondthoughts.reward import RewardConfig
+
         reward = {k: v for k, v in cfg.reward.items() if k != "views"}
-        views = cfg.reward.get("views", default_reward_views())
+        views = cfg.reward.get("views", RewardConfig.views)  # the dataclass default
         return {**data, "reward": reward, **({"views": views} if views != "context" else {}), "seed": cfg.scorer_seeds[SCORERS.index(cell.role)],
                 "role": cell.role}  # fmt: skip
     evaluation = asdict(cfg.evaluate)
@@ -405,12 +407,6 @@ def cell_settings(cfg: BenchConfig, cell: Cell) -> dict[str, Any]:
     return {
         **common, "start": cell.start, "k": cell.k, "train": {**cfg.train, **cfg.transfer.train}, "min_examples": cfg.transfer.min_examples, **chains,
     }  # fmt: skip
-
-
-def default_reward_views() -> str:
-    from secondthoughts.reward import RewardConfig
-
-    return RewardConfig().views
 
 
 def fingerprints(cfg: BenchConfig, cells: Sequence[Cell]) -> dict[str, str]:

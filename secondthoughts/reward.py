@@ -434,18 +434,16 @@ class RewardEnsemble:
 
 def load(path: str | os.PathLike[str], **kw: Any) -> RewardModel | RewardEnsemble:
     """A reward run folder or an ensemble folder, whichever ``path`` holds (``kw``: see :meth:`RewardModel.load`)."""
-    info_path = Path(path) / "config.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{path}: not a reward model run folder (no config.json)")
-    fmt = json.loads(info_path.read_text(encoding="utf-8")).get("format")
+    fmt = _read_info(Path(path) / "config.json").get("format")
     return (RewardEnsemble if fmt == ENSEMBLE_FORMAT else RewardModel).load(path, **kw)
 
 
-def _read_info(info_path: Path, fmt: str) -> dict[str, Any]:
+def _read_info(info_path: Path, fmt: str | None = None) -> dict[str, Any]:
+    """A folder's ``config.json``; with ``fmt``, checked to be that format at this version."""
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path.parent}: not a reward model run folder (no config.json)")
     info = json.loads(info_path.read_text(encoding="utf-8"))
-    if info.get("format") != fmt or info.get("version") != VERSION:
+    if fmt is not None and (info.get("format") != fmt or info.get("version") != VERSION):
         raise ValueError(f"{info_path}: not a {fmt} v{VERSION} folder (format {info.get('format')!r}, version {info.get('version')!r})")
     return info
 

@@ -225,9 +225,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         members.append(model)
         path = Path(run) / "metrics.json"
         member_metrics.append(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
-    dev = list(read_examples(args.dev)) if args.dev else []
-    if args.max_dev is not None:
-        dev = shuffled(dev, 0)[: args.max_dev]
+    dev = _held_out(args.dev, args.max_dev) if args.dev else []
     data = {"runs": list(args.runs), "dev": args.dev or "none", "max_dev": args.max_dev}
     _save_ensemble(reward.RewardEnsemble(members), out, member_metrics, dev, data)
     return 0
@@ -254,13 +252,17 @@ def format_metrics(m: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- score
 
 
+def _held_out(path: str, max_dev: int | None) -> list[Example]:
+    """Examples of ``path``, at most ``max_dev`` of them (a seeded sample)."""
+    dev = list(read_examples(path))
+    return dev if max_dev is None else shuffled(dev, 0)[:max_dev]
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from secondthoughts import reward
 
     model = reward.load(args.model, views=args.views)
-    dev = list(read_examples(args.data))
-    if args.max_dev is not None:
-        dev = shuffled(dev, 0)[: args.max_dev]
+    dev = _held_out(args.data, args.max_dev)
     if not dev:
         raise ValueError(f"{args.data}: no examples")
     t0 = time.perf_counter()
