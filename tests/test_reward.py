@@ -183,6 +183,23 @@ def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: t
     assert R.RewardModel.load(out, views="context+alone").config.views == "context+alone"  # scoring only: any run may
 
 
+def test_precisions_resolve_and_int8_scores_close_to_float32(trained: tuple[R.RewardModel, dict[str, object]], tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    assert R.resolve_precision(None, cpu) == "float32" and R.resolve_precision(torch.bfloat16, cpu) == "bfloat16"
+    assert R.resolve_precision("auto", cpu) == ("bfloat16" if R.cpu_has_native_bf16() else "int8")
+    with pytest.raises(ValueError, match="int8 scoring runs on the CPU only"):
+        R.resolve_precision("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        R.resolve_precision("fp8", cpu)
+    out = trained[0].save(tmp_path / "run")
+    exact, int8 = R.RewardModel.load(out, device="cpu"), R.RewardModel.load(out, dtype="int8", device="cpu")
+    assert (exact.precision, int8.precision, R.RewardModel.load(out, dtype="bfloat16").precision) == ("float32", "int8", "bfloat16")
+    assert not any(type(m) is torch.nn.Linear for m in int8.encoder.modules())  # the classifier too
+    ctx, texts = [e.context for e in HELD_OUT] * 2, [e.target for e in HELD_OUT] + [e.source for e in HELD_OUT]
+    a, b = exact.log_odds(ctx, texts), int8.log_odds(ctx, texts)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)  # quantized, and close
+
+
 @pytest.mark.parametrize("head", R.HEADS)
 def test_score_keeps_input_order_with_length_sorted_batches(tiny_bert: Path, head: str) -> None:
     model = R.RewardModel.create(_config(tiny_bert, head=head), batch_size=3)
@@ -264,7 +281,7 @@ def test_cli_train_and_score_end_to_end(tiny_bert: Path, tmp_path: Path, capsys:
     assert main(["reward", "score", "--model", str(out), "--input", str(src), "--output", str(dst), "--text-field", "output"]) == 0
     assert "scored 5 texts" in capsys.readouterr().out
     scored = [json.loads(line) for line in dst.read_text().splitlines()]
-    expected = R.RewardModel.load(out)([r["context"] for r in rows], [r["output"] for r in rows])
+    expected = R.RewardModel.load(out, dtype="auto")([r["context"] for r in rows], [r["output"] for r in rows])  # score's default
     assert [{k: v for k, v in r.items() if k != "reward"} for r in scored] == rows
     assert [r["reward"] for r in scored] == expected
 
@@ -278,7 +295,7 @@ def test_cli_scores_with_the_views_asked_for(trained: tuple[R.RewardModel, dict[
         dst = tmp_path / f"{views}.jsonl"
         assert main(["reward", "score", "--model", str(out), "--input", str(src), "--output", str(dst), "--text-field", "text", "--views", views]) == 0
         got[views] = [json.loads(line)["reward"] for line in dst.read_text().splitlines()]
-        assert got[views] == R.RewardModel.load(out, views=views)([r["context"] for r in rows], [r["text"] for r in rows])
+        assert got[views] == R.RewardModel.load(out, views=views, dtype="auto")([r["context"] for r in rows], [r["text"] for r in rows])
     assert got["context"] != got["context+alone"]
     data = tmp_path / "dev.jsonl"
     write_examples(data, HELD_OUT)
