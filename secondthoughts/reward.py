@@ -21,7 +21,9 @@ situation and intention, which half of the train split lacks), while only the co
 an echo of the prompt; the lower of the two keeps both (README: reward model).
 
 A :class:`RewardModel` is a plain callable ``reward(contexts, texts) -> list[float]``; the RL
-stage accepts it or any function of that shape. It keeps its own tokenizer.
+stage accepts it or any function of that shape. It keeps its own tokenizer. ``load(..., dtype=)``
+scores in float32 (exact), bfloat16, or int8 on CPU (:func:`quantize_int8`); "auto" picks the
+fastest that keeps accuracy (:func:`resolve_precision`).
 
 Run folder (written under a temporary name and renamed into place)::
 
