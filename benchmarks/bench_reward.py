@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from secondthoughts.data import read_dataset
-from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16, quantize_int8
+from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16, to_precision
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_stories/moral_stories.jsonl"
 
@@ -49,10 +49,7 @@ def model_for(head: str, run: str | None, precision: str, batch_size: int) -> Re
     if run:
         return RewardModel.load(run, dtype=precision, batch_size=batch_size)
     model = RewardModel.create(RewardConfig(head=head), batch_size=batch_size)
-    if precision == "int8":
-        model.encoder = quantize_int8(model.encoder)
-    else:
-        model.encoder.to(getattr(torch, precision))
+    model.encoder = to_precision(model.encoder, precision)
     return model
 
 

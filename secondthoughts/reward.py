@@ -233,6 +233,11 @@ def quantize_int8(module: nn.Module) -> nn.Module:
         return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=False)
 
 
+def to_precision(encoder: nn.Module, precision: str) -> nn.Module:
+    """``encoder`` (float32) in a resolved precision: float32, bfloat16 or int8 (:func:`resolve_precision`)."""
+    return quantize_int8(encoder) if precision == "int8" else encoder.to(getattr(torch, precision))
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -320,9 +325,7 @@ class RewardModel:
         device_t = torch.device(device) if device is not None else models.default_device()
         precision = resolve_precision(dtype, device_t)
         loader = AutoModelForSequenceClassification if config.head == "finetune" else AutoModel
-        encoder = loader.from_pretrained(path / "model", dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32)
-        if precision == "int8":
-            encoder = quantize_int8(encoder)
+        encoder = to_precision(loader.from_pretrained(path / "model"), precision)
         tokenizer = AutoTokenizer.from_pretrained(path / "model")
         head = None
         if config.head == "frozen":
@@ -466,6 +469,11 @@ class RewardEnsemble:
 
         atomic_dir(path, write)
         return path
+
+    @property
+    def precision(self) -> str:
+        """The members' precision (they are loaded alike)."""
+        return self.members[0].precision
 
     def log_odds(self, contexts: Sequence[str], texts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
         return torch.stack([m.log_odds(contexts, texts, progress=progress) for m in self.members]).mean(0)

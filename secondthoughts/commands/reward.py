@@ -33,10 +33,11 @@ from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError, read_examples, shuffled, split_examples
 from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
 
-
-DTYPE_HELP = ("float32 (exact); bfloat16 (~1.7x faster on CPUs with AVX512-BF16/AMX, same accuracy); int8: Linear layers "
-              "quantized per channel (CPU, ~2x faster, pairwise accuracy within 0.003 of float32 measured, scores depend slightly on batching); auto: bfloat16 where native, else int8 on "
-              "CPUs")
+DTYPE_HELP = (
+    "float32 (exact); bfloat16 (~1.7x faster on CPUs with AVX512-BF16/AMX, same accuracy); int8: Linear layers "
+    "quantized per channel (CPU, ~2x faster, pairwise accuracy within 0.003 of float32 measured, scores depend "
+    "slightly on batching); auto: bfloat16 where native, else int8 on CPUs"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -273,17 +274,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     m = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev)
     views = sorted({m.config.views for m in (model.members if isinstance(model, reward.RewardEnsemble) else [model])})
-    print(f"{args.model} (views: {', '.join(views)}; {_precision(model)}) on {args.data}")
+    print(f"{args.model} (views: {', '.join(views)}; {model.precision}) on {args.data}")
     print(format_metrics(m))
     if args.output:
-        write_json(args.output, {"model": args.model, "data": args.data, "views": views, "dtype": _precision(model), **m, **_rate(m, time.perf_counter() - t0)})
+        write_json(args.output, {"model": args.model, "data": args.data, "views": views, "dtype": model.precision, **m, **_rate(m, time.perf_counter() - t0)})
     return 0
-
-
-def _precision(model: Any) -> str:
-    from secondthoughts import reward
-
-    return (model.members[0] if isinstance(model, reward.RewardEnsemble) else model).precision
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:
@@ -339,6 +334,6 @@ def _score(args: argparse.Namespace) -> int:
         row[args.reward_field] = s
     write_rows(args.output, rows)
     mean = f", mean {statistics.fmean(scores):.3f}" if scores else ""
-    rate = f" ({_precision(model)}, {len(scores) / elapsed:.0f} texts/s)" if scores and elapsed > 0 else f" ({_precision(model)})"
+    rate = f" ({model.precision}, {len(scores) / elapsed:.0f} texts/s)" if scores and elapsed > 0 else f" ({model.precision})"
     print(f"scored {len(scores)} texts{mean}{rate}; wrote {args.output}")
     return 0
