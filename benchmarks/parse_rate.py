@@ -4,7 +4,8 @@
 
 Per file: rows, valid chains (parsed and applied to the source), chains cut by the generation
 budget, mean edits per chain, outputs identical to the source, the commonest kinds of error, how
-many failed on a span that an earlier edit had already taken (it occurs only before its lookup), and
+many failed on a span that an earlier edit had already taken (it occurs only before its lookup, or
+in an inline chain before where the kept text got to), and
 the first ``--show`` rows as source -> output. For the delete and replace edits of every chain that
 parses, where they fail: the span they copy occurs in the source, and at the written position
 (a model that copies spans well but miscounts positions shows many found spans, few right positions;
@@ -43,11 +44,19 @@ def span_positions(rows: list[dict]) -> tuple[int, int, int, int]:
     return parsed, edits, found, placed
 
 
+_MISPLACED = re.compile(
+    r"""edit \d+ at character \d+: (?:kept text )?(['"])(.*)\1 (?:does not occur in the source after token|is not the source's text from token) (\d+)"""
+)
+
+
 def reaches_back(row: dict) -> bool:
-    """Whether the chain failed on a span (or anchor) that is in the source, but only before the
-    position its lookup starts from: text an earlier edit already took."""
-    m = re.search(r"""edit \d+ at character \d+: (['"])(.*)\1 does not occur in the source after token \d+""", str(row["error"]))
-    return bool(m) and m.group(2) in row["source"]
+    """Whether the chain failed on a span (an anchor, an inline chain's kept text) that is in the
+    source, but only before where it had to stand: text the chain had already passed."""
+    m = _MISPLACED.search(str(row["error"]))
+    if not m:
+        return False
+    src, span, at = tokenize(row["source"]), tokenize(m.group(2)), int(m.group(3))
+    return any(src[i : i + len(span)] == span for i in range(min(at, len(src))))
 
 
 def summarize(path: Path, show: int) -> None:

@@ -26,6 +26,14 @@ The grammar (``edits.render_compact``), checked token by token on the bytes gene
   chain is in canonical form: ``render_compact(parse_compact(chain, source), source) == chain``.
 - Markers are only the special-token ids; a text token can never spell one.
 
+Inline chains (``edits.render_inline``) write the kept source text instead of positions or anchors::
+
+    chain := (<|keep|> SPAN)? (edit (<|keep|> SPAN)?)* <|eoc|>      (no <|keep|> right before <|eoc|>)
+    edit  := <|ins|> <|new|> TEXT | <|del|> <|old|> SPAN | <|rep|> <|old|> SPAN <|new|> TEXT
+
+where every ``SPAN`` is the source text from where the chain has got to, and two edits stand
+together only as ``infer_edits`` writes one changed block (``edits.lowest_start``).
+
 At each step the allowed set is computed exactly (not by probing the top candidates): it is small
 after a marker, inside a position or a span (looked up by byte prefix), and inside free text it is a
 precomputed vocabulary mask with two adjustments. So the processor works the same under greedy
@@ -50,7 +58,22 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import LogitsProcessor
 
-from secondthoughts.edits import DEL, EOC, INS, NEW, OLD, REP, detokenize, escape, insert_here, lowest_start, resolve_anchor, tokenize
+from secondthoughts.edits import (
+    CHAIN_FORMATS,
+    DEL,
+    EOC,
+    INS,
+    KEEP,
+    NEW,
+    OLD,
+    REP,
+    detokenize,
+    escape,
+    insert_here,
+    lowest_start,
+    resolve_anchor,
+    tokenize,
+)
 from secondthoughts.models import edit_token_ids
 
 # Phases of a chain being written.
@@ -62,7 +85,8 @@ _BSL, _PIPE, _LT = ord("\\"), ord("|"), ord("<")
 class ChainState(NamedTuple):
     """Where a row is in the grammar.
 
-    ``op``: the edit being written ("" between edits); ``prev``: the previous edit's op;
+    ``op``: the edit being written ("" between edits, "keep" in an inline chain's kept text);
+    ``prev``: the previous edit's op ("keep" right after kept text);
     ``cursor``: the end of the previous edit (OP, POS) or the end of the current edit (SPAN once
     closed, TEXT); ``lo``: the lowest position the current edit may take; ``pos``: the current
     edit's position (-1 while an anchored span is being written); ``cands``: the positions an
@@ -191,6 +215,7 @@ class EditVocab:
     text_mask: torch.Tensor  # plain text tokens
     # text_ok[(pending, after_lt)]: tokens that continue escaped text validly in that context
     text_ok: dict[tuple[bool, bool], torch.Tensor]
+    keep: int | None = None  # absent in runs made before inline chains
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> EditVocab:
@@ -215,9 +240,10 @@ class EditVocab:
             if b.isdigit():
                 digits.append(i)
         specials = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+        keep = next((i for i, t in specials.items() if t == KEEP), None)
         return cls(
             pieces, specials, ins, dele, rep, old, new, eoc, tokenizer.eos_token_id, by_bytes,
-            max(map(len, by_bytes)), digits, text, text_ok,
+            max(map(len, by_bytes)), digits, text, text_ok, keep,
         )  # fmt: skip
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -237,12 +263,16 @@ class EditVocab:
 
 
 class SourceIndex:
-    """A source's edit tokens and, per position, the escaped text a span may copy. ``anchored``:
-    chains as ``render_compact(chain, source)`` writes them (positions only where needed); else
-    as ``render_compact(chain)`` (every edit with its position, as models trained before anchoring)."""
+    """A source's edit tokens and, per position, the escaped text a span may copy, for chains in
+    ``chain_format`` (``edits.render_chain``): "anchored" (positions only where needed),
+    "positional" (every edit with its position, as models trained before anchoring) or "inline"
+    (the kept text written out: every span stands where the chain has got to)."""
 
-    def __init__(self, source: str, anchored: bool = True):
-        self.anchored = anchored
+    def __init__(self, source: str, chain_format: str = "anchored"):
+        if chain_format not in CHAIN_FORMATS:
+            raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
+        self.chain_format = chain_format
+        self.anchored, self.inline = chain_format == "anchored", chain_format == "inline"
         self.tokens = tokenize(source)
         self.n = len(self.tokens)
         self._spans: dict[int, tuple[bytes, dict[int, int]]] = {}
@@ -282,6 +312,8 @@ class SourceIndex:
 
         def make() -> tuple[str, ...]:
             t, hi = self.tokens, self.n + 1 if op == "insert" else self.n
+            if self.inline:
+                return ()
             if not self.anchored:
                 ps = list(range(lo, hi))
             elif op == "insert":
@@ -351,9 +383,31 @@ def _viable(op: str, lo: int, src: SourceIndex, here: bool) -> bool:
     return here or bool(src.positions(op, lo, here) or src.anchors(op, lo, here))
 
 
+def _inline_ops(cursor: int, prev: str, n: int) -> list[str]:
+    """The edits an inline chain may write at ``cursor`` after ``prev``: right there, so only
+    those that continue a changed block as ``infer_edits`` writes it (anything after kept text)."""
+    after = "" if prev == "keep" else prev
+    return [op for op in ("replace", "delete", "insert") if lowest_start(op, cursor, after) == cursor and (op == "insert" or cursor < n)]
+
+
+def _inline_marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
+    kept = state.prev == "keep"
+    closable = n - 1 if not kept else state.closable_at
+    if tid == voc.eoc and not kept:
+        return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
+    if tid == voc.keep and not kept and state.cursor < src.n:
+        return ChainState(SPAN, "keep", state.cursor, state.prev, pos=state.cursor, n=n, closable_at=closable, lo=state.cursor)
+    op = voc.op_markers.get(tid)
+    if op is None or op not in _inline_ops(state.cursor, state.prev, src.n):
+        return ChainState(BAD, n=n, closable_at=state.closable_at)
+    return ChainState(POS, op, state.cursor, state.prev, n=n, closable_at=closable, lo=state.cursor)
+
+
 def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
     """A marker where a new edit (or the end) may start after the edit ``state.prev`` that ends at
     ``state.cursor``."""
+    if src.inline:
+        return _inline_marker_step(state, tid, voc, src, n)
     if tid == voc.eoc:
         return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
     op = voc.op_markers.get(tid)
@@ -398,6 +452,10 @@ def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> Ch
     if phase == OP:
         return _marker_step(state, tid, voc, src, n)
     bad = ChainState(BAD, n=n, closable_at=state.closable_at)
+    if phase == POS and src.inline:  # no position: the edit stands at lo, its content follows
+        if state.op == "insert":
+            return state._replace(phase=TEXT, cursor=state.lo, pos=state.lo, n=n) if tid == voc.new else bad
+        return state._replace(phase=SPAN, pos=state.lo, n=n) if tid == voc.old else bad
     if phase == POS:
         digits = state.buf.decode()
         here = src.here(state.op, state.prev)
@@ -434,7 +492,7 @@ def advance(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex) -> Ch
             return ChainState(TEXT, "insert", end, state.prev, end, b"", n, state.closable_at, state.lo) if tid == voc.new else bad
         if state.op == "replace":
             return ChainState(TEXT, "replace", end, state.prev, p, b"", n, state.closable_at, state.lo) if tid == voc.new else bad
-        return _marker_step(ChainState(OP, cursor=end, prev="delete", closable_at=state.closable_at), tid, voc, src, n)
+        return _marker_step(ChainState(OP, cursor=end, prev=state.op, closable_at=state.closable_at), tid, voc, src, n)
     # TEXT
     if piece is not None:
         buf = state.buf + piece
@@ -455,6 +513,11 @@ def walk(ids: Sequence[int], voc: EditVocab, src: SourceIndex, start: ChainState
 
 
 def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> list[int]:
+    if src.inline:
+        ops = [m for m, op in voc.op_markers.items() if op in _inline_ops(cursor, prev, src.n)]
+        if prev == "keep":
+            return ops
+        return [*ops, *([voc.keep] if voc.keep is not None and cursor < src.n else []), voc.eoc]
     ops = [m for m, op in voc.op_markers.items() if _viable(op, lowest_start(op, cursor, prev), src, src.here(op, prev))]
     return [*ops, voc.eoc]
 
@@ -473,6 +536,8 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
     phase = state.phase
     if phase == OP:
         return _next_markers(state.cursor, state.prev, voc, src)
+    if phase == POS and src.inline:
+        return [voc.new if state.op == "insert" else voc.old]
     if phase == POS:
         digits = state.buf.decode()
         here = src.here(state.op, state.prev)
@@ -492,7 +557,7 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
         close = _span_close(state.op, len(state.buf), view)
         out = sorted(ids)
         if close is not None:
-            out += [voc.new] if state.op in ("replace", "insert") else _next_markers(close[1], "delete", voc, src)
+            out += [voc.new] if state.op in ("replace", "insert") else _next_markers(close[1], state.op, voc, src)
         return out
     if phase == TEXT:
         ctx = _scan(state.buf)
@@ -520,7 +585,7 @@ class ChainConstraint(LogitsProcessor):
     ``generate`` expands them for beams). ``prompt_len``: width of the (left-padded) prompt, a
     forced prefix included; ``starts``: each input's state after that prefix. ``then``: "stop"
     when ``<|eoc|>`` ends generation (apply mode), "target" when a target follows (generate mode).
-    ``anchored``: the chain format the model was trained on (see ``SourceIndex``).
+    ``chain_format``: the format the model was trained on (see ``SourceIndex``).
     """
 
     def __init__(
@@ -531,10 +596,12 @@ class ChainConstraint(LogitsProcessor):
         *,
         starts: Sequence[ChainState] | None = None,
         then: Literal["stop", "target"] = "stop",
-        anchored: bool = True,
+        chain_format: str = "anchored",
     ):
         self.voc = voc
-        self.sources = [SourceIndex(s, anchored) for s in sources]
+        self.sources = [SourceIndex(s, chain_format) for s in sources]
+        if self.sources and self.sources[0].inline and voc.keep is None:
+            raise ValueError(f"inline chains need the {KEEP} token, which this tokenizer lacks")
         self.prompt_len = prompt_len
         self.starts = list(starts) if starts is not None else [start_state()] * len(sources)
         if len(self.starts) != len(self.sources):
@@ -592,7 +659,7 @@ def completion_masks(
     completions: Sequence[Sequence[int]],
     vocab_size: int,
     then: Literal["stop", "target"] = "stop",
-    anchored: bool = True,
+    chain_format: str = "anchored",
 ) -> tuple[torch.Tensor, int]:
     """The tokens ``ChainConstraint`` allowed at every position of each completion: a
     (total tokens, vocab_size) mask, completion after completion, and how many positions hold a
@@ -606,7 +673,7 @@ def completion_masks(
     out = torch.zeros((total, vocab_size), dtype=torch.bool)
     outside, row = 0, 0
     for source, ids in zip(sources, completions, strict=True):
-        src = SourceIndex(source, anchored)
+        src = SourceIndex(source, chain_format)
         state = start_state()
         for t in ids:
             _fill(out[row], allowed(state, voc, src, then))

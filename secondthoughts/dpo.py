@@ -67,7 +67,7 @@ def preference_rows(tokenizer: Any, examples: Sequence[Example], max_length: int
 
     rows = []
     for ex in examples:
-        chosen, rejected = encode_completion(tokenizer, None, ex.target), encode_completion(tokenizer, None, ex.source)
+        chosen, rejected = encode_completion(tokenizer, None, ex.target, ex.source), encode_completion(tokenizer, None, ex.source, ex.source)
         bare = len(encode_prompt(tokenizer, "", ex.source))
         room = max(0, max_length - bare - max(len(chosen), len(rejected)))
         rows.append({"prompt_ids": encode_prompt(tokenizer, ex.context, ex.source, room), "chosen_ids": chosen, "rejected_ids": rejected})

@@ -14,6 +14,8 @@ sequences plain greedy would show them, so the output is plain greedy's, token f
   the span stands (an anchored span: its first candidate that matches what was written; before
   any is written, the guessed position below): it drafts the source's remaining tokens, as the
   tokenizer splits them; the model's only choice is where the span ends;
+- in an inline chain, ``<|keep|>`` first and then the source, and after an edit marker the
+  ``<|old|>`` (``<|new|>``) it must write; the model chooses where kept text and spans end;
 - after an edit marker it drafts ``<|old|>`` when the chain is anchored (``<|new|>`` for an insert
   after a delete or replace: most often it goes right where that edit ends); after a complete position,
   ``<|old|>`` (``<|new|>`` for an insert) and then the span;
@@ -118,10 +120,10 @@ class ChainDrafter:
         *,
         text_lookup: Drafter | None = None,
         target_lookup: Drafter | None = None,
-        anchored: bool = True,
+        chain_format: str = "anchored",
     ):
         self.voc, self.tokenizer = voc, tokenizer
-        self.src = SourceIndex(source, anchored)
+        self.src = SourceIndex(source, chain_format)
         self.states = [start or start_state()]  # states[i]: after _gen[:i]
         self._gen: list[int] = []
         self.text_lookup, self.target_lookup = text_lookup, target_lookup
@@ -189,6 +191,11 @@ class ChainDrafter:
                 end = offsets.get(self.src.one_token(pos))
                 ids = ids[: end if end is not None and end > j else j + 1]
             return ids[j:], False  # where a span ends is the model's call
+        if state.phase == OP and not state.prev and self.src.inline and voc.keep in (allowed(state, voc, self.src, "stop") or ()):
+            # An inline chain most often starts by keeping the subject: <|keep|> and then the source.
+            return [voc.keep], True  # type: ignore[list-item]
+        if state.phase == POS and self.src.inline:  # forced: the edit's content
+            return ([voc.new], False) if state.op == "insert" else ([voc.old], True)
         if state.phase == OP and not state.prev and voc.rep in (allowed(state, voc, self.src, "stop") or ()):
             # A chain's first edit, drafted with the prompt (nearly free there): most often a
             # replace of what the subject does.

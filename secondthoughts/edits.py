@@ -328,9 +328,13 @@ def apply_text_edits(source: str, edits: Iterable[Edit]) -> str:
 # then its content; the chain ends with EOC.
 INS, DEL, REP, OLD, NEW, EOC = "<|ins|>", "<|del|>", "<|rep|>", "<|old|>", "<|new|>", "<|eoc|>"
 SPECIAL_TOKENS: tuple[str, ...] = (INS, DEL, REP, OLD, NEW, EOC)
+# Inline chains also write the source text kept between edits, after this marker. Apart from the
+# markers every format writes: runs trained before inline chains have no such token.
+KEEP = "<|keep|>"
+MARKERS: tuple[str, ...] = (*SPECIAL_TOKENS, KEEP)
 _OP_MARK = {"insert": INS, "delete": DEL, "replace": REP}
 _MARK_OP = {v: k for k, v in _OP_MARK.items()}
-_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in MARKERS))
 
 
 def escape(text: str) -> str:
@@ -359,8 +363,9 @@ def unescape(text: str) -> str:
 _RANK = {"replace": 0, "delete": 1, "insert": 2}
 
 
-# How a compact chain locates its edits (``render_compact``): by the text they copy, or by position.
-CHAIN_FORMATS: tuple[str, ...] = ("anchored", "positional")
+# How a compact chain locates its edits (``render_chain``): by the text they copy, by position, or
+# by writing the kept source text between them.
+CHAIN_FORMATS: tuple[str, ...] = ("anchored", "positional", "inline")
 
 
 def lowest_start(op: str, cursor: int, prev: str) -> int:
@@ -421,11 +426,61 @@ def render_compact(edits: Iterable[Edit], source: str | Sequence[str] | None = N
     return "".join(parts)
 
 
-def parse_compact(text: str, source: str | Sequence[str] | None = None, *, require_end: bool = True) -> list[Edit]:
+def render_inline(edits: Iterable[Edit], source: str | Sequence[str], *, end: bool = True) -> str:
+    """The inline form: the source text before each edit, up to where the previous one ended, is
+    written out after ``<|keep|>``, and each edit stands exactly there, without position or anchor
+    (``<|del|><|old|> span``, ``<|rep|><|old|> span<|new|> text``, ``<|ins|><|new|> text``); the
+    text after the last edit is left out. A model continues copying its source instead of
+    looking up where an edit lands, so an edit cannot reach back into text already passed."""
+    tokens = tokenize(source) if isinstance(source, str) else list(source)
+    parts: list[str] = []
+    cursor = 0
+    for e in edits:
+        if e.start < cursor or e.end > len(tokens):
+            raise EditError(f"{e.op} at {e.start}..{e.end} does not fit a chain in source order over {len(tokens)} tokens")
+        if e.start > cursor:
+            parts.append(KEEP + escape(detokenize(tokens[cursor : e.start])))
+        parts.append(_OP_MARK[e.op])
+        if e.old:
+            parts.append(OLD + escape(detokenize(e.old)))  # type: ignore[arg-type]
+        if e.new:
+            parts.append(NEW + escape(detokenize(e.new)))  # type: ignore[arg-type]
+        cursor = e.end
+    if end:
+        parts.append(EOC)
+    return "".join(parts)
+
+
+def render_chain(edits: Iterable[Edit], source: str | Sequence[str], chain_format: str, *, end: bool = True) -> str:
+    """A chain as a model trained on ``chain_format`` (one of ``CHAIN_FORMATS``) writes it."""
+    if chain_format == "inline":
+        return render_inline(edits, source, end=end)
+    if chain_format not in CHAIN_FORMATS:
+        raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
+    return render_compact(edits, source if chain_format == "anchored" else None, end=end)
+
+
+def parse_chain(text: str, source: str | Sequence[str], chain_format: str, *, require_end: bool = True) -> list[Edit]:
+    """Read a chain written in ``chain_format``; inline chains are read strictly as inline (an edit
+    stands exactly where the kept text ends), the other two as ``parse_compact`` reads them."""
+    if chain_format not in CHAIN_FORMATS:
+        raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
+    return parse_compact(text, source, require_end=require_end, inline=chain_format == "inline")
+
+
+def parse_compact(
+    text: str, source: str | Sequence[str] | None = None, *, require_end: bool = True, inline: bool | None = None
+) -> list[Edit]:
     """Parse the compact form; errors name the character offset and edit number. Edits written
     without a position are looked up in ``source`` (see ``render_compact``). An insert anchored by
-    the last token of the edit before it is read too (chains written before ``<|ins|><|new|>``)."""
+    the last token of the edit before it is read too (chains written before ``<|ins|><|new|>``).
+    ``inline``: read ``render_inline``'s form (no positions or anchors; each edit right where the
+    kept text or the previous edit ends); None: inline if the text has a ``<|keep|>``."""
     tokens = None if source is None else (tokenize(source) if isinstance(source, str) else list(source))
+    if inline is None:
+        inline = KEEP in text
+    if inline and tokens is None:
+        raise EditError("an inline chain is read against its source: none given")
     pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
     pos = 0
     for m in _SPECIAL_RE.finditer(text):
@@ -448,7 +503,7 @@ def parse_compact(text: str, source: str | Sequence[str] | None = None, *, requi
             got = pieces[k][0] if k < len(pieces) else "end of text"
             raise fail(f"expected {marker}, got {got!r}", pieces[k][1] if k < len(pieces) else len(text))
         k += 1
-        if k >= len(pieces) or pieces[k][0] in SPECIAL_TOKENS:
+        if k >= len(pieces) or pieces[k][0] in MARKERS:
             raise fail(f"empty content after {marker}", pieces[k - 1][1])
         k += 1
         try:
@@ -456,16 +511,27 @@ def parse_compact(text: str, source: str | Sequence[str] | None = None, *, requi
         except EditError as e:
             raise fail(str(e), pieces[k - 1][1]) from None
 
+    cursor, kept = 0, False  # inline: where the next edit stands; whether kept text led there
     while k < len(pieces):
         piece, off = pieces[k]
         if piece == EOC:
             if k != len(pieces) - 1:
                 raise fail(f"text after {EOC}: {pieces[k + 1][0]!r}", pieces[k + 1][1])
             return edits
+        if inline and piece == KEEP and not kept:
+            span = tokenize(content(KEEP))
+            if tokens[cursor : cursor + len(span)] != span:  # type: ignore[index]
+                raise fail(f"kept text {detokenize(span)!r} is not the source's text from token {cursor}", off)
+            cursor, kept = cursor + len(span), True
+            continue
         if piece not in _MARK_OP:
-            raise fail(f"expected an edit marker or {EOC}, got {piece!r}", off)
+            raise fail(f"expected an edit marker{f', {KEEP}' if inline and not kept else ''} or {EOC}, got {piece!r}", off)
         op = _MARK_OP[piece]
         k += 1
+        if inline:
+            edits.append(_inline_edit(op, cursor, kept, edits, tokens, content, fail, off))  # type: ignore[arg-type]
+            cursor, kept = edits[-1].end, False
+            continue
         start: int | None = None
         if k < len(pieces) and re.fullmatch(r"\d+", pieces[k][0]):
             start = int(pieces[k][0])
@@ -492,6 +558,18 @@ def parse_compact(text: str, source: str | Sequence[str] | None = None, *, requi
     if require_end:
         raise EditError(f"compact chain ends without {EOC} after {len(edits)} edits")
     return edits
+
+
+def _inline_edit(op: Op, cursor: int, kept: bool, edits: list[Edit], tokens: list[str], content: Any, fail: Any, off: int) -> Edit:
+    """One edit of an inline chain, its marker read: it stands at ``cursor``."""
+    prev = "" if kept or not edits else edits[-1].op
+    if lowest_start(op, cursor, prev) > cursor:
+        raise fail(f"{op} right after {prev}: an edit there needs kept text before it ({KEEP})", off)
+    old = tokenize(content(OLD)) if op != "insert" else []
+    if old and tokens[cursor : cursor + len(old)] != old:
+        raise fail(f"{detokenize(old)!r} is not the source's text from token {cursor}", off)
+    new = tokenize(content(NEW)) if op != "delete" else []
+    return Edit(op, cursor, tuple(old), tuple(new)).check()
 
 
 # ---------------------------------------------------------------- readable rendering

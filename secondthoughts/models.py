@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from secondthoughts.edits import SPECIAL_TOKENS
+from secondthoughts.edits import KEEP, SPECIAL_TOKENS
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +29,8 @@ _EMBEDDED_CACHE_NAME = "embedded-smollm2-135m"
 
 # Delimiters of the prompt (see sequences.py): the source follows SRC, the completion follows SEP.
 SRC, SEP = "<|src|>", "<|sep|>"
-EDIT_TOKENS: tuple[str, ...] = (*SPECIAL_TOKENS, SRC, SEP)
+# KEEP last: runs made before inline chains have all the others, with the same ids.
+EDIT_TOKENS: tuple[str, ...] = (*SPECIAL_TOKENS, SRC, SEP, KEEP)
 
 # New embedding rows start at the mean embedding of a word that says what the marker does, so
 # the model reads "<|rep|>" roughly as " replace" from the first step instead of as noise.
@@ -42,6 +43,7 @@ TOKEN_INIT_WORDS: dict[str, str] = {
     "<|eoc|>": " done",
     SRC: " text",
     SEP: " rewrite",
+    KEEP: " keep",
 }
 
 
@@ -301,11 +303,12 @@ def add_edit_tokens(model: Any, tokenizer: Any, tokens: Sequence[str] = EDIT_TOK
 
 
 def edit_token_ids(tokenizer: Any, tokens: Sequence[str] = EDIT_TOKENS) -> list[int]:
+    """The ids of ``tokens``; ``<|keep|>`` is left out where absent (runs made before inline chains)."""
     vocab = tokenizer.get_vocab()
-    absent = [t for t in tokens if t not in vocab]
+    absent = [t for t in tokens if t not in vocab and t != KEEP]
     if absent:
         raise KeyError(f"tokenizer lacks {absent}; call add_edit_tokens first")
-    return [vocab[t] for t in tokens]
+    return [vocab[t] for t in tokens if t in vocab]
 
 
 # ---------------------------------------------------------------- LoRA
@@ -322,7 +325,7 @@ def apply_lora(
 ) -> Any:
     """Wrap ``model`` with LoRA on every linear projection (not the output layer) and make only
     the rows ``token_ids`` of the embeddings trainable (PEFT's trainable tokens, which also
-    follow a tied output layer): training 8 rows is far cheaper than the whole matrix that
+    follow a tied output layer): training 9 rows is far cheaper than the whole matrix that
     ``modules_to_save`` would train and store."""
     from peft import LoraConfig, get_peft_model
 

@@ -48,6 +48,8 @@ from secondthoughts.drafting import (
 from secondthoughts.edits import (
     CHAIN_FORMATS,
     EOC,
+    KEEP,
+    MARKERS,
     SPECIAL_TOKENS,
     Edit,
     EditError,
@@ -55,8 +57,10 @@ from secondthoughts.edits import (
     apply_text_edits,
     detokenize,
     infer_text_edits,
+    parse_chain,
     parse_compact,
     parse_readable,
+    render_chain,
     render_compact,
     render_readable,
     tokenize,
@@ -80,7 +84,7 @@ def as_chain(chain: ChainLike, source: str, *, what: str = "chain") -> tuple[lis
     if isinstance(chain, str):
         text = chain.strip()
         try:
-            if any(m in text for m in SPECIAL_TOKENS):
+            if any(m in text for m in MARKERS):
                 closed = text.endswith(EOC)
                 edits = parse_compact(text, source, require_end=False)
             else:
@@ -220,7 +224,7 @@ class Realigner:
     def _setup(self, model: Any, tokenizer: Any, trained_mode: str | None, max_length: int | None, name: str, chain_format: str) -> None:
         if chain_format not in CHAIN_FORMATS:
             raise ValueError(f"chain_format must be one of {CHAIN_FORMATS}, got {chain_format!r}")
-        self.anchored = chain_format == "anchored"  # the chain format the model writes
+        self.chain_format = chain_format  # as the model writes chains
         self.model = model
         self.tokenizer = tokenizer
         self.trained_mode = trained_mode
@@ -228,7 +232,7 @@ class Realigner:
         self.name = name
         self._vocab: EditVocab | None = None
         vocab = tokenizer.get_vocab()  # a copy of the whole vocabulary (~0.1 s for 49k tokens): once
-        self.has_edit_tokens = all(t in vocab for t in SPECIAL_TOKENS)
+        self.has_edit_tokens = all(t in vocab for t in SPECIAL_TOKENS) and (chain_format != "inline" or KEEP in vocab)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -240,7 +244,7 @@ class Realigner:
 
     def _render(self, chain: Sequence[Edit], source: str, *, end: bool = True) -> str:
         """A chain in the format this model writes."""
-        return render_compact(chain, source if self.anchored else None, end=end)
+        return render_chain(chain, source, self.chain_format, end=end)
 
     def default_mode(self) -> str:
         return "direct" if self.trained_mode == "direct" else "apply"
@@ -420,7 +424,7 @@ class Realigner:
         if constrained and voc is not None:
             starts = [start_state(j.prefix[-1].end, j.closed, j.prefix[-1].op) if j.prefix else start_state(0, j.closed) for j in jobs]
             processor = ChainConstraint(
-                voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target", anchored=self.anchored
+                voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target", chain_format=self.chain_format
             )
         forwards: int | None = None
         if mode == "apply" and all(j.closed for j in jobs):
@@ -463,7 +467,7 @@ class Realigner:
         # A target mostly copies the source: prompt lookup drafts it (generate mode).
         drafter = ChainDrafter(
             self.vocab, self.tokenizer, job.source, start,
-            text_lookup=TEXT_LOOKUP, target_lookup=PromptLookup(10) if mode == "generate" else None, anchored=self.anchored,
+            text_lookup=TEXT_LOOKUP, target_lookup=PromptLookup(10) if mode == "generate" else None, chain_format=self.chain_format,
         )  # fmt: skip
         training = self.model.training
         self.model.eval()
@@ -503,7 +507,7 @@ class Realigner:
         try:
             if not closed and processor is None:
                 raise EditError(f"no {EOC} within {len(gen)} new tokens")
-            res.chain = parse_compact(chain_text, job.source)
+            res.chain = parse_chain(chain_text, job.source, self.chain_format)
             res.text = detokenize(apply_edits(tokenize(job.source), res.chain))  # type: ignore[arg-type]
             res.compact = self._render(res.chain, job.source)
             res.readable = render_readable(res.chain, job.source)

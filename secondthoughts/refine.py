@@ -74,8 +74,8 @@ from secondthoughts.edits import (
     apply_edits,
     detokenize,
     infer_edits,
-    parse_compact,
-    render_compact,
+    parse_chain,
+    render_chain,
     tokenize,
 )
 from secondthoughts.plots import read_metrics, save_png
@@ -250,14 +250,15 @@ class Rollout:
         return [self.examples[i // self.k].source for i in range(len(self))]
 
 
-def parse_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool) -> tuple[list[Edit], str, str | None]:
-    """(chain, text, error) of generated chain ids: the text is the chain applied to the source,
-    or the source itself with the reason when the chain does not parse, apply or finish."""
+def read_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool, chain_format: str) -> tuple[list[Edit], str, str | None]:
+    """(chain, text, error) of generated chain ids in ``chain_format``: the text is the chain
+    applied to the source, or the source itself with the reason when the chain does not parse,
+    apply or finish."""
     if not finished:
         return [], source, f"no {EOC} within {len(ids)} new tokens"
     chain_text, _ = split_completion(vocab.decode(ids))
     try:
-        chain = parse_compact(chain_text, source)
+        chain = parse_chain(chain_text, source, chain_format)
         return chain, detokenize(apply_edits(tokenize(source), chain)), None  # type: ignore[arg-type]
     except EditError as e:
         return [], source, str(e)
@@ -468,7 +469,7 @@ class Refiner:
         self.accelerator = Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.aem_info = run_info(config.policy) or {}
-        self.anchored = chain_format(self.aem_info) == "anchored"  # as the policy writes chains
+        self.chain_format = chain_format(self.aem_info)  # as the policy writes chains
         if self.aem_info.get("mode", "coe") != "coe":
             raise ValueError(f"{config.policy} was trained with --mode {self.aem_info['mode']}: refinement needs a chain-of-edits run")
         self.policy, self.reference, self.tokenizer, self.aem = load_policy(config)
@@ -519,7 +520,7 @@ class Refiner:
             ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
         stops = [self.vocab.eoc] + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
-        processor = ChainConstraint(self.vocab, [e.source for e in examples], width, anchored=self.anchored) if self.config.constrained else None
+        processor = ChainConstraint(self.vocab, [e.source for e in examples], width, chain_format=self.chain_format) if self.config.constrained else None
         search: dict[str, Any] = {"do_sample": False}
         if not greedy:
             search = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": self.config.top_k, "num_return_sequences": k}
@@ -535,7 +536,7 @@ class Refiner:
         for row, gen in enumerate(out[:, width:].tolist()):
             end = next((j for j, t in enumerate(gen) if t in stop_set), None)
             cut = gen[: end + 1] if end is not None else gen
-            chain, text, err = parse_chain(self.vocab, examples[row // k].source, cut, end is not None and cut[-1] == self.vocab.eoc)
+            chain, text, err = read_chain(self.vocab, examples[row // k].source, cut, end is not None and cut[-1] == self.vocab.eoc, self.chain_format)
             if end is not None and cut[-1] != self.vocab.eoc:
                 err = f"ended (EOS) before {EOC}"
             comps.append(cut)
@@ -576,7 +577,7 @@ class Refiner:
             from secondthoughts.constrained import completion_masks
 
             size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
-            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size, anchored=self.anchored)
+            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size, chain_format=self.chain_format)
         return {k: v.to(self.device) for k, v in rows.items()}, outside
 
     def sample_rows(self, batch: Rollout) -> tuple[dict[str, torch.Tensor], int]:
@@ -615,7 +616,7 @@ class Refiner:
 
     def _chain_ids(self, chain: list[Edit], source: str) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.
-        return list(self.tokenizer(render_compact(chain, source if self.anchored else None), add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(render_chain(chain, source, self.chain_format), add_special_tokens=False)["input_ids"])
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """KL-penalized rewards, advantages, and ``ppo_epochs`` optimizer steps on this batch

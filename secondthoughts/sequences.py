@@ -5,10 +5,11 @@ The format, token by token (``[BOS]`` only for tokenizers that add one by defaul
     CoE:    [BOS] context <|src|> source <|sep|> chain target <eos>
     direct: [BOS] context <|src|> source <|sep|> target <eos>
 
-``chain`` is ``edits.render_compact`` of the edits from source to target: anchored by default,
+``chain`` is ``edits.render_chain`` of the edits from source to target: anchored by default,
 e.g. ``<|rep|><|old|> hits<|new|> talks<|ins|><|new|> to<|eoc|>`` (spans copied from
-the source), or positional, ``<|rep|>1<|old|> hits<|new|> talks<|ins|>2<|new|> to<|eoc|>``
-(positions index ``edits.tokenize(source)``); either way the source sits alone between
+the source), positional, ``<|rep|>1<|old|> hits<|new|> talks<|ins|>2<|new|> to<|eoc|>``
+(positions index ``edits.tokenize(source)``), or inline, ``<|keep|>Tom<|rep|><|old|> hits<|new|>
+talks<|ins|><|new|> to<|eoc|>`` (the kept text before each edit written out); the source sits alone between
 ``<|src|>`` and ``<|sep|>``. The loss covers only what follows ``<|sep|>``. Context, source and target are
 encoded with ``split_special_tokens=True``, so user text can never produce a marker; the
 chain's user text is escaped by ``render_compact``.
@@ -41,7 +42,7 @@ from secondthoughts.edits import (
     Costs,
     Edit,
     augment_chains,
-    render_compact,
+    render_chain,
     tokenize,
 )
 from secondthoughts.models import SEP, SRC
@@ -122,10 +123,9 @@ def encode_prompt(tokenizer: Any, context: str, source: str, max_context_tokens:
     return head + ctx + src
 
 
-def completion_text(edits: Sequence[Edit] | None, target: str, source: str | None = None) -> str:
-    """What the model writes after ``<|sep|>`` (without EOS): chain + target, or the target. With
-    the ``source``, the chain is anchored (``edits.render_compact``)."""
-    return target if edits is None else render_compact(edits, source) + target
+def completion_text(edits: Sequence[Edit] | None, target: str, source: str, chain_format: str = "anchored") -> str:
+    """What the model writes after ``<|sep|>`` (without EOS): chain + target, or the target."""
+    return target if edits is None else render_chain(edits, source, chain_format) + target
 
 
 def split_completion(text: str) -> tuple[str, str]:
@@ -137,9 +137,9 @@ def split_completion(text: str) -> tuple[str, str]:
     return text[: i + len(EOC)], text[i + len(EOC) :]
 
 
-def encode_completion(tokenizer: Any, edits: Sequence[Edit] | None, target: str, source: str | None = None) -> list[int]:
-    """Completion ids; with the ``source``, the chain is anchored (``edits.render_compact``)."""
-    chain = list(tokenizer(render_compact(edits, source), add_special_tokens=False)["input_ids"]) if edits is not None else []
+def encode_completion(tokenizer: Any, edits: Sequence[Edit] | None, target: str, source: str, chain_format: str = "anchored") -> list[int]:
+    """Completion ids: the chain in ``chain_format`` (``edits.render_chain``), target, EOS."""
+    chain = list(tokenizer(render_chain(edits, source, chain_format), add_special_tokens=False)["input_ids"]) if edits is not None else []
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")
     return chain + _text_ids(tokenizer, target) + [tokenizer.eos_token_id]
@@ -152,11 +152,11 @@ def encode(
     max_length: int,
     *,
     costs: Costs | None = None,
-    anchored: bool = True,
+    chain_format: str = "anchored",
 ) -> tuple[Encoded | None, bool]:
     """One sequence, or None if it cannot fit; the flag says whether context was cut."""
     head, ctx, src = _prompt_pieces(tokenizer, example.context, example.source)
-    completion = encode_completion(tokenizer, edits, example.target, example.source if anchored else None)
+    completion = encode_completion(tokenizer, edits, example.target, example.source, chain_format)
     room = max_length - len(head) - len(src) - len(completion)
     if room < 0:
         return None, False
@@ -178,8 +178,9 @@ def build_sequences(
 ) -> tuple[list[Encoded], LengthReport]:
     """All training sequences: in CoE mode one per distinct chain that ``cost_sets`` infer
     (the paper's augmentation), in direct mode one per example. ``chain_format``: "anchored"
-    (edits found by the text they copy, positions only where that is ambiguous) or "positional"
-    (every edit with its source-token position)."""
+    (edits found by the text they copy, positions only where that is ambiguous), "positional"
+    (every edit with its source-token position) or "inline" (the kept text between edits written
+    out, so each edit stands where the text so far ends)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if chain_format not in CHAIN_FORMATS:
@@ -195,7 +196,7 @@ def build_sequences(
         else:
             chains = [(None, None)]
         for costs, edits in chains:
-            enc, cut = encode(tokenizer, ex, edits, max_length, costs=costs, anchored=chain_format == "anchored")
+            enc, cut = encode(tokenizer, ex, edits, max_length, costs=costs, chain_format=chain_format)
             if enc is None:
                 report.dropped += 1
                 report.dropped_ids.append(ex.id)

@@ -74,8 +74,9 @@ class TrainConfig:
     eval_max: int = _f(500, "at most this many held-out examples")
     chain_format: str = _f(
         "anchored",
-        "coe chains: 'anchored' (an edit is found by the text it copies; a position only where that is ambiguous) "
-        "or 'positional' (every edit with its source-token position, as runs made before it)",
+        "coe chains: 'anchored' (an edit is found by the text it copies; a position only where that is ambiguous), "
+        "'positional' (every edit with its source-token position, as runs made before it) "
+        "or 'inline' (the source text kept between edits written out, so each edit stands where it ends)",
         choices=CHAIN_FORMATS,
     )
     cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")  # noqa: RUF009 (_f copies lists)

@@ -135,7 +135,7 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     assert "transfer.target: 'nope'" in error({**good, "transfer": {"source": "d", "target": "nope"}})
     assert "unknown key(s) ['colour']" in error({**good, "colour": 1})
     assert "expected key=value" in error(good, ("train.epochs",))
-    assert "chain_format: one of ['anchored', 'positional']" in error({**good, "chain_format": "numbered"})
+    assert "chain_format: one of ['anchored', 'positional', 'inline']" in error({**good, "chain_format": "numbered"})
     assert "set it at the top level" in error({**good, "train": {"chain_format": "anchored"}})
     missing = B.load_config([_write_yaml(tmp_path / "m.yaml", {"datasets": {"d": {"format": "jsonl", "path": str(tmp_path / "gone.jsonl")}}})])
     with pytest.raises(B.ConfigError, match=r"m.yaml: datasets.d.path: .*gone.jsonl not found"):

@@ -21,6 +21,9 @@ def test_edits_json(capsys):
     assert out["cost"] == pytest.approx(2.2)
     assert out["readable"] == ['replace "hits" with "talks"', 'insert "to" after "hits"']
     assert [e["op"] for e in out["edits"]] == ["replace", "insert"]
+    assert out["compact"] == "<|rep|><|old|> hits<|new|> talks<|ins|><|new|> to<|eoc|>"
+    assert main(["edits", "He hits the dog.", "He talks to the dog.", "--json", "--chain-format", "inline"]) == 0
+    assert json.loads(capsys.readouterr().out)["compact"] == "<|keep|>He<|rep|><|old|> hits<|new|> talks<|ins|><|new|> to<|eoc|>"
 
 
 def test_edits_terminal_view(capsys):

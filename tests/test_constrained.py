@@ -26,7 +26,18 @@ from secondthoughts.constrained import (
     token_pieces,
     walk,
 )
-from secondthoughts.edits import DEFAULT_COST_SETS, EOC, apply_edits, infer_text_edits, parse_compact, render_compact, tokenize
+from secondthoughts.edits import (
+    CHAIN_FORMATS,
+    DEFAULT_COST_SETS,
+    EOC,
+    apply_edits,
+    infer_text_edits,
+    parse_chain,
+    parse_compact,
+    render_chain,
+    render_compact,
+    tokenize,
+)
 
 SOURCES = [
     "Tom hits his brother when he is angry.",
@@ -86,14 +97,14 @@ def test_position_prefixes():
     assert index.positions("insert", 0) == ("0", "6")  # the start, and after the second " his"
     assert index.positions("insert", 0, here=True) == ("6",)  # the start is <|ins|><|new|>
     assert index.anchors("insert", 3, here=True) == (3, 4, 6, 7)  # not " his", which the edit before took at 2
-    assert SourceIndex("a b", anchored=False).positions("insert", 1) == ("1", "2")
+    assert SourceIndex("a b", chain_format="positional").positions("insert", 1) == ("1", "2")
 
 
-def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs, anchored: bool) -> None:
+def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs, fmt: str) -> None:
     chain = infer_text_edits(src, tgt, costs)
-    text = render_compact(chain, src if anchored else None)
+    text = render_chain(chain, src, fmt)
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    index = SourceIndex(src, anchored)
+    index = SourceIndex(src, fmt)
     state = start_state()
     for t in ids:
         assert t in _ids(voc, allowed(state, voc, index, "stop")), f"{voc.decode([t])!r} refused in {state.describe()}"
@@ -103,11 +114,11 @@ def _accepts(voc: EditVocab, tok, src: str, tgt: str, costs, anchored: bool) -> 
     assert voc.decode(ids) == text
 
 
-@pytest.mark.parametrize("anchored", [True, False])
+@pytest.mark.parametrize("fmt", CHAIN_FORMATS)
 @pytest.mark.parametrize("k", range(len(SOURCES)))
-def test_gold_chains_are_accepted(voc, tok_with_edits, k, anchored):
+def test_gold_chains_are_accepted(voc, tok_with_edits, k, fmt):
     for costs in DEFAULT_COST_SETS:
-        _accepts(voc, tok_with_edits, SOURCES[k], TARGETS[k], costs, anchored)
+        _accepts(voc, tok_with_edits, SOURCES[k], TARGETS[k], costs, fmt)
 
 
 def test_chains_of_random_pairs_under_every_cost_set_are_accepted(voc, tok_with_edits):
@@ -118,12 +129,12 @@ def test_chains_of_random_pairs_under_every_cost_set_are_accepted(voc, tok_with_
         src = "".join(rng.choices(words, k=rng.randint(0, 8)))
         tgt = "".join(rng.choices(words, k=rng.randint(0, 8)))
         for costs in (*DEFAULT_COST_SETS, (1, 2, 1.5), (2, 1, 2.5)):
-            for anchored in (True, False):
-                _accepts(voc, tok_with_edits, src, tgt, costs, anchored)
+            for fmt in CHAIN_FORMATS:
+                _accepts(voc, tok_with_edits, src, tgt, costs, fmt)
 
 
 def test_bad_tokens_are_refused(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.", anchored=False)  # 5 tokens
+    index = SourceIndex("Tom hits his brother.", chain_format="positional")  # 5 tokens
 
     def run(text: str) -> int:
         return walk(tok_with_edits(text, add_special_tokens=False)["input_ids"], voc, index).phase
@@ -176,7 +187,7 @@ def test_anchored_chains_copy_spans_and_write_positions_only_where_needed(voc, t
 
 
 def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.", anchored=False)
+    index = SourceIndex("Tom hits his brother.", chain_format="positional")
     closers = {voc.eoc, *voc.op_markers}
 
     def closing(text: str) -> set[int]:
@@ -189,13 +200,13 @@ def test_a_replace_cannot_close_on_its_own_span(voc, tok_with_edits):
     assert voc.eoc in closing("<|rep|>1<|old|> hits his<|new|> hits")  # a shorter text is a real edit
 
 
-@pytest.mark.parametrize("anchored", [True, False])
+@pytest.mark.parametrize("fmt", CHAIN_FORMATS)
 @pytest.mark.parametrize("seed", range(60))
-def test_random_walks_always_parse_and_apply(voc, seed, anchored):
+def test_random_walks_always_parse_and_apply(voc, seed, fmt):
     """Any path through the allowed sets, cut anywhere, gives a chain that applies."""
     rng = random.Random(seed)
     src = SOURCES[seed % len(SOURCES)]
-    index = SourceIndex(src, anchored)
+    index = SourceIndex(src, fmt)
     state, ids = start_state(), []
     for _ in range(rng.randint(1, 80)):
         options = _ids(voc, allowed(state, voc, index, "stop"))
@@ -208,13 +219,13 @@ def test_random_walks_always_parse_and_apply(voc, seed, anchored):
         if state.phase == DONE:
             break
     text = voc.decode(ids) if state.phase == DONE else voc.decode(ids[: state.closable_at]) + EOC
-    chain = parse_compact(text, src)
+    chain = parse_chain(text, src, fmt)
     apply_edits(tokenize(src), chain)
-    assert render_compact(chain, src if anchored else None) == text  # canonical: nothing the renderer writes differently
+    assert render_chain(chain, src, fmt) == text  # canonical: nothing the renderer writes differently
 
 
 def test_processor_masks_each_row_from_its_own_ids(voc, tok_with_edits):
-    proc = ChainConstraint(voc, ["Tom hits his brother.", "a b"], prompt_len=1, anchored=False)
+    proc = ChainConstraint(voc, ["Tom hits his brother.", "a b"], prompt_len=1, chain_format="positional")
     (one,) = tok_with_edits("1", add_special_tokens=False)["input_ids"]
     (hit,) = tok_with_edits(" hits", add_special_tokens=False)["input_ids"][:1]
     (b,) = tok_with_edits(" b", add_special_tokens=False)["input_ids"][:1]
@@ -242,14 +253,14 @@ def test_completion_masks_follow_each_completion(voc, tok_with_edits):
     (zero,) = tok_with_edits("0", add_special_tokens=False)["input_ids"]
     broken = [voc.dele, zero, voc.old, b, voc.eoc]  # deletes " b" at position 0, where "a" is
     size = len(voc.pieces) + 3
-    masks, outside = completion_masks(voc, sources, [good, broken], size, anchored=False)
+    masks, outside = completion_masks(voc, sources, [good, broken], size, chain_format="positional")
     assert masks.shape == (len(good) + len(broken), size) and outside == 1
     state = start_state()
     for j, t in enumerate(good):  # the sets the processor uses, position by position
-        proc = ChainConstraint(voc, sources[:1], prompt_len=0, anchored=False)
+        proc = ChainConstraint(voc, sources[:1], prompt_len=0, chain_format="positional")
         allowed_row = ~torch.isinf(proc(torch.tensor([good[:j]]), torch.zeros(1, size)))[0]
         assert torch.equal(masks[j], allowed_row) and masks[j, t]
-        state = advance(state, t, voc, SourceIndex(sources[0], anchored=False))
+        state = advance(state, t, voc, SourceIndex(sources[0], chain_format="positional"))
     assert state.phase == DONE
     rows = masks[len(good) :]
     assert rows[0].sum() == len(voc.op_markers) + 1  # after nothing: a marker or the end
@@ -258,7 +269,7 @@ def test_completion_masks_follow_each_completion(voc, tok_with_edits):
 
 
 def test_start_state_after_a_prefix(voc, tok_with_edits):
-    index = SourceIndex("Tom hits his brother.", anchored=False)
+    index = SourceIndex("Tom hits his brother.", chain_format="positional")
     state = start_state(cursor=3, prev="replace")
     assert state.phase == OP
     ids = tok_with_edits("<|del|>2", add_special_tokens=False)["input_ids"]

@@ -25,7 +25,7 @@ ITEMS = [(e.context, e.source) for e in tiny.EXAMPLES]
 
 
 def _setup(
-    rl: Realigner, source: str, mode: str = "apply", prefix: str = "", anchored: bool = True
+    rl: Realigner, source: str, mode: str = "apply", prefix: str = "", fmt: str = "anchored"
 ) -> tuple[list[int], list[int], ChainConstraint, _Job]:
     job = _Job(CTX, source, (), False)
     if prefix:
@@ -36,7 +36,7 @@ def _setup(
     prompt = rl._prompt(job)
     stops = [rl.tokenizer.eos_token_id] + ([rl.vocab.eoc] if mode == "apply" else [])
     start = start_state(job.prefix[-1].end, job.closed, job.prefix[-1].op) if job.prefix else start_state()
-    proc = ChainConstraint(rl.vocab, [source], len(prompt), starts=[start], then="stop" if mode == "apply" else "target", anchored=anchored)
+    proc = ChainConstraint(rl.vocab, [source], len(prompt), starts=[start], then="stop" if mode == "apply" else "target", chain_format=fmt)
     return prompt, stops, proc, job
 
 
@@ -76,7 +76,7 @@ def test_chain_drafter_drafts_anchored_spans(untrained):
 def test_chain_drafter_drafts_position_marker_and_span(untrained):
     rl = untrained
     voc, tok = rl.vocab, rl.tokenizer
-    drafter = ChainDrafter(voc, tok, SRC, anchored=False)
+    drafter = ChainDrafter(voc, tok, SRC, chain_format="positional")
     one = tok("1", add_special_tokens=False)["input_ids"]
     span = tok(" hits his brother when he is angry.", add_special_tokens=False)["input_ids"]
     # a chain starts with a guessed replace after the name, with its span
@@ -88,21 +88,21 @@ def test_chain_drafter_drafts_position_marker_and_span(untrained):
     assert drafter([], [voc.dele, *one, voc.old, span[0]], 64) == span[1:]
     # free text: nothing, unless a lookup drafter is given
     text = [voc.rep, *one, voc.old, span[0], voc.new, *tok(" talks", add_special_tokens=False)["input_ids"]]
-    assert ChainDrafter(voc, tok, SRC, anchored=False)([], text, 8) == []
-    assert ChainDrafter(voc, tok, SRC, text_lookup=PromptLookup(2), anchored=False)([7, 8, 9, 7], text, 8) == [8, 9]
+    assert ChainDrafter(voc, tok, SRC, chain_format="positional")([], text, 8) == []
+    assert ChainDrafter(voc, tok, SRC, text_lookup=PromptLookup(2), chain_format="positional")([7, 8, 9, 7], text, 8) == [8, 9]
 
 
 @pytest.mark.parametrize("mode", ["apply", "generate"])
-@pytest.mark.parametrize("constrained, anchored", [(True, True), (True, False), (False, True)])
-def test_chain_drafting_gives_plain_greedy_ids(untrained, mode, constrained, anchored):
+@pytest.mark.parametrize("constrained, fmt", [(True, "anchored"), (True, "positional"), (True, "inline"), (False, "anchored"), (False, "inline")])
+def test_chain_drafting_gives_plain_greedy_ids(untrained, mode, constrained, fmt):
     rl = untrained
     for _, source in ITEMS + [(CTX, SRC)]:
-        prompt, stops, proc, job = _setup(rl, source, mode, anchored=anchored)
+        prompt, stops, proc, job = _setup(rl, source, mode, fmt=fmt)
         proc = proc if constrained else None
         budget = rl._budget([job], mode)
         ref = _hf_greedy(rl, prompt, budget, stops, proc)
         plain, _ = greedy_generate(rl.model, prompt, budget, stops=stops, processors=[proc] if proc else [])
-        drafter = ChainDrafter(rl.vocab, rl.tokenizer, source, target_lookup=PromptLookup(6), text_lookup=PromptLookup(3), anchored=anchored)
+        drafter = ChainDrafter(rl.vocab, rl.tokenizer, source, target_lookup=PromptLookup(6), text_lookup=PromptLookup(3), chain_format=fmt)
         drafted, stats = greedy_generate(rl.model, prompt, budget, stops=stops, processors=[proc] if proc else [], drafter=drafter)
         assert plain == ref
         assert drafted == ref

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from secondthoughts import edits as E
 from secondthoughts.edits import (
+    CHAIN_FORMATS,
     SPECIAL_TOKENS,
     Edit,
     EditError,
@@ -23,9 +24,12 @@ from secondthoughts.edits import (
     escape,
     infer_edits,
     infer_text_edits,
+    parse_chain,
     parse_compact,
     parse_readable,
+    render_chain,
     render_compact,
+    render_inline,
     render_readable,
     tokenize,
     unescape,
@@ -221,13 +225,17 @@ def test_escape_hides_every_marker(text):
 
 @settings(max_examples=300, deadline=None)
 @given(text_st, text_st, costs_st)
-def test_text_chains_round_trip_both_renderings(src, tgt, costs):
+def test_text_chains_round_trip_every_rendering(src, tgt, costs):
     chain = infer_text_edits(src, tgt, costs)
     assert apply_text_edits(src, chain) == tgt
     compact = render_compact(chain)
     assert parse_compact(compact) == chain
     anchored = render_compact(chain, src)
     assert parse_compact(anchored, src) == chain
+    for fmt in CHAIN_FORMATS:
+        assert parse_chain(render_chain(chain, src, fmt), src, fmt) == chain
+    inline = render_inline(chain, src)
+    assert parse_compact(inline, src) == chain  # read as inline when it keeps text, as anchored (the same edits) when not
     readable = render_readable(chain, src)
     assert parse_readable(readable, src) == chain
 
@@ -271,6 +279,34 @@ def test_anchored_compact_copies_spans_instead_of_counting():
     ]
     with pytest.raises(EditError, match="' the dog' does not occur in the source after token 5"):
         parse_compact("<|del|><|old|> the dog<|del|><|old|> the dog<|eoc|>", src)
+
+
+def test_inline_chains_write_the_kept_text_and_stand_where_it_ends():
+    src = "He hits the dog and the cat."
+    chain = infer_text_edits(src, "He pets the dog and a big cat now.")
+    text = render_inline(chain, src)
+    assert text == "<|keep|>He<|rep|><|old|> hits<|new|> pets<|keep|> the dog and<|rep|><|old|> the<|new|> a<|ins|><|new|> big<|keep|> cat<|ins|><|new|> now<|eoc|>"
+    assert parse_chain(text, src, "inline") == chain and render_chain(chain, src, "inline") == text
+    assert parse_chain("<|keep|>He hits the dog and the cat.<|eoc|>", src, "inline") == []  # kept text at the end is allowed
+    bad = {
+        # what the anchored form looks up after the cursor, inline reads right at it
+        "<|keep|>He<|del|><|old|> the<|eoc|>": "' the' is not the source's text from token 1",
+        "<|keep|> He<|eoc|>": "kept text ' He' is not the source's text from token 0",
+        # reaching back into text an edit already took
+        "<|keep|>He<|rep|><|old|> hits the<|new|> pets<|del|><|old|> the<|eoc|>": "' the' is not the source's text from token 3",
+        "<|del|><|old|>He<|rep|><|old|> hits<|new|> x<|eoc|>": "replace right after delete: an edit there needs kept text",
+        "<|ins|><|new|> Oh<|ins|><|new|> so<|eoc|>": "insert right after insert",
+        "<|keep|>He<|keep|> hits<|eoc|>": "expected an edit marker or <|eoc|>, got '<|keep|>'",
+        "<|del|>1<|old|> hits<|eoc|>": "expected <|old|>, got '1'",
+        "<|ins|><|old|>He<|new|> x<|eoc|>": "expected <|new|>, got '<|old|>'",
+    }
+    for chain_text, message in bad.items():
+        with pytest.raises(EditError, match=re.escape(message)):
+            parse_chain(chain_text, src, "inline")
+    with pytest.raises(EditError, match="against its source"):
+        parse_compact("<|keep|>He<|eoc|>")
+    with pytest.raises(ValueError, match="chain_format"):
+        render_chain(chain, src, "numbered")
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import tiny
 import torch
 
 from secondthoughts import models
-from secondthoughts.edits import SPECIAL_TOKENS
+from secondthoughts.edits import KEEP, SPECIAL_TOKENS
 
 
 def test_edit_tokens_are_single_special_tokens(tiny_tok, tiny_lm):
     ids = models.add_edit_tokens(tiny_lm, tiny_tok)
-    assert len(set(ids)) == len(models.EDIT_TOKENS) == len(SPECIAL_TOKENS) + 2
+    assert len(set(ids)) == len(models.EDIT_TOKENS) == len(SPECIAL_TOKENS) + 3  # + KEEP, SRC, SEP
     for tok, i in zip(models.EDIT_TOKENS, ids):
         assert tiny_tok(tok, add_special_tokens=False)["input_ids"] == [i]
     assert tiny_lm.get_input_embeddings().weight.shape[0] == len(tiny_tok)
@@ -36,6 +36,14 @@ def test_new_rows_start_at_their_word_and_stay_tied(tiny_tok, tiny_lm):
     snapshot = w.detach().clone()
     assert models.add_edit_tokens(tiny_lm, tiny_tok) == ids
     assert torch.equal(tiny_lm.get_input_embeddings().weight, snapshot)
+
+
+def test_runs_made_before_inline_chains_lack_only_the_keep_token(tiny_tok, tiny_lm):
+    older = tuple(t for t in models.EDIT_TOKENS if t != KEEP)
+    ids = models.add_edit_tokens(tiny_lm, tiny_tok, older)
+    assert models.edit_token_ids(tiny_tok) == ids  # what such a run has, in the same order
+    with pytest.raises(KeyError, match="tokenizer lacks"):
+        models.edit_token_ids(tiny_tok, (*older, "<|nope|>"))  # any other absent token is an error
 
 
 def test_untied_output_rows_use_the_output_matrix(tiny_tok):
@@ -117,7 +125,8 @@ def test_embedded_smollm2_loads_answers_and_takes_edit_tokens():
     ids = models.add_edit_tokens(model, tok)
     assert ids[0] == 49152 and model.get_input_embeddings().weight.shape[0] == 49152 + len(models.EDIT_TOKENS)
     peft_model = models.apply_lora(model, ids)
-    x = torch.tensor([[ids[-2], 504, 3437, ids[-1], ids[2], 33]])
+    src, sep = (ids[models.EDIT_TOKENS.index(t)] for t in (models.SRC, models.SEP))
+    x = torch.tensor([[src, 504, 3437, sep, ids[2], 33]])
     loss = peft_model(x, labels=x).loss
     loss.backward()
     assert torch.isfinite(loss)

@@ -15,7 +15,16 @@ import torch
 import tiny
 from secondthoughts import models
 from secondthoughts.cli import main
-from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits, parse_compact, render_compact, render_readable
+from secondthoughts.edits import (
+    Edit,
+    EditError,
+    apply_text_edits,
+    infer_text_edits,
+    parse_compact,
+    render_chain,
+    render_compact,
+    render_readable,
+)
 from secondthoughts.realign import Realigner, RealignResult, _Job, apply_subset, as_chain
 from secondthoughts.sft import TrainConfig, train
 
@@ -24,10 +33,10 @@ CTX = "It is wrong to hit people."
 ITEMS = [(e.context, e.source) for e in tiny.EXAMPLES]
 
 
-def _run(tmp: Path, model_dir: Path, data: Path, mode: str) -> Path:
+def _run(tmp: Path, model_dir: Path, data: Path, mode: str, chain_format: str = "anchored") -> Path:
     cfg = TrainConfig(
-        data=str(data), model=str(model_dir), out=str(tmp / mode), mode=mode, max_length=128, batch_size=4,
-        max_steps=3, eval_fraction=0.0, lora_r=4, progress=False,
+        data=str(data), model=str(model_dir), out=str(tmp / f"{mode}-{chain_format}"), mode=mode, max_length=128, batch_size=4,
+        max_steps=3, eval_fraction=0.0, lora_r=4, progress=False, chain_format=chain_format,
     )  # fmt: skip
     return train(cfg).out
 
@@ -171,7 +180,7 @@ def test_run_folder_loads_merged_and_matches_the_adapter(coe_run):
 
 def test_the_run_says_which_chain_format_its_model_writes(coe_run, tmp_path):
     r = Realigner(coe_run)
-    assert r.anchored and json.loads((coe_run / "config.json").read_text())["train"]["chain_format"] == "anchored"
+    assert r.chain_format == "anchored" and json.loads((coe_run / "config.json").read_text())["train"]["chain_format"] == "anchored"
     res = r.realign(CTX, SRC, max_new_tokens=30)
     _consistent(res)
     assert res.compact == render_compact(res.chain, SRC)  # anchored: positions only where needed
@@ -183,10 +192,30 @@ def test_the_run_says_which_chain_format_its_model_writes(coe_run, tmp_path):
     del info["train"]["chain_format"]
     (old / "config.json").write_text(json.dumps(info))
     positional = Realigner(old)
-    assert not positional.anchored
+    assert positional.chain_format == "positional"
     res = positional.realign(CTX, SRC, max_new_tokens=30)
     _consistent(res)
     assert res.compact == render_compact(res.chain)  # every edit with its position
+
+
+def test_an_inline_run_writes_kept_text_and_its_chains_apply(tmp_path, tiny_model_dir, examples_jsonl):
+    run = _run(tmp_path, tiny_model_dir, examples_jsonl, "coe", "inline")
+    r = Realigner(run)
+    assert r.chain_format == "inline" and r.vocab.keep is not None
+    results = r.realign_many(ITEMS, batch_size=3, max_new_tokens=40)
+    results += [r.realign(CTX, SRC, max_new_tokens=40, draft="chain"), r.realign(CTX, SRC, mode="generate", max_new_tokens=60)]
+    results += [r.realign(CTX, SRC, do_sample=True, temperature=2.0, seed=s, max_new_tokens=40) for s in range(6)]
+    for res in results:
+        _consistent(res)
+        assert res.compact == render_chain(res.chain, res.source, "inline")
+    assert any("<|keep|>" in res.compact for res in results)
+    # a prefix the user forces is read and continued in the model's format
+    res = r.realign(CTX, SRC, prefix="<|keep|>Tom<|rep|><|old|> hits<|new|> talks to", max_new_tokens=30)
+    _consistent(res)
+    assert res.compact.startswith("<|keep|>Tom<|rep|><|old|> hits<|new|> talks to") and res.prefix_edits == 1
+    # unconstrained, a chain that stands anywhere but where the kept text ends is invalid, and says why
+    bad = r._result(_Job(CTX, SRC, (), False), 0, r.tokenizer("<|keep|>Tom<|del|><|old|> his<|eoc|>", add_special_tokens=False)["input_ids"], "apply", None)
+    assert not bad.valid and "' his' is not the source's text from token 1" in bad.error
 
 
 def test_cli_single_text(coe_run, capsys):

@@ -34,6 +34,8 @@ from secondthoughts.refine import (
     sequence_kl,
     total_rewards,
 )
+from secondthoughts.edits import parse_chain
+from secondthoughts.sequences import split_completion
 from secondthoughts.sft import TrainConfig, train
 
 TIMING = {"samples_per_s", "rollout_s", "score_s", "update_s", "elapsed_s"}
@@ -287,6 +289,28 @@ def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, exampl
     stats = r.update(batch)
     assert 0.0 <= stats["clip_frac"] <= 1.0 and math.isfinite(stats["ail_loss"])
     assert r.last_advantages.tolist() == pytest.approx(want.tolist(), abs=1e-5)
+
+
+def test_an_inline_policy_samples_and_imitates_inline_chains(tmp_path, tiny_model_dir, examples_jsonl):
+    cfg = TrainConfig(
+        data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path / "aem-inline"), chain_format="inline",
+        max_length=128, batch_size=4, max_steps=3, eval_fraction=0.0, lora_r=4, progress=False,
+    )  # fmt: skip
+    aem = train(cfg).out
+    r = Refiner(_cfg(tmp_path, aem, examples_jsonl, k=3, max_new_tokens=40, ail_negative="both"), word_reward)
+    assert r.chain_format == "inline"
+    exs = list(read_examples(examples_jsonl))[:2]
+    batch = r.rollout(exs, seed=0)
+    for ids, chain, ok, err, source in zip(batch.completion_ids, batch.chains, batch.valid, batch.errors, batch.sources):
+        assert ok or err.startswith("no <|eoc|> within 40"), err  # constrained: only the budget cuts a chain
+        if ok:
+            assert parse_chain(split_completion(r.vocab.decode(ids))[0], source, "inline") == chain
+    rows, outside = r.sample_rows(batch)
+    assert outside == 0
+    _, gold, _ = r._ail_rows(batch)
+    assert all(r.vocab.keep in ids for ids in gold[: len(exs)])  # gold chains as the policy writes them: inline
+    r.score(batch)
+    assert math.isfinite(r.update(batch)["ail_loss"])
 
 
 def test_full_finetuning_uses_a_frozen_copy(tmp_path, aem_run, examples_jsonl):

@@ -14,6 +14,7 @@ from secondthoughts.edits import (
     augment_chains,
     parse_compact,
     render_compact,
+    render_inline,
     tokenize,
 )
 from secondthoughts.sequences import (
@@ -63,6 +64,14 @@ def test_positional_chain_format(tok):
     assert render_compact(chain) in _text(tok, seq.input_ids) and "<|rep|>1<|old|>" in _text(tok, seq.input_ids)
     with pytest.raises(ValueError, match="chain_format"):
         build_sequences([EX], tok, chain_format="numbered")
+
+
+def test_inline_chain_format(tok):
+    (seq,), _ = build_sequences([EX], tok, mode="coe", max_length=256, cost_sets=[(1, 1, 2)], chain_format="inline")
+    chain = augment_chains(tokenize(EX.source), tokenize(EX.target), [(1, 1, 2)])[0][1]
+    text = _text(tok, seq.input_ids)
+    assert text.endswith(render_inline(chain, EX.source) + EX.target + tok.eos_token) and "<|keep|>" in text
+    assert tok.convert_tokens_to_ids("<|keep|>") in seq.input_ids  # one token, as the other markers
 
 
 def test_direct_format(tok):

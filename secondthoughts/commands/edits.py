@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 
 from secondthoughts.diffview import chain_stats, inline_diff
-from secondthoughts.edits import apply_text_edits, chain_cost, infer_text_edits, render_compact, render_readable, tokenize
+from secondthoughts.edits import CHAIN_FORMATS, apply_text_edits, chain_cost, infer_text_edits, render_chain, render_readable, tokenize
 
 
 def parse_costs(text: str) -> tuple[float, float, float]:
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="the value-aligned text")
     p.add_argument("--costs", type=parse_costs, default=(1.0, 1.0, 2.0), help="insert,delete,replace costs (default 1,1,2)")
     p.add_argument("--json", action="store_true", help="print the edits, total cost and applied target as JSON")
+    p.add_argument("--chain-format", choices=CHAIN_FORMATS, default="anchored", help="how the JSON's compact form is written (as `train --chain-format`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                     "cost": chain_cost(chain, *args.costs),
                     "costs": dict(zip(("insert", "delete", "replace"), args.costs)),
                     "target": applied,
-                    "compact": render_compact(chain, args.source),
+                    "compact": render_chain(chain, args.source, args.chain_format),
                     "readable": render_readable(chain, args.source).splitlines(),
                 },
                 ensure_ascii=False,
