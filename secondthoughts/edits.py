@@ -282,15 +282,40 @@ def apply_edits(source: Sequence[Hashable], edits: Iterable[Edit]) -> list[Hasha
     return out
 
 
+def merge_close_edits(source: Sequence[Hashable], edits: Iterable[Edit], gap: int) -> list[Edit]:
+    """The chain with every run of edits that at most ``gap`` kept tokens separate made one replace
+    (its old span from the first edit's start to the last one's end, its new text the edits' new
+    text with the kept tokens between them): fewer, longer edits, which apply to the same target.
+    A minimum-cost chain aligns any word the two texts share (" the", " her"), so where a text is
+    mostly rewritten its chain is many small edits around such words."""
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    out: list[Edit] = []
+    for e in edits:
+        if out and e.start - out[-1].end <= gap:
+            p = out[-1]
+            old, new = tuple(source[p.start : e.end]), p.new + tuple(source[p.end : e.start]) + e.new
+            out[-1] = Edit("replace" if old and new else "delete" if old else "insert", p.start, old, new)
+        else:
+            out.append(e)
+    return [e for e in out if e.old != e.new]
+
+
 def augment_chains(
-    source: Sequence[Hashable], target: Sequence[Hashable], cost_sets: Iterable[Sequence[float]] = DEFAULT_COST_SETS
+    source: Sequence[Hashable],
+    target: Sequence[Hashable],
+    cost_sets: Iterable[Sequence[float]] = DEFAULT_COST_SETS,
+    merge_gap: int | None = None,
 ) -> list[tuple[Costs, list[Edit]]]:
-    """The distinct chains that the given cost sets infer for one pair, first-seen order."""
+    """The distinct chains that the given cost sets infer for one pair, first-seen order; with
+    ``merge_gap``, each after ``merge_close_edits`` (so fewer may be distinct)."""
     seen: set[tuple[Edit, ...]] = set()
     out: list[tuple[Costs, list[Edit]]] = []
     for costs in cost_sets:
         c = _check_costs(tuple(costs))
         chain = infer_edits(source, target, *c)
+        if merge_gap is not None:
+            chain = merge_close_edits(source, chain, merge_gap)
         key = tuple(chain)
         if key not in seen:
             seen.add(key)

@@ -451,7 +451,7 @@ class Realigner:
                 self.model.train(training)
             new = [self._cut(row[width:].tolist(), mode) for row in out]
         generate_s = time.perf_counter() - t0
-        results = [self._result(j, k, g, mode, processor) for k, (j, g) in enumerate(zip(jobs, new))]
+        results = [self._result(j, k, g, mode, processor, budget) for k, (j, g) in enumerate(zip(jobs, new))]
         total_s = time.perf_counter() - t0 + prompt_s
         for r, g in zip(results, new):
             r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(jobs), "new_tokens": len(g)}
@@ -489,7 +489,7 @@ class Realigner:
                 return gen[:k]
         return gen
 
-    def _result(self, job: _Job, item: int, gen: list[int], mode: str, processor: ChainConstraint | None) -> RealignResult:
+    def _result(self, job: _Job, item: int, gen: list[int], mode: str, processor: ChainConstraint | None, budget: int) -> RealignResult:
         res = RealignResult(job.context, job.source, mode, prefix_edits=len(job.prefix))
         if mode == "direct":
             res.text = self.tokenizer.decode(gen, skip_special_tokens=True)
@@ -506,7 +506,8 @@ class Realigner:
             res.truncated = True
         try:
             if not closed and processor is None:
-                raise EditError(f"no {EOC} within {len(gen)} new tokens")
+                # fewer tokens than the budget: the model ended the text itself (EOS) before closing the chain
+                raise EditError(f"no {EOC} within {len(gen)} new tokens" + (" (the model wrote EOS)" if len(gen) < budget else ""))
             res.chain = parse_chain(chain_text, job.source, self.chain_format)
             res.text = detokenize(apply_edits(tokenize(job.source), res.chain))  # type: ignore[arg-type]
             res.compact = self._render(res.chain, job.source)

@@ -74,6 +74,7 @@ from secondthoughts.edits import (
     apply_edits,
     detokenize,
     infer_edits,
+    merge_close_edits,
     parse_chain,
     render_chain,
     tokenize,
@@ -470,6 +471,8 @@ class Refiner:
         self.device = self.accelerator.device
         self.aem_info = run_info(config.policy) or {}
         self.chain_format = chain_format(self.aem_info)  # as the policy writes chains
+        gap = self.aem_info.get("merge_gap", -1)
+        self.merge_gap = gap if gap >= 0 else None  # expert chains as the policy learned them
         if self.aem_info.get("mode", "coe") != "coe":
             raise ValueError(f"{config.policy} was trained with --mode {self.aem_info['mode']}: refinement needs a chain-of-edits run")
         self.policy, self.reference, self.tokenizer, self.aem = load_policy(config)
@@ -605,14 +608,18 @@ class Refiner:
         costs = self.config.costs
         for ex, p in zip(batch.examples, batch.prompt_ids):
             prompts.append(p)
-            comps.append(self._chain_ids(infer_edits(tokenize(ex.source), tokenize(ex.target), *costs), ex.source))
+            comps.append(self._chain_ids(self._expert(ex.source, ex.target, costs), ex.source))
             sources.append(ex.source)
         if self.config.ail_negative in ("reverse", "both"):
             for ex in batch.examples:
                 prompts.append(self.prompt_ids(Example(ex.context, ex.target, ex.source, ex.id)))
-                comps.append(self._chain_ids(infer_edits(tokenize(ex.target), tokenize(ex.source), *costs), ex.target))
+                comps.append(self._chain_ids(self._expert(ex.target, ex.source, costs), ex.target))
                 sources.append(ex.target)
         return prompts, comps, sources
+
+    def _expert(self, source: str, target: str, costs: tuple[float, float, float]) -> list[Edit]:
+        chain = infer_edits(tokenize(source), tokenize(target), *costs)
+        return chain if self.merge_gap is None else merge_close_edits(tokenize(source), chain, self.merge_gap)
 
     def _chain_ids(self, chain: list[Edit], source: str) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.

@@ -175,12 +175,14 @@ def build_sequences(
     max_length: int = 512,
     cost_sets: Sequence[Costs] = DEFAULT_COST_SETS,
     chain_format: str = "anchored",
+    merge_gap: int | None = None,
 ) -> tuple[list[Encoded], LengthReport]:
     """All training sequences: in CoE mode one per distinct chain that ``cost_sets`` infer
     (the paper's augmentation), in direct mode one per example. ``chain_format``: "anchored"
     (edits found by the text they copy, positions only where that is ambiguous), "positional"
     (every edit with its source-token position) or "inline" (the kept text between edits written
-    out, so each edit stands where the text so far ends)."""
+    out, so each edit stands where the text so far ends). ``merge_gap``: edits that at most this many
+    kept tokens separate become one (``edits.merge_close_edits``); None: the chains as inferred."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if chain_format not in CHAIN_FORMATS:
@@ -191,7 +193,7 @@ def build_sequences(
         report.examples += 1
         if mode == "coe":
             chains: list[tuple[Costs | None, list[Edit] | None]] = list(
-                augment_chains(tokenize(ex.source), tokenize(ex.target), cost_sets)
+                augment_chains(tokenize(ex.source), tokenize(ex.target), cost_sets, merge_gap)
             )
         else:
             chains = [(None, None)]

@@ -80,6 +80,11 @@ class TrainConfig:
         choices=CHAIN_FORMATS,
     )
     cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")  # noqa: RUF009 (_f copies lists)
+    merge_gap: int = _f(
+        -1,
+        "coe chains: edits that at most N kept tokens separate become one replace (fewer, longer edits; "
+        "0 joins only edits that touch); -1: the minimum-cost chains as they are (the paper)",
+    )
     max_length: int = _f(512, "tokens per sequence and per packed row; longer: context cut from the left, else dropped")
     packing: bool = _f(True, "pack several sequences into each row (attention and loss stay per sequence)")
     batch_size: int = _f(8, "rows per micro-batch per process")
@@ -112,6 +117,8 @@ class TrainConfig:
         self.cost_sets = [[float(c) for c in cs] for cs in self.cost_sets]
         if any(len(cs) != 3 for cs in self.cost_sets) or not self.cost_sets:
             raise ValueError(f"cost_sets must be a list of (insert, delete, replace), got {self.cost_sets!r}")
+        if self.merge_gap < -1:
+            raise ValueError(f"merge_gap must be >= 0, or -1 (off), got {self.merge_gap}")
         for name in ("batch_size", "grad_accum", "max_length", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -389,7 +396,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     model, tokenizer, _ = build_model(config)
     train_ex, eval_ex = load_examples(config)
     cost_sets = [tuple(c) for c in config.cost_sets]
-    shape = {"mode": config.mode, "max_length": config.max_length, "cost_sets": cost_sets, "chain_format": config.chain_format}
+    shape = {
+        "mode": config.mode, "max_length": config.max_length, "cost_sets": cost_sets, "chain_format": config.chain_format,
+        "merge_gap": config.merge_gap if config.merge_gap >= 0 else None,
+    }  # fmt: skip
     train_seqs, report = build_sequences(train_ex, tokenizer, **shape)  # type: ignore[arg-type]
     eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, **shape)  # type: ignore[arg-type]
     if not train_seqs:
@@ -599,6 +609,7 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
         f"- base model: `{cfg['model']}`",
         f"- format: {method}; loss only after `<|sep|>`",
         f"- augmentation: {cfg.get('chain_format', 'positional')} chains under cost sets {cfg['cost_sets']} (insert, delete, replace)"
+        + (f", edits at most {cfg['merge_gap']} kept tokens apart merged" if cfg.get("merge_gap", -1) >= 0 else "")
         if cfg["mode"] == "coe"
         else "- augmentation: none",
         f"- {tuning}",

@@ -24,6 +24,7 @@ from secondthoughts.edits import (
     escape,
     infer_edits,
     infer_text_edits,
+    merge_close_edits,
     parse_chain,
     parse_compact,
     parse_readable,
@@ -279,6 +280,33 @@ def test_anchored_compact_copies_spans_instead_of_counting():
     ]
     with pytest.raises(EditError, match="' the dog' does not occur in the source after token 5"):
         parse_compact("<|del|><|old|> the dog<|del|><|old|> the dog<|eoc|>", src)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text_st, text_st, costs_st, st.integers(0, 3))
+def test_merged_chains_apply_and_keep_more_text_between_edits(src, tgt, costs, gap):
+    s = tokenize(src)
+    chain = infer_text_edits(src, tgt, costs)
+    merged = merge_close_edits(s, chain, gap)
+    assert apply_edits(s, merged) == tokenize(tgt) and len(merged) <= len(chain)
+    assert all(b.start - a.end > gap for a, b in zip(merged, merged[1:]))
+    assert merge_close_edits(s, merged, gap) == merged
+    for fmt in CHAIN_FORMATS:
+        assert parse_chain(render_chain(merged, src, fmt), src, fmt) == merged
+
+
+def test_merging_joins_edits_around_shared_words():
+    src = "He hits the dog and the cat."
+    chain = infer_text_edits(src, "He pets the dog and a big cat now.")
+    assert len(chain) == 4
+    s = tokenize(src)
+    assert render_compact(merge_close_edits(s, chain, 0), src) == "<|rep|><|old|> hits<|new|> pets<|rep|><|old|> the<|new|> a big<|ins|><|old|> cat<|new|> now<|eoc|>"
+    assert render_compact(merge_close_edits(s, chain, 1), src) == "<|rep|><|old|> hits<|new|> pets<|rep|><|old|> the cat<|new|> a big cat now<|eoc|>"
+    assert merge_close_edits(s, chain, 3) == [Edit("replace", 1, tuple(s[1:7]), tuple(tokenize(" pets the dog and a big cat now")))]
+    # a cost set's own style goes where merging joins its edits: fewer distinct chains per pair
+    assert len(augment_chains(s, tokenize("He pets the dog and a big cat now."), merge_gap=3)) == 1
+    with pytest.raises(ValueError, match="gap"):
+        merge_close_edits(s, chain, -1)
 
 
 def test_inline_chains_write_the_kept_text_and_stand_where_it_ends():

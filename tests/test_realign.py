@@ -130,7 +130,7 @@ def test_generate_mode_reports_disagreement(untrained):
     tok = untrained.tokenizer
     for target, disagrees in [("Tom talks to his brother when he is angry.", False), ("Tom talks to him.", True)]:
         ids = tok(chain + target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        r = untrained._result(job, 0, untrained._cut(ids, "generate"), "generate", None)
+        r = untrained._result(job, 0, untrained._cut(ids, "generate"), "generate", None, 100)
         assert r.valid and r.text == "Tom talks to his brother when he is angry."
         assert r.generated_target == target and r.disagrees is disagrees
 
@@ -214,8 +214,13 @@ def test_an_inline_run_writes_kept_text_and_its_chains_apply(tmp_path, tiny_mode
     _consistent(res)
     assert res.compact.startswith("<|keep|>Tom<|rep|><|old|> hits<|new|> talks to") and res.prefix_edits == 1
     # unconstrained, a chain that stands anywhere but where the kept text ends is invalid, and says why
-    bad = r._result(_Job(CTX, SRC, (), False), 0, r.tokenizer("<|keep|>Tom<|del|><|old|> his<|eoc|>", add_special_tokens=False)["input_ids"], "apply", None)
+    job, tok = _Job(CTX, SRC, (), False), r.tokenizer
+    bad = r._result(job, 0, tok("<|keep|>Tom<|del|><|old|> his<|eoc|>", add_special_tokens=False)["input_ids"], "apply", None, 40)
     assert not bad.valid and "' his' is not the source's text from token 1" in bad.error
+    # no <|eoc|>: cut by the budget, or ended by the model itself
+    open_chain = tok("<|keep|>Tom<|del|><|old|> hits", add_special_tokens=False)["input_ids"]
+    assert r._result(job, 0, open_chain, "apply", None, len(open_chain)).error == f"no <|eoc|> within {len(open_chain)} new tokens"
+    assert r._result(job, 0, open_chain, "apply", None, 40).error.endswith("(the model wrote EOS)")
 
 
 def test_cli_single_text(coe_run, capsys):

@@ -293,7 +293,7 @@ def test_greedy_baseline_ppo_epochs_and_invalid_chains(tmp_path, aem_run, exampl
 
 def test_an_inline_policy_samples_and_imitates_inline_chains(tmp_path, tiny_model_dir, examples_jsonl):
     cfg = TrainConfig(
-        data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path / "aem-inline"), chain_format="inline",
+        data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path / "aem-inline"), chain_format="inline", merge_gap=1,
         max_length=128, batch_size=4, max_steps=3, eval_fraction=0.0, lora_r=4, progress=False,
     )  # fmt: skip
     aem = train(cfg).out
@@ -308,7 +308,10 @@ def test_an_inline_policy_samples_and_imitates_inline_chains(tmp_path, tiny_mode
     rows, outside = r.sample_rows(batch)
     assert outside == 0
     _, gold, _ = r._ail_rows(batch)
-    assert all(r.vocab.keep in ids for ids in gold[: len(exs)])  # gold chains as the policy writes them: inline
+    assert all(r.vocab.keep in ids for ids in gold[: len(exs)])  # gold chains as the policy writes them: inline, merged
+    for ex, ids in zip(exs, gold):
+        chain = parse_chain(r.vocab.decode(ids), ex.source, "inline")
+        assert r.merge_gap == 1 and all(b.start - a.end > 1 for a, b in zip(chain, chain[1:]))
     r.score(batch)
     assert math.isfinite(r.update(batch)["ail_loss"])
 

@@ -28,7 +28,7 @@ from secondthoughts.sequences import (
     split_completion,
     unpacked,
 )
-from secondthoughts.sft import CompletionLoss
+from secondthoughts.sft import CompletionLoss, TrainConfig
 
 EX = Example("It is wrong to hit people.", "Tom hits his brother.", "Tom talks to his brother.", "a")
 
@@ -72,6 +72,16 @@ def test_inline_chain_format(tok):
     text = _text(tok, seq.input_ids)
     assert text.endswith(render_inline(chain, EX.source) + EX.target + tok.eos_token) and "<|keep|>" in text
     assert tok.convert_tokens_to_ids("<|keep|>") in seq.input_ids  # one token, as the other markers
+
+
+def test_merged_chains(tok):
+    ex = Example("", "He hits the dog and the cat.", "He pets the dog and a big cat now.", "m")
+    seqs, report = build_sequences([ex], tok, mode="coe", max_length=256, merge_gap=3)
+    assert len(seqs) == report.sequences == 1  # one replace: the cost sets' chains are all the same
+    assert "<|rep|><|old|> hits the dog and the cat<|new|> pets the dog and a big cat now<|eoc|>" in _text(tok, seqs[0].input_ids)
+    assert len(build_sequences([ex], tok, mode="coe", max_length=256)[0]) == 2  # (1,1,3) deletes and inserts
+    with pytest.raises(ValueError, match="merge_gap"):
+        TrainConfig(merge_gap=-2)
 
 
 def test_direct_format(tok):
