@@ -35,7 +35,6 @@ from secondthoughts.edits import (
     parse_chain,
     parse_compact,
     render_chain,
-    render_compact,
     tokenize,
 )
 

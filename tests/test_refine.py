@@ -305,7 +305,7 @@ def test_an_inline_policy_samples_and_imitates_inline_chains(tmp_path, tiny_mode
         assert ok or err.startswith("no <|eoc|> within 40"), err  # constrained: only the budget cuts a chain
         if ok:
             assert parse_chain(split_completion(r.vocab.decode(ids))[0], source, "inline") == chain
-    rows, outside = r.sample_rows(batch)
+    _, outside = r.sample_rows(batch)
     assert outside == 0
     _, gold, _ = r._ail_rows(batch)
     assert all(r.vocab.keep in ids for ids in gold[: len(exs)])  # gold chains as the policy writes them: inline, merged
