@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's real run: LoRA on 1,000 Moral Stories training pairs (one epoch; the anchored run up to three), chain of edits
 # (AEM) and the direct baseline, then greedy re-alignment of 100 dev examples. `merged`: AEM on chains whose edits at most
-# 3 kept tokens apart are merged (--merge-gap 3), one epoch at batch 4.
+# 3 kept tokens apart are merged (--merge-gap 3), one epoch at batch 2.
 #   bash benchmarks/ms1000.sh [WORK_DIR]        (default /tmp/ms1000; runs go to runs/ms1000-*)
 # Each step skips what is already there, and `train --resume` continues a killed run.
 set -euo pipefail
@@ -21,12 +21,13 @@ for NAME in coe direct anchored merged; do
     coe) FLAGS="--mode coe --chain-format positional --epochs 1 --batch-size 8";;
     direct) FLAGS="--mode direct --epochs 1 --batch-size 8";;
     anchored) FLAGS="--mode coe --chain-format anchored --epochs 3 --batch-size 8";;
-    merged) FLAGS="--mode coe --chain-format anchored --merge-gap 3 --epochs 1 --batch-size 4";;
+    merged) FLAGS="--mode coe --chain-format anchored --merge-gap 3 --epochs 1 --batch-size 2 --eval-every 40";;
   esac
   if [ ! -f "$RUN/README.md" ]; then
     RESUME=$([ -d "$RUN/checkpoint" ] && echo --resume || true)
-    /usr/bin/time -v secondthoughts train --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" --out $RUN $FLAGS \
-      --lr 1e-3 --lora-r 16 --lora-alpha 16 --max-length 256 --eval-every 20 --log-every 5 $RESUME \
+    # (the run's own FLAGS come last: the last value of a flag wins)
+    /usr/bin/time -v secondthoughts train --data "$WORK/train.jsonl" --eval-data "$WORK/dev.jsonl" --out $RUN \
+      --lr 1e-3 --lora-r 16 --lora-alpha 16 --max-length 256 --eval-every 20 --log-every 5 $FLAGS $RESUME \
       2> >(tee "$WORK/train-$NAME.log" >&2)
   fi
 done
