@@ -391,16 +391,15 @@ def _inline_ops(cursor: int, prev: str, n: int) -> list[str]:
 
 
 def _inline_marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
-    kept = state.prev == "keep"
-    closable = n - 1 if not kept else state.closable_at
-    if tid == voc.eoc and not kept:
-        return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
-    if tid == voc.keep and not kept and state.cursor < src.n:
-        return ChainState(SPAN, "keep", state.cursor, state.prev, pos=state.cursor, n=n, closable_at=closable, lo=state.cursor)
-    op = voc.op_markers.get(tid)
-    if op is None or op not in _inline_ops(state.cursor, state.prev, src.n):
+    # Which markers may stand here is _next_markers' call alone: this only says where each leads.
+    if tid not in _next_markers(state.cursor, state.prev, voc, src):
         return ChainState(BAD, n=n, closable_at=state.closable_at)
-    return ChainState(POS, op, state.cursor, state.prev, n=n, closable_at=closable, lo=state.cursor)
+    closable = state.closable_at if state.prev == "keep" else n - 1  # <|eoc|> never follows kept text
+    if tid == voc.eoc:
+        return ChainState(DONE, cursor=state.cursor, prev=state.prev, n=n, closable_at=n - 1)
+    if tid == voc.keep:
+        return ChainState(SPAN, "keep", state.cursor, state.prev, pos=state.cursor, n=n, closable_at=closable, lo=state.cursor)
+    return ChainState(POS, voc.op_markers[tid], state.cursor, state.prev, n=n, closable_at=closable, lo=state.cursor)
 
 
 def _marker_step(state: ChainState, tid: int, voc: EditVocab, src: SourceIndex, n: int) -> ChainState:
@@ -514,7 +513,8 @@ def walk(ids: Sequence[int], voc: EditVocab, src: SourceIndex, start: ChainState
 
 def _next_markers(cursor: int, prev: str, voc: EditVocab, src: SourceIndex) -> list[int]:
     if src.inline:
-        ops = [m for m, op in voc.op_markers.items() if op in _inline_ops(cursor, prev, src.n)]
+        here = _inline_ops(cursor, prev, src.n)
+        ops = [m for m, op in voc.op_markers.items() if op in here]
         if prev == "keep":
             return ops
         return [*ops, *([voc.keep] if voc.keep is not None and cursor < src.n else []), voc.eoc]

@@ -618,8 +618,9 @@ class Refiner:
         return prompts, comps, sources
 
     def _expert(self, source: str, target: str, costs: tuple[float, float, float]) -> list[Edit]:
-        chain = infer_edits(tokenize(source), tokenize(target), *costs)
-        return chain if self.merge_gap is None else merge_close_edits(tokenize(source), chain, self.merge_gap)
+        tokens = tokenize(source)
+        chain = infer_edits(tokens, tokenize(target), *costs)
+        return chain if self.merge_gap is None else merge_close_edits(tokens, chain, self.merge_gap)
 
     def _chain_ids(self, chain: list[Edit], source: str) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.
