@@ -342,9 +342,17 @@ def _join(parts: Iterable[str]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def pair_problem(source: str, target: str) -> str | None:
+    """Why (source, target) cannot be a training pair, or None. The one rule that every entry
+    point applies (the readers, ``prepare``, the editor's save); texts compare normalized."""
+    if _clean(source) == _clean(target):
+        return "identical to the source"
+    return None
+
+
 def _example(context: str, source: str, target: str, id: str, meta: dict[str, Any], target_field: str) -> Example:
-    if source == target:
-        raise _RowError(target_field, "identical to the source")
+    if reason := pair_problem(source, target):
+        raise _RowError(target_field, reason)
     return Example(context, source, target, id, meta)
 
 
