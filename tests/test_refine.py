@@ -338,6 +338,7 @@ def test_cli_runs_and_resumes(tmp_path, aem_run, examples_jsonl, capsys):
         main(["refine", "--out", str(out), "--resume", "--steps", "3"])
 
 
+@pytest.mark.slow
 def test_two_processes_refine_together(tmp_path, aem_run, examples_jsonl):
     """Two CPU processes (DDP over gloo): one run folder, metrics written once, a checkpoint with
     both processes' RNG states, and twice the samples per step."""

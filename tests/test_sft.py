@@ -163,6 +163,7 @@ def test_every_config_field_has_help():
     assert all(f.metadata.get("help") for f in fields(TrainConfig))
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_like_one(tmp_path, tiny_model_dir, examples_jsonl):
     """Two CPU processes (DDP over gloo): one consistent run folder, and (dropout off) the same
     losses as one process with the same global batch. ``--multi_gpu`` is what makes accelerate

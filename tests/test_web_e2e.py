@@ -36,6 +36,7 @@ def chain_of(edits: list[dict]) -> list[Edit]:
     return [Edit.from_dict(e) for e in edits]
 
 
+@pytest.mark.slow
 def test_correct_a_realignment_in_the_browser_and_train_on_it(realigner, tiny_model_dir, tmp_path):
     expect = sync_api.expect
     corrections = tmp_path / "corrections.jsonl"
