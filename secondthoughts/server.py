@@ -5,9 +5,9 @@ rewrites single edits and lets the model continue after a corrected one (the pap
 error correction). Corrected pairs are appended to a JSONL file that ``secondthoughts train
 --data`` reads.
 
-Standard library only: a ``ThreadingHTTPServer`` serving ``web/`` and a JSON API.
+Standard library only: a threading HTTP server serving ``web/`` and a JSON API.
 
-    GET  /api/health                          model, mode, corrections file
+    GET  /api/health                          model, mode, corrections file, limits
     POST /api/realign  {context, source}                 -> result
     POST /api/apply    {source, chain, keep?, add?}      -> text, edits, segments, keep
     POST /api/continue {context, source, prefix}         -> result (the model continues after prefix)
@@ -18,25 +18,45 @@ old / new tokens and text, its readable line), ``segments`` (the inline diff) an
 A ``chain`` item is an edit record (only op, start, old, new are read) or ``{"readable": LINE}``,
 a line read where the previous edit ends: how a person rewrites an edit in place.
 
-Errors are JSON ``{"error": message}``: 400 bad input (the message names the field), 413 body over
-64 KiB, 415 not JSON, 422 a chain that does not read or apply, 403 a request from another site.
+Every answer, errors included, is JSON; an error is ``{"error": message}``: 400 bad input (the
+message names the field), 403 a request from another site, 404 / 405 / 501 no such page or
+method, 408 a request that did not arrive within the read timeout, 411 / 413 / 415 no length,
+too large (the body, or a source longer than the model was trained on), not JSON, 422 a chain
+that does not read or apply, a pair that is not a correction, or a source over the token or time
+budget, 503 (with ``Retry-After``) busy: the model queue or the connection limit is full.
+
+Under load (see :class:`Limits`): the model runs one request at a time, at most ``queue`` wait,
+shortest source first, so a small request waits behind at most the one running; a request holds
+the model for at most ``time_budget`` seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import errno
+import heapq
 import ipaddress
+import itertools
 import json
+import math
 import os
+import re
+import socket
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from secondthoughts.data import pair_problem
 from secondthoughts.edits import (
     Edit,
     EditError,
@@ -45,22 +65,53 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
-from secondthoughts.realign import apply_subset, as_chain
+from secondthoughts.realign import _job, apply_subset, as_chain
+from secondthoughts.sequences import encode_prompt
 
 if TYPE_CHECKING:
     from secondthoughts.realign import Realigner
 
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 16  # JSON nesting: a chain of edit records needs 4
+LINGER_S, LINGER_BYTES = 2.0, 1 << 20  # what is read of a request left unread before closing
 WEB_DIR = Path(__file__).parent / "web"
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+SURROGATE = re.compile("[\ud800-\udfff]")
+DIGITS = re.compile("[0-9]{1,12}")  # not str.isdigit, which takes "²"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may take, and how much the server takes at once (each a ``serve`` flag)."""
+
+    max_source_tokens: int | None = None  # None: what the run's max_length leaves room for (413 past it)
+    max_new_tokens: int | None = None  # None: realign's own budget, bounded by the source cap (422 past it)
+    time_budget: float = 20.0  # seconds one request may hold the model (422 past it)
+    queue: int = 4  # requests that may wait for the model (503 past it)
+    max_connections: int = 128  # connections handled at once (503 past it)
+    read_timeout: float = 5.0  # seconds for a request's headers and body to arrive (408 past it)
+
+    def __post_init__(self) -> None:
+        for name in ("max_source_tokens", "max_new_tokens"):
+            if (v := getattr(self, name)) is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if not (self.time_budget > 0 and self.read_timeout > 0):  # also refuses NaN
+            raise ValueError("time_budget and read_timeout must be > 0 seconds")
+        if self.queue < 0 or self.max_connections < 1:
+            raise ValueError("queue must be >= 0 and max_connections >= 1")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
+
+
+def busy(message: str, retry_after: int) -> ApiError:
+    return ApiError(503, f"{message}; try again in {retry_after} s", {"Retry-After": str(retry_after)})
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +123,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_corrections_path(path: Path) -> None:
+    """Refuse at start a corrections path that no save could append to (``ValueError``)."""
+    if path.is_dir():
+        raise ValueError(f"corrections file {path} is a directory")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"corrections file {path} is not writable")
+        return
+    for parent in path.absolute().parents:  # the nearest one that exists must be a writable folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"corrections file {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"corrections file {path}: folder {parent} is not writable")
+            return
+
+
 # ---------------------------------------------------------------- reading requests
+
+
+def check_json(body: Any) -> None:
+    """Refuse what ``json.loads`` lets through but nothing after it can take: lone surrogates
+    (not text: no UTF-8 encoding, no tokenizer) and nesting deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int, str]] = [(body, 0, "request body")]
+    while stack:  # a loop, not recursion: the depth is what is being checked
+        value, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"{where}: JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            if m := SURROGATE.search(value):
+                raise ApiError(400, f"{where}: contains a lone surrogate ({ascii(m.group())}), which is not text")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if m := SURROGATE.search(key):
+                    raise ApiError(400, f"{where}: a key contains a lone surrogate ({ascii(m.group())}), which is not text")
+                stack.append((item, depth + 1, f"field {key!r}" if depth == 0 else where))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, where) for item in value)
 
 
 def text_field(body: Mapping[str, Any], name: str, *, required: bool = True) -> str:
@@ -84,6 +172,23 @@ def text_field(body: Mapping[str, Any], name: str, *, required: bool = True) -> 
     if required and not value.strip():
         raise ApiError(400, f"field {name!r}: empty")
     return value
+
+
+def read_edit(item: Mapping[str, Any], where: str) -> Edit:
+    """An edit record: op, start, and old / new as lists of token strings."""
+    op, start = item.get("op"), item.get("start")
+    if not isinstance(op, str):
+        raise ApiError(400, f"{where}: 'op' must be a string")
+    if not isinstance(start, int) or isinstance(start, bool):
+        raise ApiError(400, f"{where}: 'start' must be an integer")
+    for key in ("old", "new"):
+        tokens = item.get(key, [])
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ApiError(400, f"{where}: {key!r} must be a list of token strings")
+    try:
+        return Edit.from_dict(dict(item))
+    except (TypeError, ValueError) as e:  # EditError is a ValueError
+        raise ApiError(400, f"{where}: {e}") from None
 
 
 def read_chain(body: Mapping[str, Any], name: str, source: str) -> list[Edit]:
@@ -107,10 +212,7 @@ def read_chain(body: Mapping[str, Any], name: str, source: str) -> list[Edit]:
                     raise ApiError(400, f"{where}: 'readable' must be a non-empty line")
                 edits.append(read_line(item["readable"], source, edits, where))
             else:
-                try:
-                    edits.append(Edit.from_dict(item))
-                except (TypeError, ValueError) as e:  # EditError is a ValueError
-                    raise ApiError(400, f"{where}: {e}") from None
+                edits.append(read_edit(item, where))
         return as_chain(edits, source, what=f"field {name!r}")[0]
     except EditError as e:
         raise ApiError(422, str(e)) from None
@@ -140,6 +242,23 @@ def read_keep(body: Mapping[str, Any], n: int) -> list[bool]:
     if len(keep) != n:
         raise ApiError(400, f"field 'keep': {len(keep)} flags for a chain of {n} edits")
     return keep
+
+
+@dataclass
+class RealignRequest:
+    """A request for the model: /api/realign and /api/continue. ``options`` go to
+    ``Realigner.realign`` as keyword arguments (the place for per-request search settings)."""
+
+    context: str
+    source: str
+    prefix: list[Edit] | None = None
+    options: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, body: Mapping[str, Any], *, prefix_required: bool = False) -> RealignRequest:
+        context, source = text_field(body, "context", required=False), text_field(body, "source")
+        prefix = read_chain(body, "prefix", source) if prefix_required or body.get("prefix") else None
+        return cls(context, source, prefix, {})
 
 
 # ---------------------------------------------------------------- views
@@ -190,18 +309,114 @@ def chain_view(source: str, chain: Sequence[Edit], keep: Sequence[bool]) -> dict
 # ---------------------------------------------------------------- the API
 
 
+class ModelGate:
+    """The model, one request at a time. At most ``queue`` requests wait, the cheapest first (so a
+    small request waits behind at most the one running), each at most ``max_wait`` seconds; past
+    either, a 503 whose ``Retry-After`` comes from how long requests have held the model."""
+
+    def __init__(self, queue: int, max_wait: float) -> None:
+        self.queue, self.max_wait = queue, max_wait
+        self._cond = threading.Condition()
+        self._running = False
+        self._waiting: list[tuple[int, int]] = []  # a heap of (cost, arrival)
+        self._arrivals = itertools.count()
+        self._mean_s = 1.0  # a running mean of the seconds one request holds the model
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self._mean_s * (len(self._waiting) + 1)))
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        with self._cond:
+            if self._running or self._waiting:
+                self._wait(cost)
+            self._running = True
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - t0)
+                self._running = False
+                self._cond.notify_all()
+
+    def _wait(self, cost: int) -> None:
+        if len(self._waiting) >= self.queue:
+            raise busy(f"the model is busy ({len(self._waiting)} requests waiting)", self.retry_after())
+        entry = (cost, next(self._arrivals))
+        heapq.heappush(self._waiting, entry)
+        deadline = time.monotonic() + self.max_wait
+        try:
+            while self._running or self._waiting[0] != entry:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise busy(f"the model stayed busy for {self.max_wait:g} s", self.retry_after())
+                self._cond.wait(left)
+        finally:
+            self._waiting.remove(entry)
+            heapq.heapify(self._waiting)
+            self._cond.notify_all()  # whoever is first now checks again
+
+
+class _OverTime(Exception):
+    """Raised from the model's forward pass once a request's time budget is spent."""
+
+
+def source_cap(realigner: Realigner, tokenizer: Any) -> int:
+    """Source tokens that fit the training length: the prompt plus a completion about as long
+    again (what ``Realigner`` leaves room for) within the run's ``max_length``, else the model's
+    positions."""
+    length = realigner.max_length or getattr(realigner.model.config, "max_position_embeddings", None) or 1024
+    return max(1, (length - 16) // 2 - prompt_overhead(tokenizer))
+
+
+def prompt_overhead(tokenizer: Any) -> int:
+    return len(encode_prompt(tokenizer, "", ""))
+
+
 class Api:
     """The endpoints as plain methods (body dict -> response dict), so that the HTTP layer
-    only routes and encodes."""
+    only routes and encodes. ``close()`` removes the time-budget hook from the model."""
 
-    def __init__(self, realigner: Realigner, corrections_path: str | os.PathLike[str], settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        realigner: Realigner,
+        corrections_path: str | os.PathLike[str],
+        settings: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.realigner = realigner
         self.corrections = Path(corrections_path)
+        check_corrections_path(self.corrections)
         self.settings = dict(settings or {})
+        self.mode = self.settings.get("mode") or realigner.default_mode()
+        self.limits = limits or Limits()
+        # Sizing runs in request threads while the model's thread tokenizes: transformers flips a
+        # flag on a tokenizer per call, so the sizing gets a copy of its own (and a lock).
+        self._sizer = copy.copy(realigner)
+        self._sizer.tokenizer = copy.deepcopy(realigner.tokenizer)
+        self._sizer_lock = threading.Lock()
+        self._overhead = prompt_overhead(self._sizer.tokenizer)
+        self.max_source_tokens = self.limits.max_source_tokens or source_cap(realigner, self._sizer.tokenizer)
+        self._cap_origin = "serve --max-source-tokens" if self.limits.max_source_tokens else (
+            f"what the run's training length of {realigner.max_length} tokens leaves room for" if realigner.max_length
+            else "what the model's positions leave room for"
+        )
         # One model, many request threads: generation is not thread-safe and would only
         # contend for the same cores anyway.
-        self.model_lock = threading.Lock()
+        self.gate = ModelGate(self.limits.queue, max_wait=(self.limits.queue + 1) * self.limits.time_budget)
         self.file_lock = threading.Lock()
+        # Realigner takes no deadline: a hook on every forward pass ends a generation past it.
+        self._deadline: float | None = None
+        self._hook = realigner.model.register_forward_pre_hook(self._check_time)
+
+    def close(self) -> None:
+        self._hook.remove()
 
     def health(self) -> dict[str, Any]:
         from secondthoughts import __version__
@@ -210,32 +425,63 @@ class Api:
             "ok": True,
             "version": __version__,
             "model": self.realigner.name,
-            "mode": self.settings.get("mode") or self.realigner.default_mode(),
+            "mode": self.mode,
             "corrections": str(self.corrections),
+            "limits": {**asdict(self.limits), "max_source_tokens": self.max_source_tokens},
         }
 
-    def _realign(self, context: str, source: str, prefix: list[Edit] | None) -> dict[str, Any]:
+    # ------------------------------------------------------------ the model
+
+    def _check_time(self, module: Any, args: Any) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise _OverTime
+
+    def _size(self, req: RealignRequest) -> int:
+        """The source's tokens, checked against the source cap (413) and the token budget (422)."""
+        with self._sizer_lock:
+            n = len(encode_prompt(self._sizer.tokenizer, "", req.source)) - self._overhead
+            need = self.settings.get("max_new_tokens") or self._sizer._budget([_job((req.context, req.source), 0)], self.mode)
+        if n > self.max_source_tokens:
+            raise ApiError(413, f"field 'source': {n} tokens, over the {self.max_source_tokens} this server takes ({self._cap_origin}): shorten the text")
+        if self.limits.max_new_tokens and need > self.limits.max_new_tokens:
+            raise ApiError(
+                422, f"field 'source': re-aligning it may take {need} new tokens, over this server's budget of "
+                f"{self.limits.max_new_tokens} (serve --max-new-tokens): shorten the text",
+            )
+        return n
+
+    def _realign(self, req: RealignRequest) -> dict[str, Any]:
+        cost = self._size(req)
+        with self.gate.hold(cost):
+            result = self._generate(req)
+        out = result.to_dict()
+        out.update(chain_view(req.source, result.chain, [True] * len(result.chain)))
+        return out
+
+    def _generate(self, req: RealignRequest) -> Any:
+        budget = self.limits.time_budget
+        self._deadline = time.monotonic() + budget
         try:
-            with self.model_lock:
-                result = self.realigner.realign(context, source, prefix=prefix, **self.settings)
+            return self.realigner.realign(req.context, req.source, prefix=req.prefix, **{**self.settings, **(req.options or {})})
+        except _OverTime:
+            raise ApiError(422, f"re-aligning this text took over the time budget of {budget:g} s (serve --time-budget): shorten the text") from None
         except EditError as e:
             raise ApiError(422, str(e)) from None
         except ValueError as e:  # a mode the run was not trained for
             raise ApiError(400, str(e)) from None
-        out = result.to_dict()
-        out.update(chain_view(source, result.chain, [True] * len(result.chain)))
-        return out
+        finally:
+            self._deadline = None
 
     def realign(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        context, source = text_field(body, "context", required=False), text_field(body, "source")
-        prefix = read_chain(body, "prefix", source) if body.get("prefix") else None
-        return self._realign(context, source, prefix)
+        return self._realign(RealignRequest.read(body))
 
     def continue_(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        context, source = text_field(body, "context", required=False), text_field(body, "source")
-        if (self.settings.get("mode") or self.realigner.default_mode()) == "direct":
+        req = RealignRequest.read(body, prefix_required=True)
+        if self.mode == "direct":
             raise ApiError(400, "this model writes text directly (trained with --mode direct): it has no chain to continue")
-        return self._realign(context, source, read_chain(body, "prefix", source))
+        return self._realign(req)
+
+    # ------------------------------------------------------------ chains and corrections
 
     def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         source = text_field(body, "source")
@@ -264,28 +510,39 @@ class Api:
         return [e for e, _ in pairs], [k for _, k in pairs]
 
     def save(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        context, source, target = text_field(body, "context", required=False), text_field(body, "source"), text_field(body, "target")
+        if reason := pair_problem(source, target):  # what `prepare` would refuse
+            raise ApiError(422, f"field 'target': {reason}; a correction must change the text")
         row = {
-            "context": text_field(body, "context", required=False),
-            "source": text_field(body, "source"),
-            "target": text_field(body, "target"),
+            "context": context,
+            "source": source,
+            "target": target,
             "meta": {"origin": "secondthoughts serve", "model": self.realigner.name, "saved_at": datetime.now(UTC).isoformat(timespec="seconds")},
         }
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        with self.file_lock:
-            self.corrections.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.corrections, "a+b") as f:
-                # A line cut short by a crash would otherwise swallow this row.
-                if f.seek(0, os.SEEK_END) > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        line = b"\n" + line
-                f.write(line)  # one write in append mode: rows from threads never interleave
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with self.file_lock:
+                self._append((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        except OSError as e:
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            raise ApiError(status, f"cannot append to {self.corrections}: {e.strerror or e}") from None
         return {"ok": True, "path": str(self.corrections)}
+
+    def _append(self, line: bytes) -> None:
+        """One row, on disk before the answer (fsync): an acknowledged save survives a crash."""
+        self.corrections.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.corrections, "a+b") as f:
+            # A line cut short by a crash would otherwise swallow this row.
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)  # one write in append mode: rows from threads never interleave
+            f.flush()
+            os.fsync(f.fileno())
 
 
 ROUTES = {"/api/realign": Api.realign, "/api/apply": Api.apply, "/api/continue": Api.continue_, "/api/save": Api.save}
+GET_PATHS = {*STATIC, "/api/health", "/favicon.ico"}
 
 
 # ---------------------------------------------------------------- HTTP
@@ -297,7 +554,40 @@ class Handler(BaseHTTPRequestHandler):
     # The default HTTP/1.0: one request per connection, so a body left unread after an error
     # is never taken for the next request.
     protocol_version = "HTTP/1.0"
-    timeout = 60  # a client that announces a body and never sends it cannot hold a thread forever
+
+    def setup(self) -> None:
+        self.timeout = self.server.api.limits.read_timeout  # per read; the body also has a deadline
+        self.started = time.monotonic()
+        self.responded = False
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        """The standard library's, answering in JSON where it would close without a word: 408
+        for a request that does not arrive in time, 503 past the connection limit."""
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():  # it answered (send_error)
+                return
+            if self.server.overloaded():
+                self._error(busy(f"the server is handling {self.server.max_connections} connections", 1))
+                return
+            method = getattr(self, f"do_{self.command}", None)
+            if method is None:
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"method {self.command!r} is not supported: use GET or POST")
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
+            if not self.responded:  # else the client stopped reading the answer: nothing to say
+                self._json(408, {"error": f"the request did not arrive within {self.timeout:g} s"})
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
@@ -310,7 +600,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/favicon.ico":  # browsers ask for it; there is none
             self._send(204, b"", "image/x-icon")
         elif path in ROUTES:
-            self._json(405, {"error": f"{path} takes POST with a JSON body"})
+            self._json(405, {"error": f"{path} takes POST with a JSON body"}, {"Allow": "POST"})
         else:
             self._json(404, {"error": f"no such page: {path}"})
 
@@ -320,16 +610,32 @@ class Handler(BaseHTTPRequestHandler):
             return
         route = ROUTES.get(path)
         if route is None:
-            known = path in STATIC or path == "/api/health"
-            self._json(405 if known else 404, {"error": f"{path} takes GET" if known else f"no endpoint {path}"})
+            known = path in GET_PATHS
+            self._json(405 if known else 404, {"error": f"{path} takes GET" if known else f"no endpoint {path}"}, {"Allow": "GET"} if known else None)
             return
         try:
             self._json(200, route(self.server.api, self._body()))
         except ApiError as e:
-            self._json(e.status, {"error": str(e)})
+            self._error(e)
         except Exception as e:  # noqa: BLE001 - the page must get a message, the log a traceback
             traceback.print_exc()
             self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+
+    def _not_allowed(self) -> None:
+        path = urlsplit(self.path).path
+        allow = "POST" if path in ROUTES else "GET" if path in GET_PATHS else None
+        if allow is None:
+            self._json(404, {"error": f"no such page: {path}"})
+        else:
+            self._json(405, {"error": f"{path} takes {allow}, not {self.command}"}, {"Allow": allow})
+
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own errors (bad request line, headers too long, unknown method)
+        in JSON like every other answer, not HTML."""
+        self.close_connection = True
+        self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     def _host_ok(self) -> bool:
         """Refuse what a browser on this machine could be tricked into sending: on a loopback
@@ -349,26 +655,46 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def _body(self) -> dict[str, Any]:
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if "Transfer-Encoding" in self.headers:  # HTTP/1.0 has no chunks; with a length too it would be ambiguous
+            raise ApiError(411, "send the JSON body with a Content-Length, not a Transfer-Encoding")
+        lengths = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not lengths:
             raise ApiError(411, "a JSON body with a Content-Length header is required")
+        length = lengths.pop()
+        if lengths or not DIGITS.fullmatch(length):
+            raise ApiError(400, f"Content-Length must be one number in ASCII digits, got {self.headers.get_all('Content-Length')!r}")
         n = int(length)
         if n > MAX_BODY:
             raise ApiError(413, f"request body is {n} bytes; the limit is {MAX_BODY} ({MAX_BODY // 1024} KiB): shorten the text")
         # Only JSON: a cross-site form post (text/plain, no preflight) cannot reach the API.
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
-        raw = self.rfile.read(n)
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return body
+        return parse_body(self._read(n))
 
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
+    def _read(self, n: int) -> bytes:
+        """``n`` bytes of body, all within the read timeout from the request's start (408): a
+        client that sends less than its Content-Length, or drips it, cannot hold a thread."""
+        timeout = self.server.api.limits.read_timeout
+        data = bytearray()
+        try:
+            while len(data) < n:
+                left = self.started + timeout - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(n - len(data))
+                if not chunk:
+                    raise ApiError(400, f"request body ended after {len(data)} of its {n} bytes (Content-Length)")
+                data += chunk
+        except TimeoutError:
+            raise ApiError(408, f"request body incomplete after {timeout:g} s: {len(data)} of {n} bytes arrived") from None
+        finally:
+            self.connection.settimeout(timeout)
+        return bytes(data)
+
+    def _send(self, status: int, data: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        self.responded = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -376,11 +702,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         # Everything is served from here: no inline scripts, no other sites.
         self.send_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def _json(self, status: int, payload: Mapping[str, Any]) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+    def _json(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        self._send(status, data, "application/json; charset=utf-8", headers)
+
+    def _error(self, e: ApiError) -> None:
+        self._json(e.status, {"error": str(e)}, e.headers)
 
     def _static(self, name: str) -> None:
         path = WEB_DIR / name
@@ -391,13 +724,35 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object of text that the API can take (else 400)."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise ApiError(400, f"request body: JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, and integers too long to convert
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    check_json(body)
+    return body
+
+
 class EditorServer(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl+C does not wait for a slow generation to finish
+    # The listen backlog (the standard library's is 5): a burst of clients waits in it for the
+    # accept loop instead of being reset by the kernel.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], api: Api, *, quiet: bool = False) -> None:
         self.api = api
         self.quiet = quiet
         self.loopback = is_loopback(address[0])
+        self.max_connections = api.limits.max_connections
+        self._active = 0
+        self._active_lock = threading.Lock()
         super().__init__(address, Handler)
 
     @property
@@ -405,6 +760,51 @@ class EditorServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/"
+
+    def overloaded(self) -> bool:
+        return self._active > self.max_connections
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._active_lock:  # counted here, in the accept loop, so a burst is counted whole
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
+    def shutdown_request(self, request: Any) -> None:
+        """Half-close, then read what the client still sends before closing: closing a socket
+        with unread data makes the kernel send a reset, which can destroy the answer in flight."""
+        with contextlib.suppress(OSError):
+            request.shutdown(socket.SHUT_WR)
+            deadline, got = time.monotonic() + LINGER_S, 0
+            while got < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away: nothing to report
+            return
+        super().handle_error(request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.api.close()
 
 
 def make_server(
@@ -414,14 +814,21 @@ def make_server(
     corrections_path: str | os.PathLike[str] = "corrections.jsonl",
     *,
     settings: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
     quiet: bool = False,
 ) -> EditorServer:
     """A ready server (port 0: any free port, see ``.url``); run it with ``serve_forever()``.
-    ``settings``: keyword arguments for ``Realigner.realign`` (mode, max_new_tokens, ...)."""
+    ``settings``: keyword arguments for ``Realigner.realign`` (mode, max_new_tokens, ...);
+    ``limits``: see :class:`Limits`. ``ValueError`` for a corrections path no save could use."""
     if not is_loopback(host):
         print(
             f"WARNING: serving on {host}, not localhost. There is no authentication: anyone who can reach "
             f"this port can run the model and append rows to {corrections_path}.",
             file=sys.stderr,
         )
-    return EditorServer((host, port), Api(realigner, corrections_path, settings), quiet=quiet)
+    api = Api(realigner, corrections_path, settings, limits)
+    try:
+        return EditorServer((host, port), api, quiet=quiet)
+    except BaseException:
+        api.close()
+        raise

@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,13 +253,22 @@ def test_transport_errors(server):
     assert not server.api.corrections.exists()
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition of the real system (a queue length, a file) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        time.sleep(0.005)
+
+
 def test_model_calls_are_serialized(realigner, tmp_path):
     class Spy:
         """The real realigner, counting how many generations run at once."""
 
         def __init__(self) -> None:
-            self.active = self.most = 0
+            self.active = self.most = self.calls = 0
             self.guard = threading.Lock()
+            self.server: EditorServer | None = None
 
         def __getattr__(self, name: str) -> Any:
             return getattr(realigner, name)
@@ -267,8 +276,11 @@ def test_model_calls_are_serialized(realigner, tmp_path):
         def realign(self, *args: Any, **kw: Any) -> Any:
             with self.guard:
                 self.active += 1
+                self.calls += 1
                 self.most = max(self.most, self.active)
-            time.sleep(0.05)  # long enough for the other threads to pile up
+                first = self.calls == 1
+            if first:  # hold the model until the other three requests wait for it
+                wait_until(lambda: self.server.api.gate.waiting == 3)
             try:
                 return realigner.realign(*args, **kw)
             finally:
@@ -278,6 +290,7 @@ def test_model_calls_are_serialized(realigner, tmp_path):
     spy = Spy()
     results: list[tuple[int, Any]] = []
     with serving(spy, tmp_path / "c.jsonl") as s:
+        spy.server = s
         threads = [threading.Thread(target=lambda: results.append(post(s, "/api/realign", {"source": SOURCE}))) for _ in range(4)]
         for t in threads:
             t.start()

@@ -10,7 +10,27 @@ training data for ``secondthoughts train --data``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from secondthoughts.server import Limits
+
+
+def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``kind``, at least ``least`` (0 < x for floats)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < least or (kind is float and value <= 0):
+            raise argparse.ArgumentTypeError(f"expected a number >= {least:g}, got {text!r}" if kind is int else f"expected seconds > 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,22 +39,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--corrections", default="corrections.jsonl", help="JSONL that saved corrections are appended to (default corrections.jsonl)")
     p.add_argument("--mode", choices=("apply", "generate", "direct"), help="decoding mode (default: the run's own)")
-    p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
+    lim = Limits()
+    p.add_argument("--max-source-tokens", type=positive(int), help="longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)")
+    p.add_argument("--max-new-tokens", type=positive(int), help="token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)")
+    p.add_argument("--time-budget", type=positive(float), default=lim.time_budget, metavar="S", help=f"seconds one request may hold the model; longer: 422 (default {lim.time_budget:g})")
+    p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
+    p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
+    p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     from secondthoughts.commands.realign import _load
-    from secondthoughts.server import make_server
+    from secondthoughts.server import check_corrections_path, make_server
 
     try:
+        check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
+        limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
         realigner = _load(args)
-        server = make_server(
-            realigner, args.host, args.port, args.corrections,
-            settings={"mode": args.mode, "max_new_tokens": args.max_new_tokens},
-        )
-    except (ValueError, OSError) as e:  # a bad run folder, a port in use
+        server = make_server(realigner, args.host, args.port, args.corrections, settings={"mode": args.mode}, limits=limits)
+    except (ValueError, OSError) as e:  # a bad run folder or corrections path, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"secondthoughts editor on {server.url} (model {realigner.name}; corrections -> {args.corrections}); Ctrl+C stops it", flush=True)
