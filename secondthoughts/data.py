@@ -57,7 +57,7 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,20 +83,14 @@ class Example:
 
 
 def write_examples(path: str | os.PathLike[str], examples: Iterable[Example]) -> int:
-    """Write normalized examples as JSONL atomically (temp file + rename). Returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write normalized examples as JSONL atomically (:func:`runs.open_atomic`). Returns the count."""
+    from secondthoughts.runs import open_atomic
+
     n = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        for ex in examples:
+            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
@@ -115,8 +109,32 @@ def read_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
         ctx = row.get("context", "")
         if not isinstance(ctx, str):
             raise DataError(f"{path}:{lineno}: field 'context' is not a string")
+        meta = row.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}:{lineno}: field 'meta': expected an object, got {type(meta).__name__}")
         ex_id = str(row.get("id", f"{Path(path).name}:{lineno}"))
-        yield Example(ctx, row["source"], row["target"], ex_id, row.get("meta") or {})
+        yield Example(ctx, row["source"], row["target"], ex_id, meta)
+
+
+def count_examples(path: str | os.PathLike[str]) -> int:
+    """Read every example of ``path`` before anything slow starts: how many there are, or
+    DataError naming the first bad line (or saying that there is none)."""
+    n = sum(1 for _ in read_examples(path))
+    if n == 0:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return n
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written out as UTF-8 (a lone surrogate, which JSON's ``\\ud800``
+    escapes can produce), or None. One rule for every reader and entry point."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"contains a lone surrogate (U+{ord(text[e.start]):04X}): not valid Unicode text"
+    return None
 
 
 # ---------------------------------------------------------------- results
@@ -225,27 +243,77 @@ RowStream = Iterator[tuple[int, Row | _RowError]]  # (line, record or why it is 
 
 
 def _open_text(path: Path) -> TextIO:
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file")
+    if not path.exists():
         raise DataError(f"{path}: no such file")
-    # utf-8-sig drops a BOM, which would otherwise glue itself to the first column name.
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+    # utf-8-sig drops a BOM, which would otherwise glue itself to the first column name. Bytes
+    # that are not UTF-8 become lone surrogates (surrogateescape), so that the line holding them
+    # is reported (_utf8_problem) instead of the whole read failing.
+    try:
+        if path.suffix == ".gz":
+            return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _lines(f: TextIO, path: Path) -> Iterator[str]:
+    """The lines of an open file; a damaged .gz is a DataError, not a traceback."""
+    try:
+        yield from f
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def _utf8_problem(text: str) -> str | None:
+    """Where ``text`` (read with surrogateescape) held bytes that are not UTF-8."""
+    if text.isascii():
+        return None
+    for i, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            return f"not UTF-8 text (byte 0x{ord(ch) - 0xDC00:02x} at character {i + 1})"
+    return None
+
+
+def _surrogate_field(row: dict[str, Any]) -> _RowError | None:
+    """The field of a JSON record holding a lone surrogate (a ``\\ud800`` escape), anywhere in it."""
+    for key, value in row.items():
+        stack: list[Any] = [key, value]  # a loop, not recursion: the JSON may nest deeply
+        while stack:
+            x = stack.pop()
+            if isinstance(x, str):
+                if problem := text_problem(x):
+                    return _RowError(key if not text_problem(key) else ROW, problem)
+            elif isinstance(x, dict):
+                stack.extend(x.keys())
+                stack.extend(x.values())
+            elif isinstance(x, list):
+                stack.extend(x)
+    return None
+
+
+def _json_record(text: str) -> Row | _RowError:
+    if problem := _utf8_problem(text):
+        return _RowError(ROW, problem)
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return _RowError(ROW, f"invalid JSON at column {e.colno} ({e.msg.removesuffix(' starting at')})")
+    except RecursionError:
+        return _RowError(ROW, "invalid JSON (nested too deeply)")
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        return _RowError(ROW, f"invalid JSON ({e})")
+    if not isinstance(row, dict):
+        return _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
+    return _surrogate_field(row) or row
 
 
 def _jsonl_rows(path: Path) -> RowStream:
     with _open_text(path) as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield line, _RowError(ROW, f"invalid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                row = _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
-            yield line, row
+        for line, text in enumerate(_lines(f, path), 1):
+            if text.strip():
+                yield line, _json_record(text)
 
 
 def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
@@ -257,16 +325,27 @@ def _check_header(path: Path, header: list[str], required: Sequence[str]) -> Non
 def _record(header: list[str], values: list[str]) -> Row | _RowError:
     if len(values) != len(header):
         return _RowError(ROW, f"{len(values)} fields where the header has {len(header)}")
+    for name, value in zip(header, values):
+        if problem := _utf8_problem(value):
+            return _RowError(name, problem)
     return dict(zip(header, values))
+
+
+def _header(path: Path, names: list[str], required: Sequence[str]) -> list[str]:
+    header = [h.strip() for h in names]
+    for name in header:
+        if problem := _utf8_problem(name):
+            raise DataError(f"{path}:1: header: {problem}")
+    _check_header(path, header, required)
+    return header
 
 
 def _csv_rows(path: Path, required: Sequence[str]) -> RowStream:
     """RFC 4180 CSV: quoted fields may span lines; a record's line is where it starts."""
     with _open_text(path) as f:
-        reader = csv.reader(f, strict=True)
+        reader = csv.reader(_lines(f, path), strict=True)
         try:
-            header = [h.strip() for h in next(reader, [])]
-            _check_header(path, header, required)
+            header = _header(path, next(reader, []), required)
             end = reader.line_num
             for values in reader:
                 start, end = end + 1, reader.line_num
@@ -282,10 +361,9 @@ def _tsv_rows(path: Path, required: Sequence[str]) -> RowStream:
     Parsing line by line keeps one broken quote from swallowing the lines after it.
     """
     with _open_text(path) as f:
-        lines = enumerate((t.rstrip("\r\n") for t in f), 1)
+        lines = enumerate((t.rstrip("\r\n") for t in _lines(f, path)), 1)
         _, first = next(lines, (1, ""))
-        header = [h.strip() for h in first.split("\t")]
-        _check_header(path, header, required)
+        header = _header(path, first.split("\t"), required)
         for line, text in lines:
             if not text.strip():
                 continue
@@ -672,11 +750,7 @@ def read_dataset(
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
     r = _Reader(format, os.fspath(path), opts)
-    try:
-        examples = _READERS[rows_format](r)
-        r.result.examples = list(islice(examples, opts.limit))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{r.file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    r.result.examples = list(islice(_READERS[rows_format](r), opts.limit))
     r.result.limit_reached = opts.limit is not None and len(r.result.examples) == opts.limit
     return r.result
 

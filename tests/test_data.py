@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from secondthoughts.data import (
+    FORMATS,
     DataError,
     Example,
     ReadResult,
     Skipped,
+    count_examples,
     few_shot,
     parse_columns,
     read_dataset,
@@ -20,6 +24,7 @@ from secondthoughts.data import (
     shared_words,
     shuffled,
     split_examples,
+    text_problem,
     write_examples,
 )
 
@@ -402,3 +407,108 @@ def test_real_data_counts_are_plausible() -> None:
     assert justice.rows_read == 21_791 and 6_000 < len(justice.examples) < 9_000
     pd = read_dataset("paradetox", SHARED / "paradetox" / "paradetox.tsv", skip_invalid=True)
     assert 10_800 < pd.rows_read <= 10_935 and len(pd.skipped) < 200 and len(pd.examples) > 15_000
+
+
+# ---------------------------------------------------------------- hostile input: one DataError naming file and line
+
+GOOD_ROW = '{"context": "c", "source": "a b", "target": "a c"}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (GOOD_ROW + '{"source": "a", "tar', ":2: invalid JSON at column 17 (Unterminated string)"),
+        (GOOD_ROW + '{"context": "c", "source": "\\ud800", "target": "b"}\n', ":2: field 'source': contains a lone surrogate (U+D800)"),
+        (GOOD_ROW + '{"context": "c", "source": "a", "target": "b", "meta": {"x": ["\\udfff"]}}\n', ":2: field 'meta': contains a lone surrogate (U+DFFF)"),
+        ('{"source": "a", "target": "b", "\\ud800": 1}\n', ":1: contains a lone surrogate"),
+        (GOOD_ROW + "[" * 100_000 + "\n", ":2: invalid JSON (nested too deeply)"),
+        ('{"source": "a", "target": "b", "n": ' + "9" * 5000 + "}\n", ":1: invalid JSON (Exceeds the limit"),
+        ('{"source": "a", "target": "b", "meta": [1]}\n', ":1: field 'meta': expected an object, got list"),
+    ],
+)
+def test_read_examples_reports_hostile_rows_by_line(tmp_path: Path, content: str, expected: str) -> None:
+    path = write(tmp_path, "x.jsonl", content)
+    with pytest.raises(DataError) as e:
+        list(read_examples(path))
+    assert str(e.value).startswith(f"{path}{expected}")
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(GOOD_ROW.encode() + b'{"source": "a\xff", "target": "b"}\n')
+    with pytest.raises(DataError, match=r"x\.jsonl:2: not UTF-8 text \(byte 0xff at character 14\)"):
+        list(read_examples(path))
+    # one bad line in a CSV or TSV is one invalid row: skipped on request, the rest read
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_bytes(b"context,source,target\nc,a b,a c\nc,a \xfe,a d\nc,e f,e g\n")
+    r = read_dataset("csv", csv_path, skip_invalid=True)
+    assert len(r.examples) == 2 and r.skipped == [Skipped(str(csv_path), 3, "source", "not UTF-8 text (byte 0xfe at character 3)")]
+    tsv_path = tmp_path / "p.tsv"
+    tsv_path.write_bytes(b"toxic\tneutral1\na b\ta c\n\x80x\ty\n")
+    r = read_dataset("paradetox", tsv_path, skip_invalid=True)
+    assert len(r.examples) == 1 and r.skipped[0].line == 3 and "not UTF-8" in r.skipped[0].reason
+
+
+def test_missing_empty_directory_and_damaged_gzip(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a directory, not a file"):
+        list(read_examples(tmp_path))
+    with pytest.raises(DataError, match="is a directory, not a file"):
+        read_dataset("moral_stories", tmp_path)
+    with pytest.raises(DataError, match="no such file"):
+        list(read_examples(tmp_path / "nope.jsonl"))
+    empty = write(tmp_path, "empty.jsonl", "\n\n")
+    assert list(read_examples(empty)) == []
+    with pytest.raises(DataError, match=r"empty\.jsonl: no examples"):
+        count_examples(empty)
+    assert count_examples(write(tmp_path, "one.jsonl", GOOD_ROW)) == 1
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="bad.jsonl.gz: cannot read"):
+        list(read_examples(tmp_path / "bad.jsonl.gz"))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(GOOD_ROW.encode() * 50)[:-20])
+    with pytest.raises(DataError, match="cut.jsonl.gz: cannot read"):
+        list(read_examples(tmp_path / "cut.jsonl.gz"))
+
+
+def test_text_problem_is_the_one_rule() -> None:
+    assert text_problem("plain") is None and text_problem("héllo ✓") is None
+    assert text_problem("a\ud800") == "contains a lone surrogate (U+D800): not valid Unicode text"
+
+
+# ---------------------------------------------------------------- fuzzing every reader
+
+FIELDS = sorted({
+    "ID", "moral_action", "immoral_action", "norm", "situation", "intention", "split", "Q", "A", "rot", "worker_answer",
+    "toxic", "neutral1", "neutral2", "neutral3", "chosen", "rejected", "label", "scenario", "excuse",
+    "context", "source", "target", "id", "meta",
+})  # fmt: skip
+_texts = st.text(max_size=12) | st.sampled_from(["", " ", "\ud800", "a\udfffb", "\n\nAssistant: hi", "0", "1", "x\r\ny"])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=8,
+)
+_records = st.dictionaries(st.sampled_from(FIELDS) | _texts, _json, max_size=8)
+_json_lines = st.lists(_records.map(json.dumps) | st.text(max_size=30), max_size=6).map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass"))
+_table_lines = st.lists(
+    st.lists(_texts | st.sampled_from(FIELDS), max_size=6).flatmap(lambda v: st.sampled_from([",", "\t"]).map(lambda sep: sep.join(v))),
+    max_size=6,
+).map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass"))
+FILE_BYTES = st.binary(max_size=200) | _json_lines | _table_lines
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(content=FILE_BYTES, suffix=st.sampled_from([".jsonl", ".csv", ".tsv", ".jsonl.gz"]), gz=st.booleans())
+def test_fuzz_every_reader_returns_writable_examples_or_one_line_errors(tmp_path: Path, content: bytes, suffix: str, gz: bool) -> None:
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(gzip.compress(content) if gz and suffix.endswith(".gz") else content)
+    readers = [lambda: list(read_examples(path))]
+    for fmt in (f for f in FORMATS if f != "hub"):
+        for skip in (False, True):
+            readers.append(lambda fmt=fmt, skip=skip: read_dataset(fmt, path, skip_invalid=skip).examples)
+    for read in readers:
+        try:
+            examples = read()
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(path))
+            continue
+        write_examples(tmp_path / "out.jsonl", examples)  # whatever was read can be written back

@@ -9,7 +9,6 @@ Cells already finished are skipped; run the same command again to continue a kil
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,18 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from secondthoughts.bench import Bench, ConfigError, load_config
+    from secondthoughts.bench import Bench, load_config
 
-    try:
-        cfg = load_config(args.config, args.set)
-        bench = Bench(cfg, args.out, progress=not args.no_progress, log=lambda s: print(s, flush=True))
-        if args.dry_run:
-            print(bench.dry_run(args.only))
-            return 0
-        results = bench.write_results() if args.report else bench.run(args.only)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # A ConfigError or a missing file becomes one line in cli.main.
+    cfg = load_config(args.config, args.set)
+    bench = Bench(cfg, args.out, progress=not args.no_progress, log=lambda s: print(s, flush=True))
+    if args.dry_run:
+        print(bench.dry_run(args.only))
+        return 0
+    results = bench.write_results() if args.report else bench.run(args.only)
     print(f"wrote {bench.out / 'results.json'}, {bench.out / 'results.md'} ({results['cells']['done']} of {results['cells']['total']} cells finished)")
     for claim in results["claims"]:
         print(f"  claim ({claim['id']}) {claim['claim']}: {claim['verdict']}")

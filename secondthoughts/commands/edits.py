@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from rich.console import Console
 
@@ -16,7 +17,8 @@ def parse_costs(text: str) -> tuple[float, float, float]:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--costs must be three numbers like 1,1,2, got {text!r}") from None
-    if len(parts) != 3 or not all(p > 0 for p in parts):
+    # inf and nan parse as floats; the edit distance needs finite, positive costs.
+    if len(parts) != 3 or not all(p > 0 and math.isfinite(p) for p in parts):
         raise argparse.ArgumentTypeError(f"--costs must be three positive numbers insert,delete,replace, got {text!r}")
     return parts  # type: ignore[return-value]
 

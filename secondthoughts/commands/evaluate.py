@@ -17,6 +17,9 @@ import time
 from itertools import islice
 from typing import Any
 
+# Example files cli.precheck reads before the parser (and torch) loads.
+EXAMPLE_FLAGS = ("--data",)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a `secondthoughts train` run folder (or a model folder with edit tokens)")
@@ -83,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         write_report(ev, out, shown=args.examples, overwrite=args.overwrite)
     except (DataError, EditError, ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+        from secondthoughts.cli import reraise_if_debugging
+
+        reraise_if_debugging()
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"evaluated {len(examples)} examples in {time.perf_counter() - t0:.1f} s ({ev.metrics['info']['mode']} mode):")

@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
             results = realigner.realign_many(items, batch_size=args.batch_size, progress=True, **settings(args))
             elapsed = time.perf_counter() - t0
     except (DataError, EditError, ValueError, FileNotFoundError, OSError) as e:
+        from secondthoughts.cli import reraise_if_debugging
+
+        reraise_if_debugging()
         print(f"error: {e}", file=sys.stderr)
         return 1
     if items is None:

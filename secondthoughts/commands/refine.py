@@ -15,39 +15,63 @@ import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secondthoughts.commands.train import add_config_arguments
-from secondthoughts.refine import RefineConfig
+
+if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.precheck)
+    from secondthoughts.refine import RefineConfig
+
+# Example files cli.precheck reads before the parser (and torch) loads.
+EXAMPLE_FLAGS = ("--data", "--eval-data")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secondthoughts.refine import RefineConfig
+
     p.add_argument("--config", dest="config_file", default=None, help="YAML file of refinement settings (flags override)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_config_arguments(p, RefineConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> RefineConfig:
-    given = {f.name: getattr(args, f.name) for f in fields(RefineConfig) if hasattr(args, f.name)}
-    if args.config_file:
-        import yaml
+    from secondthoughts.refine import RefineConfig
 
-        with open(args.config_file, encoding="utf-8") as f:
-            from_file = yaml.safe_load(f) or {}
-        if not isinstance(from_file, dict):
-            raise TypeError(f"{args.config_file}: expected a mapping of refinement settings")
-        return RefineConfig.from_dict({**from_file, **given})
-    if args.resume:
-        # The run's own settings; flags that contradict them are refused by the resume check.
-        saved = Path(given.get("out", RefineConfig.out)) / "config.json"
-        if saved.is_file():
-            return RefineConfig.from_dict({**json.loads(saved.read_text())["refine"], **given})
-    return RefineConfig.from_dict(given)
+    given = {f.name: getattr(args, f.name) for f in fields(RefineConfig) if hasattr(args, f.name)}
+    try:
+        if args.config_file:
+            import yaml
+
+            with open(args.config_file, encoding="utf-8") as f:
+                from_file = yaml.safe_load(f) or {}
+            if not isinstance(from_file, dict):
+                raise ValueError(f"{args.config_file}: expected a mapping of refinement settings")
+            return RefineConfig.from_dict({**from_file, **given})
+        if args.resume:
+            # The run's own settings; flags that contradict them are refused by the resume check.
+            saved = Path(given.get("out", RefineConfig.out)) / "config.json"
+            if saved.is_file():
+                return RefineConfig.from_dict({**json.loads(saved.read_text())["refine"], **given})
+        return RefineConfig.from_dict(given)
+    except (TypeError, KeyError) as e:  # a YAML or config.json value of the wrong kind
+        raise ValueError(f"bad refinement settings: {e}") from e
+
+
+def check_data(config: RefineConfig) -> None:
+    """Read the prompts before the policy and reward models load."""
+    from secondthoughts.data import count_examples
+
+    if not config.data:
+        raise ValueError("no prompts: pass --data examples.jsonl")
+    for path in filter(None, (config.data, config.eval_data)):
+        count_examples(path)
 
 
 def run(args: argparse.Namespace) -> int:
     from secondthoughts.refine import refine
 
     config = config_from_args(args)
+    check_data(config)
     result = refine(config, resume=args.resume)
     if not result.is_main_process:
         return 0

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import Any
 from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError, read_examples, shuffled, split_examples
 from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
+from secondthoughts.runs import write_atomic
 
 DTYPE_HELP = (
     "float32 (exact); bfloat16 (~1.7x faster on CPUs with AVX512-BF16/AMX, same accuracy); int8: Linear layers "
@@ -85,11 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return {"train": _train, "ensemble": _ensemble, "evaluate": _evaluate, "score": _score}[args.action](args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # Errors become one line in cli.main (with --debug, the traceback).
+    return {"train": _train, "ensemble": _ensemble, "evaluate": _evaluate, "score": _score}[args.action](args)
 
 
 # ---------------------------------------------------------------- train
@@ -282,7 +277,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def write_json(path: str, obj: dict[str, Any]) -> None:
-    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
@@ -305,21 +300,8 @@ def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict
 
 
 def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    """JSONL written to a temporary file and renamed into place."""
-    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSONL written atomically (:func:`runs.write_atomic`)."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from secondthoughts.sft import TrainConfig
+if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.precheck)
+    from secondthoughts.sft import TrainConfig
+
+# Example files cli.precheck reads before the parser (and torch) loads.
+EXAMPLE_FLAGS = ("--data", "--eval-data")
 
 
 def parse_cost_sets(text: str) -> list[list[float]]:
@@ -24,12 +29,16 @@ def parse_cost_sets(text: str) -> list[list[float]]:
         raise argparse.ArgumentTypeError(f"cost sets look like '1,1,2;1,1,3', got {text!r}") from None
     if not sets or any(len(s) != 3 for s in sets):
         raise argparse.ArgumentTypeError(f"each cost set is insert,delete,replace; got {text!r}")
+    if not all(c > 0 and math.isfinite(c) for s in sets for c in s):
+        raise argparse.ArgumentTypeError(f"costs must be positive finite numbers, got {text!r}")
     return sets
 
 
-def add_config_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per dataclass field. Defaults are suppressed so that only flags actually given
-    override the YAML file; the help still shows the default."""
+def add_config_arguments(p: argparse.ArgumentParser, cls: type | None = None) -> None:
+    """One flag per dataclass field (default: TrainConfig's). Defaults are suppressed so that
+    only flags actually given override the YAML file; the help still shows the default."""
+    if cls is None:
+        from secondthoughts.sft import TrainConfig as cls
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
@@ -50,23 +59,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    if args.resume and not args.config_file:
-        # The run's own settings; flags that contradict them are refused by sft.train.
-        from pathlib import Path
+    from secondthoughts.sft import TrainConfig
 
-        saved = Path(given.get("out", TrainConfig.out)) / "config.json"
-        if saved.is_file():
-            return TrainConfig.from_dict({**json.loads(saved.read_text())["train"], **given})
-    if args.config_file:
-        return TrainConfig.from_yaml(args.config_file, **given)
-    return TrainConfig.from_dict(given)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    try:
+        if args.resume and not args.config_file:
+            # The run's own settings; flags that contradict them are refused by sft.train.
+            from pathlib import Path
+
+            saved = Path(given.get("out", TrainConfig.out)) / "config.json"
+            if saved.is_file():
+                return TrainConfig.from_dict({**json.loads(saved.read_text())["train"], **given})
+        if args.config_file:
+            return TrainConfig.from_yaml(args.config_file, **given)
+        return TrainConfig.from_dict(given)
+    except (TypeError, KeyError) as e:  # a YAML or config.json value of the wrong kind
+        raise ValueError(f"bad training settings: {e}") from e
+
+
+def check_data(config: Any) -> None:
+    """Read the examples before the model loads: a bad file fails in a second, not after it."""
+    from secondthoughts.data import count_examples
+
+    if not config.data:
+        raise ValueError("no training data: pass --data examples.jsonl")
+    for path in filter(None, (config.data, config.eval_data)):
+        count_examples(path)
 
 
 def run(args: argparse.Namespace) -> int:
     from secondthoughts import sft
 
     config = config_from_args(args)
+    check_data(config)
     result = sft.train(config, resume=args.resume)
     st = result.state
     if not result.is_main_process:

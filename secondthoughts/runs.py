@@ -1,0 +1,420 @@
+"""Run folders on disk: atomic writes, verified checkpoints and the metrics log.
+
+Every write that replaces something goes through here, so that a SIGKILL, a full disk or a power
+loss at any moment leaves either the previous version or the new one, never a mix:
+
+* :func:`open_atomic` / :func:`write_atomic` write a file under a temporary name beside it,
+  fsync it, rename it into place and fsync the directory (without the two syncs a power loss can
+  persist the rename before the data: the new name then points at an empty file).
+* :func:`write_dir` does the same for a folder: written under ``.NAME.tmp``, every file and
+  folder synced, swapped in by two renames (the previous copy waits as ``.NAME.old`` between them).
+* :class:`CheckpointWriter` writes a training checkpoint that way and records the size and
+  sha256 of every file in its ``state.json``; :func:`resume_checkpoint` checks them before a run
+  resumes, falls back to ``.checkpoint.old`` (left by a crash between the two renames), and
+  otherwise refuses with the reason. Checkpoints written before files were recorded are accepted
+  without the check.
+* :func:`append_jsonl` appends a synced line to ``metrics.jsonl``; :func:`read_metrics` tolerates
+  and reports a torn last line (a kill in the middle of an append), which
+  :func:`truncate_metrics` drops when a run resumes.
+
+Fault hook for tests: ``SECONDTHOUGHTS_FAULT=ACTION@POINT:N`` makes this process ``kill`` itself
+(SIGKILL) or fail with ``enospc`` (disk full) the N-th time it reaches POINT: ``checkpoint-file``
+(a checkpoint file written), ``checkpoint-state`` (its state.json written), ``swap-NAME`` (between
+the two renames of folder NAME), ``swapped-NAME`` (after them, before the old copy is removed),
+``write`` (an atomic file written, before its rename).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+PathLike = str | os.PathLike[str]
+
+CHECKPOINT = "checkpoint"
+CHECKPOINT_OLD = ".checkpoint.old"
+CHECKPOINT_TMP = ".checkpoint.tmp"
+STATE = "state.json"
+FAULT_ENV = "SECONDTHOUGHTS_FAULT"
+
+
+class CheckpointError(ValueError):
+    """No complete checkpoint to resume from; the message says what is wrong with each."""
+
+
+# ---------------------------------------------------------------- fault hook (tests)
+
+_fault_counts: Counter[str] = Counter()
+_fault_spec: list[str | None] = [None]  # the spec the counts belong to
+
+
+def fault_point(point: str) -> None:
+    """Count ``point`` and act when ``SECONDTHOUGHTS_FAULT`` asks for this occurrence."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    if spec != _fault_spec[0]:
+        _fault_counts.clear()
+        _fault_spec[0] = spec
+    action, _, rest = spec.partition("@")
+    where, _, n = rest.rpartition(":")
+    if action not in ("kill", "enospc") or not where or not n.isdecimal():
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill@POINT:N or enospc@POINT:N")
+    if where != point:
+        return
+    _fault_counts[point] += 1
+    if _fault_counts[point] != int(n):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), point)
+
+
+# ---------------------------------------------------------------- atomic files and folders
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    if os.name != "posix":  # Windows cannot open a folder; its renames are journaled
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def open_atomic(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO[Any]]:
+    """A file object whose content replaces ``path`` only when the block ends without an error."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_atomic writes whole files: mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point("write")
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: PathLike, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data`` (text is written as UTF-8)."""
+    with open_atomic(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
+
+
+def _sync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        fsync_dir(folder)
+
+
+def commit_dir(tmp: PathLike, final: PathLike, *, replace: bool = True) -> None:
+    """Sync the finished folder ``tmp`` and rename it to ``final``.
+
+    ``replace``: an existing ``final`` is swapped out (it waits as ``.NAME.old`` between the two
+    renames, then is removed). Otherwise an existing ``final`` wins and ``tmp`` is dropped: for
+    caches that several processes may fill at once, where any complete copy will do.
+    """
+    tmp, final = Path(tmp), Path(final)
+    _sync_tree(tmp)
+    if not replace:
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer's complete copy is in place
+            return
+        fsync_dir(final.parent)
+        return
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    fault_point(f"swap-{final.name}")
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    fault_point(f"swapped-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dir(final: PathLike, write: Callable[[Path], None], *, replace: bool = True) -> Path:
+    """Call ``write(tmp_folder)``, then :func:`commit_dir` it to ``final``.
+
+    The temporary folder is ``.NAME.tmp`` (a leftover of a killed writer is removed first) when
+    ``replace``; a unique name otherwise, since several writers may then race.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    else:
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        commit_dir(tmp, final, replace=replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``folder`` except state.json: relative path -> bytes and sha256."""
+    return {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE
+    }
+
+
+class CheckpointWriter:
+    """One checkpoint of the run folder ``out``, built in ``.checkpoint.tmp``.
+
+    The main process calls :meth:`begin`, every process may :meth:`add` its own files (the
+    caller puts barriers between), and the main process :meth:`commit` s: ``state.json`` gets
+    ``meta`` and the size and sha256 of every file, then the folder is swapped in as
+    ``checkpoint``. A failure removes the temporary folder (disk full: the space comes back);
+    the previous checkpoint stays as it was.
+    """
+
+    def __init__(self, out: PathLike):
+        self.out = Path(out)
+        self.tmp = self.out / CHECKPOINT_TMP
+
+    def begin(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+
+    def add(self, name: str, write: Callable[[Path], None]) -> None:
+        """``write(path)`` writes the file ``name``; it is synced before the next one starts."""
+        with self._cleanup_on_error():
+            path = self.tmp / name
+            write(path)
+            fsync_file(path)
+            fault_point("checkpoint-file")
+
+    def add_torch(self, name: str, obj: Any) -> None:
+        import torch
+
+        self.add(name, lambda p: torch.save(obj, p))
+
+    def add_tensors(self, name: str, tensors: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        self.add(name, lambda p: save_file(tensors, str(p)))
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        final = self.out / CHECKPOINT
+        with self._cleanup_on_error():
+            state = self.tmp / STATE
+            state.write_text(json.dumps({**meta, "files": _files(self.tmp)}), encoding="utf-8")
+            fsync_file(state)
+            fault_point("checkpoint-state")
+            commit_dir(self.tmp, final)
+        return final
+
+    @contextmanager
+    def _cleanup_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+
+def find_checkpoint(out: PathLike) -> Path | None:
+    """The checkpoint folder a run would resume from (not verified: see :func:`resume_checkpoint`)."""
+    for p in (Path(out) / CHECKPOINT, Path(out) / CHECKPOINT_OLD):
+        if (p / STATE).is_file():
+            return p
+    return None
+
+
+def verify_checkpoint(path: PathLike) -> str | None:
+    """What is wrong with the checkpoint folder ``path``, or None when it is complete."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {STATE}"
+    except (OSError, ValueError) as e:
+        return f"{STATE} unreadable ({e})"
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+        return f"{STATE} holds no training state"
+    files = meta.get("files")
+    if files is None:  # written before checkpoints recorded their files: trusted as before
+        return None
+    for name, record in files.items():
+        p = path / name
+        if not p.is_file():
+            return f"{name} missing"
+        if (size := p.stat().st_size) != record["bytes"]:
+            return f"{name} has {size} bytes, {record['bytes']} were written"
+        if _sha256(p) != record["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def resume_checkpoint(out: PathLike) -> Path:
+    """The checkpoint to resume ``out`` from, verified: ``checkpoint``, else the previous one
+    (``.checkpoint.old``). FileNotFoundError when there is none, CheckpointError when none is
+    complete."""
+    out = Path(out)
+    problems = []
+    for p in (out / CHECKPOINT, out / CHECKPOINT_OLD):
+        if not p.exists():
+            continue
+        problem = verify_checkpoint(p)
+        if problem is None:
+            if problems:
+                print(f"warning: {'; '.join(problems)}; resuming from {p}", file=sys.stderr, flush=True)
+            return p
+        problems.append(f"{p}: {problem}")
+    if not problems:
+        raise FileNotFoundError(f"{out} has no checkpoint to resume from")
+    raise CheckpointError(f"no complete checkpoint to resume from: {'; '.join(problems)}")
+
+
+def read_checkpoint(path: PathLike) -> dict[str, Any]:
+    """The ``state.json`` of a checkpoint folder."""
+    return json.loads((Path(path) / STATE).read_text(encoding="utf-8"))
+
+
+def run_start(out: PathLike, resume: bool) -> Path | None:
+    """The verified checkpoint to resume from, or None for a new run (refused when ``out``
+    already holds one)."""
+    out = Path(out)
+    if resume:
+        return resume_checkpoint(out)
+    if (out / "config.json").exists() or find_checkpoint(out):
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as plain lists and tensors, so that
+    ``torch.load(weights_only=True)`` reads them back."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+
+@dataclass
+class MetricsLog:
+    rows: list[dict[str, Any]]
+    torn: str | None = None  # the unreadable last line a killed writer left, if any
+
+
+def append_jsonl(path: PathLike, row: dict[str, Any]) -> None:
+    """Append one line and sync it: a logged row survives a crash that comes after."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: PathLike) -> MetricsLog:
+    """The rows of a ``metrics.jsonl``. An unreadable last line (torn by a kill) is returned
+    apart; an unreadable line before it is damage, a ValueError naming the line."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for k, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif k == len(lines) - 1:
+            return MetricsLog(rows, line)
+        else:
+            raise ValueError(f"{path}:{n}: not a JSON object; the metrics log is damaged")
+    return MetricsLog(rows)
+
+
+def truncate_metrics(path: PathLike, step: int) -> None:
+    """On resume: keep the rows up to ``step`` (the checkpoint's); the resumed run logs the rest
+    again. A torn last line is dropped and reported."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    log = read_metrics(path)
+    if log.torn is not None:
+        print(f"{path}: dropped a torn last line ({len(log.torn)} characters) left by the interrupted run", file=sys.stderr, flush=True)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in log.rows if r.get("step", 0) <= step))
