@@ -274,27 +274,11 @@ def edit_view(chain: Sequence[Edit], source: str) -> list[dict[str, Any]]:
 
 
 def diff_segments(source: str, chain: Sequence[Edit], keep: Sequence[bool]) -> list[dict[str, Any]]:
-    """The inline diff as a list of {kind, text, edit}: kind "same", "del", "ins", or "off" (a
-    rejected edit's source text). Like ``diffview.inline_diff``, plus the edit index and the
-    rejected edits that the page needs."""
-    tokens = tokenize(source)
-    out: list[dict[str, Any]] = []
+    """The inline diff as a list of {kind, text, edit}: ``diffview.segments`` as JSON (kind "same",
+    "del", "ins", or "off" for a rejected edit's source text; edit: its index in the chain)."""
+    from secondthoughts.diffview import segments
 
-    def add(kind: str, text: str, edit: int | None) -> None:
-        if text:
-            out.append({"kind": kind, "text": text, "edit": edit})
-
-    cursor = 0
-    for i, (e, k) in enumerate(zip(chain, keep)):
-        add("same", detokenize(tokens[cursor : e.start]), None)
-        if k:
-            add("del", detokenize(e.old), i)  # type: ignore[arg-type]
-            add("ins", detokenize(e.new), i)  # type: ignore[arg-type]
-        elif e.old:
-            add("off", detokenize(e.old), i)  # type: ignore[arg-type]
-        cursor = e.end
-    add("same", detokenize(tokens[cursor:]), None)
-    return out
+    return [asdict(s) for s in segments(tokenize(source), chain, keep)]
 
 
 def chain_view(source: str, chain: Sequence[Edit], keep: Sequence[bool]) -> dict[str, Any]:
