@@ -46,7 +46,7 @@ import numpy as np
 
 from secondthoughts import behaviour
 from secondthoughts.data import Example
-from secondthoughts.diffview import chain_stats, inline_diff
+from secondthoughts.diffview import chain_stats, html_diff
 from secondthoughts.edits import infer_text_edits, tokenize
 from secondthoughts.sari import sentence_sari
 
@@ -549,17 +549,9 @@ def evaluate_run(
 
 
 def markdown_diff(source: str, chain: Sequence[Any]) -> str:
-    """The inline diff of ``diffview.inline_diff`` as HTML for markdown: ``<del>`` removed,
-    ``<ins>`` written (tags keep the spaces that ``~~...~~`` would break on)."""
-    text = inline_diff(tokenize(source), chain)
-    plain, out, cursor = text.plain, [], 0
-    for span in sorted(text.spans, key=lambda s: s.start):
-        out.append(_esc(plain[cursor : span.start]))
-        tag = "del" if "strike" in str(span.style) else "ins"
-        out.append(f"<{tag}>{_esc(plain[span.start : span.end])}</{tag}>")
-        cursor = span.end
-    out.append(_esc(plain[cursor:]))
-    return "".join(out).replace("|", "&#124;").replace("\n", " ")
+    """The inline diff (``diffview.html_diff``: ``<del>`` removed, ``<ins>`` written) as one
+    markdown table cell."""
+    return html_diff(tokenize(source), chain).replace("|", "&#124;").replace("\n", " ")
 
 
 def _esc(text: str) -> str:
