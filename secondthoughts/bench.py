@@ -51,6 +51,7 @@ from secondthoughts.data import (
 )
 from secondthoughts.edits import CHAIN_FORMATS
 from secondthoughts.plots import save_png
+from secondthoughts.runs import find_checkpoint, write_atomic, write_dir
 
 METHODS: tuple[str, ...] = ("direct", "dpo", "aem", "aem_rl")
 METHOD_NAMES = {"direct": "direct fine-tuning", "dpo": "DPO (from direct)", "aem": "AEM (chains of edits)", "aem_rl": "AEM + RL"}
@@ -94,6 +95,7 @@ class EvalSettings:
     batch_size: int = 8
     bootstrap: int = 1000
     max_new_tokens: int = 0  # 0: Realigner's default budget
+    coherence: str = ""  # a coherence scorer run (reward train --objective coherence): every cell's coherence column
 
 
 @dataclass
@@ -535,9 +537,7 @@ def fmt_duration(seconds: float) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 class Bench:
@@ -674,7 +674,7 @@ class Bench:
         return self._evaluate(run, cell.dataset, folder)
 
     def _sft(self, run: Path, settings: dict[str, Any]) -> None:
-        from secondthoughts.sft import TrainConfig, find_checkpoint, train
+        from secondthoughts.sft import TrainConfig, train
 
         config = TrainConfig.from_dict({**settings, "out": str(run), "progress": self.progress})
         resume = (run / "config.json").is_file() and find_checkpoint(run) is not None
@@ -689,7 +689,6 @@ class Bench:
 
     def _refine(self, cell: Cell, run: Path, train_file: Path) -> None:
         from secondthoughts.refine import RefineConfig, refine
-        from secondthoughts.sft import find_checkpoint
 
         assert cell.seed is not None
         config = RefineConfig.from_dict({
@@ -709,7 +708,6 @@ class Bench:
     def _merge(self, cell: Cell, folder: Path) -> dict[str, Any]:
         """The source dataset's AEM model with its adapter merged: the start of the transfer runs."""
         from secondthoughts import models
-        from secondthoughts.sft import atomic_dir
 
         assert cell.seed is not None and self.cfg.transfer is not None
         aem = self.out / method_key(cell.seed, self.cfg.transfer.source, "aem") / "run"
@@ -721,7 +719,7 @@ class Bench:
             model.save_pretrained(p, safe_serialization=True)
             tok.save_pretrained(p)
 
-        atomic_dir(folder / "model", write)
+        write_dir(folder / "model", write)
         return {"from": str(aem)}
 
     def _transfer(self, cell: Cell, folder: Path) -> dict[str, Any]:
@@ -761,23 +759,16 @@ class Bench:
         """Re-align the test pairs, score with both scorers, write ``eval/``; the cell's summary."""
         ev_dir = folder / "eval"
         if not (ev_dir / "metrics.json").is_file():
-            from secondthoughts.evaluate import evaluate_run, mean_ci, write_report
-            from secondthoughts.reward import RewardModel
+            from secondthoughts.evaluate import evaluate_run, write_report
 
             e = self.cfg.evaluate
             test = self.split(dataset).test
             gen = {"max_new_tokens": e.max_new_tokens} if e.max_new_tokens else {}
             main_run, second_run = (self.out / scorer_key(dataset, r) / "run" for r in SCORERS)
-            ev = evaluate_run(run, test, reward_run=main_run, base_lm=self.cfg.model, batch_size=e.batch_size, resamples=e.bootstrap,
+            ev = evaluate_run(run, test, reward_run=main_run, second_reward_run=str(second_run), coherence_run=e.coherence or None,
+                              base_lm=self.cfg.model, batch_size=e.batch_size, resamples=e.bootstrap,
                               seed=0, progress=self.progress, info={"data": f"{dataset} test ({len(test)} pairs)"}, **gen)  # fmt: skip
-            second = RewardModel.load(second_run)
-            n = len(ev.rows)
-            scores = second([r["context"] for r in ev.rows] * 3, [r[k] for k in ("source", "output", "target") for r in ev.rows])
-            for i, r in enumerate(ev.rows):
-                r["reward2_source"], r["reward2_output"], r["reward2_target"] = (float(scores[j * n + i]) for j in range(3))
-            ev.metrics["alignment_second"] = {
-                name: mean_ci([r[f"reward2_{name[:-1]}"] for r in ev.rows], e.bootstrap, 0) for name in ("sources", "outputs", "targets")
-            } | {"scorer": str(second_run)}
+            ev.metrics["alignment_second"]["scorer"] = str(second_run)
             write_report(ev, ev_dir, overwrite=True)
         return summarize_eval(json.loads((ev_dir / "metrics.json").read_text(encoding="utf-8")))
 

@@ -33,8 +33,6 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -53,7 +51,7 @@ from secondthoughts.sari import sentence_sari
 RewardFn = Callable[[list[str], list[str]], list[float]]
 Missing = dict[str, str]
 OPS = ("replace", "delete", "insert")
-HEADLINE = ("alignment", "perplexity", "rouge_l", "bleu", "sari", "valid")
+HEADLINE = ("alignment", "alignment_second", "coherence", "coherence_vs_gold", "perplexity", "rouge_l", "bleu", "sari", "valid")
 
 
 def missing(reason: str) -> Missing:
@@ -207,15 +205,23 @@ class Fluency:
         raise ValueError(f"{self.description}: the tokenizer has no <|endoftext|>, BOS or EOS token to start a text with")
 
     def nll(self, texts: Sequence[str], *, progress: bool = False) -> list[tuple[float, int]]:
+        """Per text: (sum of token NLL, tokens)."""
+        return [(float(-lp.sum()), len(lp)) for _, lp, _ in self.token_logprobs(texts, progress=progress)]
+
+    def token_logprobs(self, texts: Sequence[str], *, progress: bool = False) -> list[tuple[list[int], np.ndarray, list[int]]]:
+        """Per text: its token ids, each token's log-probability given the ones before (after the
+        start token), and the character offset where each token starts."""
         import torch
         from tqdm.auto import tqdm
 
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        seqs = [[self.start_id(), *x[: self.max_tokens]] for x in ids]
+        enc = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        toks = [x[: self.max_tokens] for x in enc["input_ids"]]
+        starts = [[a for a, _ in off[: self.max_tokens]] for off in enc["offset_mapping"]]
+        seqs = [[self.start_id(), *x] for x in toks]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+        out: list[tuple[list[int], np.ndarray, list[int]]] = [([], np.zeros(0), [])] * len(seqs)
         device = next(self.model.parameters()).device
         training = self.model.training
         self.model.eval()
@@ -234,9 +240,9 @@ class Fluency:
                     logits = self.model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
                     if self.excluded_ids:
                         logits[..., list(self.excluded_ids)] = float("-inf")
-                    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none") * mask[:, 1:]
+                    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
                     for r, i in enumerate(idx):
-                        out[i] = (float(nll[r].sum()), int(mask[r, 1:].sum()))
+                        out[i] = (toks[i], -nll[r, : len(toks[i])].double().cpu().numpy(), starts[i])
         finally:
             self.model.train(training)
         return out
@@ -320,22 +326,32 @@ def _rows(examples: Sequence[Example], results: Sequence[Any], golds: Sequence[S
     return rows
 
 
-def _alignment(rows: list[dict[str, Any]], reward: RewardFn | None, why_no_reward: str, resamples: int, seed: int, progress: bool) -> dict[str, Any]:
-    if reward is None:
-        return missing(why_no_reward)
+def _scored(rows: list[dict[str, Any]], scorer: RewardFn | None, why_missing: str, resamples: int, seed: int, progress: bool,
+            key: str = "reward") -> dict[str, Any]:
+    """Mean score of sources, outputs and gold targets under ``scorer`` (alignment or coherence),
+    each row getting ``{key}_source`` / ``_output`` / ``_target``; plus the share of outputs
+    above their source and the outputs' mean as a share of the gold targets' (paired bootstrap)."""
+    if scorer is None:
+        return missing(why_missing)
     n = len(rows)
     contexts = [r["context"] for r in rows] * 3
     texts = [r["source"] for r in rows] + [r["output"] for r in rows] + [r["target"] for r in rows]
     from secondthoughts.reward import RewardEnsemble, RewardModel
 
-    kw = {"progress": progress} if isinstance(reward, (RewardModel, RewardEnsemble)) else {}  # any other callable takes (contexts, texts)
-    scores = list(reward(contexts, texts, **kw))
+    kw = {"progress": progress} if isinstance(scorer, (RewardModel, RewardEnsemble)) else {}  # any other callable takes (contexts, texts)
+    scores = list(scorer(contexts, texts, **kw))
     if len(scores) != len(texts):
-        raise ValueError(f"the reward function returned {len(scores)} scores for {len(texts)} texts")
+        raise ValueError(f"the {key} function returned {len(scores)} scores for {len(texts)} texts")
     for k, r in enumerate(rows):
-        r["reward_source"], r["reward_output"], r["reward_target"] = float(scores[k]), float(scores[n + k]), float(scores[2 * n + k])
-    out = {name: mean_ci([r[f"reward_{name[:-1]}"] for r in rows], resamples, seed) for name in ("sources", "outputs", "targets")}
-    out["outputs_above_source"] = mean_ci([float(r["reward_output"] > r["reward_source"]) for r in rows], resamples, seed)
+        r[f"{key}_source"], r[f"{key}_output"], r[f"{key}_target"] = float(scores[k]), float(scores[n + k]), float(scores[2 * n + k])
+    out = {name: mean_ci([r[f"{key}_{name[:-1]}"] for r in rows], resamples, seed) for name in ("sources", "outputs", "targets")}
+    out["outputs_above_source"] = mean_ci([float(r[f"{key}_output"] > r[f"{key}_source"]) for r in rows], resamples, seed)
+    outs = np.array([r[f"{key}_output"] for r in rows])
+    golds = np.array([r[f"{key}_target"] for r in rows])
+    if golds.sum() > 0:
+        out["outputs_vs_targets"] = {"value": float(outs.mean() / golds.mean()), "ci95": bootstrap_ci(
+            n, lambda i: float(outs[i].mean() / golds[i].mean()) if golds[i].sum() else float("nan"), resamples=resamples, seed=seed)}
+    out["outputs_at_least_half"] = mean_ci([float(x >= 0.5) for x in outs], resamples, seed)
     return out
 
 
@@ -392,6 +408,8 @@ def evaluate(
     *,
     reward: RewardFn | None = None,
     why_no_reward: str = "no reward model given (--reward RUN)",
+    second_reward: RewardFn | None = None,
+    coherence: RewardFn | None = None,
     fluency: Fluency | str = "no base LM to score fluency with",
     mode: str | None = None,
     batch_size: int = 8,
@@ -403,7 +421,9 @@ def evaluate(
     **generation: Any,
 ) -> Evaluation:
     """Re-align ``examples`` with ``realigner`` (a :class:`~secondthoughts.realign.Realigner`)
-    and measure them; see the module docstring. ``fluency``: a :class:`Fluency`, or a string
+    and measure them; see the module docstring. ``second_reward``: another alignment scorer
+    (``alignment_second``); ``coherence``: a coherence scorer (``secondthoughts.coherence``), each
+    any callable ``(contexts, texts) -> scores``. ``fluency``: a :class:`Fluency`, or a string
     saying why there is none. ``generation``: further ``realign_many`` settings (e.g.
     ``max_new_tokens``, ``num_beams``). ``info``: extra facts for the report header.
     ``merge_adapter``: merge a LoRA adapter for generation and unmerge it afterwards (for a
@@ -423,7 +443,9 @@ def evaluate(
     metrics: dict[str, Any] = {
         "info": {"examples": len(examples), "mode": mode, "batch_size": batch_size, "bootstrap_resamples": resamples, "seed": seed,
                  **(info or {}), **({"generation": generation} if generation else {})},
-        "alignment": _alignment(rows, reward, why_no_reward, resamples, seed, progress),
+        "alignment": _scored(rows, reward, why_no_reward, resamples, seed, progress),
+        "alignment_second": _scored(rows, second_reward, "no second alignment scorer given (--second-reward RUN)", resamples, seed, progress, "reward2"),
+        "coherence": _scored(rows, coherence, "no coherence scorer given (--coherence RUN)", resamples, seed, progress, "coherence"),
         "fluency": _fluency(rows, fluency, resamples, seed, progress),
         "faithfulness": {"outputs": faithful, "sources_unchanged": faithfulness(sources, sources, targets, 0, seed)[0]},
         "behaviour": _behaviour(rows, results, examples, golds, mode, resamples, seed),
@@ -457,6 +479,9 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "alignment": pick("alignment", "outputs"),
+        "alignment_second": pick("alignment_second", "outputs"),
+        "coherence": pick("coherence", "outputs"),
+        "coherence_vs_gold": pick("coherence", "outputs_vs_targets"),
         "perplexity": pick("fluency", "outputs"),
         "rouge_l": pick("faithfulness", "outputs", "rouge_l"),
         "bleu": pick("faithfulness", "outputs", "bleu"),
@@ -517,6 +542,8 @@ def evaluate_run(
     examples: Sequence[Example],
     *,
     reward_run: str | os.PathLike[str] | None = None,
+    second_reward_run: str | None = None,
+    coherence_run: str | None = None,
     base_lm: str | None = None,
     device: Any = None,
     dtype: Any = None,
@@ -533,16 +560,16 @@ def evaluate_run(
         model, tokenizer, trained_mode=info.get("mode"), max_length=info.get("max_length"), chain_format=chain_format(info)
     )
     realigner.name = str(run)
-    reward = None
-    if reward_run is not None:
-        from secondthoughts.reward import load
+    from secondthoughts.reward import load_scorer
 
-        reward = load(reward_run, device=device)
+    scorers = {name: load_scorer(str(spec), device=device) if spec else None
+               for name, spec in (("reward", reward_run), ("second_reward", second_reward_run), ("coherence", coherence_run))}
     fluency = base_fluency(run, model, tokenizer, base_lm, device=device, dtype=dtype)
 
-    extra = {"model": str(run), "reward": str(reward_run) if reward_run else None, "trained_mode": info.get("mode")}
+    extra = {"model": str(run), "reward": str(reward_run) if reward_run else None, "second_reward": second_reward_run,
+             "coherence": coherence_run, "trained_mode": info.get("mode")}
     # Generation runs with the adapter merged; fluency afterwards, with it unmerged and off.
-    return evaluate(realigner, examples, reward=reward, fluency=fluency, merge_adapter=True, info={**extra, **kw.pop("info", {})}, **kw)
+    return evaluate(realigner, examples, **scorers, fluency=fluency, merge_adapter=True, info={**extra, **kw.pop("info", {})}, **kw)
 
 
 # ---------------------------------------------------------------- report
@@ -599,6 +626,7 @@ def _ops_cell(c: Any) -> str:
 def render_markdown(ev: Evaluation, shown: int = 6, plots: dict[str, Any] | None = None) -> str:
     m, info = ev.metrics, ev.metrics["info"]
     al, fl, fa, be, sp = m["alignment"], m["fluency"], m["faithfulness"], m["behaviour"], m["speed"]
+    al2, co = m.get("alignment_second", missing("not measured")), m.get("coherence", missing("not measured"))
     out, ref = fa["outputs"], fa["sources_unchanged"]
     lines = [
         f"# Evaluation of `{info.get('model', 'a re-aligner')}`", "",
@@ -610,6 +638,10 @@ def render_markdown(ev: Evaluation, shown: int = 6, plots: dict[str, Any] | None
         "| metric | sources | outputs | gold targets |", "|---|---|---|---|",
         f"| alignment: mean P(aligned) | {_cell(_get(al, 'sources'))} | {_cell(_get(al, 'outputs'))} | {_cell(_get(al, 'targets'))} |",
         f"| outputs scored above their source | | {_cell(_get(al, 'outputs_above_source'))} | |",
+        f"| alignment, second scorer | {_cell(_get(al2, 'sources'))} | {_cell(_get(al2, 'outputs'))} | {_cell(_get(al2, 'targets'))} |",
+        f"| coherence: mean P(coherent) | {_cell(_get(co, 'sources'))} | {_cell(_get(co, 'outputs'))} | {_cell(_get(co, 'targets'))} |",
+        f"| coherence of outputs as a share of the gold targets' | | {_cell(_get(co, 'outputs_vs_targets'))} | 1 |",
+        f"| P(coherent) >= 0.5 | | {_cell(_get(co, 'outputs_at_least_half'))} | |",
         f"| perplexity under the base LM | {_cell(_get(fl, 'sources'), 2)} | {_cell(_get(fl, 'outputs'), 2)} | {_cell(_get(fl, 'targets'), 2)} |",
         f"| ROUGE-L F1 vs target (0-100) | {_cell(_get(ref, 'rouge_l'), 1)} | {_cell(_get(out, 'rouge_l'), 1)} | 100 |",
         f"| BLEU vs target | {_cell(_get(ref, 'bleu'), 1)} | {_cell(_get(out, 'bleu'), 1)} | 100 |",
@@ -766,24 +798,20 @@ def _json_safe(x: Any) -> Any:
 
 def write_report(ev: Evaluation, out: str | os.PathLike[str], *, shown: int = 6, overwrite: bool = False) -> Path:
     """Write report.md, metrics.json, outputs.jsonl and the plots into ``out``: built in a
-    temporary folder beside it and renamed into place, so a reader never sees half a report.
-    An existing ``out`` is replaced only with ``overwrite``."""
-    from secondthoughts.sft import swap_in
+    temporary folder beside it and renamed into place (:func:`runs.write_dir`), so a reader never
+    sees half a report. An existing ``out`` is replaced only with ``overwrite``."""
+    from secondthoughts.runs import write_dir
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+
+    def write(tmp: Path) -> None:
         plots = _write_plots(ev, tmp)
         metrics = _json_safe({**ev.metrics, "plots": plots})
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         with open(tmp / "outputs.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(_json_safe(r), ensure_ascii=False) + "\n" for r in ev.rows)
         (tmp / "report.md").write_text(render_markdown(ev, shown, plots), encoding="utf-8")
-        swap_in(tmp, out)  # the previous report (if any) is replaced in two renames
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir(out, write)  # the previous report (if any) is replaced in two renames

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +136,8 @@ class RealignResult:
     # Seconds (prompt_s, generate_s, total_s) of the batch that produced this result, its size,
     # and the tokens this result generated (new_tokens).
     timings: dict[str, float] = field(default_factory=dict)
+    candidates: int = 1  # best-of-N: how many sampled chains this one was chosen from
+    rerank_score: float | None = None  # best-of-N: its score under the reranker
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,6 +172,27 @@ def _job(item: Any, index: int) -> _Job:
         raise TypeError(f"item {index}: context and source must be strings")
     edits, closed = as_chain(prefix, source, what=f"item {index}: prefix") if prefix else ([], False)
     return _Job(context, source, tuple(edits), closed)
+
+
+# ---------------------------------------------------------------- best of N
+
+# Scores texts in their contexts, higher = better: a reward model, or coherence.Reranker.
+Reranker = Callable[[list[str], list[str]], list[float]]
+
+
+def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
+    """The candidate whose text ``rerank`` scores highest. Invalid chains and texts identical to
+    the source are chosen only when no candidate is valid and changed (a reranker may well score
+    the unchanged source high); ties go to the first. Each distinct text is scored once."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    texts = list(dict.fromkeys(r.text for r in candidates))
+    context = candidates[0].context
+    scores = dict(zip(texts, rerank([context] * len(texts), texts)))
+    useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
+    best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
+    best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
+    return best
 
 
 # ---------------------------------------------------------------- the re-aligner
@@ -277,14 +300,16 @@ class Realigner:
         seed: int | None = None,
         prompt_lookup_num_tokens: int | None = None,
         draft: Draft = "auto",
+        best_of: int = 1,
+        rerank: Reranker | None = None,
     ) -> RealignResult:
         """Re-align one text; settings as :meth:`realign_many`. ``prefix``: the first edits,
         forced (compact, readable or ``Edit`` records); ``EditError`` if it does not apply."""
         item = {"context": context, "source": source, "prefix": prefix}
         return self.realign_many(
-            [item], batch_size=1, mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
+            [item], batch_size=max(1, best_of), mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-            prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft,
+            prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft, best_of=best_of, rerank=rerank,
         )[0]  # fmt: skip
 
     def realign_many(
@@ -303,6 +328,8 @@ class Realigner:
         prompt_lookup_num_tokens: int | None = None,
         draft: Draft = "auto",
         progress: bool = False,
+        best_of: int = 1,
+        rerank: Reranker | None = None,
     ) -> list[RealignResult]:
         """Re-align many texts in left-padded batches (sorted by length; results in input order).
 
@@ -320,7 +347,25 @@ class Realigner:
             mode the target by prompt lookup) and verifies drafts in one forward pass, one text
             at a time; same output as plain greedy. "auto": "chain" for greedy apply mode at
             batch size 1 (where it is faster), else "none".
+        best_of, rerank: sample ``best_of`` chains per text (``do_sample`` is implied; the
+            ``best_of`` samples of a text share a generation batch) and return the one whose
+            text ``rerank(contexts, texts)`` scores highest, preferring texts that change the
+            source; ``best_of=1`` is plain decoding. See :func:`choose_best`.
         """
+        if best_of < 1:
+            raise ValueError(f"best_of must be >= 1, got {best_of}")
+        if best_of > 1:
+            if rerank is None:
+                raise ValueError("best_of > 1 needs a reranker (rerank=): a callable scoring (contexts, texts)")
+            if num_beams > 1 or prompt_lookup_num_tokens:
+                raise ValueError("best_of samples chains: no beams or prompt lookup")
+            jobs_in = list(items)
+            per_batch = max(1, batch_size // best_of) * best_of
+            sampled = self.realign_many(
+                [x for x in jobs_in for _ in range(best_of)], per_batch, mode=mode, constrained=constrained, do_sample=True,
+                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, draft="none", progress=progress,
+            )  # fmt: skip
+            return [choose_best(sampled[k * best_of : (k + 1) * best_of], rerank) for k in range(len(jobs_in))]
         mode = mode or self.default_mode()  # type: ignore[assignment]
         self.check_mode(mode)  # type: ignore[arg-type]
         if batch_size < 1 or num_beams < 1:

@@ -47,12 +47,10 @@ Run folder (``RefineConfig.out``)::
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import platform
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secondthoughts import behaviour, models, settings
+from secondthoughts import behaviour, models, runs, settings
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
     EOC,
@@ -325,17 +323,9 @@ class CompletionLogProbs(nn.Module):
 
 def load_reward(spec: str, *, batch_size: int = 32, device: torch.device | str | None = None) -> RewardFn:
     """A reward run or ensemble folder (``reward.load``) or ``module:function`` naming a callable."""
-    if not spec:
-        raise ValueError("no reward: pass --reward runs/reward (a reward model run) or module:function")
-    if not Path(spec).exists() and ":" in spec:
-        module, _, name = spec.partition(":")
-        fn = getattr(importlib.import_module(module), name, None)
-        if not callable(fn):
-            raise ValueError(f"--reward {spec}: {module} has no callable {name!r}")
-        return fn
-    from secondthoughts import reward
+    from secondthoughts.reward import load_scorer
 
-    return reward.load(spec, batch_size=batch_size, device=device)
+    return load_scorer(spec, batch_size=batch_size, device=device)
 
 
 @dataclass
@@ -785,34 +775,20 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from secondthoughts.sft import (
-        _append_jsonl,
-        _rng_state,
-        _set_rng_state,
-        _truncate_metrics,
-        _versions,
-        find_checkpoint,
-        load_trainable_state,
-        swap_in,
-        trainable_state,
-    )
+    from secondthoughts.sft import _versions, load_trainable_state, trainable_state
 
     cfg, acc = r.config, r.accelerator
     out = Path(cfg.out)
     main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
-    ckpt = find_checkpoint(out) if resume else None
+    ckpt = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        if ckpt is None:
-            raise FileNotFoundError(f"{out} has no checkpoint to resume from")
         saved = json.loads((out / "config.json").read_text())["refine"]
         diff = {key: (v, getattr(cfg, key)) for key, v in saved.items() if key != "progress" and getattr(cfg, key) != v}
         if diff:
             raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
-    elif (out / "config.json").exists() or find_checkpoint(out):
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
     if not cfg.data:
@@ -826,16 +802,16 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
 
     state = RefineState()
     if ckpt is not None:
-        ck = json.loads((ckpt / "state.json").read_text())
+        ck = runs.read_checkpoint(ckpt)
         if ck["world_size"] != world:
             raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
         load_trainable_state(r.policy, load_file(ckpt / "trainable.safetensors"))
         r.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         r.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=True))
+        runs.set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=True))
         state = RefineState(**ck["state"])
         if main:
-            _truncate_metrics(out / "metrics.jsonl", state.step)
+            runs.truncate_metrics(out / "metrics.jsonl", state.step)
             print(f"resumed {out} at step {state.step}/{cfg.steps}", flush=True)
     else:
         random.seed(cfg.seed)
@@ -851,15 +827,15 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
                 "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(r.policy))),
                 "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
             }  # fmt: skip
-            (out / "config.json").write_text(json.dumps(info, indent=2))
-            (out / "metrics.jsonl").write_text("")
+            runs.write_atomic(out / "config.json", json.dumps(info, indent=2))
+            runs.write_atomic(out / "metrics.jsonl", "")
     acc.wait_for_everyone()
     history: list[dict[str, Any]] = []
 
     def log(row: dict[str, Any]) -> None:
         history.append(row)
         if main:
-            _append_jsonl(out / "metrics.jsonl", row)
+            runs.append_jsonl(out / "metrics.jsonl", row)
 
     def run_eval() -> None:
         if not eval_ex:
@@ -869,19 +845,17 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         log({"step": state.step, **_per_sample(sums, "eval_")})
 
     def save_checkpoint() -> None:
-        tmp = out / ".checkpoint.tmp"
+        ck = runs.CheckpointWriter(out)
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            ck.begin()
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+        ck.add_torch(f"rng-{rank}.pt", runs.rng_state())
         acc.wait_for_everyone()
         if main:
-            save_file(trainable_state(r.policy), tmp / "trainable.safetensors")
-            torch.save(r.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(r.scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "state.json").write_text(json.dumps({"state": asdict(state), "world_size": world}))
-            swap_in(tmp, out / "checkpoint")
+            ck.add_tensors("trainable.safetensors", trainable_state(r.policy))
+            ck.add_torch("optimizer.pt", r.optimizer.state_dict())
+            ck.add_torch("scheduler.pt", r.scheduler.state_dict())
+            ck.commit({"state": asdict(state), "world_size": world})
             reward_curve(out)
         acc.wait_for_everyone()
 
@@ -928,10 +902,8 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
             break
     bar.close()
     if state.step >= cfg.steps and main:
-        from secondthoughts.sft import atomic_dir
-
         how: list[str] = []
-        atomic_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
+        runs.write_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
         reward_curve(out)
         print(f"{out / 'model'}: {how[0]}", flush=True)
     acc.wait_for_everyone()

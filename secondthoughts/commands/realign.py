@@ -41,8 +41,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-lookup", type=int, metavar="N", help="draft N tokens at a time by copying from the prompt (batch size 1)")
     p.add_argument("--draft", choices=("auto", "chain", "none"), default="auto", help="chain: draft spans and positions from "
                    "the source, check them in one pass (greedy, one text at a time, same output); auto (default): chain for greedy apply mode at batch size 1")
+    add_best_of_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
+
+
+def add_best_of_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="sample N constrained chains per text (in one batch) and keep the one the --rerank scorers like best (default 1: no sampling)")
+    p.add_argument("--rerank", nargs="+", default=[], metavar="SCORER",
+                   help="scorers for --best-of: reward run folders (alignment or coherence, as each run's config says) or "
+                        "module:function (alignment; write coherence=module:function for a coherence callable)")
+    p.add_argument("--coherence-weight", type=float, default=1.0,
+                   help="best-of score: log P(aligned) + W * log P(coherent) (default 1)")
+
+
+def check_best_of(args: argparse.Namespace) -> None:
+    """Fail before any model loads on a bad --best-of / --rerank."""
+    if args.best_of < 1:
+        raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
+    if args.best_of > 1:
+        from secondthoughts.coherence import check_reranker
+
+        check_reranker(args.rerank, args.coherence_weight)
+
+
+def best_of_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``best_of`` and a loaded ``rerank`` for ``realign_many`` (``check_best_of`` first)."""
+    if args.best_of == 1:
+        return {}
+    from secondthoughts.coherence import load_reranker
+
+    return {"best_of": args.best_of, "rerank": load_reranker(args.rerank, args.coherence_weight)}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,6 +139,9 @@ def show(console: Any, result: Any) -> None:
         console.print(f"[dim]model wrote:[/dim] {escape(result.compact)}")
     if result.truncated:
         console.print("[yellow]max-new-tokens cut the chain: kept its complete edits[/yellow]")
+    console.print(f"[bold]text:[/bold] {escape(result.text)}")
+    if result.candidates > 1:
+        console.print(f"[dim]best of {result.candidates} sampled chains (rerank score {result.rerank_score:.3f})[/dim]")
     if result.generated_target is not None:
         note = "[yellow](differs from the chain applied)[/yellow]" if result.disagrees else "[dim](same as the chain applied)[/dim]"
         console.print(f"[dim]generated target:[/dim] {escape(result.generated_target)} {note}")
@@ -133,12 +166,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         items = read_items(args.input) if args.input else None
+        check_best_of(args)
         realigner = _load(args)
+        best = best_of_settings(args)
         if items is None:
-            result = realigner.realign(args.context, args.text, prefix=args.prefix, **settings(args))
+            result = realigner.realign(args.context, args.text, prefix=args.prefix, **settings(args), **best)
         else:
             t0 = time.perf_counter()
-            results = realigner.realign_many(items, batch_size=args.batch_size, progress=True, **settings(args))
+            results = realigner.realign_many(items, batch_size=args.batch_size, progress=True, **settings(args), **best)
             elapsed = time.perf_counter() - t0
     except (DataError, EditError, ValueError, FileNotFoundError, OSError) as e:
         from secondthoughts.cli import reraise_if_debugging

@@ -172,13 +172,13 @@ def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], d
     metrics: dict[str, Any] = {"data": data, "train": stats, "dev": {"examples": 0}, "timing": {"train_s": round(train_s, 1)}}
     if dev:
         t0 = time.perf_counter()
-        metrics["dev"] = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev, hard_negatives=config.hard_negatives != 0)
+        metrics["dev"] = reward.evaluate_model(model, dev, hard_negatives=config.hard_negatives != 0, progress=True)
         metrics["timing"].update(_rate(metrics["dev"], time.perf_counter() - t0))
     return model, metrics
 
 
 def _rate(m: dict[str, Any], seconds: float) -> dict[str, float]:
-    n_texts = m["targets"] + m["sources"] + m["hard_negatives"]
+    n_texts = m["texts"] if "texts" in m else m["targets"] + m["sources"] + m["hard_negatives"]
     return {"eval_s": round(seconds, 1), "eval_texts_per_s": round(n_texts / seconds, 1)}
 
 
@@ -235,6 +235,14 @@ def _ensemble(args: argparse.Namespace) -> int:
 def format_metrics(m: dict[str, Any]) -> str:
     if not m.get("examples"):
         return "no held-out examples: nothing measured"
+    if "auc" in m:  # a coherence scorer
+        kinds = [k.removeprefix("accuracy_") for k in m if k.startswith("accuracy_")]
+        return "\n".join([
+            f"held out: {m['examples']} examples, {m['texts']} texts (complete ones against synthetic failures)",
+            f"  accuracy (per text)      {m['accuracy']:.4f}   AUC {m['auc']:.4f}",
+            *[f"    {k:<21}  {m['accuracy_' + k]:.4f}   mean score {m['mean_score_' + k]:.3f}" for k in kinds],
+            f"  pairwise accuracy        {m['pairwise_accuracy']:.4f}   (target above a splice of its own chain)",
+        ])
     n = m["targets"] + m["sources"] + m["hard_negatives"]
     lines = [
         f"held out: {m['examples']} examples, {n} texts",
@@ -267,7 +275,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not dev:
         raise ValueError(f"{args.data}: no examples")
     t0 = time.perf_counter()
-    m = reward.evaluate(lambda c, t: model.score(c, t, progress=True), dev)
+    m = reward.evaluate_model(model, dev, progress=True)
     views = sorted({m.config.views for m in (model.members if isinstance(model, reward.RewardEnsemble) else [model])})
     print(f"{args.model} (views: {', '.join(views)}; {model.precision}) on {args.data}")
     print(format_metrics(m))
