@@ -9,6 +9,7 @@ much of the source it kept.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 from secondthoughts.edits import tokenize
@@ -63,15 +64,40 @@ def kept_share(source: str, text: str) -> float:
     return prev[-1] / len(a)
 
 
+def short(source: str, text: str, min_words: int = 5) -> bool:
+    """Fewer than ``min_words`` words, or fewer than half the source's: a stub ("Tom asks.")."""
+    n = len(_words(text))
+    return n < min_words or n < len(_words(source)) / 2
+
+
+def nothing_new(source: str, text: str) -> bool:
+    """Shorter than the source and every word already in it: the act deleted, nothing put in its place."""
+    words = _words(text)
+    return len(words) < len(_words(source)) and set(words) <= set(_words(source))
+
+
+def opening(text: str) -> tuple[str, ...]:
+    """The two words after the first (a story's subject is usually its first word): "asks if"."""
+    return _words(text)[1:3]
+
+
 def summarize(contexts: Sequence[str], sources: Sequence[str], texts: Sequence[str]) -> dict[str, float]:
-    """Shares over a batch: ``identical`` (output == source), ``copies_context``, mean ``kept``."""
+    """Shares over a batch: ``identical`` (output == source), ``copies_context``, mean ``kept``;
+    ``short`` and ``nothing_new`` (stubs and bare deletions); ``distinct`` (distinct outputs per
+    output) and ``top_opening`` (the share of the most common :func:`opening`: one template
+    written for every story shows here first)."""
     n = len(texts)
     if not (len(contexts) == len(sources) == n):
         raise ValueError(f"lengths differ: {len(contexts)} contexts, {len(sources)} sources, {n} texts")
     if n == 0:
-        return {"identical": float("nan"), "copies_context": float("nan"), "kept": float("nan")}
+        return dict.fromkeys(("identical", "copies_context", "kept", "short", "nothing_new", "distinct", "top_opening"), float("nan"))
+    openings = Counter(opening(t) for t in texts)
     return {
         "identical": sum(identical(s, t) for s, t in zip(sources, texts)) / n,
         "copies_context": sum(copies_context(c, t) for c, t in zip(contexts, texts)) / n,
         "kept": sum(kept_share(s, t) for s, t in zip(sources, texts)) / n,
+        "short": sum(short(s, t) for s, t in zip(sources, texts)) / n,
+        "nothing_new": sum(nothing_new(s, t) for s, t in zip(sources, texts)) / n,
+        "distinct": len(set(texts)) / n,
+        "top_opening": openings.most_common(1)[0][1] / n,
     }

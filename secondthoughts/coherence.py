@@ -321,3 +321,10 @@ def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0) -> None:
     for spec in specs:
         path = spec.partition("=")[2] if spec.startswith(("alignment=", "coherence=")) else spec
         reward.check_scorer(path, "--rerank")
+
+
+def combined_reward(alignment: Sequence[float], coherence: Sequence[float], coherence_weight: float = 1.0) -> list[float]:
+    """``P(aligned) * P(coherent) ** w`` (the exponential of :func:`combined_scores`): the RL reward
+    with a coherence term, in [0, 1] like the alignment reward it replaces."""
+    return [math.exp(x) for x in combined_scores(alignment, coherence, coherence_weight)]
+

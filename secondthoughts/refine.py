@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secondthoughts import behaviour, models, runs, settings
+from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
     EOC,
@@ -94,6 +95,9 @@ class RefineConfig:
 
     policy: str = _f("", "the AEM model: a `secondthoughts train` run folder (LoRA or full)")
     reward: str = _f("", "reward: a `secondthoughts reward train` run folder, or module:function returning score(contexts, texts)")
+    coherence: str = _f("", "coherence scorer (a `reward train --objective coherence` run, or module:function); the reward becomes "
+                            "P(aligned) * P(coherent)^coherence_weight (empty: alignment alone, the paper)")
+    coherence_weight: float = _f(1.0, "exponent of P(coherent) in the reward (with --coherence)")
     data: str = _f("", "training prompts JSONL (context, source, target); the target gives the AIL expert chain")
     out: str = _f("runs/refine", "run folder: config, metrics, reward curve, checkpoint, final model")
     eval_data: str = _f("", "held-out prompts JSONL, decoded greedily at the start, every --eval-every steps and at the end")
@@ -140,7 +144,7 @@ class RefineConfig:
         for name in ("steps", "prompts_per_step", "k", "ppo_epochs", "checkpoint_every", "lora_r", "reward_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("beta", "invalid_penalty", "clip_eps", "ail_weight", "ail_margin", "lr", "max_new_tokens", "eval_every"):
+        for name in ("beta", "invalid_penalty", "clip_eps", "ail_weight", "ail_margin", "lr", "max_new_tokens", "eval_every", "coherence_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
@@ -234,8 +238,10 @@ class Rollout:
     valid: list[bool]  # P * k
     errors: list[str | None]  # P * k, why invalid
     greedy: Rollout | None = None  # the greedy baseline decode (k = 1), when used
-    scores: torch.Tensor | None = None  # (P * k,) alignment scores (0 where invalid), set by score()
+    scores: torch.Tensor | None = None  # (P * k,) alignment (times coherence^w, with a coherence scorer; 0 where invalid), by score()
     rewards: torch.Tensor | None = None  # (P * k,) scores with the validity term, set by score()
+    coherence: torch.Tensor | None = None  # (P * k,) P(coherent) (0 where invalid), with a coherence scorer
+    alignment: torch.Tensor | None = None  # (P * k,) P(aligned) alone (0 where invalid), with a coherence scorer
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -444,10 +450,12 @@ class Refiner:
         stats = r.update(batch)                  # KL, advantages, clipped loss + AIL, optimizer step
         r.train()                                # or the whole run with checkpoints and metrics
 
-    ``reward_fn``: any ``score(contexts, texts) -> list[float]``; default ``load_reward(config.reward)``.
+    ``reward_fn``: any ``score(contexts, texts) -> list[float]``; default ``load_reward(config.reward)``;
+    ``coherence_fn`` likewise (default: ``config.coherence``, none when empty): the reward is then
+    ``coherence.combined_reward`` of the two.
     """
 
-    def __init__(self, config: RefineConfig, reward_fn: RewardFn | None = None):
+    def __init__(self, config: RefineConfig, reward_fn: RewardFn | None = None, coherence_fn: RewardFn | None = None):
         from accelerate import Accelerator
         from transformers import get_scheduler
 
@@ -470,6 +478,7 @@ class Refiner:
         if self.reference is not None:
             self.reference.to(self.device)
         self.reward_fn = reward_fn or load_reward(config.reward, batch_size=config.reward_batch_size, device=self.device)
+        self.coherence_fn = coherence_fn or (load_reward(config.coherence, batch_size=config.reward_batch_size, device=self.device) if config.coherence else None)
         self.vocab = EditVocab.from_tokenizer(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.max_length = self.aem_info.get("max_length")
@@ -549,9 +558,19 @@ class Refiner:
         ``batch.scores`` and ``batch.rewards``; the greedy decode too). Returns ``batch.rewards``."""
         parts = [batch] + ([batch.greedy] if batch.greedy is not None else [])
         todo = [(b, i) for b in parts for i in range(len(b)) if b.valid[i]]
-        got = self.reward_fn([b.contexts[i] for b, i in todo], [b.texts[i] for b, i in todo]) if todo else []
+        contexts, texts = [b.contexts[i] for b, i in todo], [b.texts[i] for b, i in todo]
+        got = self.reward_fn(contexts, texts) if todo else []
         if len(got) != len(todo):
             raise ValueError(f"the reward function returned {len(got)} scores for {len(todo)} texts")
+        coh = self.coherence_fn(contexts, texts) if todo and self.coherence_fn is not None else None
+        if coh is not None:
+            if len(coh) != len(todo):
+                raise ValueError(f"the coherence function returned {len(coh)} scores for {len(todo)} texts")
+            got_a, got_c = iter(float(x) for x in got), iter(float(x) for x in coh)
+            for b in parts:
+                b.alignment = torch.tensor([next(got_a) if v else 0.0 for v in b.valid], dtype=torch.float32)
+                b.coherence = torch.tensor([next(got_c) if v else 0.0 for v in b.valid], dtype=torch.float32)
+            got = combined_reward([float(x) for x in got], [float(x) for x in coh], self.config.coherence_weight)
         values = iter(float(x) for x in got)
         for b in parts:
             b.scores = torch.tensor([next(values) if v else 0.0 for v in b.valid], dtype=torch.float32)
@@ -693,8 +712,10 @@ class Refiner:
             "n": len(batch), "n_valid": nv,
             "reward": float(batch.rewards.sum()),  # type: ignore[union-attr]
             "score": float(batch.scores.sum()),  # type: ignore[union-attr]
-            "identical": guards.get("identical", 0) * nv, "copies_context": guards.get("copies_context", 0) * nv,
-            "kept": guards.get("kept", 0) * nv, "edits": sum(len(c) for c in batch.chains),
+            **{k: guards.get(k, 0) * nv for k in GUARDS},
+            **({"coherence": float(batch.coherence.sum()), "alignment": float(batch.alignment.sum())}  # type: ignore[union-attr]
+               if batch.coherence is not None else {}),
+            "edits": sum(len(c) for c in batch.chains),
             "new_tokens": sum(len(c) for c in batch.completion_ids),
         }  # fmt: skip
 
@@ -713,15 +734,17 @@ class Refiner:
         return _train(self, resume=resume, stop_after=stop_after)
 
 
+# behaviour.summarize's reward-hacking guards, logged per step and per evaluation.
+GUARDS = ("identical", "copies_context", "kept", "short", "nothing_new", "distinct", "top_opening")
+
+
 def _per_sample(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
     n, nv = max(sums["n"], 1), max(sums["n_valid"], 1)
     return {
         f"{prefix}reward": sums["reward"] / n,
         f"{prefix}score": sums["score"] / nv,  # mean alignment score of valid texts
         f"{prefix}valid": sums["n_valid"] / n,
-        f"{prefix}identical": sums["identical"] / nv,
-        f"{prefix}copies_context": sums["copies_context"] / nv,
-        f"{prefix}kept": sums["kept"] / nv,
+        **{f"{prefix}{k}": sums[k] / nv for k in (*GUARDS, "coherence", "alignment") if k in sums},  # shares of valid texts
         f"{prefix}edits": sums["edits"] / nv,
         f"{prefix}new_tokens": sums["new_tokens"] / n,
     }
@@ -841,7 +864,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         if not eval_ex:
             return
         mine = eval_ex[rank::world]
-        sums = _reduce(acc, r.evaluate(mine) if mine else dict.fromkeys(("n", "n_valid", "reward", "score", "identical", "copies_context", "kept", "edits", "new_tokens"), 0.0))
+        sums = _reduce(acc, r.evaluate(mine) if mine else dict.fromkeys(("n", "n_valid", "reward", "score", *GUARDS, "edits", "new_tokens"), 0.0))
         log({"step": state.step, **_per_sample(sums, "eval_")})
 
     def save_checkpoint() -> None:

@@ -41,3 +41,17 @@ def test_summarize_shares() -> None:
     assert all(math.isnan(v) for v in summarize([], [], []).values())
     with pytest.raises(ValueError, match="lengths differ"):
         summarize(["c"], [], ["t"])
+
+
+def test_stub_deletion_and_template_guards() -> None:
+    from secondthoughts.behaviour import nothing_new, opening, short
+
+    src = "Tom keeps the ladder and hides it behind his boxes."
+    assert short(src, "Tom asks.") and not short(src, "Tom gives the ladder back to his neighbour.")
+    assert nothing_new(src, "Tom keeps the ladder.") and not nothing_new(src, "Tom returns the ladder.")
+    assert not nothing_new("Tom lies.", "Tom lies.")  # not shorter: nothing was deleted
+    assert opening("Tom asks if he can stay.") == ("asks", "if")
+    texts = ["Tom asks if he can go.", "Ann asks if she can help.", "Ann asks if she can help.", "Leo returns the ladder to Ann."]
+    out = summarize(["c"] * 4, ["Tom lies to his boss.", "Ann steals from the shop.", "Ann steals from the shop.", "Leo keeps the ladder."], texts)
+    assert out["distinct"] == pytest.approx(3 / 4) and out["top_opening"] == pytest.approx(3 / 4)
+    assert out["short"] == 0.0 and out["nothing_new"] == 0.0

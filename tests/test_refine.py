@@ -359,3 +359,26 @@ def test_two_processes_refine_together(tmp_path, aem_run, examples_jsonl):
     assert sorted(p.name for p in (out / "checkpoint").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
     assert [x["step"] for x in _metrics(out)] == [1, 2]
     models.load(str(out))
+
+
+def test_a_coherence_term_multiplies_the_reward_and_is_logged(tmp_path, aem_run, examples_jsonl):
+    def coherent(contexts, texts):
+        return [0.25 if len(t.split()) < 6 else 1.0 for t in texts]
+
+    r = Refiner(_cfg(tmp_path, aem_run, examples_jsonl, coherence="module:unused", coherence_weight=2.0, steps=1), word_reward, coherent)
+    exs = list(read_examples(examples_jsonl))[:2]
+    batch = r.rollout(exs, seed=1)
+    r.score(batch)
+    align = word_reward(batch.contexts, batch.texts)
+    for i, v in enumerate(batch.valid):
+        if v:
+            want = align[i] * coherent([""], [batch.texts[i]])[0] ** 2
+            assert float(batch.scores[i]) == pytest.approx(want, rel=1e-5)
+            assert float(batch.alignment[i]) == pytest.approx(align[i]) and float(batch.coherence[i]) in (0.25, 1.0)
+    r.train()
+    step = [x for x in _metrics(Path(r.config.out)) if "reward" in x][0]
+    for key in ("coherence", "alignment", "short", "nothing_new", "distinct", "top_opening"):
+        assert 0 <= step[key] <= 1, key
+    with pytest.raises(ValueError, match="coherence_weight must be >= 0"):
+        _cfg(tmp_path, aem_run, examples_jsonl, coherence_weight=-1)
+
