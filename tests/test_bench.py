@@ -1,7 +1,9 @@
 """The benchmark harness: claim verdicts against hand-made numbers, config errors, DPO from a
 direct run, and a whole tiny grid end to end (tiny Llama, tiny BERT scorers, fixture datasets
 written here): cached on the second run, one deleted cell recomputed alone, a changed setting
-marking its cell and dependents stale, an interrupted training resumed, results.md = results.json."""
+marking its cell and dependents stale, an interrupted training resumed, results.md = results.json.
+The grid is computed once per session; every test that runs, deletes or resumes cells works on its
+own copy, so each passes alone and in any order."""
 
 from __future__ import annotations
 
@@ -184,6 +186,7 @@ def test_reward_views_reach_the_scorers_and_what_they_judge() -> None:
 # ---------------------------------------------------------------- DPO
 
 
+@pytest.mark.slow
 def test_dpo_with_zero_learning_rate_gives_the_direct_model_back(tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path) -> None:
     from secondthoughts import models
     from secondthoughts.data import read_examples
@@ -228,8 +231,9 @@ def _dataset(path: Path, prefix: str, n: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def grid_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny grid, computed once. Never changed by a test: each works on its own copy (``grid``)."""
     root = tmp_path_factory.mktemp("bench")
     config = {
         "model": str(tiny.save_tiny(root / "tiny")),
@@ -248,7 +252,17 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = _write_yaml(root / "grid.yaml", config)
     out = root / "out"
     assert main(["bench", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
-    return {"config": path, "out": out, "root": root}
+    return {"config": path, "out": out}
+
+
+@pytest.fixture
+def grid(grid_template: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """A private copy of the finished grid: a test may delete, resume or recompute cells in it.
+    (Cells find what they depend on under the ``--out`` they run in, so the copy is self-contained;
+    the model, data and scorer backbone it names stay in the template's folder, read only.)"""
+    out = tmp_path / "out"
+    shutil.copytree(grid_template["out"], out)
+    return {"config": grid_template["config"], "out": out, "copied_from": grid_template["out"]}
 
 
 def _bench(grid: dict[str, Any], sets: tuple[str, ...] = ()) -> tuple[B.Bench, list[str]]:
@@ -265,6 +279,7 @@ def _bench(grid: dict[str, Any], sets: tuple[str, ...] = ()) -> tuple[B.Bench, l
     return b, computed
 
 
+@pytest.mark.slow
 def test_grid_runs_end_to_end(grid: dict[str, Any]) -> None:
     out = grid["out"]
     results = json.loads((out / "results.json").read_text())
@@ -293,6 +308,7 @@ def test_grid_runs_end_to_end(grid: dict[str, Any]) -> None:
     _check_markdown_matches_json((out / "results.md").read_text(), results)
 
 
+@pytest.mark.slow
 def test_second_run_recomputes_nothing(grid: dict[str, Any]) -> None:
     out = grid["out"]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob(B.CELL_FILE)}
@@ -303,6 +319,7 @@ def test_second_run_recomputes_nothing(grid: dict[str, Any]) -> None:
     assert "17 cells: 17 done; estimated 0s left" in b.dry_run()
 
 
+@pytest.mark.slow
 def test_deleted_cell_is_recomputed_alone(grid: dict[str, Any]) -> None:
     out = grid["out"]
     before = json.loads((out / "s0/eth/aem/cell.json").read_text())
@@ -317,12 +334,16 @@ def test_deleted_cell_is_recomputed_alone(grid: dict[str, Any]) -> None:
         assert after["metrics"][metric]["mean"] == pytest.approx(before["metrics"][metric]["mean"], abs=1e-6)
 
 
-def test_interrupted_training_resumes_and_changed_settings_go_stale(grid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow
+def test_interrupted_training_resumes(grid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     from secondthoughts.sft import TrainConfig, train
 
     out = grid["out"]
     # A killed direct run: a checkpoint after 1 of 2 steps and no cell.json.
-    saved = json.loads((out / "s0/ms/direct/run/config.json").read_text())["train"]
+    run = out / "s0/ms/direct/run"
+    # (its settings name files of the grid it was made in: here, the same files in this copy)
+    saved = json.loads((run / "config.json").read_text().replace(str(grid["copied_from"]), str(out)))["train"]
+    assert saved["out"] == str(run)
     shutil.rmtree(out / "s0/ms/direct")
     train(TrainConfig.from_dict({**saved, "progress": False}), stop_after=1)
     b, computed = _bench(grid)
@@ -330,17 +351,24 @@ def test_interrupted_training_resumes_and_changed_settings_go_stale(grid: dict[s
     b.run(["s0/ms/direct"])
     assert computed == ["s0/ms/direct"]
     assert re.search(r"resumed .*s0/ms/direct/run at step 1/2", capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_changed_settings_make_their_cells_stale(grid: dict[str, Any]) -> None:
     # A setting of the RL stage changed: that cell is stale, nothing else.
-    b2, computed2 = _bench(grid, ("refine.beta=0.1",))
-    listing = b2.dry_run()
+    b, computed = _bench(grid, ("refine.beta=0.1",))
+    listing = b.dry_run()
     assert re.search(r"s0/ms/aem_rl +stale", listing) and re.search(r"s0/ms/aem +done", listing)
     assert len(re.findall(r" stale ", listing)) == 2  # aem_rl of both datasets
-    b2.run(["s0/ms/aem_rl"])
-    assert computed2 == ["s0/ms/aem_rl"]
+    b.run(["s0/ms/aem_rl"])
+    assert computed == ["s0/ms/aem_rl"]
+    assert re.search(r"s0/ms/aem_rl +done", b.dry_run()) and re.search(r"s0/eth/aem_rl +stale", b.dry_run())
 
 
-def test_dry_run_command_lists_statuses(grid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    (out := grid["root"] / "fresh").mkdir()
+@pytest.mark.slow
+def test_dry_run_command_lists_statuses(grid_template: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = grid_template  # read only: the command runs on an empty folder
+    (out := tmp_path / "fresh").mkdir()
     assert main(["bench", "--config", str(grid["config"]), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"scorers/ms/main +todo", text) and "17 cells: 17 todo; estimated" in text
