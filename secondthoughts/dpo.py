@@ -99,7 +99,8 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     from secondthoughts import models
     from secondthoughts.realign import run_info
     from secondthoughts.refine import RefineConfig, load_policy, save_policy
-    from secondthoughts.sft import _versions, atomic_dir
+    from secondthoughts.runs import write_atomic, write_dir
+    from secondthoughts.sft import _versions
 
     direct_run, out = Path(direct_run), Path(out)
     info = run_info(direct_run)
@@ -134,16 +135,16 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
         how.append(save_policy(model, tok, p, direct_lora, str(direct_run)))
         carry_token_rows(direct_run / "model", p)
 
-    atomic_dir(out / "model", write)
+    write_dir(out / "model", write)
     log = [{"step": r.get("step", 0), **r} for r in trainer.state.log_history]
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log), encoding="utf-8")
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     run_info_out = {
         "train": {**info, "out": str(out)},  # mode "direct": Realigner decodes it like the direct run
         "dpo": {**asdict(settings), "seed": seed, "start": str(direct_run), "pairs": len(examples), "saved_as": how[0]},
         "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions(), "trl": _trl_version()},
         "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(model))),
     }
-    (out / "config.json").write_text(json.dumps(run_info_out, indent=2), encoding="utf-8")
+    write_atomic(out / "config.json", json.dumps(run_info_out, indent=2))
     shutil.rmtree(out / "trainer", ignore_errors=True)
     return out
 

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from secondthoughts.edits import KEEP, SPECIAL_TOKENS
+from secondthoughts.runs import write_dir
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -177,23 +177,6 @@ def convert_llama_gguf(gguf_path: str | os.PathLike[str]) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _atomic_save_dir(final: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` then rename the folder into place; a concurrent writer loses cleanly."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not someone else's finished copy
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def embedded_dir() -> Path:
     """The safetensors copy of the embedded model, converted on first use (~30 s)."""
     gguf = embedded_gguf_path()
@@ -211,7 +194,7 @@ def embedded_dir() -> Path:
         tokenizer.save_pretrained(tmp)
         (tmp / "secondthoughts-source.json").write_text(json.dumps(stamp))
 
-    _atomic_save_dir(out, write)
+    write_dir(out, write, replace=False)  # a concurrent converter's finished copy wins
     return out
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from secondthoughts import runs
+from secondthoughts.runs import open_atomic
 
 
 def line_plot(
@@ -44,17 +46,15 @@ def line_plot(
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """``fig`` as a PNG at ``path``, written to a temporary name and renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    """``fig`` as a PNG at ``path``, written atomically (:func:`runs.open_atomic`)."""
+    with open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return Path(path)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
-    """The rows of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of a ``metrics.jsonl`` (a torn last line, left by a kill, is left out)."""
+    return runs.read_metrics(path).rows
 
 
 def loss_curve(run: str | os.PathLike[str]) -> Path:

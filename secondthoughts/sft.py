@@ -18,9 +18,9 @@ Run folder (``TrainConfig.out``)::
     README.md        model card: data, method, hyperparameters, results
     loss.png         training and held-out loss against steps (shown in the model card)
 
-Every folder is written to a temporary name and renamed into place, so a killed run leaves the
-previous complete version (a crash between the two renames leaves ``.checkpoint.old``, which
-resume also reads).
+Every file and folder is written through :mod:`secondthoughts.runs`: synced, then renamed into
+place, so a killed run (or a power loss) leaves the previous complete version; a checkpoint
+records the size and sha256 of its files and is verified before a run resumes from it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import math
 import os
 import platform
 import random
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secondthoughts import models, settings
+from secondthoughts import models, runs, settings
 from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import CHAIN_FORMATS, DEFAULT_COST_SETS
 from secondthoughts.plots import loss_curve, read_metrics
+from secondthoughts.runs import find_checkpoint
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     MODES,
@@ -230,32 +230,6 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 # ---------------------------------------------------------------- run folder I/O
 
 
-def atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name, then swap it in."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    swap_in(tmp, final)
-
-
-def swap_in(tmp: Path, final: Path) -> None:
-    """Rename a finished folder into place; the previous copy stays as ``.NAME.old`` until then."""
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(out: Path) -> Path | None:
-    for p in (out / "checkpoint", out / ".checkpoint.old"):
-        if (p / "state.json").is_file():
-            return p
-    return None
-
-
 def save_model(model: nn.Module, tokenizer: Any, path: Path, base_name: str) -> None:
     if hasattr(model, "peft_config"):
         # Record the name the user gave ("embedded"), not the cache folder it resolved to.
@@ -268,43 +242,6 @@ def save_model(model: nn.Module, tokenizer: Any, path: Path, base_name: str) -> 
     else:
         model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-
-
-def _rng_state() -> dict[str, Any]:
-    # Plain lists and tensors only, so that torch.load(weights_only=True) reads it back.
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics a killed run logged after its last checkpoint: the resumed run redoes them."""
-    if not path.is_file():
-        return
-    rows = read_metrics(path)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- training
@@ -374,16 +311,12 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     from transformers import get_scheduler
 
     out = Path(config.out)
-    ckpt_dir = find_checkpoint(out) if resume else None
+    ckpt_dir = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        if ckpt_dir is None:
-            raise FileNotFoundError(f"{out} has no checkpoint to resume from")
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
         if asdict(saved) != {**asdict(config), "progress": saved.progress}:
             diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v and k != "progress"}
             raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
-    elif (out / "config.json").exists() or find_checkpoint(out):
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
 
     cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
     # cpu=True without CUDA: accelerate then reads torchrun's LOCAL_RANK/WORLD_SIZE as multi-CPU
@@ -429,16 +362,16 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     if ckpt_dir is not None:
         from safetensors.torch import load_file
 
-        ck = json.loads((ckpt_dir / "state.json").read_text())
+        ck = runs.read_checkpoint(ckpt_dir)
         if ck["world_size"] != world:
             raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
         load_trainable_state(model, load_file(ckpt_dir / "trainable.safetensors"))
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
+        runs.set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
         state = TrainState(**ck["state"])
         if main:
-            _truncate_metrics(out / "metrics.jsonl", state.step)
+            runs.truncate_metrics(out / "metrics.jsonl", state.step)
             print(f"resumed {out} at step {state.step}/{total_steps}", flush=True)
     else:
         torch.manual_seed(config.seed + 1000 * rank)  # dropout differs per process, as it should
@@ -461,8 +394,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 "model": {"trainable_parameters": trainable, "parameters": total_params},
                 "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
             }
-            (out / "config.json").write_text(json.dumps(run_info, indent=2))
-            (out / "metrics.jsonl").write_text("")
+            runs.write_atomic(out / "config.json", json.dumps(run_info, indent=2))
+            runs.write_atomic(out / "metrics.jsonl", "")
     accelerator.wait_for_everyone()
 
     ddp_module = accelerator.prepare(loss_module)
@@ -473,24 +406,20 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     def log(row: dict[str, Any]) -> None:
         history.append(row)
         if main:
-            _append_jsonl(metrics_path, row)
+            runs.append_jsonl(metrics_path, row)
 
     def save_checkpoint() -> None:
-        tmp = out / ".checkpoint.tmp"
+        ck = runs.CheckpointWriter(out)
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            ck.begin()
         accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+        ck.add_torch(f"rng-{rank}.pt", runs.rng_state())
         accelerator.wait_for_everyone()
         if main:
-            from safetensors.torch import save_file
-
-            save_file(trainable_state(model), tmp / "trainable.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "state.json").write_text(json.dumps({"state": asdict(state), "world_size": world}))
-            swap_in(tmp, out / "checkpoint")
+            ck.add_tensors("trainable.safetensors", trainable_state(model))
+            ck.add_torch("optimizer.pt", optimizer.state_dict())
+            ck.add_torch("scheduler.pt", scheduler.state_dict())
+            ck.commit({"state": asdict(state), "world_size": world})
         accelerator.wait_for_everyone()
 
     def run_eval() -> None:
@@ -501,7 +430,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if better:
             state.best_eval, state.best_step, state.bad_evals = loss, state.step, 0
             if main:
-                atomic_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+                runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
             accelerator.wait_for_everyone()
         else:
             state.bad_evals += 1
@@ -559,7 +488,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     finished = state.step >= total_steps or state.stopped_early
     if finished and main:
         if not eval_rows:  # nothing chose a best model: keep the last one
-            atomic_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+            runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
         write_model_card(out)
     accelerator.wait_for_everyone()
     return TrainResult(out, state, total_steps, report, history, main)
