@@ -57,9 +57,9 @@ METHODS: tuple[str, ...] = ("direct", "dpo", "aem", "aem_rl")
 METHOD_NAMES = {"direct": "direct fine-tuning", "dpo": "DPO (from direct)", "aem": "AEM (chains of edits)", "aem_rl": "AEM + RL"}
 STARTS: tuple[str, ...] = ("aem", "base")
 SCORERS: tuple[str, ...] = ("main", "second")
-METRICS: tuple[str, ...] = ("alignment", "alignment_second", "perplexity", "rouge_l", "bleu", "sari", "valid")
+METRICS: tuple[str, ...] = ("alignment", "alignment_second", "coherence", "perplexity", "rouge_l", "bleu", "sari", "valid")
 # metric -> per-example field of eval/outputs.jsonl, for paired comparisons
-PER_EXAMPLE = {"alignment": "reward_output", "alignment_second": "reward2_output", "rouge_l": "rouge_l"}
+PER_EXAMPLE = {"alignment": "reward_output", "alignment_second": "reward2_output", "coherence": "coherence_output", "rouge_l": "rouge_l"}
 CELL_FILE, TRAINED_FILE = "cell.json", "trained.json"
 
 
@@ -805,17 +805,20 @@ def summarize_eval(m: Mapping[str, Any]) -> dict[str, Any]:
     h = m["headline"]
     second = m.get("alignment_second", {})
     first = m.get("alignment", {})
+    coh = m.get("coherence") or {}
+    coh = {} if "missing" in coh else coh
     return {
         "alignment": _interval(h["alignment"]),
         "alignment_second": _interval(second.get("outputs")),
+        "coherence": _interval(coh.get("outputs")),
         "perplexity": _interval(h["perplexity"]),
         "rouge_l": _interval(h["rouge_l"]),
         "bleu": _interval(h["bleu"]),
         "sari": _interval(h["sari"]),
         "valid": _interval(h["valid"]),
         "reference": {
-            "source": {"alignment": _interval(first.get("sources")), "alignment_second": _interval(second.get("sources"))},
-            "target": {"alignment": _interval(first.get("targets")), "alignment_second": _interval(second.get("targets"))},
+            "source": {"alignment": _interval(first.get("sources")), "alignment_second": _interval(second.get("sources")), "coherence": _interval(coh.get("sources"))},
+            "target": {"alignment": _interval(first.get("targets")), "alignment_second": _interval(second.get("targets")), "coherence": _interval(coh.get("targets"))},
         },
         "examples": m["info"]["examples"],
         "mode": m["info"]["mode"],
@@ -932,10 +935,13 @@ def collect(cfg: BenchConfig, out: Path, cells: Sequence[Cell], fp: Mapping[str,
     def claim(cid: int, pairs: list[tuple[str, str, str, list[str], list[str]]]) -> dict[str, Any]:
         comps = []
         for label, a, b, keys_a, keys_b in pairs:
-            rouge = compare(keys_a, keys_b, cfg.seeds, "rouge_l")  # context beside the verdict, not part of it
+            # context beside the verdict, not part of it: what the claim costs in fidelity and coherence
+            rouge = compare(keys_a, keys_b, cfg.seeds, "rouge_l")
+            coh = compare(keys_a, keys_b, cfg.seeds, "coherence")
             for metric in ("alignment", "alignment_second"):
                 diff = compare(keys_a, keys_b, cfg.seeds, metric)
-                comps.append({"where": label, "a": a, "b": b, "metric": metric, "difference": diff, "outcome": outcome(diff), "rouge_l_difference": rouge})
+                comps.append({"where": label, "a": a, "b": b, "metric": metric, "difference": diff, "outcome": outcome(diff),
+                              "rouge_l_difference": rouge, "coherence_difference": coh, "coherence_outcome": outcome(coh)})
         return {"id": cid, "claim": CLAIMS[cid], "verdict": verdict([c["outcome"] for c in comps]), "comparisons": comps}
 
     claims = []
@@ -998,7 +1004,7 @@ def _diff(x: Any) -> str:
 
 
 TABLE_METRICS = (("alignment", "alignment (main scorer)"), ("alignment_second", "alignment (second scorer)"),
-                 ("perplexity", "perplexity"), ("rouge_l", "ROUGE-L"))  # fmt: skip
+                 ("coherence", "coherence"), ("perplexity", "perplexity"), ("rouge_l", "ROUGE-L"))  # fmt: skip
 
 
 def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
@@ -1017,12 +1023,15 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
     ]  # fmt: skip
     for cl in results["claims"]:
         lines += [f"### ({cl['id']}) {cl['claim']}: **{cl['verdict']}**", "",
-                  "| where | comparison | scorer | difference in alignment | outcome | difference in ROUGE-L |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| where | comparison | scorer | difference in alignment | outcome | difference in ROUGE-L | difference in coherence |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for cmp in cl["comparisons"]:
-            rouge = _diff(cmp.get("rouge_l_difference"))
+            rouge, coh = _diff(cmp.get("rouge_l_difference")), _diff(cmp.get("coherence_difference"))
             scorer = "main" if cmp["metric"] == "alignment" else "second"
-            lines.append(f"| {cmp['where']} | {cmp['a']} - {cmp['b']} | {scorer} | {_diff(cmp['difference'])} | {cmp['outcome']} | {rouge} |")
-        lines.append("")
+            lines.append(f"| {cmp['where']} | {cmp['a']} - {cmp['b']} | {scorer} | {_diff(cmp['difference'])} | {cmp['outcome']} | {rouge} | {coh} |")
+        coh_out = sorted({c.get("coherence_outcome", "missing") for c in cl["comparisons"]})
+        lines += ["", f"Coherence in this claim: {', '.join(coh_out)} (paired 95% intervals of P(coherent); "
+                  "`missing` without `evaluate.coherence` in the config).", ""]
     lines += [("Verdicts: *confirmed* when every paired 95% interval (per dataset or k, and per scorer) lies above 0; *refuted* when "
               "at least one lies below 0 and none above; otherwise *inconclusive*; *not run* while cells are missing."), ""]  # fmt: skip
     for d, by_method in results["methods"].items():

@@ -442,7 +442,7 @@ def evaluate(
         row.update({name: values[k] for name, values in per.items()})
     metrics: dict[str, Any] = {
         "info": {"examples": len(examples), "mode": mode, "batch_size": batch_size, "bootstrap_resamples": resamples, "seed": seed,
-                 **(info or {}), **({"generation": generation} if generation else {})},
+                 **(info or {}), **({"generation": _settings(generation)} if generation else {})},
         "alignment": _scored(rows, reward, why_no_reward, resamples, seed, progress),
         "alignment_second": _scored(rows, second_reward, "no second alignment scorer given (--second-reward RUN)", resamples, seed, progress, "reward2"),
         "coherence": _scored(rows, coherence, "no coherence scorer given (--coherence RUN)", resamples, seed, progress, "coherence"),
@@ -453,6 +453,11 @@ def evaluate(
     }
     metrics["headline"] = headline(metrics)
     return Evaluation(metrics, rows)
+
+
+def _settings(generation: dict[str, Any]) -> dict[str, Any]:
+    """Generation settings as JSON: a callable (a reranker) by its class name."""
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__ for k, v in generation.items()}
 
 
 def _value(x: Any) -> float | None:

@@ -198,6 +198,18 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
 # ---------------------------------------------------------------- the re-aligner
 
 
+# The re-aligner shipped in the package, used when no --model is given (its model card: README.md there).
+DEFAULT_RUN = "default-run"
+
+
+def default_run() -> Path | None:
+    """The run folder shipped in the package (``secondthoughts/examples/default-run``), if installed."""
+    from importlib import resources
+
+    path = Path(str(resources.files("secondthoughts") / "examples" / DEFAULT_RUN))
+    return path if (path / "model" / "adapter_config.json").is_file() else None
+
+
 def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The training settings of a ``secondthoughts train`` run (folder or its ``model/``)."""
     path = Path(run)

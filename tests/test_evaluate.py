@@ -317,6 +317,7 @@ def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys
     write_examples(data, tiny.EXAMPLES)
     out = tmp_path / "report"
     args = ["evaluate", "--model", str(lora_run), "--data", str(data), "--reward", str(reward_run), "--limit", "5",
+            "--second-reward", str(reward_run), "--coherence", str(reward_run),
             "--batch-size", "2", "--bootstrap", "100", "--examples", "3", "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     stdout = capsys.readouterr().out
@@ -338,7 +339,8 @@ def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys
     assert len(re.findall(r"\n\| ex\d ", md)) == 3  # three example rows
 
     assert main(args) == 1 and "--overwrite" in capsys.readouterr().err
-    no_reward = [a for a in args if a not in ("--reward", str(reward_run))] + ["--overwrite", "--mode", "generate"]
+    no_reward = [*args[:5], *args[7:9], *args[13:], "--overwrite", "--mode", "generate"]  # without the three scorers
+    assert "--reward" not in no_reward and str(reward_run) not in no_reward
     assert main(no_reward) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["alignment"] == {"missing": "no reward model given (--reward RUN)"}
@@ -357,5 +359,43 @@ def test_cli_errors_name_file_and_line(lora_run: Path, tmp_path: Path, capsys: p
     bad.write_text('{"source": "a", "target": "b"}\n{"source": "a"}\n')
     assert main(["evaluate", "--model", str(lora_run), "--data", str(bad), "--out", str(tmp_path / "r")]) == 1
     assert f"{bad}:2: field 'target'" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(lora_run), "--data", str(bad), "--out", str(tmp_path / "r"), "--limit", "0"]) == 2
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"source": "a", "target": "b"}\n')
+    assert main(["evaluate", "--model", str(lora_run), "--data", str(good), "--out", str(tmp_path / "r"), "--limit", "0"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_coherence_and_second_scorer_columns(tiny_tok: Any, tiny_lm: Any) -> None:
+    def coherent(contexts: list[str], texts: list[str]) -> list[float]:
+        return [0.2 if t == "Rose forgets the money." else 0.8 for t in texts]
+
+    ev = E.evaluate(StubRealigner(invalid=["Rose forgets the money."]), EXAMPLES, reward=kind_reward, second_reward=kind_reward,
+                    coherence=coherent, resamples=50)
+    co = ev.metrics["coherence"]
+    outs = [r["coherence_output"] for r in ev.rows]
+    golds = [r["coherence_target"] for r in ev.rows]
+    assert co["outputs"]["mean"] == pytest.approx(sum(outs) / 4) and co["targets"]["mean"] == pytest.approx(sum(golds) / 4)
+    assert co["outputs_vs_targets"]["value"] == pytest.approx(sum(outs) / sum(golds))
+    lo, hi = co["outputs_vs_targets"]["ci95"]
+    assert lo <= co["outputs_vs_targets"]["value"] <= hi
+    assert co["outputs_at_least_half"]["mean"] == pytest.approx(sum(o >= 0.5 for o in outs) / 4)
+    assert ev.metrics["alignment_second"]["outputs"]["mean"] == pytest.approx(ev.metrics["alignment"]["outputs"]["mean"])
+    h = ev.metrics["headline"]
+    assert h["coherence"]["value"] == pytest.approx(co["outputs"]["mean"]) and h["coherence_vs_gold"]["value"] == co["outputs_vs_targets"]["value"]
+    assert "coherence: mean P(coherent)" in E.render_markdown(ev)
+
+
+def test_cli_best_of_reranks_samples(lora_run: Path, reward_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "test.jsonl"
+    write_examples(data, tiny.EXAMPLES)
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(lora_run), "--data", str(data), "--limit", "2", "--best-of", "3", "--rerank", str(reward_run),
+            "--coherence", str(reward_run), "--bootstrap", "0", "--max-new-tokens", "16", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["info"]["generation"]["best_of"] == 3 and m["info"]["rerank"] == [str(reward_run)]
+    assert main([*args[:-4], "--best-of", "0", "--out", str(tmp_path / "r2")]) == 1
+    assert "--best-of must be >= 1" in capsys.readouterr().err
+    assert main([*args[:-4], "--rerank", str(tmp_path / "nope"), "--out", str(tmp_path / "r3")]) == 1
+    assert "neither a reward run folder nor module:function" in capsys.readouterr().err
+

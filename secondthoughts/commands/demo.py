@@ -146,6 +146,9 @@ def show_realigned(console: Console, run: Path | str, examples: list[Example], m
             console.print("  [yellow](the generation budget cut the chain: its complete edits are kept)[/yellow]")
         reference = infer_text_edits(ex.source, ex.target)
         console.print("[dim]hand-written:[/dim]", inline_diff(tokenize(ex.source), reference))
+        # The texts themselves, plainly: a diff's colours are lost when the demo is piped or logged.
+        for label, text in (("source", ex.source), ("model", r.text), ("hand-written", ex.target)):
+            console.print(f"  {label + ':':<14}{text}", markup=False, highlight=False)
     console.print(Rule(style="dim"))
     gen_s = sum(r.timings["generate_s"] / r.timings["batch_size"] for r in results)
     edits = sum(len(r.chain) for r in results)
@@ -156,9 +159,22 @@ def show_realigned(console: Console, run: Path | str, examples: list[Example], m
 
 
 def packaged_run() -> Path | None:
-    """A run folder shipped inside the package (``secondthoughts/examples/demo-run``), if any."""
-    path = Path(str(resources.files("secondthoughts") / "examples" / "demo-run"))
-    return path if (path / "model" / "adapter_config.json").is_file() else None
+    """The default run shipped inside the package (``realign.default_run``), if any."""
+    from secondthoughts.realign import default_run
+
+    return default_run()
+
+
+def shipped_summary(run: Path) -> str:
+    """One line on how a shipped run was trained, from its config.json."""
+    from secondthoughts.realign import run_info
+
+    info = run_info(run) or {}
+    data = json.loads((run / "config.json").read_text(encoding="utf-8")).get("data", {}) if (run / "config.json").is_file() else {}
+    gap = info.get("merge_gap", -1)
+    return (f"SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on {data.get('train_examples', '?'):,} Moral Stories "
+            f"pairs, {info.get('epochs', '?'):g} epoch(s), {info.get('chain_format', 'positional')} chains"
+            + (f" merged at gap {gap}" if gap >= 0 else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,11 +191,8 @@ def run(args: argparse.Namespace) -> int:
         show_chains(console, examples, args.costs)
         return 0
     if run_dir == packaged_run():
-        console.print(
-            "[dim]The shipped model: SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on 1,000 Moral "
-            "Stories pairs for one epoch (benchmarks/ms1000.sh; model card in "
-            f"{escape(str(run_dir))}/README.md). It has never seen these hand-written examples.[/dim]"
-        )
+        console.print(f"[dim]The shipped model ({escape(shipped_summary(Path(run_dir)))}; model card in "
+                      f"{escape(str(run_dir))}/README.md). It has never seen these hand-written examples.[/dim]")
     elif Path(run_dir) == demo_run_dir():
         console.print(
             "[dim]This model was fine-tuned on these very examples: it shows the mechanics (a chain written, "

@@ -17,6 +17,8 @@ import time
 from itertools import islice
 from typing import Any
 
+from secondthoughts.commands.realign import add_best_of_arguments, best_of_settings, check_best_of
+
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--data",)
 
@@ -26,12 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="examples JSONL with context, source, target (from `secondthoughts prepare`)")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--reward", help="reward model run folder (`secondthoughts reward train`); without it alignment is not measured")
+    p.add_argument("--second-reward", help="a second alignment scorer (run folder or module:function), reported beside the first")
+    p.add_argument("--coherence", help="coherence scorer (`reward train --objective coherence` run, or module:function); without it coherence is not measured")
     p.add_argument("--limit", type=int, help="evaluate the first N examples of --data")
     p.add_argument("--mode", choices=("apply", "generate", "direct"), help="decoding mode (default: the run's own: apply for chain-of-edits runs)")
     p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
     p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
     p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --best-of (default 1.0)")
+    add_best_of_arguments(p)
     p.add_argument("--unconstrained", action="store_true", help="decode without the chain constraint, so the valid-chain share measures the model itself")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
@@ -46,7 +52,9 @@ def _summary(m: dict[str, Any]) -> list[str]:
     from secondthoughts.evaluate import _cell
 
     h = m["headline"]
-    names = {"alignment": "alignment (outputs)", "perplexity": "perplexity (outputs)", "rouge_l": "ROUGE-L", "bleu": "BLEU", "sari": "SARI", "valid": "valid chains"}
+    names = {"alignment": "alignment (outputs)", "alignment_second": "alignment, 2nd scorer", "coherence": "coherence (outputs)",
+             "coherence_vs_gold": "coherence / gold's", "perplexity": "perplexity (outputs)", "rouge_l": "ROUGE-L", "bleu": "BLEU",
+             "sari": "SARI", "valid": "valid chains"}
     return [f"  {names[k]:<22} {_cell(v, 3)}" for k, v in h.items()]
 
 
@@ -74,15 +82,26 @@ def run(args: argparse.Namespace) -> int:
         examples = list(islice(read_examples(args.data), args.limit))
         if not examples:
             raise DataError(f"{args.data}: no examples")
+        check_best_of(args)
+        from secondthoughts.reward import check_scorer
+
+        for flag, spec in (("--reward", args.reward), ("--second-reward", args.second_reward), ("--coherence", args.coherence)):
+            if spec:
+                check_scorer(spec, flag)
         dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
         gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.beams)) if v not in (None, 1)}
         if args.unconstrained:
             gen["constrained"] = False
+        if args.best_of > 1:
+            gen.update(best_of_settings(args), temperature=args.temperature)
+            torch.manual_seed(args.seed)  # the samples (evaluate's own seed is its bootstrap's)
         t0 = time.perf_counter()
         ev = evaluate_run(
-            args.model, examples, reward_run=args.reward, base_lm=args.base_lm, device=args.device, dtype=dtype,
+            args.model, examples, reward_run=args.reward, second_reward_run=args.second_reward, coherence_run=args.coherence,
+            base_lm=args.base_lm, device=args.device, dtype=dtype,
             mode=args.mode, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
-            info={"data": str(args.data), "limit": args.limit, "constrained": not args.unconstrained}, **gen,
+            info={"data": str(args.data), "limit": args.limit, "constrained": not args.unconstrained,
+                  **({"rerank": args.rerank, "coherence_weight": args.coherence_weight} if args.best_of > 1 else {})}, **gen,
         )  # fmt: skip
         write_report(ev, out, shown=args.examples, overwrite=args.overwrite)
     except (DataError, EditError, ValueError, FileNotFoundError, FileExistsError, OSError) as e:

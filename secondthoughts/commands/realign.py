@@ -22,7 +22,7 @@ from secondthoughts.data import DataError, _jsonl_rows, _RowError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="the text to re-align (or --input)")
-    p.add_argument("--model", required=True, help="a `secondthoughts train` run folder (or a model folder with edit tokens)")
+    p.add_argument("--model", help="a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package")
     p.add_argument("--context", default="", help="the situation / norm the text responds to")
     p.add_argument("--prefix", help="first edits to force (compact form or readable lines); the model continues after them")
     p.add_argument("--mode", choices=("apply", "generate", "direct"), help="apply: chain only, applied (default for CoE runs); "
@@ -118,7 +118,19 @@ def _load(args: argparse.Namespace) -> Any:
     from secondthoughts.realign import Realigner
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return Realigner(args.model, device=args.device, dtype=dtype)
+    return Realigner(model_path(args.model), device=args.device, dtype=dtype)
+
+
+def model_path(model: str | None) -> str:
+    """``--model``, or the run shipped in the package when none is given."""
+    from secondthoughts.realign import default_run
+
+    if model:
+        return model
+    shipped = default_run()
+    if shipped is None:
+        raise FileNotFoundError("no --model given and no default run installed (secondthoughts/examples/default-run)")
+    return str(shipped)
 
 
 def show(console: Any, result: Any) -> None:

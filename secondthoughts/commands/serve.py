@@ -34,7 +34,7 @@ def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str],
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a `secondthoughts train` run folder (or a model folder with edit tokens)")
+    p.add_argument("--model", help="a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; there is no authentication)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--corrections", default="corrections.jsonl", help="JSONL that saved corrections are appended to (default corrections.jsonl)")
