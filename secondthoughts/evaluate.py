@@ -309,18 +309,21 @@ def _realign(realigner: Any, examples: Sequence[Example], mode: str | None, batc
     return results, time.perf_counter() - t0
 
 
-def _rows(examples: Sequence[Example], results: Sequence[Any], golds: Sequence[Sequence[Any]], mode: str) -> list[dict[str, Any]]:
+def _rows(examples: Sequence[Example], results: Sequence[Any], golds: Sequence[Sequence[Any]], mode: str,
+          generated: bool = False) -> list[dict[str, Any]]:
     rows = []
     for ex, r, gold in zip(examples, results, golds):
         stats = chain_stats(r.chain)
+        # generated: the target the model wrote after its chain (the paper's output), where it wrote one
+        text = r.generated_target if generated and r.generated_target is not None else r.text
         rows.append({
-            "id": ex.id, "context": ex.context, "source": ex.source, "target": ex.target, "output": r.text,
+            "id": ex.id, "context": ex.context, "source": ex.source, "target": ex.target, "output": text,
             "valid": r.valid if mode != "direct" else None, "error": r.error, "truncated": r.truncated,
             "chain": r.compact, "readable": r.readable, "edits": len(r.chain), **{op: stats[op] for op in OPS},
             "tokens_removed": stats["tokens_removed"], "tokens_written": stats["tokens_written"],
             "gold_edits": len(gold), "generated_target": r.generated_target, "disagrees": r.disagrees,
-            "identical": behaviour.identical(ex.source, r.text), "copies_context": behaviour.copies_context(ex.context, r.text),
-            "kept": behaviour.kept_share(ex.source, r.text),
+            "identical": behaviour.identical(ex.source, text), "copies_context": behaviour.copies_context(ex.context, text),
+            "kept": behaviour.kept_share(ex.source, text),
             "latency_s": r.timings.get("total_s"), "new_tokens": r.timings.get("new_tokens"), "batch_size": r.timings.get("batch_size"),
         })  # fmt: skip
     return rows
@@ -418,6 +421,7 @@ def evaluate(
     progress: bool = False,
     info: dict[str, Any] | None = None,
     merge_adapter: bool = False,
+    score_generated: bool = False,
     **generation: Any,
 ) -> Evaluation:
     """Re-align ``examples`` with ``realigner`` (a :class:`~secondthoughts.realign.Realigner`)
@@ -427,14 +431,18 @@ def evaluate(
     saying why there is none. ``generation``: further ``realign_many`` settings (e.g.
     ``max_new_tokens``, ``num_beams``). ``info``: extra facts for the report header.
     ``merge_adapter``: merge a LoRA adapter for generation and unmerge it afterwards (for a
-    model this call owns; a policy being trained is better left as it is)."""
+    model this call owns; a policy being trained is better left as it is). ``score_generated``:
+    in generate mode, measure the target the model wrote after its chain (the paper's decoding)
+    instead of the chain applied."""
     if not examples:
         raise ValueError("no examples to evaluate")
     mode = mode or realigner.default_mode()
     with merged(realigner.model) if merge_adapter else contextlib.nullcontext():
         results, wall_s = _realign(realigner, examples, mode, batch_size, progress, **generation)
     golds = [infer_text_edits(e.source, e.target) for e in examples]  # the paper's costs (1, 1, 2)
-    rows = _rows(examples, results, golds, mode)
+    if score_generated and mode != "generate":
+        raise ValueError("score_generated needs mode 'generate' (only then does the model write a target after its chain)")
+    rows = _rows(examples, results, golds, mode, score_generated)
     outputs = [r["output"] for r in rows]
     sources, targets = [e.source for e in examples], [e.target for e in examples]
     faithful, per = faithfulness(sources, outputs, targets, resamples, seed)
@@ -442,6 +450,7 @@ def evaluate(
         row.update({name: values[k] for name, values in per.items()})
     metrics: dict[str, Any] = {
         "info": {"examples": len(examples), "mode": mode, "batch_size": batch_size, "bootstrap_resamples": resamples, "seed": seed,
+                 "outputs": "generated target" if score_generated else "chain applied",
                  **(info or {}), **({"generation": _settings(generation)} if generation else {})},
         "alignment": _scored(rows, reward, why_no_reward, resamples, seed, progress),
         "alignment_second": _scored(rows, second_reward, "no second alignment scorer given (--second-reward RUN)", resamples, seed, progress, "reward2"),

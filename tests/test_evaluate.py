@@ -341,8 +341,14 @@ def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys
     assert main(args) == 1 and "--overwrite" in capsys.readouterr().err
     no_reward = [*args[:5], *args[7:9], *args[13:], "--overwrite", "--mode", "generate"]  # without the three scorers
     assert "--reward" not in no_reward and str(reward_run) not in no_reward
+    assert main(no_reward + ["--score-generated"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["info"]["outputs"] == "generated target"
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert all(r["output"] == (r["generated_target"] if r["generated_target"] is not None else r["output"]) for r in rows)
     assert main(no_reward) == 0
     m = json.loads((out / "metrics.json").read_text())
+    assert m["info"]["outputs"] == "chain applied"
     assert m["alignment"] == {"missing": "no reward model given (--reward RUN)"}
     assert m["plots"]["alignment"] == m["alignment"] and not (out / "alignment.png").exists()
     assert m["info"]["mode"] == "generate" and "Alignment before / after: not drawn (no reward model" in (out / "report.md").read_text()

@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
     p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy)")
+    p.add_argument("--score-generated", action="store_true",
+                   help="with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --best-of (default 1.0)")
     add_best_of_arguments(p)
     p.add_argument("--unconstrained", action="store_true", help="decode without the chain constraint, so the valid-chain share measures the model itself")
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate_run(
             args.model, examples, reward_run=args.reward, second_reward_run=args.second_reward, coherence_run=args.coherence,
             base_lm=args.base_lm, device=args.device, dtype=dtype,
-            mode=args.mode, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
+            mode=args.mode, score_generated=args.score_generated, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
             info={"data": str(args.data), "limit": args.limit, "constrained": not args.unconstrained,
                   **({"rerank": args.rerank, "coherence_weight": args.coherence_weight} if args.best_of > 1 else {})}, **gen,
         )  # fmt: skip
