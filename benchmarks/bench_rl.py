@@ -81,6 +81,7 @@ def run_ours(args: argparse.Namespace, policy: str, examples: list[Any], reward:
         lora_alpha=LORA_ALPHA, train_tokens=False, progress=False,
     )  # fmt: skip
     r = Refiner(cfg, reward)
+    peaks = measure_phases(r) if args.phases else None
     times, tokens, valid = [], [], []
     for step in range(args.warmup + args.steps):
         batch_ex = [examples[(step * args.prompts + j) % len(examples)] for j in range(args.prompts)]
@@ -94,7 +95,36 @@ def run_ours(args: argparse.Namespace, policy: str, examples: list[Any], reward:
             tokens.append(sum(map(len, batch.completion_ids)) / len(batch))
             valid.append(sum(batch.valid) / len(batch))
     n = args.prompts * args.k
-    return {"samples_per_s": n * len(times) / sum(times), "step_s": sum(times) / len(times), "tokens_per_sample": sum(tokens) / len(tokens), "valid": sum(valid) / len(valid)}
+    out = {"samples_per_s": n * len(times) / sum(times), "step_s": sum(times) / len(times), "tokens_per_sample": sum(tokens) / len(tokens), "valid": sum(valid) / len(valid)}
+    if peaks is not None:
+        out["phases"] = peaks.table(f"ours, {args.prompts} prompts x {args.k} samples: phase")
+        out["peak_mb"] = peaks.overall
+    return out
+
+
+def measure_phases(r: Any) -> Any:
+    """Instrument a Refiner: every call of each phase of a step is measured (``PhasePeaks``).
+    The AIL rows (expert chains) are built in their own phase, and their forward and backward
+    run inside the policy phases, beside the samples'."""
+    from bench_train import PhasePeaks
+
+    from secondthoughts import constrained, refine
+
+    peaks = PhasePeaks()
+    for owner, attr, name in (
+        (refine.Refiner, "rollout", "rollout (generate k chains per prompt)"),
+        (refine.Refiner, "score", "score (reward callable)"),
+        (refine.Refiner, "update", "update (everything below)"),
+        (refine.Refiner, "_ail_rows", "AIL rows (expert chains, tokenized)"),
+        (constrained, "completion_masks", "constraint masks (allowed tokens per position)"),
+        (refine.Refiner, "reference_logprobs", "reference log-probs (no grad)"),
+        (r, "ddp", "policy log-probs (forward with grad, samples + AIL rows)"),
+        (r.accelerator, "backward", "backward"),
+        (r.optimizer, "step", "optimizer step"),
+    ):  # fmt: skip
+        if hasattr(owner, attr):
+            peaks.wrap(owner, attr, name)
+    return peaks
 
 
 def run_trl(args: argparse.Namespace, policy: str, examples: list[Any], reward: Any, tmp: Path) -> dict[str, Any]:
@@ -156,6 +186,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="completion budget")
     ap.add_argument("--unconstrained", action="store_true", help="ours without the chain constraint")
+    ap.add_argument("--phases", action="store_true", help="print ours' peak memory per phase (RSS high-water mark on CPU)")
+    ap.add_argument("--skip-trl", action="store_true", help="run ours only (for --phases: TRL's run would share the process)")
     args = ap.parse_args()
 
     from secondthoughts.refine import load_reward
@@ -166,13 +198,17 @@ def main() -> None:
         tmp = Path(d)
         policy = args.policy or str(stand_in_aem(tmp))
         ours = run_ours(args, policy, examples, reward, tmp)
-        trl = run_trl(args, policy, examples, reward, tmp)
+        trl = None if args.skip_trl else run_trl(args, policy, examples, reward, tmp)
     print(f"\n{args.prompts} prompts x {args.k} samples, max {args.max_new_tokens} new tokens, {args.steps} timed steps after {args.warmup}")
     print("| loop | samples/s | s/step | tokens/sample | valid chains |")
     print("|---|---|---|---|---|")
-    for name, r in (("TRL RLOOTrainer", trl), ("secondthoughts refine" + (" (unconstrained)" if args.unconstrained else ""), ours)):
+    sides = [("TRL RLOOTrainer", trl)] if trl else []
+    for name, r in (*sides, ("secondthoughts refine" + (" (unconstrained)" if args.unconstrained else ""), ours)):
         print(f"| {name} | {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {r['tokens_per_sample']:.1f} | {r['valid']:.2f} |")
-    print(f"ratio (ours / TRL samples/s): {ours['samples_per_s'] / trl['samples_per_s']:.2f}x")
+    if trl:
+        print(f"ratio (ours / TRL samples/s): {ours['samples_per_s'] / trl['samples_per_s']:.2f}x")
+    if "phases" in ours:
+        print(f"\n{ours['phases']}")
 
 
 if __name__ == "__main__":

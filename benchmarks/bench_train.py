@@ -51,6 +51,95 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class PhasePeaks:
+    """Peak memory per phase of a run: on CPU the resident set's high-water mark (``VmHWM``,
+    reset through ``/proc/self/clear_refs`` at each phase boundary), on CUDA max allocated.
+
+    ``peak[name]``: the highest memory seen while the phase ran (MB, the whole process), and
+    ``rise[name]``: that minus the memory at its start (what the phase itself added). Phases
+    nest: an outer phase's peak includes its inner ones'. Resetting the high-water mark also
+    resets ``ru_maxrss`` (and what ``/usr/bin/time`` reports), so ``overall`` keeps the
+    process's peak instead; measure a command under ``/usr/bin/time`` without this.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.peak: dict[str, float] = {}
+        self.rise: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._open: list[list[Any]] = []  # [name, memory at start, peak so far]
+        self.overall = self._now()[0]
+
+    def _now(self) -> tuple[float, float]:
+        """(peak since the last reset, current) in MB."""
+        if self.cuda:
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20, torch.cuda.memory_allocated() / 2**20
+        status = Path("/proc/self/status").read_text()
+        hwm, rss = (int(status.split(f"{key}:")[1].split()[0]) / 1024 for key in ("VmHWM", "VmRSS"))
+        return hwm, rss
+
+    def _flush(self) -> float:
+        """Credit the peak since the last reset to every open phase, reset; returns current."""
+        top, now = self._now()
+        self.overall = max(self.overall, top)
+        for entry in self._open:
+            entry[2] = max(entry[2], top)
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+        return now
+
+    def phase(self, name: str) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def run() -> Any:
+            now = self._flush()
+            self.peak.setdefault(name, 0.0)  # the table lists phases in the order they first start
+            self._open.append([name, now, now])
+            try:
+                yield
+            finally:
+                self._flush()
+                _, start, top = self._open.pop()
+                self.peak[name] = max(self.peak.get(name, 0.0), top)
+                self.rise[name] = max(self.rise.get(name, 0.0), top - start)
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if self._open:
+                    self._open[-1][2] = max(self._open[-1][2], top)
+
+        return run()
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        """Measure every call of ``owner.attr`` (a function on a class or module, or a bound
+        method / callable on an instance) as phase ``name``."""
+        import functools
+
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def measured(*a: Any, **kw: Any) -> Any:
+            with self.phase(name):
+                return fn(*a, **kw)
+
+        setattr(owner, attr, measured)
+
+    def table(self, title: str) -> str:
+        self._flush()
+        unit = "max allocated" if self.cuda else "RSS"
+        lines = [f"| {title} | calls | peak {unit} (MB) | rise over its start (MB) |", "|---|---|---|---|"]
+        lines += [f"| {n} | {self.calls[n]} | {self.peak[n]:,.0f} | {self.rise[n]:,.0f} |" for n in self.peak]
+        lines.append(f"| whole run | | {self.overall:,.0f} | |")
+        return "\n".join(lines)
+
+
 def run_ours(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[str, Any]:
     from secondthoughts.data import write_examples
     from secondthoughts.sft import TrainConfig, train
@@ -156,11 +245,36 @@ def run_trl(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[st
     }
 
 
+def measure_phases(which: str) -> PhasePeaks:
+    """Instrument one trainer's step: the forward with its loss, inside it the decoder (the
+    transformer layers, same class on both sides), the backward and the optimizer step."""
+    import torch
+    from accelerate import Accelerator
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    peaks = PhasePeaks()
+    if which == "ours":
+        from secondthoughts.sft import CompletionLoss
+
+        peaks.wrap(CompletionLoss, "forward", "forward + loss (head on completion positions only)")
+    else:
+        from trl import SFTTrainer
+
+        peaks.wrap(SFTTrainer, "compute_loss", "forward + loss (TRL compute_loss)")
+    peaks.wrap(LlamaModel, "forward", "decoder forward (inside the above)")
+    peaks.wrap(Accelerator, "backward", "backward")
+    peaks.wrap(torch.optim.AdamW, "step", "optimizer step")
+    return peaks
+
+
 def child(args: argparse.Namespace) -> None:
     examples = load_examples(Path(args.data), args.examples)
+    peaks = measure_phases(args.only)
     with tempfile.TemporaryDirectory() as tmp:
         result = (run_ours if args.only == "ours" else run_trl)(args, examples, Path(tmp))
-    result["peak_mb"] = peak_memory_mb()
+    result["phases"] = peaks.table("phase")
+    # PhasePeaks resets the high-water mark that peak_memory_mb() reads: it keeps the peak itself.
+    result["peak_mb"] = max(peaks.overall, peak_memory_mb())
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -207,6 +321,9 @@ def main() -> None:
     for which, r in results.items():
         print(f"{which:<14}{r['rows']:>5}{r['slots_per_step']:>16.0f}{r['tokens_per_s']:>10.1f}{r['tokens']:>8.0f}"
               f"{r['seconds']:>9.1f}{r['peak_mb']:>9.0f}{r['final_loss']:>10.3f}")  # fmt: skip
+    for which, r in results.items():
+        print(f"\n{which} ({r['rows']} rows of at most {args.max_length}):\n{r['phases']}")
+    print()
     for which in ("ours", "ours-matched"):
         speed = results[which]["tokens_per_s"] / trl["tokens_per_s"]
         memory = results[which]["peak_mb"] / trl["peak_mb"]
