@@ -53,7 +53,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from transformers import LogitsProcessor
@@ -533,11 +533,27 @@ def _replaces_with_itself(state: ChainState, src: SourceIndex) -> bool:
 
 def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> list[int] | torch.Tensor | None:
     """The tokens that keep the chain valid: a list of ids, a vocabulary mask, or None (all)."""
+    parts = allowed_parts(state, voc, src, then)
+    if parts is None:
+        return None
+    base, ids = parts
+    if base is None:
+        return ids
+    mask = base.clone()
+    if ids:
+        mask[ids] = True
+    return mask
+
+
+def allowed_parts(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> tuple[torch.Tensor | None, list[int]] | None:
+    """``allowed`` as (a shared vocabulary mask or None, ids allowed besides it); None: all.
+    The mask is one of ``voc``'s precomputed ones (never to be written to), so storing the sets
+    of many positions costs a few ids each, not a vocabulary row."""
     phase = state.phase
     if phase == OP:
-        return _next_markers(state.cursor, state.prev, voc, src)
+        return None, _next_markers(state.cursor, state.prev, voc, src)
     if phase == POS and src.inline:
-        return [voc.new if state.op == "insert" else voc.old]
+        return None, [voc.new if state.op == "insert" else voc.old]
     if phase == POS:
         digits = state.buf.decode()
         here = src.here(state.op, state.prev)
@@ -547,7 +563,7 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
             ids += [voc.old] * bool(src.anchors(state.op, state.lo, here)) + [voc.new] * here
         elif digits in positions:
             ids.append(voc.new if state.op == "insert" else voc.old)
-        return ids
+        return None, ids
     if phase == SPAN:
         ids = set()
         view = _span_view(state, src)
@@ -558,23 +574,19 @@ def allowed(state: ChainState, voc: EditVocab, src: SourceIndex, then: str) -> l
         out = sorted(ids)
         if close is not None:
             out += [voc.new] if state.op in ("replace", "insert") else _next_markers(close[1], state.op, voc, src)
-        return out
+        return None, out
     if phase == TEXT:
         ctx = _scan(state.buf)
-        mask = voc.text_ok[ctx].clone() if ctx is not None else torch.zeros_like(voc.text_mask)
-        if _text_closable(state.buf) and not _replaces_with_itself(state, src):
-            mask[_next_markers(state.cursor, state.op, voc, src)] = True
-        return mask
+        base = voc.text_ok[ctx] if ctx is not None else torch.zeros_like(voc.text_mask)
+        markers = _next_markers(state.cursor, state.op, voc, src) if _text_closable(state.buf) and not _replaces_with_itself(state, src) else []
+        return base, markers
     if phase == DONE and then == "target":
         # The target after the chain: plain text and the end of the sequence, no markers.
-        mask = voc.text_mask.clone()
-        if voc.eos is not None:
-            mask[voc.eos] = True
-        return mask
+        return voc.text_mask, [voc.eos] if voc.eos is not None else []
     if phase == DONE and voc.eos is not None:
         # Ended: a row that generated <|eoc|> is padded by generate whatever we allow; a row
         # whose forced prefix was the whole chain must stop at once.
-        return [voc.eos]
+        return None, [voc.eos]
     return None  # never under constraint: a broken row
 
 
@@ -653,6 +665,102 @@ def _fill(row: torch.Tensor, a: list[int] | torch.Tensor | None) -> None:
         row[[i for i in a if i < len(row)]] = True
 
 
+@dataclass
+class CompletionSets:
+    """The tokens ``ChainConstraint`` allowed at each position of some completions, completion
+    after completion, kept as index sets: position ``i`` allows ``shared[base[i]]`` (one of the
+    vocabulary's precomputed masks; ``NO_BASE``: none) plus ``ids[i]``, or everything where
+    ``base[i] == ALL``. A dense (positions, vocab) mask costs a vocabulary row (~49 kB on
+    SmolLM2) per position; ``dense(start, stop)`` builds the rows one chunk of a forward needs.
+    ``outside``: positions whose token fell outside its set (an unconstrained sample, a chain cut
+    short), which allow all."""
+
+    vocab_size: int
+    shared: list[torch.Tensor]
+    base: list[int]
+    ids: list[list[int]]
+    outside: int = 0
+
+    NO_BASE: ClassVar[int] = -1
+    ALL: ClassVar[int] = -2
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def part(self, start: int, stop: int) -> CompletionSets:
+        """Positions ``start:stop`` (the shared masks are shared, not copied)."""
+        return CompletionSets(self.vocab_size, self.shared, self.base[start:stop], self.ids[start:stop])
+
+    def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` as a (stop - start, vocab_size) boolean mask."""
+        stop = len(self) if stop is None else stop
+        out = torch.zeros((stop - start, self.vocab_size), dtype=torch.bool)
+        rows, cols = [], []
+        for r, i in enumerate(range(start, stop)):
+            b = self.base[i]
+            if b == self.ALL:
+                out[r] = True
+                continue
+            if b >= 0:
+                m = self.shared[b]
+                k = min(len(m), self.vocab_size)
+                out[r, :k] = m[:k]
+            for t in self.ids[i]:
+                if t < self.vocab_size:
+                    rows.append(r)
+                    cols.append(t)
+        if rows:
+            out[rows, cols] = True
+        return out
+
+    def allows(self, i: int, token: int) -> bool:
+        b = self.base[i]
+        if b == self.ALL:
+            return True
+        if token >= self.vocab_size:
+            return False
+        return token in self.ids[i] or (b >= 0 and token < len(self.shared[b]) and bool(self.shared[b][token]))
+
+
+def completion_sets(
+    voc: EditVocab,
+    sources: Sequence[str],
+    completions: Sequence[Sequence[int]],
+    vocab_size: int,
+    then: Literal["stop", "target"] = "stop",
+    chain_format: str = "anchored",
+) -> CompletionSets:
+    """The tokens ``ChainConstraint`` allowed at every position of each completion (see
+    ``CompletionSets``); positions whose token lies outside their set allow all.
+
+    Sampling under the constraint draws from the model's distribution renormalized over these
+    sets, so the log-probabilities of such samples (and their KL to a reference) are computed on
+    the same sets.
+    """
+    sets = CompletionSets(vocab_size, [], [], [])
+    slot: dict[int, int] = {}  # id() of a shared mask -> its index in sets.shared
+    for source, ids in zip(sources, completions, strict=True):
+        src = SourceIndex(source, chain_format)
+        state = start_state()
+        for t in ids:
+            parts = allowed_parts(state, voc, src, then)
+            if parts is None:
+                sets.base.append(CompletionSets.ALL)
+                sets.ids.append([])
+            else:
+                mask, extra = parts
+                if mask is not None and id(mask) not in slot:
+                    slot[id(mask)] = len(sets.shared)
+                    sets.shared.append(mask)
+                sets.base.append(CompletionSets.NO_BASE if mask is None else slot[id(mask)])
+                sets.ids.append(extra)
+            if not sets.allows(len(sets) - 1, t):
+                sets.base[-1], sets.ids[-1] = CompletionSets.ALL, []
+                sets.outside += 1
+            state = advance(state, t, voc, src)
+    return sets
+
+
 def completion_masks(
     voc: EditVocab,
     sources: Sequence[str],
@@ -661,25 +769,7 @@ def completion_masks(
     then: Literal["stop", "target"] = "stop",
     chain_format: str = "anchored",
 ) -> tuple[torch.Tensor, int]:
-    """The tokens ``ChainConstraint`` allowed at every position of each completion: a
-    (total tokens, vocab_size) mask, completion after completion, and how many positions hold a
-    token outside their set (an unconstrained sample, a chain cut short); those rows allow all.
-
-    Sampling under the constraint draws from the model's distribution renormalized over these
-    sets, so the log-probabilities of such samples (and their KL to a reference) are computed on
-    the same sets.
-    """
-    total = sum(map(len, completions))
-    out = torch.zeros((total, vocab_size), dtype=torch.bool)
-    outside, row = 0, 0
-    for source, ids in zip(sources, completions, strict=True):
-        src = SourceIndex(source, chain_format)
-        state = start_state()
-        for t in ids:
-            _fill(out[row], allowed(state, voc, src, then))
-            if not (t < vocab_size and out[row, t]):
-                out[row] = True
-                outside += 1
-            state = advance(state, t, voc, src)
-            row += 1
-    return out, outside
+    """``completion_sets`` as one dense (total tokens, vocab_size) mask, and the count of
+    positions outside their sets. A vocabulary row per position: for a few positions only."""
+    sets = completion_sets(voc, sources, completions, vocab_size, then, chain_format)
+    return sets.dense(), sets.outside
