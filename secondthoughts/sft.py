@@ -31,7 +31,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from secondthoughts import models, runs, settings
@@ -169,12 +168,54 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
 # ---------------------------------------------------------------- model and loss
 
 
+LOGITS_PER_CHUNK = 2**23  # vocabulary logits projected at once (32 MB in fp32: ~170 positions on SmolLM2)
+
+
+def token_logprobs(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    allowed: Callable[[int, int], torch.Tensor] | None = None,
+    chunk: int = 0,
+) -> torch.Tensor:
+    """``log_softmax(head(hidden) / temperature)[targets]``, (N, d) -> (N,), one chunk of
+    ``chunk`` positions at a time (default: ``LOGITS_PER_CHUNK`` logits).
+
+    ``allowed(start, stop)``: the (stop - start, vocab) mask of the tokens positions
+    ``start:stop`` may take; the softmax is then over those alone. Under autograd each chunk is
+    checkpointed, so its logits are recomputed in the backward rather than kept: at most one
+    chunk of (positions, vocab) logits is ever alive, where the whole batch's logits, log-softmax
+    and their gradients took ~0.8 GB per thousand positions of a 49k vocabulary in fp32.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    size = chunk or max(1, LOGITS_PER_CHUNK // int(head.weight.shape[0]))
+
+    def piece(h: torch.Tensor, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        logits = head(h).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed(start, stop).to(logits.device), -float("inf"))
+        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    out = []
+    for start in range(0, hidden.shape[0], size):
+        stop = min(start + size, hidden.shape[0])
+        args = (hidden[start:stop], targets[start:stop], start, stop)
+        out.append(checkpoint(piece, *args, use_reentrant=False) if grad else piece(*args))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
 class CompletionLoss(nn.Module):
     """Summed cross-entropy over labelled positions of a batch.
 
-    Runs the decoder on every position but the vocabulary projection only where a label is set:
-    on SmolLM2 the projection is ~20% of the forward FLOPs and its logits most of the
-    activation memory, and half the tokens are prompt. Being a module, it is what DDP wraps.
+    Runs the decoder on every position but the vocabulary projection only where a label is set
+    (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
+    in checkpointed chunks (``token_logprobs``). Being a module, it is what DDP wraps.
     """
 
     def __init__(self, lm: nn.Module):
@@ -190,8 +231,7 @@ class CompletionLoss(nn.Module):
         hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        return F.cross_entropy(logits, targets[keep], reduction="sum")
+        return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()
 
 
 def build_model(config: TrainConfig) -> tuple[nn.Module, Any, list[int]]:

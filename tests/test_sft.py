@@ -194,3 +194,61 @@ def test_two_processes_train_together_like_one(tmp_path, tiny_model_dir, example
         assert r[key] == pytest.approx(s[key], rel=1e-4)
     model, _ = models.load(str(ddp))
     assert isinstance(model, PeftModel)
+
+
+# ---------------------------------------------------------------- memory: chunked log-probs, same numbers
+
+
+def test_chunked_token_logprobs_match_the_whole_projection():
+    """Chunked, checkpointed log-probs give the values and gradients of the whole (positions,
+    vocab) log-softmax, with and without a mask of allowed tokens and a temperature."""
+    import torch.nn.functional as F
+
+    from secondthoughts.sft import token_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(23, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    allow = torch.rand(23, 50) > 0.6
+    allow[torch.arange(23), targets] = True
+    weights = torch.randn(23)  # a loss that weighs positions differently, as the RL loss does
+    for temperature, mask in ((1.0, None), (0.7, allow)):
+        logits = head(hidden) / temperature
+        if mask is not None:
+            logits = logits.masked_fill(~mask, -float("inf"))
+        want = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        want_grads = torch.autograd.grad((want * weights).sum(), (hidden, head.weight))
+        allowed = None if mask is None else lambda a, b, m=mask: m[a:b]
+        got = token_logprobs(head, hidden, targets, temperature=temperature, allowed=allowed, chunk=5)
+        got_grads = torch.autograd.grad((got * weights).sum(), (hidden, head.weight))
+        assert torch.allclose(got, want, atol=1e-6)
+        for g, w in zip(got_grads, want_grads):
+            assert torch.allclose(g, w, atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(token_logprobs(head, hidden, targets, temperature=temperature, allowed=allowed, chunk=7), want, atol=1e-6)
+    # the training loss is the summed cross-entropy
+    want = F.cross_entropy(head(hidden), targets, reduction="sum")
+    assert torch.allclose(-token_logprobs(head, hidden, targets, chunk=4).sum(), want, atol=1e-5)
+
+
+def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):
+    import torch.nn.functional as F
+
+    from secondthoughts.sequences import IGNORE_INDEX
+    from secondthoughts.sft import CompletionLoss
+
+    torch.manual_seed(1)
+    ids = torch.randint(3, len(tiny_tok), (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX  # the prompt
+    labels[1, 9:] = IGNORE_INDEX
+    position_ids = torch.arange(12).repeat(2, 1)
+    module = CompletionLoss(tiny_lm)
+    got = module(ids, position_ids, labels)
+    (got_grad,) = torch.autograd.grad(got, [tiny_lm.model.embed_tokens.weight])
+    logits = tiny_lm(input_ids=ids, position_ids=position_ids).logits[:, :-1]
+    want = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    (want_grad,) = torch.autograd.grad(want, [tiny_lm.model.embed_tokens.weight])
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(got_grad, want_grad, atol=1e-5)
