@@ -160,6 +160,15 @@ def labelled_items(examples: Sequence[Example], hard_negatives: int = -1, genera
     return items
 
 
+def labelled_texts(config: RewardConfig) -> list[Any]:
+    """The hand-labelled texts a coherence scorer trains on (``coherence.Labelled`` rows)."""
+    if config.objective != "coherence" or not config.labelled:
+        return []
+    from secondthoughts.coherence import read_labelled
+
+    return read_labelled(config.labelled)
+
+
 def training_items(config: RewardConfig, examples: Sequence[Example], generator: torch.Generator) -> list[Item]:
     """What one epoch trains on: :func:`labelled_items` for alignment; for coherence the examples'
     complete texts against synthetic failures (``coherence.coherence_items``, drawn anew each
@@ -172,8 +181,8 @@ def training_items(config: RewardConfig, examples: Sequence[Example], generator:
 
     rng = random.Random(int(torch.randint(2**31, (1,), generator=generator)))
     items = coherence.coherence_items(examples, rng)
-    for row in coherence.read_labelled(config.labelled) if config.labelled else []:
-        items.extend([Item(row.context, row.text, row.label, "labelled", len(examples))] * config.labelled_repeats)
+    for k, row in enumerate(labelled_texts(config)):  # each its own group, so that they spread over the batches
+        items.extend([Item(row.context, row.text, row.label, "labelled", len(examples) + k)] * config.labelled_repeats)
     if config.views == "alone":  # trained as it scores: the sentence by itself
         items = [it._replace(context="") for it in items]
     return items
@@ -632,7 +641,8 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
     no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases and LayerNorm weights
     decay = [p for p in model.parameters() if p.ndim >= 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    total = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)  # grouped_batches makes exactly this many
+    groups = len(examples) + len(labelled_texts(cfg))  # an example's texts, or one labelled text and its repeats
+    total = cfg.epochs * math.ceil(groups / cfg.batch_size)  # grouped_batches makes exactly this many
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
     counts: Counter[str] = Counter()
     running = None
@@ -644,7 +654,7 @@ def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Gener
         items = training_items(cfg, examples, gen)
         counts.update(_kind_counts(items))
         enc = rm._encode([it.context for it in items], [it.text for it in items])
-        rows: list[list[int]] = [[] for _ in range(len(examples) + 1)]  # + the labelled texts (coherence)
+        rows: list[list[int]] = [[] for _ in range(groups)]
         for i, it in enumerate(items):
             rows[it.example].append(i)
         lengths = [sum(len(enc["input_ids"][i]) for i in row) for row in rows]

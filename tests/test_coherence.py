@@ -209,6 +209,7 @@ def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: P
     cfg = R.RewardConfig(backbone=str(bert_backbone), max_length=64, objective="coherence", labelled=str(labelled), epochs=2, views="context")
     model, stats = R.train(cfg, tiny.EXAMPLES * 2, progress=False)
     assert stats["targets"] == 2 * len(tiny.EXAMPLES) * 2 and stats["labelleds"] == 3 * cfg.labelled_repeats * 2
+    assert stats["steps"] == 2 * math.ceil((2 * len(tiny.EXAMPLES) + 3) / cfg.batch_size)  # each labelled text its own group
     assert stats.get("splices", 0) > 0
     assert model.encoder.config.id2label == {0: "broken", 1: "coherent"}
     path = model.save(tmp_path / "coh", {"dev": {}})
