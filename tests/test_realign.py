@@ -260,6 +260,9 @@ def test_demo_with_a_run_and_without_a_model(coe_run, capsys):
     assert main(["demo", "--model", str(coe_run), "--limit", "2", "--max-new-tokens", "24"]) == 0
     out = capsys.readouterr().out
     assert out.count("demo-0") == 2 and "model" in out
+    # each text printed plainly (a piped demo has no colours to show the diff)
+    first = next(read_examples_for_demo())
+    assert f"source:       {first.source}" in out and f"hand-written: {first.target}" in out and "  model:" in out
     assert main(["demo", "--no-model", "--limit", "2"]) == 0
     assert "every chain applied back to its target exactly" in " ".join(capsys.readouterr().out.split())
 
@@ -320,3 +323,30 @@ def test_shipped_demo_run_realigns_the_demo_examples(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "The shipped model" in out and "never seen these hand-written examples" in out
     assert "every chain parsed and applied: True" in out and out.count("demo-0") == 2
+
+
+def read_examples_for_demo():
+    from secondthoughts.commands.demo import demo_examples_path
+    from secondthoughts.data import read_examples
+
+    return read_examples(demo_examples_path())
+
+
+@pytest.mark.slow
+def test_realign_without_a_model_uses_the_shipped_default(capsys):
+    from secondthoughts.realign import default_run
+
+    shipped = default_run()
+    assert shipped is not None and (shipped / "README.md").is_file()
+    assert main(["realign", "--json", "--context", "It is wrong to hit people.", "Tom hits his brother when he is angry."]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["valid"] and res["text"] != res["source"]
+
+
+def test_no_default_run_is_a_one_line_error(monkeypatch, capsys):
+    import secondthoughts.realign as R
+
+    monkeypatch.setattr(R, "DEFAULT_RUN", "no-such-run")
+    assert main(["realign", "Tom hits his brother."]) == 1
+    assert "no --model given and no default run installed" in capsys.readouterr().err
+

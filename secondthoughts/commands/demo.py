@@ -1,14 +1,13 @@
 """``secondthoughts demo``: a model re-aligns some of the hand-written examples the package ships.
 
-The model: ``--model RUN``; else the run shipped in the package (``examples/demo-run``: the
-LoRA adapter of ``benchmarks/ms1000.sh``'s chain-of-edits run on 1,000 Moral Stories pairs, on the
-embedded model, copied in by ``scripts/ship_demo_run.py``); else (``--retrain``) the embedded
+The model: ``--model RUN``; else the run shipped in the package (``examples/default-run``, see its
+model card; copied in by ``scripts/ship_run.py``); else (``--retrain``) the embedded
 SmolLM2-135M fine-tuned (LoRA) on those examples right here, once, into a cache folder
 (``models.cache_root()/demo-run-<key>``, reused by the next call). It re-aligns a few examples
 with constrained decoding and prints each chain as an inline diff with its readable lines, next
-to the hand-written target's chain. ``--no-model`` (or no embedded model installed) shows the
-inferred chains only: the compact form a model is trained on, and a check that every chain
-rebuilds its target.
+to the hand-written target's chain, and the texts themselves plainly. ``--no-model`` (or no
+embedded model installed) shows the inferred chains only: the compact form a model is trained on,
+and a check that every chain rebuilds its target.
 
 The model trained here has seen these examples, so it shows the mechanics (a chain of edits
 written, constrained, applied), not how well a model generalizes: train on a dataset for that
@@ -148,7 +147,7 @@ def show_realigned(console: Console, run: Path | str, examples: list[Example], m
         console.print("[dim]hand-written:[/dim]", inline_diff(tokenize(ex.source), reference))
         # The texts themselves, plainly: a diff's colours are lost when the demo is piped or logged.
         for label, text in (("source", ex.source), ("model", r.text), ("hand-written", ex.target)):
-            console.print(f"  {label + ':':<14}{text}", markup=False, highlight=False)
+            console.print(f"  {label + ':':<14}{text}", markup=False, highlight=False, soft_wrap=True)
     console.print(Rule(style="dim"))
     gen_s = sum(r.timings["generate_s"] / r.timings["batch_size"] for r in results)
     edits = sum(len(r.chain) for r in results)

@@ -1,8 +1,9 @@
-"""Copy a ``secondthoughts train`` LoRA run into the package as the demo's model
-(``secondthoughts/examples/demo-run``), with the adapter weights stored as float16 (half the size;
-they are cast back to the model's dtype on load).
+"""Copy a ``secondthoughts train`` LoRA run into the package, with the adapter weights stored as
+float16 (half the size; they are cast back to the model's dtype on load):
+``secondthoughts/examples/default-run`` (what ``realign``, ``serve`` and ``demo`` use without
+``--model``) or, with ``--as demo-run``, the earlier shipped model the coherence labels were made on.
 
-    python scripts/ship_demo_run.py runs/ms1000-anchored
+    python scripts/ship_run.py runs/ms-merged-3k [--card-extra dev-figures.md]
 
 Kept: ``config.json``, ``metrics.jsonl``, ``README.md`` (the model card), ``loss.png`` and
 ``model/`` (adapter + tokenizer). Left out: ``checkpoint/`` (optimizer state). The shipped run is
@@ -19,19 +20,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-DEST = Path(__file__).resolve().parents[1] / "secondthoughts" / "examples" / "demo-run"
+EXAMPLES = Path(__file__).resolve().parents[1] / "secondthoughts" / "examples"
 KEEP = ("config.json", "README.md", "loss.png", "metrics.jsonl")
 
 
-def ship(run: Path, dest: Path = DEST) -> Path:
+def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
     if not (run / "model" / "adapter_config.json").is_file():
         raise SystemExit(f"{run}: not a LoRA run folder (no model/adapter_config.json)")
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".demo-run."))
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     tmp.chmod(0o755)  # mkdtemp makes it private; the package is read by every user
     for name in KEEP:
         shutil.copy2(run / name, tmp / name)
     card = tmp / "README.md"  # its "Use" snippet names the run folder it was written in
-    card.write_text(card.read_text(encoding="utf-8").replace(str(run), "secondthoughts/examples/demo-run"), encoding="utf-8")
+    text = card.read_text(encoding="utf-8").replace(str(run), f"secondthoughts/examples/{dest.name}")
+    if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
+        text = text.rstrip() + "\n\n" + card_extra.read_text(encoding="utf-8").strip() + "\n"
+    card.write_text(text, encoding="utf-8")
     shutil.copytree(run / "model", tmp / "model")
     weights = tmp / "model" / "adapter_model.safetensors"
     state = load_file(weights)
@@ -47,7 +51,10 @@ def ship(run: Path, dest: Path = DEST) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
-    ship(ap.parse_args().run)
+    ap.add_argument("--as", dest="name", default="default-run", choices=("default-run", "demo-run"))
+    ap.add_argument("--card-extra", type=Path, help="markdown appended to the model card")
+    args = ap.parse_args()
+    ship(args.run, EXAMPLES / args.name, args.card_extra)
 
 
 if __name__ == "__main__":
