@@ -4,7 +4,8 @@ Each command lives in ``secondthoughts.commands.<module>`` with ``add_arguments(
 ``run(args) -> int``. Only the chosen command's module is imported, so ``edits`` and
 ``prepare`` start without loading torch. A module may name the flags that hold example files
 (``EXAMPLE_FLAGS``): those files are read and checked before the full parser (and torch) loads,
-so a bad ``--data`` fails in well under a second.
+so a bad ``--data`` fails in well under a second; and the flags that name a file to write
+(``OUTPUT_FLAGS``), refused at once when they name a folder rather than after the work.
 
 Errors: every command turns a failure into one line on stderr, ``error: ...``, and exit status
 1 (expected failures: bad input, files, settings, a full disk) or 70 (anything else: a bug).
@@ -90,13 +91,17 @@ def _flag_values(argv: list[str], flag: str) -> list[str]:
 
 
 def precheck(module: Any, argv: list[str]) -> None:
-    """Read the example files named by the module's ``EXAMPLE_FLAGS`` (DataError on a bad one)."""
-    flags = getattr(module, "EXAMPLE_FLAGS", ())
-    if not flags or "-h" in argv or "--help" in argv:
+    """Read the example files named by the module's ``EXAMPLE_FLAGS`` (DataError on a bad one);
+    refuse a folder given to one of its ``OUTPUT_FLAGS``."""
+    if "-h" in argv or "--help" in argv:
         return
-    from secondthoughts.data import count_examples
+    for flag in getattr(module, "OUTPUT_FLAGS", ()):
+        for path in _flag_values(argv, flag):
+            if os.path.isdir(path):
+                raise ValueError(f"{flag} {path}: is a directory; give the file to write")
+    for flag in getattr(module, "EXAMPLE_FLAGS", ()):
+        from secondthoughts.data import count_examples
 
-    for flag in flags:
         for path in _flag_values(argv, flag):
             count_examples(path)
 

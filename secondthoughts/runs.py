@@ -82,6 +82,11 @@ def fault_point(point: str) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), point)
 
 
+def reset_fault_counts() -> None:
+    """Start counting fault points from zero (a test that runs several faults in one process)."""
+    _fault_counts.clear()
+
+
 # ---------------------------------------------------------------- atomic files and folders
 
 

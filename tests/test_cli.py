@@ -200,8 +200,7 @@ def test_output_that_is_a_directory_is_one_line(tmp_path: Path, capsys: pytest.C
     src.write_text('{"context": "c", "source": "a b", "target": "a c"}\n')
     (tmp_path / "out").mkdir()
     assert main(["prepare", "--format", "jsonl", "--input", str(src), "--output", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Is a directory" in err
+    assert capsys.readouterr().err == f"error: --output {tmp_path / 'out'}: is a directory; give the file to write\n"
 
 
 # ---------------------------------------------------------------- fuzzing the command line
@@ -230,12 +229,26 @@ def test_fuzz_prepare_never_shows_a_traceback(tmp_path: Path, content: bytes, fm
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(content=st.binary(max_size=200) | st.lists(st.dictionaries(st.sampled_from(["source", "context", "prefix", "x"]), st.none() | st.integers() | st.text(max_size=8) | st.sampled_from(["\ud800", "<|del|><|old|> a", "<|eoc|>"]), max_size=4).map(json.dumps), max_size=4).map(lambda ls: "\n".join(ls).encode()))  # fmt: skip
-def test_fuzz_realign_input_rows(tmp_path: Path, content: bytes) -> None:
+def test_fuzz_realign_and_reward_input_rows(tmp_path: Path, content: bytes) -> None:
+    from secondthoughts.commands.reward import read_rows
+
     path = tmp_path / "in.jsonl"
     path.write_bytes(content)
-    try:
-        rows = read_items(str(path))
-    except DataError as e:
-        assert "\n" not in str(e) and str(e).startswith(str(path))
-    else:
-        write_atomic(tmp_path / "out.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))  # and written back
+    for read in (lambda: read_items(str(path)), lambda: read_rows(str(path), "context", "source")[0]):
+        try:
+            rows = read()
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(path))
+        else:
+            write_atomic(tmp_path / "out.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))  # and written back
+
+
+def test_a_folder_as_output_or_a_missing_run_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"context": "c", "source": "a b", "target": "a c"}\n')
+    for argv in (["realign", "--model", "nope", "--input", str(src)], ["reward", "score", "--model", "nope", "--input", str(src)]):
+        assert main([*argv, "--output", str(tmp_path)]) == 1
+        assert capsys.readouterr().err == f"error: --output {tmp_path}: is a directory; give the file to write\n"
+    for command in ("train", "refine"):
+        assert main([command, "--out", str(tmp_path / "none"), "--resume"]) == 1
+        assert capsys.readouterr().err == f"error: {tmp_path / 'none'}: no run to resume (no config.json)\n"

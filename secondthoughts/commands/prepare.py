@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from secondthoughts.data import FORMATS, Example, parse_columns, read_dataset, write_examples
 
+OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
+
 
 def _columns(spec: str) -> dict[str, str]:
     try:

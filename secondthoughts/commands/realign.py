@@ -19,6 +19,8 @@ from typing import Any
 
 from secondthoughts.data import DataError, _jsonl_rows, _RowError
 
+OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", help="the text to re-align (or --input)")

@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from secondthoughts.commands.train import add_config_arguments
+from secondthoughts.commands.train import add_config_arguments, require_run
 
 if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.precheck)
     from secondthoughts.refine import RefineConfig
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from secondthoughts.refine import refine
 
     config = config_from_args(args)
+    if args.resume:
+        require_run(config.out)
     check_data(config)
     result = refine(config, resume=args.resume)
     if not result.is_main_process:

@@ -31,6 +31,8 @@ from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError, read
 from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
 from secondthoughts.runs import write_atomic
 
+OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
+
 DTYPE_HELP = (
     "float32 (exact); bfloat16 (~1.7x faster on CPUs with AVX512-BF16/AMX, same accuracy); int8: Linear layers "
     "quantized per channel (CPU, ~2x faster, pairwise accuracy within 0.003 of float32 measured, scores depend "

@@ -77,6 +77,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"bad training settings: {e}") from e
 
 
+def require_run(out: str) -> None:
+    """``--resume`` of a folder that holds no run: said before anything loads."""
+    from pathlib import Path
+
+    if not (Path(out) / "config.json").is_file():
+        raise FileNotFoundError(f"{out}: no run to resume (no config.json)")
+
+
 def check_data(config: Any) -> None:
     """Read the examples before the model loads: a bad file fails in a second, not after it."""
     from secondthoughts.data import count_examples
@@ -91,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from secondthoughts import sft
 
     config = config_from_args(args)
+    if args.resume:
+        require_run(config.out)
     check_data(config)
     result = sft.train(config, resume=args.resume)
     st = result.state
