@@ -33,7 +33,6 @@ the model for at most ``time_budget`` seconds.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import heapq
 import ipaddress
@@ -214,8 +213,8 @@ def read_chain(body: Mapping[str, Any], name: str, source: str) -> list[Edit]:
             else:
                 edits.append(read_edit(item, where))
         return as_chain(edits, source, what=f"field {name!r}")[0]
-    except EditError as e:
-        raise ApiError(422, str(e)) from None
+    except ValueError as e:  # EditError, and what the parsers let escape (e.g. a JSONDecodeError)
+        raise ApiError(422, str(e) if isinstance(e, EditError) else f"field {name!r} cannot be read: {e}") from None
 
 
 def read_line(line: str, source: str, before: Sequence[Edit], where: str) -> Edit:
@@ -226,7 +225,7 @@ def read_line(line: str, source: str, before: Sequence[Edit], where: str) -> Edi
     head = render_readable(before, source) if before else ""
     try:
         parsed = parse_readable(f"{head}\n{line.strip()}" if head else line.strip(), source)
-    except EditError as e:
+    except ValueError as e:  # EditError, and what the parser lets escape (e.g. a JSONDecodeError)
         raise EditError(f"{where}: {e}") from None
     if len(parsed) != len(before) + 1:
         raise EditError(f"{where}: {line!r} is not an edit")
@@ -351,16 +350,21 @@ class _OverTime(Exception):
     """Raised from the model's forward pass once a request's time budget is spent."""
 
 
-def source_cap(realigner: Realigner, tokenizer: Any) -> int:
+def source_cap(realigner: Realigner) -> int:
     """Source tokens that fit the training length: the prompt plus a completion about as long
     again (what ``Realigner`` leaves room for) within the run's ``max_length``, else the model's
     positions."""
     length = realigner.max_length or getattr(realigner.model.config, "max_position_embeddings", None) or 1024
-    return max(1, (length - 16) // 2 - prompt_overhead(tokenizer))
+    return max(1, (length - 16) // 2 - len(encode_prompt(realigner.tokenizer, "", "")))
 
 
-def prompt_overhead(tokenizer: Any) -> int:
-    return len(encode_prompt(tokenizer, "", ""))
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of ``text``, safe beside the model's thread: the Rust tokenizer's ``encode`` changes
+    nothing, while transformers' ``__call__`` flips a flag on the tokenizer that thread uses."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: no shared Rust state to race
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return len(backend.encode(text, add_special_tokens=False).ids)
 
 
 class Api:
@@ -380,13 +384,7 @@ class Api:
         self.settings = dict(settings or {})
         self.mode = self.settings.get("mode") or realigner.default_mode()
         self.limits = limits or Limits()
-        # Sizing runs in request threads while the model's thread tokenizes: transformers flips a
-        # flag on a tokenizer per call, so the sizing gets a copy of its own (and a lock).
-        self._sizer = copy.copy(realigner)
-        self._sizer.tokenizer = copy.deepcopy(realigner.tokenizer)
-        self._sizer_lock = threading.Lock()
-        self._overhead = prompt_overhead(self._sizer.tokenizer)
-        self.max_source_tokens = self.limits.max_source_tokens or source_cap(realigner, self._sizer.tokenizer)
+        self.max_source_tokens = self.limits.max_source_tokens or source_cap(realigner)
         self._cap_origin = "serve --max-source-tokens" if self.limits.max_source_tokens else (
             f"what the run's training length of {realigner.max_length} tokens leaves room for" if realigner.max_length
             else "what the model's positions leave room for"
@@ -420,23 +418,29 @@ class Api:
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise _OverTime
 
-    def _size(self, req: RealignRequest) -> int:
-        """The source's tokens, checked against the source cap (413) and the token budget (422)."""
-        with self._sizer_lock:
-            n = len(encode_prompt(self._sizer.tokenizer, "", req.source)) - self._overhead
-            need = self.settings.get("max_new_tokens") or self._sizer._budget([_job((req.context, req.source), 0)], self.mode)
+    def _check_source(self, req: RealignRequest) -> int:
+        """The source's tokens, within the source cap (else 413, before any wait)."""
+        n = count_tokens(self.realigner.tokenizer, req.source)
         if n > self.max_source_tokens:
             raise ApiError(413, f"field 'source': {n} tokens, over the {self.max_source_tokens} this server takes ({self._cap_origin}): shorten the text")
-        if self.limits.max_new_tokens and need > self.limits.max_new_tokens:
+        return n
+
+    def _check_budget(self, req: RealignRequest) -> None:
+        """The new tokens the request may take, within the token budget (else 422). Run with the
+        model held: realign's own budget tokenizes with transformers' ``__call__``."""
+        if not self.limits.max_new_tokens:
+            return
+        need = self.settings.get("max_new_tokens") or self.realigner._budget([_job((req.context, req.source), 0)], self.mode)
+        if need > self.limits.max_new_tokens:
             raise ApiError(
                 422, f"field 'source': re-aligning it may take {need} new tokens, over this server's budget of "
                 f"{self.limits.max_new_tokens} (serve --max-new-tokens): shorten the text",
             )
-        return n
 
     def _realign(self, req: RealignRequest) -> dict[str, Any]:
-        cost = self._size(req)
+        cost = self._check_source(req)
         with self.gate.hold(cost):
+            self._check_budget(req)
             result = self._generate(req)
         out = result.to_dict()
         out.update(chain_view(req.source, result.chain, [True] * len(result.chain)))
@@ -559,6 +563,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():  # it answered (send_error)
                 return
+            self.request_version = "HTTP/1.0"  # never answer as HTTP/0.9 (a body without status or headers)
             if self.server.overloaded():
                 self._error(busy(f"the server is handling {self.server.max_connections} connections", 1))
                 return
@@ -619,6 +624,7 @@ class Handler(BaseHTTPRequestHandler):
         """The standard library's own errors (bad request line, headers too long, unknown method)
         in JSON like every other answer, not HTML."""
         self.close_connection = True
+        self.request_version = "HTTP/1.0"  # with a status line and headers, even to a line that names no version
         self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     def _host_ok(self) -> bool:
@@ -744,6 +750,11 @@ class EditorServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/"
+
+    @property
+    def connections(self) -> int:
+        """Connections being handled now (the answer written, a closing one may linger)."""
+        return self._active
 
     def overloaded(self) -> bool:
         return self._active > self.max_connections
