@@ -28,7 +28,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 from secondthoughts import coherence, models, reward
 from secondthoughts.data import read_dataset

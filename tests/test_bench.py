@@ -213,16 +213,7 @@ def test_dpo_with_zero_learning_rate_gives_the_direct_model_back(tmp_path: Path,
 
 
 def _bert_backbone(path: Path) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = sorted({w for e in tiny.EXAMPLES for t in (e.context, e.source, e.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tok = BertTokenizer(vocab=str(path / "vocab.txt"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny.save_tiny_bert(path)
 
 
 def _dataset(path: Path, prefix: str, n: int) -> Path:

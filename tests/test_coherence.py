@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import tiny
-import torch
 
 from secondthoughts import coherence as C
 from secondthoughts.data import DataError
-from secondthoughts.edits import apply_text_edits, infer_text_edits, tokenize
+from secondthoughts.edits import apply_text_edits, infer_text_edits
 from secondthoughts.evaluate import Fluency
 from secondthoughts.realign import RealignResult, choose_best
 
@@ -189,16 +188,7 @@ def test_read_labelled_names_file_line_and_field(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bert_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("bert")
-    words = sorted({w for e in tiny.EXAMPLES for t in (e.context, e.source, e.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tok = BertTokenizer(vocab=str(path / "vocab.txt"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny.save_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
 def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: Path, tmp_path: Path) -> None:

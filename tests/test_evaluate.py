@@ -270,17 +270,9 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, exa
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained reward model on a 2-layer BERT whose vocabulary holds the fixture's words."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     from secondthoughts.reward import RewardConfig, RewardModel
 
-    path = tmp_path_factory.mktemp("bert")
-    words = sorted({w for e in tiny.EXAMPLES for t in (e.context, e.source, e.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tok = BertTokenizer(vocab=str(path / "vocab.txt"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
-    tok.save_pretrained(path)
+    path = tiny.save_tiny_bert(tmp_path_factory.mktemp("bert"))
     rm = RewardModel.create(RewardConfig(backbone=str(path), max_length=64))
     return rm.save(tmp_path_factory.mktemp("reward") / "run")
 

@@ -100,3 +100,22 @@ def write_examples_jsonl(path: str | Path, n: int = 24) -> Path:
     rows = [Example(e.context, e.source, e.target, f"{e.id}-{k}") for k in range(n) for e in [EXAMPLES[k % len(EXAMPLES)]]]
     write_examples(path, rows)
     return Path(path)
+
+
+def save_tiny_bert(path: Path) -> Path:
+    """A 2-layer, 32-wide BERT whose WordPiece vocabulary holds the fixture's words, saved as a model
+    folder: a stand-in for the reward model's encoder (all-MiniLM-L6-v2)."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = sorted({w for e in EXAMPLES for t in (e.context, e.source, e.target) for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizer(vocab=str(path / "vocab.txt"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
