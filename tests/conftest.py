@@ -8,9 +8,9 @@ import os
 # spinning threads slow each small op ~20x when another process holds a core. Set before
 # torch is first imported; export OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# No test reaches the network (CI has none). huggingface_hub reads these once, when first imported,
-# so a test that sets them later is offline only if it runs first; set here, every test is, in any
-# order (otherwise a hub look-up waits for network timeouts).
+# No test reaches the network (the hub is unreachable here and in CI). huggingface_hub reads these
+# once, when first imported, so a test that sets them later is offline only if it runs first; set
+# here, every test is, in any order (otherwise a hub look-up waits for network timeouts).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
