@@ -46,6 +46,7 @@ Run folder (``RefineConfig.out``)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -80,6 +81,7 @@ from secondthoughts.edits import (
 )
 from secondthoughts.plots import read_metrics, save_png
 from secondthoughts.sequences import encode_prompt, split_completion
+from secondthoughts.sft import token_logprobs
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 BASELINES: tuple[str, ...] = ("rloo", "greedy")
@@ -290,12 +292,13 @@ def batch_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
 class CompletionLogProbs(nn.Module):
     """Per-token log-probabilities of the completion tokens, (N, T) with zeros on padding.
 
-    Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``);
-    a module, so that DDP wraps it. ``allow`` (completion tokens, vocab), from
-    ``constrained.completion_masks``: normalize over the tokens the constraint allowed there, the
-    distribution constrained decoding samples from. ``temperature``: the sampling temperature, so
-    the ratio and the KL are those of the distribution the chains came from (top-p / top-k
-    truncation is not modelled, as in TRL).
+    Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``),
+    a chunk of positions at a time (``sft.token_logprobs``); a module, so that DDP wraps it.
+    ``allow``: the tokens the constraint allowed at each completion position, as
+    ``constrained.CompletionSets`` (built into a mask one chunk at a time) or a dense (completion
+    tokens, vocab) mask: normalize over those, the distribution constrained decoding samples
+    from. ``temperature``: the sampling temperature, so the ratio and the KL are those of the
+    distribution the chains came from (top-p / top-k truncation is not modelled, as in TRL).
     """
 
     def __init__(self, lm: nn.Module, temperature: float = 1.0):
@@ -308,20 +311,35 @@ class CompletionLogProbs(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-        allow: torch.Tensor | None = None,
+        allow: Any = None,
     ) -> torch.Tensor:  # fmt: skip
         lm = self.causal_lm()
         width = input_ids.shape[1] - completion_ids.shape[1]
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         keep = completion_mask.bool()
-        logits = lm.get_output_embeddings()(hidden[:, width - 1 : -1][keep]).float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        if allow is not None:
-            logits = logits.masked_fill(~allow.to(logits.device), -float("inf"))
-        lp = -F.cross_entropy(logits, completion_ids[keep], reduction="none")
+        allowed = None if allow is None else allow.dense if hasattr(allow, "dense") else lambda a, b: allow[a:b]
+        lp = token_logprobs(lm.get_output_embeddings(), hidden[:, width - 1 : -1][keep], completion_ids[keep], temperature=self.temperature, allowed=allowed)
         return torch.zeros(completion_ids.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
+
+
+def row_slice(rows: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows ``start:stop`` of ``batch_rows``' output (and their constraint sets), without the
+    columns that are padding in all of them (results are those of the whole batch's rows)."""
+    cm = rows["completion_mask"]
+    width = rows["input_ids"].shape[1] - cm.shape[1]
+    used = rows["attention_mask"][start:stop].any(0).nonzero()
+    first = min(int(used[0]) if len(used) else width, width)
+    wc = max(1, int(cm[start:stop].sum(1).max()))
+    out = {
+        "input_ids": rows["input_ids"][start:stop, first : width + wc], "attention_mask": rows["attention_mask"][start:stop, first : width + wc],
+        "completion_ids": rows["completion_ids"][start:stop, :wc], "completion_mask": cm[start:stop, :wc],
+    }  # fmt: skip
+    if rows.get("allow") is not None:
+        lengths = [0, *cm.sum(1).long().cumsum(0).tolist()]
+        allow = rows["allow"]
+        out["allow"] = allow.part(lengths[start], lengths[stop]) if hasattr(allow, "part") else allow[lengths[start] : lengths[stop]]
+    return out
 
 
 # ---------------------------------------------------------------- loading
@@ -579,34 +597,46 @@ class Refiner:
 
     # ------------------------------------------------------------ update
 
-    def _rows(self, prompts: list[list[int]], comps: list[list[int]], sources: list[str]) -> tuple[dict[str, torch.Tensor], int]:
+    def _rows(self, prompts: list[list[int]], comps: list[list[int]], sources: list[str]) -> tuple[dict[str, Any], int]:
         """Model inputs for completions after prompts; under constrained decoding with the tokens
-        the constraint allowed at each completion position (``sources``: each row's source), and
-        how many completion tokens fell outside those sets."""
-        rows = batch_rows(prompts, comps, self.pad_id)
+        the constraint allowed at each completion position (``"allow"``, index sets;
+        ``sources``: each row's source), and how many completion tokens fell outside those sets."""
+        rows: dict[str, Any] = {k: v.to(self.device) for k, v in batch_rows(prompts, comps, self.pad_id).items()}
         outside = 0
         if self.config.constrained:
-            from secondthoughts.constrained import completion_masks
+            from secondthoughts.constrained import completion_sets
 
             size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
-            rows["allow"], outside = completion_masks(self.vocab, sources, comps, size, chain_format=self.chain_format)
-        return {k: v.to(self.device) for k, v in rows.items()}, outside
+            rows["allow"] = completion_sets(self.vocab, sources, comps, size, chain_format=self.chain_format)
+            outside = rows["allow"].outside
+        return rows, outside
 
-    def sample_rows(self, batch: Rollout) -> tuple[dict[str, torch.Tensor], int]:
+    def sample_rows(self, batch: Rollout) -> tuple[dict[str, Any], int]:
         """Model inputs of a rollout's samples (and the tokens outside the constraint's sets)."""
         return self._rows([batch.prompt_ids[i // batch.k] for i in range(len(batch))], batch.completion_ids, batch.sources)
 
-    def reference_logprobs(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _by_rows(self, fn: Callable[[dict[str, Any]], torch.Tensor], rows: dict[str, Any]) -> torch.Tensor:
+        """``fn`` (a no-grad log-prob pass) over ``k`` rows at a time, the results as one (N, T)
+        tensor: the activations of a few rows are alive at once, not those of the batch."""
+        n, t = rows["completion_ids"].shape
+        out = torch.zeros((n, t), dtype=torch.float32, device=self.device)
+        for a in range(0, n, self.config.k):
+            got = fn(row_slice(rows, a, min(a + self.config.k, n)))
+            out[a : a + got.shape[0], : got.shape[1]] = got
+        return out
+
+    def reference_logprobs(self, rows: dict[str, Any]) -> torch.Tensor:
         """Log-probabilities under the frozen AEM model: the adapter-disabled policy, or the copy."""
         with torch.no_grad(), self.accelerator.autocast():
             if self.reference is not None:
-                return CompletionLogProbs(self.reference, self.config.temperature)(**rows).float()
+                ref = CompletionLogProbs(self.reference, self.config.temperature)
+                return self._by_rows(lambda r: ref(**r).float(), rows)
             with self.policy.disable_adapter():
-                return self.logprobs(**rows).float()
+                return self._by_rows(lambda r: self.logprobs(**r).float(), rows)
 
-    def policy_logprobs(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+    def policy_logprobs(self, rows: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad(), self.accelerator.autocast():
-            return self.logprobs(**rows).float()
+            return self._by_rows(lambda r: self.logprobs(**r).float(), rows)
 
     def _ail_rows(self, batch: Rollout) -> tuple[list[list[int]], list[list[int]], list[str]]:
         """Expert chains (gold, source -> target) and, for ``reverse`` negatives, the chain built the
@@ -635,69 +665,104 @@ class Refiner:
         # Tokenized as sequences.encode_completion tokenizes training chains.
         return list(self.tokenizer(render_chain(chain, source, self.chain_format), add_special_tokens=False)["input_ids"])
 
+    def _group_rows(self, batch: Rollout, g: int, ail: tuple[list[list[int]], list[list[int]], list[str]]) -> tuple[dict[str, Any], int]:
+        """Model inputs of prompt ``g``'s ``k`` samples followed by its AIL rows (the expert chain,
+        then the reverse chain when used), and the tokens outside the constraint's sets."""
+        k, p = batch.k, len(batch.examples)
+        mine = [g, p + g][: len(ail[0]) // p] if ail[0] else []
+        return self._rows(
+            [batch.prompt_ids[g]] * k + [ail[0][j] for j in mine],
+            batch.completion_ids[g * k : (g + 1) * k] + [ail[1][j] for j in mine],
+            [batch.examples[g].source] * k + [ail[2][j] for j in mine],
+        )
+
     def update(self, batch: Rollout) -> dict[str, float]:
         """KL-penalized rewards, advantages, and ``ppo_epochs`` optimizer steps on this batch
-        (this process's share; DDP averages the gradients). Returns this process's statistics."""
+        (this process's share; DDP averages the gradients). Returns this process's statistics.
+
+        The loss is a sum over prompts (the RLOO baseline and the AIL hinge only compare rows
+        of one prompt), so each prompt's rows (its ``k`` samples and AIL rows) run forward and
+        backward on their own and the gradients add up to the whole batch's: the activations
+        of one prompt's rows are alive at a time, not those of the batch."""
         if batch.rewards is None:
             raise ValueError("score(batch) first: update needs the rewards")
         cfg = self.config
         n, k, p = len(batch), batch.k, len(batch.examples)
         use_ail = cfg.ail_weight > 0
-        ail_prompts, ail_comps, ail_sources = self._ail_rows(batch) if use_ail else ([], [], [])
-        sample_prompts = [batch.prompt_ids[i // k] for i in range(n)]
-        rows, outside = self._rows(sample_prompts + ail_prompts, batch.completion_ids + ail_comps, batch.sources + ail_sources)
-        mask = rows["completion_mask"][:n]
-        sample_rows = {key: v[:n] for key, v in rows.items() if key != "allow"}
-        if "allow" in rows:
-            sample_rows["allow"] = rows["allow"][: int(mask.sum())]
-        ref = self.reference_logprobs(sample_rows)
+        ail = self._ail_rows(batch) if use_ail else ([], [], [])
+        groups = [self._group_rows(batch, g, ail) for g in range(p)]
+        outside = sum(o for _, o in groups)
+        refs = [F.pad(self.reference_logprobs(row_slice(rows, 0, k)), (0, rows["completion_ids"].shape[1])) for rows, _ in groups]
         rewards = batch.rewards.to(self.device)
+        g_total = None
         if batch.greedy is not None:
             g = batch.greedy
             g_rows, _ = self.sample_rows(g)
             g_kl = sequence_kl(self.policy_logprobs(g_rows), self.reference_logprobs(g_rows), g_rows["completion_mask"])
             g_total = g.rewards.to(self.device) - cfg.beta * g_kl  # type: ignore[union-attr]
+        lowest = batch.rewards.view(p, k).argmin(1).tolist()  # each prompt's lowest-reward sample
+        olds: list[torch.Tensor] = []
+        kls: list[torch.Tensor] = []
+        advantages: list[torch.Tensor] = []
         stats: dict[str, float] = {}
-        old = kl = advantages = None
+        sums = dict.fromkeys(("log_ratio", "tokens", "policy_loss", "loss", "ail_loss", "ail_gap", "expert_ll"), 0.0)
         for epoch in range(cfg.ppo_epochs):
-            with self.accelerator.autocast():
-                logps = self.ddp(**rows).float()
-            if epoch == 0:
-                # Old log-probs are this first forward's, detached: at the first update the ratio
-                # is exactly 1 and no separate no-grad pass is needed.
-                old = logps[:n].detach()
-                kl = sequence_kl(old, ref, mask)
-                total = rewards - cfg.beta * kl
-                advantages = rloo_advantages(total, k) if batch.greedy is None else greedy_advantages(total, g_total, k)
-                stats.update(objective=float(total.mean()), kl=float(kl.mean()), kl_per_token=float(((old - ref) * mask).sum() / mask.sum().clamp(min=1)),
-                             advantage_abs=float(advantages.abs().mean()), outside_constraint=float(outside))  # fmt: skip
-            policy_loss, clip_frac = clipped_policy_loss(logps[:n], old, advantages, mask, cfg.clip_eps)  # type: ignore[arg-type]
-            loss = policy_loss
-            if use_ail:
-                cm = rows["completion_mask"]
-                expert_ll = mean_token_logp(logps[n : n + p], cm[n : n + p])
-                negatives = []
-                if cfg.ail_negative in ("sample", "both"):
-                    lowest = batch.rewards.view(p, k).argmin(1) + torch.arange(p) * k
-                    negatives.append(mean_token_logp(logps[lowest], cm[lowest]))
-                if cfg.ail_negative in ("reverse", "both"):
-                    negatives.append(mean_token_logp(logps[n + p : n + 2 * p], cm[n + p : n + 2 * p]))
-                ail = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
-                loss = loss + cfg.ail_weight * ail
+            clipped = tokens = 0.0
+            for g, (rows, _) in enumerate(groups):
+                mask = rows["completion_mask"][:k]
+                ref = refs[g][:, : mask.shape[1]]  # padded to the group's width (its AIL rows may be longer)
+                # DDP: gradients are averaged across processes once, at the last prompt's backward.
+                with self.accelerator.no_sync(self.ddp) if g < p - 1 else contextlib.nullcontext():
+                    with self.accelerator.autocast():
+                        logps = self.ddp(**rows).float()
+                    if epoch == 0:
+                        # Old log-probs are this first forward's, detached: at the first update the
+                        # ratio is exactly 1 and no separate no-grad pass is needed.
+                        olds.append(logps[:k].detach())
+                        kls.append(sequence_kl(olds[g], ref, mask))
+                        total = rewards[g * k : (g + 1) * k] - cfg.beta * kls[g]
+                        advantages.append(rloo_advantages(total, k) if g_total is None else greedy_advantages(total, g_total[g : g + 1], k))
+                        sums["log_ratio"] += float(((olds[g] - ref) * mask).sum())
+                        sums["tokens"] += float(mask.sum())
+                    policy_loss, clip_frac = clipped_policy_loss(logps[:k], olds[g], advantages[g], mask, cfg.clip_eps)
+                    loss = policy_loss * (k / n)  # clipped_policy_loss averages over its k chains; the batch's over n
+                    if use_ail:
+                        cm = rows["completion_mask"]
+                        expert_ll = mean_token_logp(logps[k : k + 1], cm[k : k + 1])
+                        negatives = []
+                        if cfg.ail_negative in ("sample", "both"):
+                            j = lowest[g]
+                            negatives.append(mean_token_logp(logps[j : j + 1], cm[j : j + 1]))
+                        if cfg.ail_negative in ("reverse", "both"):
+                            negatives.append(mean_token_logp(logps[k + 1 : k + 2], cm[k + 1 : k + 2]))
+                        ail_loss = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
+                        loss = loss + cfg.ail_weight * ail_loss / p  # the hinge is averaged over prompts
+                        if epoch == 0:
+                            sums["ail_loss"] += ail_loss.item() / p
+                            sums["ail_gap"] += torch.stack([expert_ll - neg for neg in negatives]).mean().item() / p
+                            sums["expert_ll"] += expert_ll.item() / p
+                    self.accelerator.backward(loss)
                 if epoch == 0:
-                    stats.update(ail_loss=ail.item(), ail_gap=torch.stack([expert_ll - neg for neg in negatives]).mean().item(), expert_ll=expert_ll.mean().item())
-            self.accelerator.backward(loss)
+                    sums["policy_loss"] += policy_loss.item() * k / n
+                    sums["loss"] += loss.item()
+                clipped += float(clip_frac) * float(mask.sum())
+                tokens += float(mask.sum())
+                del logps, loss, policy_loss  # this prompt's graph is gone before the next forward
             if cfg.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if epoch == 0:
-                stats.update(policy_loss=policy_loss.item(), loss=loss.item())
-            stats["clip_frac"] = float(clip_frac)
+            stats["clip_frac"] = clipped / max(tokens, 1.0)
         self.scheduler.step()
-        batch_kl = kl
-        self.last_kl = batch_kl  # the per-sample KL that entered the rewards (tests read it)
-        self.last_advantages = advantages
+        kl, adv = torch.cat(kls), torch.cat(advantages)
+        total = rewards - cfg.beta * kl
+        stats.update(objective=float(total.mean()), kl=float(kl.mean()), kl_per_token=sums["log_ratio"] / max(sums["tokens"], 1.0),
+                     advantage_abs=float(adv.abs().mean()), outside_constraint=float(outside),
+                     policy_loss=sums["policy_loss"], loss=sums["loss"])  # fmt: skip
+        if use_ail:
+            stats.update(ail_loss=sums["ail_loss"], ail_gap=sums["ail_gap"], expert_ll=sums["expert_ll"])
+        self.last_kl = kl  # the per-sample KL that entered the rewards (tests read it)
+        self.last_advantages = adv
         return stats
 
     # ------------------------------------------------------------ one step and its statistics

@@ -383,3 +383,99 @@ def test_a_coherence_term_multiplies_the_reward_and_is_logged(tmp_path, aem_run,
     with pytest.raises(ValueError, match="coherence_weight must be >= 0"):
         _cfg(tmp_path, aem_run, examples_jsonl, coherence_weight=-1)
 
+
+
+# ---------------------------------------------------------------- memory: the same numbers as the whole batch at once
+
+
+def _plain_logprobs(model, rows, allow, temperature):
+    """The straightforward computation: full-vocabulary logits of every row at once, the dense
+    constraint mask, log-softmax."""
+    width = rows["input_ids"].shape[1] - rows["completion_ids"].shape[1]
+    position_ids = (rows["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], position_ids=position_ids).logits[:, width - 1 : -1].float() / temperature
+    keep = rows["completion_mask"].bool()
+    if allow is not None:
+        dense = torch.ones(logits.shape, dtype=torch.bool)
+        dense[keep] = allow[:, : logits.shape[-1]]
+        logits = logits.masked_fill(~dense, -float("inf"))
+    lp = logits.log_softmax(-1).gather(-1, rows["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    return torch.where(keep, lp, torch.zeros_like(lp))
+
+
+def _whole_batch_update(r, batch):
+    """The update as one forward and one backward over all samples and AIL rows (the code before
+    per-prompt groups), on the straightforward log-probs; returns its statistics."""
+    from secondthoughts.constrained import completion_masks
+
+    cfg = r.config
+    n, k, p = len(batch), batch.k, len(batch.examples)
+    ail_prompts, ail_comps, ail_sources = r._ail_rows(batch)
+    rows = batch_rows([batch.prompt_ids[i // k] for i in range(n)] + ail_prompts, batch.completion_ids + ail_comps, r.pad_id)
+    size = r.policy.get_output_embeddings().weight.shape[0]
+    allow, outside = completion_masks(r.vocab, batch.sources + ail_sources, batch.completion_ids + ail_comps, size, chain_format=r.chain_format)
+    cm = rows["completion_mask"]
+    mask = cm[:n]
+    with torch.no_grad(), r.policy.disable_adapter():
+        ref = _plain_logprobs(r.policy, rows, allow, cfg.temperature)[:n]
+    stats = {}
+    for epoch in range(cfg.ppo_epochs):
+        logps = _plain_logprobs(r.policy, rows, allow, cfg.temperature)
+        if epoch == 0:
+            old = logps[:n].detach()
+            kl = sequence_kl(old, ref, mask)
+            total = batch.rewards - cfg.beta * kl
+            advantages = rloo_advantages(total, k)
+            stats.update(objective=float(total.mean()), kl=float(kl.mean()), kl_per_token=float(((old - ref) * mask).sum() / mask.sum()),
+                         advantage_abs=float(advantages.abs().mean()), outside_constraint=float(outside))  # fmt: skip
+        policy_loss, clip_frac = clipped_policy_loss(logps[:n], old, advantages, mask, cfg.clip_eps)
+        expert_ll = mean_token_logp(logps[n : n + p], cm[n : n + p])
+        lowest = batch.rewards.view(p, k).argmin(1) + torch.arange(p) * k
+        negatives = [mean_token_logp(logps[lowest], cm[lowest]), mean_token_logp(logps[n + p : n + 2 * p], cm[n + p : n + 2 * p])]
+        ail = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
+        loss = policy_loss + cfg.ail_weight * ail
+        if epoch == 0:
+            stats.update(ail_loss=ail.item(), ail_gap=torch.stack([expert_ll - neg for neg in negatives]).mean().item(), expert_ll=expert_ll.mean().item(),
+                         policy_loss=policy_loss.item(), loss=loss.item())  # fmt: skip
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(r.params, cfg.max_grad_norm)
+        r.optimizer.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        stats["clip_frac"] = float(clip_frac)
+    return stats, kl, advantages
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_update_by_prompt_gives_the_whole_batch_numbers(tmp_path, aem_run, examples_jsonl, temperature):
+    """Per-prompt forwards and backwards, chunked log-probs and constraint index sets give the
+    statistics, KL, advantages and updated weights of the whole batch computed at once."""
+    import copy
+
+    cfg = _cfg(tmp_path, aem_run, examples_jsonl, k=3, prompts_per_step=3, ppo_epochs=2, clip_eps=0.05, ail_negative="both",
+               ail_margin=5.0, temperature=temperature, max_new_tokens=20)  # fmt: skip
+    r = Refiner(cfg, word_reward)
+    torch.manual_seed(7)
+    with torch.no_grad():  # move the adapter off zero, so that KL, ratios and clipping are not trivial
+        for prm in r.params:
+            prm.add_(torch.randn_like(prm) * 0.05)
+    batch = r.rollout(list(read_examples(examples_jsonl))[:3], seed=5)
+    r.score(batch)
+    assert sum(map(len, batch.completion_ids)) > 20
+    start = [prm.detach().clone() for prm in r.params]
+    opt_state = copy.deepcopy(r.optimizer.state_dict())
+    want, want_kl, want_adv = _whole_batch_update(r, batch)
+    want_params = [prm.detach().clone() for prm in r.params]
+    with torch.no_grad():
+        for prm, s in zip(r.params, start):
+            prm.copy_(s)
+    r.optimizer.load_state_dict(opt_state)
+    got = r.update(batch)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert want["kl"] != 0 and 0 < want["clip_frac"] < 1 and want["ail_loss"] > 0
+    assert r.last_kl.tolist() == pytest.approx(want_kl.tolist(), abs=1e-5)
+    assert r.last_advantages.tolist() == pytest.approx(want_adv.tolist(), abs=1e-5)
+    for prm, w, s in zip(r.params, want_params, start):
+        assert torch.allclose(prm, w, atol=1e-5), (prm - w).abs().max()
+    assert any(not torch.equal(w, s) for w, s in zip(want_params, start))
