@@ -26,8 +26,8 @@ that does not read or apply, a pair that is not a correction, or a source over t
 budget, 503 (with ``Retry-After``) busy: the model queue or the connection limit is full.
 
 Under load (see :class:`Limits`): the model runs one request at a time, at most ``queue`` wait,
-shortest source first, so a small request waits behind at most the one running; a request holds
-the model for at most ``time_budget`` seconds.
+shortest source first, so a small request waits behind at most the one running; a request waits
+at most ``time_budget`` seconds for the model (then 503) and holds it at most as long (then 422).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Limits:
 
     max_source_tokens: int | None = None  # None: what the run's max_length leaves room for (413 past it)
     max_new_tokens: int | None = None  # None: realign's own budget, bounded by the source cap (422 past it)
-    time_budget: float = 20.0  # seconds one request may hold the model (422 past it)
+    time_budget: float = 20.0  # seconds one request may wait for the model (503 past it) and hold it (422 past it)
     queue: int = 4  # requests that may wait for the model (503 past it)
     max_connections: int = 128  # connections handled at once (503 past it)
     read_timeout: float = 5.0  # seconds for a request's headers and body to arrive (408 past it)
@@ -391,7 +391,8 @@ class Api:
         )
         # One model, many request threads: generation is not thread-safe and would only
         # contend for the same cores anyway.
-        self.gate = ModelGate(self.limits.queue, max_wait=(self.limits.queue + 1) * self.limits.time_budget)
+        # A request starts within one time budget or is told to come back: answers take at most two.
+        self.gate = ModelGate(self.limits.queue, max_wait=self.limits.time_budget)
         self.file_lock = threading.Lock()
         # Realigner takes no deadline: a hook on every forward pass ends a generation past it.
         self._deadline: float | None = None

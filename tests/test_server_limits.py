@@ -149,6 +149,14 @@ def test_requests_beyond_the_queue_get_a_fast_503(limited):
         assert results[0][0] == 200  # the one that waited is served
 
 
+def test_a_request_waits_for_the_model_at_most_one_time_budget(limited):
+    with limited(time_budget=0.5) as server, server.api.gate.hold(0):
+        t0 = time.monotonic()
+        status, headers, err = exchange(server, http_request("POST", "/api/realign", json.dumps({"source": SOURCE}).encode()))
+        assert status == 503 and "stayed busy for 0.5 s" in err["error"] and int(headers["retry-after"]) >= 1
+        assert 0.5 <= time.monotonic() - t0 < 3
+
+
 def test_connections_beyond_the_limit_get_a_fast_503(limited):
     with limited(max_connections=2, read_timeout=5) as server:
         idle = [socket.create_connection(server.server_address[:2]) for _ in range(2)]  # say nothing: they hold a thread each

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim = Limits()
     p.add_argument("--max-source-tokens", type=positive(int), help="longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)")
     p.add_argument("--max-new-tokens", type=positive(int), help="token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)")
-    p.add_argument("--time-budget", type=positive(float), default=lim.time_budget, metavar="S", help=f"seconds one request may hold the model; longer: 422 (default {lim.time_budget:g})")
+    p.add_argument("--time-budget", type=positive(float), default=lim.time_budget, metavar="S", help=f"seconds one request may wait for the model (then 503) and hold it (then 422) (default {lim.time_budget:g})")
     p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
     p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
     p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
