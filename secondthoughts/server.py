@@ -68,7 +68,7 @@ from secondthoughts.realign import _job, apply_subset, as_chain
 from secondthoughts.sequences import encode_prompt
 
 if TYPE_CHECKING:
-    from secondthoughts.realign import Realigner
+    from secondthoughts.realign import RealignResult, Realigner
 
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 16  # JSON nesting: a chain of edit records needs 4
@@ -389,9 +389,9 @@ class Api:
             f"what the run's training length of {realigner.max_length} tokens leaves room for" if realigner.max_length
             else "what the model's positions leave room for"
         )
-        # One model, many request threads: generation is not thread-safe and would only
-        # contend for the same cores anyway.
-        # A request starts within one time budget or is told to come back: answers take at most two.
+        # One model, many request threads: generation is not thread-safe and would only contend
+        # for the same cores anyway. A request starts within one time budget or is told to come
+        # back, so every answer comes within two.
         self.gate = ModelGate(self.limits.queue, max_wait=self.limits.time_budget)
         self.file_lock = threading.Lock()
         # Realigner takes no deadline: a hook on every forward pass ends a generation past it.
@@ -447,7 +447,7 @@ class Api:
         out.update(chain_view(req.source, result.chain, [True] * len(result.chain)))
         return out
 
-    def _generate(self, req: RealignRequest) -> Any:
+    def _generate(self, req: RealignRequest) -> RealignResult:
         budget = self.limits.time_budget
         self._deadline = time.monotonic() + budget
         try:
