@@ -33,6 +33,8 @@ def start_serve(run: Path, corrections: Path) -> tuple[subprocess.Popen[str], in
     assert proc.stdout is not None
     for line in proc.stdout:  # the first line it prints is the address
         if m := URL.search(line):
+            # Keep reading what it prints after: a full pipe would block the server, and then its exit.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, int(m.group(1))
     raise AssertionError(f"serve exited with {proc.wait()} before listening")
 
