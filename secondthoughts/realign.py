@@ -20,6 +20,10 @@ With ``constrained=True`` (default) a :class:`~secondthoughts.constrained.ChainC
 masks every token that would break the chain, so every chain parses and applies. A chain cut by
 ``max_new_tokens`` is closed after its last complete edit (``truncated=True``).
 
+Best of N (``best_of``, ``rerank``): N constrained chains sampled in one batch, the text a
+reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`). Read blind it
+made text worse than greedy with the project's scorers (docs/coherence.md), so it is not a default.
+
 Interactive correction (the paper's "second thoughts" by a person): ``prefix`` forces the first
 edits (compact string, readable lines, or ``Edit`` records), validated against the source, and
 the model continues after them. A compact prefix ending in ``<|eoc|>`` is the whole chain.

@@ -20,6 +20,9 @@ text alone ranks targets above sources better than in context (the encoder makes
 situation and intention, which half of the train split lacks), while only the context view knows
 an echo of the prompt; the lower of the two keeps both (README: reward model).
 
+The same classifier scores coherence when trained with ``objective="coherence"``: complete texts
+against synthetic failures of their own chains (``secondthoughts.coherence``).
+
 A :class:`RewardModel` is a plain callable ``reward(contexts, texts) -> list[float]``; the RL
 stage accepts it or any function of that shape. It keeps its own tokenizer. ``load(..., dtype=)``
 scores in float32 (exact), bfloat16, or int8 on CPU (:func:`quantize_int8`); "auto" picks the
