@@ -71,8 +71,8 @@ _OPEN_ENDED = frozenset(
 
 def truncated(text: str, rng: random.Random) -> str | None:
     """A stub of ``text`` closed with a full stop: cut after its second word (subject and verb, as
-    in "Rebecca asks.") or after a word a sentence cannot end on ("... and."); None where neither
-    leaves at least two words out."""
+    in "Rebecca asks.") or after a word a sentence cannot end on ("... and."), at least two words
+    before its end; None for texts of fewer than five words."""
     toks = tokenize(text)
     words = [i for i, t in enumerate(toks) if t.strip() and t.strip()[0].isalnum()]
     if len(words) < 5:
