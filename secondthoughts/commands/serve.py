@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from secondthoughts.server import Limits
 
@@ -50,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from secondthoughts.commands.realign import _load
     from secondthoughts.server import check_corrections_path, make_server
@@ -63,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"secondthoughts editor on {server.url} (model {realigner.name}; corrections -> {args.corrections}); Ctrl+C stops it", flush=True)
+    # SIGINT and SIGTERM both stop it cleanly, also when it was started in the background, where
+    # the shell leaves SIGINT ignored and Python then never raises KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
