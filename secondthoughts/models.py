@@ -212,11 +212,13 @@ def load(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     device: torch.device | str | None = None,
+    trainable: bool = False,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from ``"embedded"``, a hub id, a local folder, or a run folder.
 
     A run folder holding a LoRA adapter (``adapter_config.json``) loads its base model, grows
-    the embeddings to the run's tokenizer and attaches the adapter (a ``PeftModel``).
+    the embeddings to the run's tokenizer and attaches the adapter (a ``PeftModel``; with
+    ``trainable`` its LoRA factors and token rows take gradients, to continue training it).
     Only safetensors weights are read; remote code runs only when asked.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -234,7 +236,7 @@ def load(
         model, _ = load(base_name, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         add_edit_tokens(model, tokenizer)
-        model = PeftModel.from_pretrained(model, path)
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
         return model.eval(), tokenizer
     src = resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)

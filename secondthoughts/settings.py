@@ -25,3 +25,34 @@ def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
     if unknown:
         raise ValueError(f"unknown {what}: {unknown}")
     return cls(**d)
+
+
+def read_yaml(path: str | Any, what: str) -> dict[str, Any]:
+    """A YAML file of settings as a dict (an empty file is no settings)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}")
+    return d
+
+
+def saved_section(out: str | Any, section: str) -> dict[str, Any]:
+    """The settings a run folder recorded (``config.json``'s ``section``), or {} where none."""
+    from pathlib import Path
+
+    saved = Path(out) / "config.json"
+    return dict(json.loads(saved.read_text(encoding="utf-8")).get(section) or {}) if saved.is_file() else {}
+
+
+def merged(cls: type[T], what: str, *layers: dict[str, Any]) -> T:
+    """The one rule every command follows: a resumed run's saved settings, then a ``--config``
+    YAML file, then the flags given, later layers winning. Values of the wrong kind: ValueError."""
+    d: dict[str, Any] = {}
+    for layer in layers:
+        d.update({k.replace("-", "_"): v for k, v in layer.items()})
+    try:
+        return from_dict(cls, d, what)
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"bad {what}: {e}") from e

@@ -67,6 +67,11 @@ class TrainConfig:
     data: str = _f("", "normalized examples JSONL (context, source, target), e.g. from `secondthoughts prepare`")
     out: str = _f("runs/aem", "run folder: config, metrics, best model, checkpoint, model card")
     model: str = _f("embedded", "base model: 'embedded' (SmolLM2-135M-Instruct), a hub id, or a local folder")
+    init_from: str = _f(
+        "",
+        "a trained run folder to continue (train, refine or learn): its weights (a LoRA run keeps training its adapter), "
+        "base model, mode and chain format carry over; the new run loads alone",
+    )
     mode: str = _f("coe", "'coe': source <|sep|> chain-of-edits + target (AEM); 'direct': source <|sep|> target", choices=MODES)
     eval_data: str = _f("", "held-out examples JSONL; empty: hold out eval_fraction of --data")
     eval_fraction: float = _f(0.05, "fraction of --data held out for eval when --eval-data is empty (0: no eval)")
@@ -132,13 +137,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise TypeError(f"{path}: expected a mapping of training settings")
-        return cls.from_dict({**d, **overrides})
+        return settings.merged(cls, "training settings", settings.read_yaml(path, "training settings"), overrides)
 
 
 # ---------------------------------------------------------------- data
@@ -234,15 +233,61 @@ class CompletionLoss(nn.Module):
         return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()
 
 
+# What a run started from another (``init_from``) shares with it: the base its adapter sits on,
+# the text format the model writes, and the adapter's shape. The CLI fills them in from the run.
+INHERITED = ("model", "mode", "chain_format", "merge_gap", "full", "lora_r", "lora_alpha", "lora_dropout")
+
+
+def init_settings(run: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``INHERITED`` settings of the trained run ``run``, read from its folder alone (no model
+    loads). A one-line ValueError when it is not a run or the base model it needs is missing."""
+    from secondthoughts.realign import run_info
+
+    path, model_dir = Path(run), Path(run) / "model"
+    info = run_info(path)
+    if info is None or not model_dir.is_dir():
+        raise ValueError(f"--init-from {run}: not a trained run (needs model/ and a config.json with training settings)")
+    inherited = {k: info[k] for k in INHERITED if k in info}
+    inherited.setdefault("chain_format", "positional")  # runs from before anchored chains
+    adapter = model_dir / "adapter_config.json"
+    if adapter.is_file():
+        a = json.loads(adapter.read_text(encoding="utf-8"))
+        base = str(a.get("base_model_name_or_path") or "")
+        if base != models.EMBEDDED and not Path(base).exists() and (Path(base).is_absolute() or base.startswith(".") or base.count("/") != 1):
+            raise ValueError(f"--init-from {run}: its base model {base!r} is missing (adapter_config.json, field base_model_name_or_path)")
+        inherited.update(model=base, full=False, lora_r=a["r"], lora_alpha=a["lora_alpha"], lora_dropout=a["lora_dropout"])
+    elif (model_dir / "config.json").is_file():
+        inherited["full"] = True
+    else:
+        raise ValueError(f"--init-from {run}: model/ holds neither a LoRA adapter nor a full model")
+    return inherited
+
+
+def check_init_from(config: TrainConfig) -> None:
+    """A run started from another must keep its format and adapter shape (one-line error)."""
+    if not config.init_from:
+        return
+    inherited = init_settings(config.init_from)
+    differ = {k: (v, getattr(config, k)) for k, v in inherited.items() if getattr(config, k) != v}
+    if differ:
+        raise ValueError(f"--init-from {config.init_from}: settings differ from the run's (run, given): {differ}")
+
+
 def build_model(config: TrainConfig) -> tuple[nn.Module, Any, list[int]]:
-    """Base model + edit tokens, wrapped with LoRA unless ``config.full``."""
+    """Base model + edit tokens, wrapped with LoRA unless ``config.full``; or, with
+    ``config.init_from``, the run's model with its trained weights (and adapter) trainable."""
     dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
     torch.manual_seed(config.seed)
-    model, tokenizer = models.load(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code, device="cpu")
-    token_ids = models.add_edit_tokens(model, tokenizer)
+    load_kw = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, "device": "cpu"}
+    if config.init_from:  # a LoRA run comes back as a PeftModel whose adapter keeps training
+        model, tokenizer = models.load(config.init_from, trainable=True, **load_kw)
+        token_ids = models.edit_token_ids(tokenizer)
+    else:
+        model, tokenizer = models.load(config.model, **load_kw)
+        token_ids = models.add_edit_tokens(model, tokenizer)
     if config.full:
         model.requires_grad_(True)
-    else:
+    elif not config.init_from:
         torch.manual_seed(config.seed)  # LoRA A matrices
         model = models.apply_lora(model, token_ids, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
     if config.gradient_checkpointing:
@@ -351,6 +396,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     from transformers import get_scheduler
 
     out = Path(config.out)
+    check_init_from(config)
     ckpt_dir = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
@@ -575,7 +621,7 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
         f"- over-long (max_length {cfg['max_length']}): context cut from the left in {data['length_report']['context_truncated']}, dropped {data['length_report']['dropped']}",
         "",
         "## Method",
-        f"- base model: `{cfg['model']}`",
+        f"- base model: `{cfg['model']}`" + (f", continuing the trained run `{cfg['init_from']}`" if cfg.get("init_from") else ""),
         f"- format: {method}; loss only after `<|sep|>`",
         f"- augmentation: {cfg.get('chain_format', 'positional')} chains under cost sets {cfg['cost_sets']} (insert, delete, replace)"
         + (f", edits at most {cfg['merge_gap']} kept tokens apart merged" if cfg.get("merge_gap", -1) >= 0 else "")

@@ -252,3 +252,68 @@ def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):
     (want_grad,) = torch.autograd.grad(want, [tiny_lm.model.embed_tokens.weight])
     assert torch.allclose(got, want, atol=1e-4)
     assert torch.allclose(got_grad, want_grad, atol=1e-5)
+
+
+def test_init_from_continues_a_lora_run_and_the_result_loads_alone(tmp_path, tiny_model_dir, examples_jsonl):
+    first = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "first", max_steps=2, chain_format="inline", lora_r=4, lora_alpha=8))
+    argv = ["train", "--init-from", str(first.out), "--data", str(examples_jsonl), "--out", str(tmp_path / "second")]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    # the run's base, format and adapter shape carry over; other settings are the new run's
+    assert (cfg.model, cfg.chain_format, cfg.lora_r, cfg.lora_alpha, cfg.full) == (str(tiny_model_dir), "inline", 4, 8, False)
+    cfg.max_steps, cfg.max_length, cfg.progress, cfg.eval_every = 3, 128, False, 3
+    start, _ = models.load(str(first.out))
+    second = train(cfg)
+    assert second.state.step == 3
+    adapter = json.loads((second.out / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model_dir) and adapter["r"] == 4  # loads without the first run
+    assert json.loads((second.out / "config.json").read_text())["train"]["init_from"] == str(first.out)
+    assert "continuing the trained run" in (second.out / "README.md").read_text()
+    shutil.rmtree(first.out)
+    model, tok = models.load(str(second.out))
+    assert isinstance(model, PeftModel) and not isinstance(model.base_model.model, PeftModel)  # one adapter, not nested
+    before = {n: p for n, p in start.named_parameters() if "lora_" in n or "token_adapter" in n}
+    after = dict(model.named_parameters())
+    assert before and all(n in after for n in before)
+    # training moved the adapter it started from, LoRA factors and the new token rows alike
+    assert any(not torch.allclose(p, after[n]) for n, p in before.items() if "lora_B" in n)
+    assert any(not torch.allclose(p, after[n]) for n, p in before.items() if "token_adapter" in n)
+    from secondthoughts.realign import Realigner
+
+    assert Realigner(second.out).chain_format == "inline"
+
+
+def test_init_from_a_full_run(tmp_path, tiny_model_dir, examples_jsonl):
+    first = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "first", full=True, max_steps=1, packing=False))
+    argv = ["train", "--init-from", str(first.out), "--data", str(examples_jsonl), "--out", str(tmp_path / "second"), "--max-steps", "2"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert cfg.full and cfg.model == str(tiny_model_dir)
+    cfg.max_length, cfg.progress = 128, False
+    start, _ = models.load(str(first.out))
+    second = train(cfg)
+    model, _ = models.load(str(second.out))
+    assert not isinstance(model, PeftModel)
+    w0, w1 = start.get_input_embeddings().weight, model.get_input_embeddings().weight
+    assert w0.shape == w1.shape and not torch.allclose(w0, w1)
+
+
+def test_init_from_refuses_what_it_cannot_continue(tmp_path, tiny_model_dir, examples_jsonl, capsys):
+    first = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "first", max_steps=1))
+    base = ["train", "--data", str(examples_jsonl), "--out", str(tmp_path / "second"), "--init-from"]
+    (tmp_path / "empty").mkdir()
+    moved = tmp_path / "moved"
+    shutil.copytree(first.out, moved)
+    cfg = json.loads((moved / "model" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "model" / "adapter_config.json").write_text(json.dumps(cfg))
+    cases = [
+        ([str(tmp_path / "empty")], "not a trained run"),
+        ([str(moved)], "base model"),
+        ([str(first.out), "--chain-format", "inline"], "settings differ"),
+        ([str(first.out), "--lora-r", "8"], "settings differ"),
+    ]
+    capsys.readouterr()
+    for extra, message in cases:
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "second").exists()

@@ -12,9 +12,7 @@ fields from YAML, and flags override it. Runs under ``accelerate launch --multi_
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from secondthoughts.commands.train import add_config_arguments, require_run
@@ -35,26 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RefineConfig:
+    from secondthoughts import settings
     from secondthoughts.refine import RefineConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(RefineConfig) if hasattr(args, f.name)}
-    try:
-        if args.config_file:
-            import yaml
-
-            with open(args.config_file, encoding="utf-8") as f:
-                from_file = yaml.safe_load(f) or {}
-            if not isinstance(from_file, dict):
-                raise ValueError(f"{args.config_file}: expected a mapping of refinement settings")
-            return RefineConfig.from_dict({**from_file, **given})
-        if args.resume:
-            # The run's own settings; flags that contradict them are refused by the resume check.
-            saved = Path(given.get("out", RefineConfig.out)) / "config.json"
-            if saved.is_file():
-                return RefineConfig.from_dict({**json.loads(saved.read_text())["refine"], **given})
-        return RefineConfig.from_dict(given)
-    except (TypeError, KeyError) as e:  # a YAML or config.json value of the wrong kind
-        raise ValueError(f"bad refinement settings: {e}") from e
+    from_file = settings.read_yaml(args.config_file, "refinement settings") if args.config_file else {}
+    # On resume the run's own settings; flags that contradict them are refused by the resume check.
+    out = {**from_file, **given}.get("out", RefineConfig.out)
+    saved = settings.saved_section(out, "refine") if args.resume else {}
+    return settings.merged(RefineConfig, "refinement settings", saved, from_file, given)
 
 
 def check_data(config: RefineConfig) -> None:

@@ -59,22 +59,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from secondthoughts.sft import TrainConfig
+    from secondthoughts import settings
+    from secondthoughts.sft import TrainConfig, init_settings
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    try:
-        if args.resume and not args.config_file:
-            # The run's own settings; flags that contradict them are refused by sft.train.
-            from pathlib import Path
-
-            saved = Path(given.get("out", TrainConfig.out)) / "config.json"
-            if saved.is_file():
-                return TrainConfig.from_dict({**json.loads(saved.read_text())["train"], **given})
-        if args.config_file:
-            return TrainConfig.from_yaml(args.config_file, **given)
-        return TrainConfig.from_dict(given)
-    except (TypeError, KeyError) as e:  # a YAML or config.json value of the wrong kind
-        raise ValueError(f"bad training settings: {e}") from e
+    from_file = settings.read_yaml(args.config_file, "training settings") if args.config_file else {}
+    chosen = {**from_file, **given}
+    # On resume the run's own settings (flags that contradict them are refused by sft.train);
+    # a new run started from another takes that run's format and adapter shape by default.
+    saved = settings.saved_section(chosen.get("out", TrainConfig.out), "train") if args.resume else {}
+    inherited = init_settings(chosen["init_from"]) if chosen.get("init_from") and not args.resume else {}
+    return settings.merged(TrainConfig, "training settings", saved, inherited, from_file, given)
 
 
 def require_run(out: str) -> None:
