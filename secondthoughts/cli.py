@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "fine-tune a model on chains of edits (AEM) or direct rewrites"),
     "reward": ("reward", "train or apply the value-alignment reward model"),
     "realign": ("realign", "re-align texts with a trained model: chain of edits, applied"),
+    "learn": ("learn", "continue a trained run on corrections saved in the editor, with replay against forgetting"),
     "refine": ("refine", "refine a chain-of-edits run by RL against a value-alignment reward (RLOO, KL, AIL)"),
     "serve": ("serve", "the web editor: re-align, correct edits, let the model continue, save corrections"),
     "evaluate": ("evaluate", "re-align a test set and report alignment, fluency, faithfulness, edit behaviour and speed"),

@@ -38,11 +38,11 @@ def read_yaml(path: str | Any, what: str) -> dict[str, Any]:
     return d
 
 
-def saved_section(out: str | Any, section: str) -> dict[str, Any]:
-    """The settings a run folder recorded (``config.json``'s ``section``), or {} where none."""
+def saved_section(out: str | Any, section: str, file: str = "config.json") -> dict[str, Any]:
+    """The settings a run folder recorded (``file``'s ``section``), or {} where none."""
     from pathlib import Path
 
-    saved = Path(out) / "config.json"
+    saved = Path(out) / file
     return dict(json.loads(saved.read_text(encoding="utf-8")).get(section) or {}) if saved.is_file() else {}
 
 

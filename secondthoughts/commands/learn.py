@@ -1,0 +1,43 @@
+"""``secondthoughts learn``: continue a trained run on saved corrections (with replay).
+
+Every field of :class:`secondthoughts.learn.LearnConfig` is a flag; ``--config`` reads them from
+YAML and flags override it, as in ``train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from secondthoughts.commands.train import add_config_arguments
+
+# Example files cli.precheck reads before the parser (and torch) loads.
+EXAMPLE_FLAGS = ("--replay-data",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from secondthoughts.learn import LearnConfig
+
+    p.add_argument("--config", dest="config_file", default=None, help="YAML file of learning settings (flags override)")
+    p.add_argument("--resume", action="store_true", help="continue the learning run in --out from its last checkpoint")
+    add_config_arguments(p, LearnConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from secondthoughts import settings
+    from secondthoughts.learn import INFO_FILE, LearnConfig, check, learn
+
+    given = {f.name: getattr(args, f.name) for f in fields(LearnConfig) if hasattr(args, f.name)}
+    from_file = settings.read_yaml(args.config_file, "learning settings") if args.config_file else {}
+    out = {**from_file, **given}.get("out", LearnConfig.out)
+    saved = settings.saved_section(out, "learn", INFO_FILE) if args.resume else {}
+    if args.resume and not saved:
+        raise FileNotFoundError(f"{out}: no learning run to resume (no {INFO_FILE})")
+    config = settings.merged(LearnConfig, "learning settings", saved, from_file, given)
+    if not args.resume:
+        check(config)  # run, corrections and replay file: refused before any model loads
+    result = learn(config, resume=args.resume)
+    if result.is_main_process:
+        st = result.state
+        print(f"{result.out}: {st.step}/{result.steps_total} steps on corrections + replay; model in {result.out / 'model'}")
+    return 0

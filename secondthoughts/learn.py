@@ -1,0 +1,167 @@
+"""Learning from corrections: continue a trained run on the pairs a user fixed in the editor.
+
+``learn(LearnConfig(model="runs/aem", corrections="corrections.jsonl", out="runs/mine"))``
+fine-tunes the run (``train --init-from``: a LoRA run keeps training its adapter) on the
+corrections mixed with a replay sample of training data, so that it picks up what the user
+wants without forgetting what it knew. The new run folder is an ordinary ``train`` run (it loads
+in ``realign``, ``serve``, ``evaluate``, ``refine`` and ``bench``) plus::
+
+    learn-data.jsonl   the examples it was trained on: corrections, then the replay sample
+    learn.json         {"learn": LearnConfig, "corrections": n, "replay": n, "skipped": [...]}
+
+Replay comes from ``replay_data``, or else from the training data the run records in its
+``config.json`` when that file is still where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from secondthoughts import runs, settings
+from secondthoughts.data import (
+    DataError,
+    Example,
+    read_dataset,
+    read_examples,
+    write_examples,
+)
+
+_f = settings.setting
+
+DATA_FILE = "learn-data.jsonl"
+INFO_FILE = "learn.json"
+
+
+@dataclass
+class LearnConfig:
+    """What a learning run depends on. Fields become ``secondthoughts learn`` flags."""
+
+    model: str = _f("", "the trained run to start from (a `train`, `refine` or earlier `learn` run folder)")
+    corrections: str = _f("", "corrections JSONL (context, source, target), e.g. saved by `secondthoughts serve`")
+    out: str = _f("runs/learned", "new run folder (the run in --model is left as it is)")
+    replay_data: str = _f("", "examples to replay against forgetting; empty: the training data the run records, if still there")
+    replay: float = _f(1.0, "replayed examples per correction (0: corrections only)")
+    repeat: int = _f(1, "times each correction appears in the data (weights them above replay)")
+    epochs: float = _f(3.0, "passes over corrections + replay")
+    max_steps: int = _f(0, "optimizer steps; overrides --epochs when > 0")
+    lr: float = _f(5e-4, "peak learning rate")
+    batch_size: int = _f(4, "rows per optimizer step")
+    max_length: int = _f(0, "tokens per packed row; 0: the run's own")
+    skip_invalid: bool = _f(False, "skip invalid correction rows (each is named) instead of stopping at the first")
+    seed: int = _f(0, "seeds the replay sample, data order and dropout")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if self.replay < 0 or not math.isfinite(self.replay):
+            raise ValueError(f"replay must be a finite number >= 0, got {self.replay}")
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LearnConfig:
+        return settings.from_dict(cls, d, "learning settings")
+
+
+@dataclass
+class LearnData:
+    corrections: list[Example]
+    replay: list[Example]
+    skipped: list[str]  # "file:line: reason" of each correction row left out (skip_invalid)
+
+
+def read_corrections(path: str | os.PathLike[str], skip_invalid: bool = False) -> tuple[list[Example], list[str]]:
+    """The corrections file's pairs; a bad row is a one-line DataError naming file, line and
+    field, or, with ``skip_invalid``, left out and named in the second list."""
+    result = read_dataset("jsonl", path, skip_invalid=skip_invalid)
+    skipped = [f"{s.file}:{s.line}: field {s.field!r}: {s.reason}" for s in result.skipped]
+    if not result.examples:
+        raise DataError(f"{path}: no corrections to learn from" + (f" ({len(skipped)} invalid rows skipped)" if skipped else ""))
+    return result.examples, skipped
+
+
+def replay_source(config: LearnConfig) -> str | None:
+    """The file replay samples come from: ``replay_data``, else the run's recorded training data."""
+    if config.replay == 0:
+        return None
+    if config.replay_data:
+        return config.replay_data
+    from secondthoughts.realign import run_info
+
+    recorded = (run_info(config.model) or {}).get("data", "")
+    if not recorded or not Path(recorded).is_file():
+        raise ValueError(
+            f"--model {config.model}: its training data {recorded or '(none recorded)'} is not here for replay: "
+            "pass --replay-data FILE (examples like the run was trained on) or --replay 0"
+        )
+    return str(recorded)
+
+
+def gather(config: LearnConfig) -> LearnData:
+    """Read corrections and draw the replay sample (seeded; corrections' own pairs left out)."""
+    corrections, skipped = read_corrections(config.corrections, config.skip_invalid)
+    source = replay_source(config)
+    replay: list[Example] = []
+    if source:
+        seen = {(c.context, c.source) for c in corrections}
+        pool = [ex for ex in read_examples(source) if (ex.context, ex.source) not in seen]
+        n = min(len(pool), round(config.replay * len(corrections)))
+        replay = random.Random(config.seed).sample(pool, n)
+    return LearnData(corrections, replay, skipped)
+
+
+def train_config(config: LearnConfig, data_file: Path) -> Any:
+    """The ``TrainConfig`` of the learning run: the run's format and adapter, no held-out eval
+    (tens of corrections leave nothing to hold out: the last model is kept)."""
+    from secondthoughts.realign import run_info
+    from secondthoughts.sft import TrainConfig, init_settings
+
+    inherited = init_settings(config.model)
+    max_length = config.max_length or int((run_info(config.model) or {}).get("max_length", 512))
+    return TrainConfig(
+        **inherited, init_from=config.model, data=str(data_file), out=config.out, eval_fraction=0.0, epochs=config.epochs,
+        max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size, max_length=max_length,
+        warmup_ratio=0.0, seed=config.seed, progress=config.progress, checkpoint_every=1, log_every=1,
+    )  # fmt: skip
+
+
+def check(config: LearnConfig) -> None:
+    """Everything that can be refused before a model loads: the run, the corrections, the replay file."""
+    if not config.model:
+        raise ValueError("no run to start from: pass --model RUN")
+    if not config.corrections:
+        raise ValueError("no corrections: pass --corrections corrections.jsonl")
+    from secondthoughts.sft import init_settings
+
+    init_settings(config.model)
+    read_corrections(config.corrections, config.skip_invalid)
+    if source := replay_source(config):
+        next(read_examples(source), None)
+
+
+def learn(config: LearnConfig, *, resume: bool = False, stop_after: int | None = None) -> Any:
+    """Write the learning data into ``config.out`` and train; returns ``sft.TrainResult``.
+    ``resume`` continues a killed learning run from its checkpoint, on the data it wrote
+    (``stop_after``: end after that many steps as if killed, for tests)."""
+    from secondthoughts import sft
+
+    out = Path(config.out)
+    data_file = out / DATA_FILE
+    if resume:
+        saved = LearnConfig.from_dict(json.loads((out / INFO_FILE).read_text(encoding="utf-8"))["learn"])
+        if asdict(saved) != {**asdict(config), "progress": saved.progress}:
+            raise ValueError(f"resume: settings differ from the run's {INFO_FILE}")
+    else:
+        runs.run_start(out, resume=False)  # refuses a folder that holds a run
+        check(config)
+        data = gather(config)
+        out.mkdir(parents=True, exist_ok=True)
+        write_examples(data_file, [ex for ex in data.corrections for _ in range(config.repeat)] + data.replay)
+        info = {"learn": asdict(config), "corrections": len(data.corrections), "replay": len(data.replay), "skipped": data.skipped}
+        runs.write_atomic(out / INFO_FILE, json.dumps(info, indent=2))
+    return sft.train(train_config(config, data_file), resume=resume, stop_after=stop_after)
