@@ -2,16 +2,19 @@
 
 A person enters a text, the model writes its chain of edits, and the person accepts, rejects or
 rewrites single edits and lets the model continue after a corrected one (the paper's interactive
-error correction). Corrected pairs are appended to a JSONL file that ``secondthoughts train
---data`` reads.
+error correction). Corrected pairs are appended to a JSONL file that ``secondthoughts learn``
+reads: the editor can learn from them in the background and switch to the learned model.
 
 Standard library only: a threading HTTP server serving ``web/`` and a JSON API.
 
-    GET  /api/health                          model, mode, corrections file, limits
+    GET  /api/health                          model, mode, corrections file, limits, models used
     POST /api/realign  {context, source}                 -> result
     POST /api/apply    {source, chain, keep?, add?}      -> text, edits, segments, keep
     POST /api/continue {context, source, prefix}         -> result (the model continues after prefix)
     POST /api/save     {context, source, target}         -> appends one row to the corrections file
+    POST /api/learn    {}                                -> starts `learn` on the corrections (409 while one runs)
+    GET  /api/learn                                      -> its state: idle, running, loading, done or failed
+    POST /api/model    {run}                             -> switch to a model this server has used
 
 A result is ``RealignResult.to_dict()`` plus ``edits`` (one record per edit: op, start, end,
 old / new tokens and text, its readable line), ``segments`` (the inline diff) and ``keep``.
@@ -46,7 +49,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -68,7 +71,8 @@ from secondthoughts.realign import _job, apply_subset, as_chain
 from secondthoughts.sequences import encode_prompt
 
 if TYPE_CHECKING:
-    from secondthoughts.realign import RealignResult, Realigner
+    from secondthoughts.learn_job import LearnJob
+    from secondthoughts.realign import Realigner, RealignResult
 
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 16  # JSON nesting: a chain of edit records needs 4
@@ -377,18 +381,14 @@ class Api:
         corrections_path: str | os.PathLike[str],
         settings: Mapping[str, Any] | None = None,
         limits: Limits | None = None,
+        *,
+        learn: LearnJob | None = None,
+        load: Callable[[str], Realigner] | None = None,
     ) -> None:
-        self.realigner = realigner
         self.corrections = Path(corrections_path)
         check_corrections_path(self.corrections)
         self.settings = dict(settings or {})
-        self.mode = self.settings.get("mode") or realigner.default_mode()
         self.limits = limits or Limits()
-        self.max_source_tokens = self.limits.max_source_tokens or source_cap(realigner)
-        self._cap_origin = "serve --max-source-tokens" if self.limits.max_source_tokens else (
-            f"what the run's training length of {realigner.max_length} tokens leaves room for" if realigner.max_length
-            else "what the model's positions leave room for"
-        )
         # One model, many request threads: generation is not thread-safe and would only contend
         # for the same cores anyway. A request starts within one time budget or is told to come
         # back, so every answer comes within two.
@@ -396,10 +396,26 @@ class Api:
         self.file_lock = threading.Lock()
         # Realigner takes no deadline: a hook on every forward pass ends a generation past it.
         self._deadline: float | None = None
+        self.learner, self._load = learn, load
+        self.runs: list[str] = []  # the models this server has used, the first one first
+        self._attach(realigner)
+
+    def _attach(self, realigner: Realigner) -> None:
+        self.realigner = realigner
+        self.mode = self.settings.get("mode") or realigner.default_mode()
+        self.max_source_tokens = self.limits.max_source_tokens or source_cap(realigner)
+        self._cap_origin = "serve --max-source-tokens" if self.limits.max_source_tokens else (
+            f"what the run's training length of {realigner.max_length} tokens leaves room for" if realigner.max_length
+            else "what the model's positions leave room for"
+        )
         self._hook = realigner.model.register_forward_pre_hook(self._check_time)
+        if realigner.name not in self.runs:
+            self.runs.append(realigner.name)
 
     def close(self) -> None:
         self._hook.remove()
+        if self.learner is not None:
+            self.learner.stop()
 
     def health(self) -> dict[str, Any]:
         from secondthoughts import __version__
@@ -411,6 +427,8 @@ class Api:
             "mode": self.mode,
             "corrections": str(self.corrections),
             "limits": {**asdict(self.limits), "max_source_tokens": self.max_source_tokens},
+            "runs": list(self.runs),
+            "learn": self.learner is not None,
         }
 
     # ------------------------------------------------------------ the model
@@ -529,9 +547,58 @@ class Api:
             f.flush()
             os.fsync(f.fileno())
 
+    # ------------------------------------------------------------ learning and switching models
 
-ROUTES = {"/api/realign": Api.realign, "/api/apply": Api.apply, "/api/continue": Api.continue_, "/api/save": Api.save}
-GET_PATHS = {*STATIC, "/api/health", "/favicon.ico"}
+    def learn(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start learning the current model on the saved corrections (409 while one runs)."""
+        if self.learner is None:
+            raise ApiError(501, "learning is off on this server (serve --no-learn)")
+        with self.file_lock:
+            saved = self.corrections.is_file() and self.corrections.stat().st_size > 0
+        if not saved:
+            raise ApiError(422, f"no corrections saved yet in {self.corrections}: save one first")
+        try:
+            return self.learner.start(self.realigner.name, self.corrections, self.use)
+        except RuntimeError as e:
+            raise ApiError(409, str(e)) from None
+
+    def learn_status(self) -> dict[str, Any]:
+        status = self.learner.status() if self.learner is not None else {"state": "off"}
+        return {**status, "model": self.realigner.name, "runs": list(self.runs)}
+
+    def switch(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Use another model this server has used (e.g. the one before learning)."""
+        run = text_field(body, "run")
+        if run not in self.runs:
+            raise ApiError(422, f"field 'run': {run!r} is not one of this server's models {self.runs}")
+        if self.learner is not None and self.learner.running():
+            raise ApiError(409, "a learning run is in progress: switch when it has finished")
+        if run != self.realigner.name:
+            self.use(run)
+        return self.learn_status()
+
+    def use(self, run: str) -> None:
+        """Load ``run`` (requests go on meanwhile), then swap it in between two requests."""
+        from secondthoughts.realign import Realigner
+
+        new = (self._load or Realigner)(run)
+        new.name = run
+        while True:
+            try:
+                with self.gate.hold(0):
+                    self._hook.remove()
+                    self._attach(new)
+                return
+            except ApiError:  # the queue is full: wait for a free place like a request would
+                time.sleep(0.2)
+
+
+ROUTES = {
+    "/api/realign": Api.realign, "/api/apply": Api.apply, "/api/continue": Api.continue_, "/api/save": Api.save,
+    "/api/learn": Api.learn, "/api/model": Api.switch,
+}  # fmt: skip
+GET_ROUTES = {"/api/health": Api.health, "/api/learn": Api.learn_status}
+GET_PATHS = {*STATIC, *GET_ROUTES, "/favicon.ico"}
 
 
 # ---------------------------------------------------------------- HTTP
@@ -583,8 +650,8 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if not self._host_ok():
             return
-        if path == "/api/health":
-            self._json(200, self.server.api.health())
+        if path in GET_ROUTES:
+            self._json(200, GET_ROUTES[path](self.server.api))
         elif path in STATIC:
             self._static(STATIC[path])
         elif path == "/favicon.ico":  # browsers ask for it; there is none
@@ -613,7 +680,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         path = urlsplit(self.path).path
-        allow = "POST" if path in ROUTES else "GET" if path in GET_PATHS else None
+        allow = ", ".join(m for m, paths in (("GET", GET_PATHS), ("POST", ROUTES)) if path in paths) or None
         if allow is None:
             self._json(404, {"error": f"no such page: {path}"})
         else:
@@ -812,17 +879,21 @@ def make_server(
     settings: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
     quiet: bool = False,
+    learn: LearnJob | None = None,
+    load: Callable[[str], Realigner] | None = None,
 ) -> EditorServer:
     """A ready server (port 0: any free port, see ``.url``); run it with ``serve_forever()``.
     ``settings``: keyword arguments for ``Realigner.realign`` (mode, max_new_tokens, ...);
-    ``limits``: see :class:`Limits`. ``ValueError`` for a corrections path no save could use."""
+    ``limits``: see :class:`Limits`; ``learn``: the background learning job (None: no learning);
+    ``load``: how a learned run is loaded (default ``Realigner(run)``). ``ValueError`` for a
+    corrections path no save could use."""
     if not is_loopback(host):
         print(
             f"WARNING: serving on {host}, not localhost. There is no authentication: anyone who can reach "
             f"this port can run the model and append rows to {corrections_path}.",
             file=sys.stderr,
         )
-    api = Api(realigner, corrections_path, settings, limits)
+    api = Api(realigner, corrections_path, settings, limits, learn=learn, load=load)
     try:
         return EditorServer((host, port), api, quiet=quiet)
     except BaseException:

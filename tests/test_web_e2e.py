@@ -105,3 +105,49 @@ def test_correct_a_realignment_in_the_browser_and_train_on_it(realigner, tiny_mo
             "--max-steps", "1", "--eval-fraction", "0", "--max-length", "128", "--batch-size", "1", "--lora-r", "4", "--no-progress"]
     assert main(args) == 0
     assert (tmp_path / "run" / "model").is_dir()
+
+
+@pytest.mark.slow
+def test_learn_from_my_corrections_in_the_browser(realigner, memorized_run, tmp_path):
+    from secondthoughts.learn_job import LearnJob
+
+    expect = sync_api.expect
+    job = LearnJob(tmp_path / "learned", ["--max-steps", "2"])
+    with serving(realigner, tmp_path / "corrections.jsonl", learn=job) as server, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        try:
+            page.goto(server.url)
+            expect(page.locator("#model")).to_contain_text("memorized-run")
+            learn = page.get_by_role("button", name="Learn from my corrections")
+            learn.click()  # nothing saved yet: said in the page
+            expect(page.get_by_role("alert")).to_contain_text("no corrections saved yet")
+
+            page.get_by_label("Context").fill(CONTEXT)
+            page.get_by_label("Text to re-align").fill(SOURCE)
+            page.get_by_role("button", name="Re-align").click()
+            expect(page.locator("#chain > li").first).to_be_visible()
+            page.get_by_label("Accept edit 1").uncheck()
+            page.get_by_role("button", name="Save correction").click()
+            expect(page.locator("#saved")).to_contain_text("Saved to")
+
+            learn.click()
+            expect(page.locator("#learn-status")).to_contain_text("Learning into")
+            expect(learn).to_be_disabled()
+            expect(page.locator("#learn-status")).to_contain_text("Done", timeout=180_000)
+            learned = str(tmp_path / "learned-1")
+            expect(page.locator("#model")).to_contain_text(learned)
+            expect(page.locator("#runs option")).to_have_count(2)
+            expect(learn).to_be_enabled()
+
+            # back to the model it started from: the select switches the server's model
+            with page.expect_response("**/api/model"):
+                page.get_by_label("Model in use").select_option(str(memorized_run))
+            expect(page.locator("#model")).to_contain_text("memorized-run")
+        finally:
+            browser.close()
+        assert not page_errors
+    assert (tmp_path / "learned-1" / "model").is_dir()

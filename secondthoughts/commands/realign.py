@@ -114,13 +114,14 @@ def read_items(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, run: str | None = None) -> Any:
+    """The Realigner of ``run`` (default: ``--model``) on ``--device`` in ``--dtype``."""
     import torch
 
     from secondthoughts.realign import Realigner
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return Realigner(model_path(args.model), device=args.device, dtype=dtype)
+    return Realigner(run or model_path(args.model), device=args.device, dtype=dtype)
 
 
 def model_path(model: str | None) -> str:

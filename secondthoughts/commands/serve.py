@@ -3,8 +3,9 @@
     secondthoughts serve --model RUN [--host 127.0.0.1] [--port 8000] [--corrections corrections.jsonl]
 
 Open the printed address, enter a text, re-align it, accept / reject / rewrite edits, let the
-model continue after a corrected edit, and save the corrected pair; the corrections file is
-training data for ``secondthoughts train --data``.
+model continue after a corrected edit, and save the corrected pair. "Learn from my corrections"
+runs ``secondthoughts learn`` on the saved file in the background (into ``--learn-out``-1, -2,
+...) and switches to the learned model when it is ready; the earlier one stays a click away.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts.server import Limits
+
+# Example files cli.precheck reads before the parser (and torch) loads.
+EXAMPLE_FLAGS = ("--replay-data",)
 
 
 def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str], float]:
@@ -48,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
     p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
     p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
+    p.add_argument("--learn-out", default="runs/learned", metavar="PATH", help="learned runs go to PATH-1, PATH-2, ... (default runs/learned)")
+    p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
+    p.add_argument("--no-learn", action="store_true", help="no learning from the editor")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
 
@@ -58,13 +65,18 @@ def _stop(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from secondthoughts.commands.realign import _load
+    from secondthoughts.learn_job import LearnJob
     from secondthoughts.server import check_corrections_path, make_server
 
     try:
         check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
         limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
         realigner = _load(args)
-        server = make_server(realigner, args.host, args.port, args.corrections, settings={"mode": args.mode}, limits=limits)
+        learn = None if args.no_learn else LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else [])
+        server = make_server(
+            realigner, args.host, args.port, args.corrections, settings={"mode": args.mode}, limits=limits,
+            learn=learn, load=lambda run: _load(args, run),
+        )  # fmt: skip
     except (ValueError, OSError) as e:  # a bad run folder or corrections path, a port in use
         print(f"error: {e}", file=sys.stderr)
         return 1

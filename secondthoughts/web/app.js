@@ -45,7 +45,8 @@ async function busy(label, work) {
   showError("");
   $("busy").textContent = label;
   document.body.classList.add("busy");
-  const controls = [...document.querySelectorAll("main button, main input[type=checkbox]")];
+  // only those enabled now: a control disabled for another reason (learning) stays so
+  const controls = [...document.querySelectorAll("main button, main input[type=checkbox], main select")].filter((c) => !c.disabled);
   controls.forEach((c) => (c.disabled = true));
   try {
     await work();
@@ -249,6 +250,54 @@ function save() {
   });
 }
 
+// ------------------------------------------------------------------ learning
+
+const LEARN_TEXT = {
+  idle: () => "",
+  running: (st) => `Learning into ${st.out}… (the current model keeps answering meanwhile)`,
+  loading: (st) => `Loading ${st.out}…`,
+  done: (st) => `Done in ${st.seconds} s: ${st.message}.`,
+  failed: (st) => `Learning failed: ${st.message}`,
+};
+
+function showModel(h) {
+  $("model").textContent = `model ${h.model} · mode ${h.mode} · corrections → ${h.corrections}`;
+  const select = $("runs");
+  select.replaceChildren(
+    ...h.runs.map((r) => {
+      const o = document.createElement("option");
+      o.value = o.textContent = r;
+      o.selected = r === h.model;
+      return o;
+    }),
+  );
+}
+
+function showLearn(st) {
+  $("learn-status").textContent = (LEARN_TEXT[st.state] || (() => st.state))(st);
+  const working = st.state === "running" || st.state === "loading";
+  $("learn").disabled = working;
+  $("runs").disabled = working;
+  if (working) setTimeout(pollLearn, 1000);
+  else if (st.state === "done" || st.state === "failed") api("/api/health").then(showModel, (err) => showError(err.message));
+}
+
+function pollLearn() {
+  api("/api/learn").then(showLearn, (err) => showError(err.message));
+}
+
+function learn() {
+  showError("");
+  api("/api/learn", {}).then(showLearn, (err) => showError(err.message));
+}
+
+function switchModel() {
+  busy("Switching model…", async () => {
+    await api("/api/model", { run: $("runs").value });
+    showModel(await api("/api/health"));
+  });
+}
+
 // ------------------------------------------------------------------ wiring
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -270,9 +319,13 @@ document.addEventListener("DOMContentLoaded", () => {
     addEdit($("add-line").value);
   });
   $("save").addEventListener("click", save);
+  $("learn").addEventListener("click", learn);
+  $("runs").addEventListener("change", switchModel);
   api("/api/health")
     .then((h) => {
-      $("model").textContent = `model ${h.model} · mode ${h.mode} · corrections → ${h.corrections}`;
+      showModel(h);
+      $("learning").hidden = !h.learn;
+      if (h.learn) pollLearn();
     })
     .catch((err) => {
       $("model").textContent = "not connected";
