@@ -2,7 +2,8 @@
 
 The learning run is a child process (``python -m secondthoughts learn``): it cannot stall or
 crash the server, its memory is returned when it ends, and its one-line error is what the page
-shows. When it succeeds, ``on_done(run)`` gets the new run folder (the server then loads it and
+shows. It learns from the rows it is given (the server gives the corrections saved since the
+last learning run, so each run adds what is new to the model in use). When it succeeds, ``on_done(run)`` gets the new run folder (the server then loads it and
 switches to it); the run it started from is left as it was.
 """
 
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from secondthoughts import runs
 
 LOG_FILE = "learn.log"
 
@@ -45,16 +48,18 @@ class LearnJob:
     def running(self) -> bool:
         return self.status()["state"] in ("running", "loading")
 
-    def start(self, run: str, corrections: Path, on_done: Callable[[str], None]) -> dict[str, Any]:
-        """Start learning ``run`` on ``corrections`` into the next free ``out_root-K``.
-        RuntimeError while one is running."""
+    def start(self, run: str, corrections: bytes, on_done: Callable[[str], None]) -> dict[str, Any]:
+        """Start learning ``run`` on ``corrections`` (JSONL rows, kept beside the new run as
+        ``out_root-K.corrections.jsonl``) into the next free ``out_root-K``. RuntimeError while
+        one is running."""
         with self._lock:
             if self._state["state"] in ("running", "loading"):
                 raise RuntimeError(f"a learning run is already running ({self._state['out']})")
             out = next_free(self.out_root)
             out.parent.mkdir(parents=True, exist_ok=True)
             log = out.with_name(f"{out.name}.{LOG_FILE}")
-            argv = [sys.executable, "-m", "secondthoughts", "learn", "--model", run, "--corrections", str(corrections),
+            rows = runs.write_atomic(out.with_name(f"{out.name}.corrections.jsonl"), corrections)
+            argv = [sys.executable, "-m", "secondthoughts", "learn", "--model", run, "--corrections", str(rows),
                     "--out", str(out), "--no-progress", *self.extra_args]  # fmt: skip
             with open(log, "wb") as f:
                 self._proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

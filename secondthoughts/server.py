@@ -12,7 +12,7 @@ Standard library only: a threading HTTP server serving ``web/`` and a JSON API.
     POST /api/apply    {source, chain, keep?, add?}      -> text, edits, segments, keep
     POST /api/continue {context, source, prefix}         -> result (the model continues after prefix)
     POST /api/save     {context, source, target}         -> appends one row to the corrections file
-    POST /api/learn    {}                                -> starts `learn` on the corrections (409 while one runs)
+    POST /api/learn    {}                                -> starts `learn` on the corrections saved since the last one
     GET  /api/learn                                      -> its state: idle, running, loading, done or failed
     POST /api/model    {run}                             -> switch to a model this server has used
 
@@ -398,6 +398,7 @@ class Api:
         self._deadline: float | None = None
         self.learner, self._load = learn, load
         self.runs: list[str] = []  # the models this server has used, the first one first
+        self._learned_rows = 0  # rows of the corrections file that a learning run has taken
         self._attach(realigner)
 
     def _attach(self, realigner: Realigner) -> None:
@@ -550,15 +551,23 @@ class Api:
     # ------------------------------------------------------------ learning and switching models
 
     def learn(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Start learning the current model on the saved corrections (409 while one runs)."""
+        """Start learning the model in use on the corrections saved since the last learning run
+        (409 while one runs)."""
         if self.learner is None:
             raise ApiError(501, "learning is off on this server (serve --no-learn)")
         with self.file_lock:
-            saved = self.corrections.is_file() and self.corrections.stat().st_size > 0
-        if not saved:
-            raise ApiError(422, f"no corrections saved yet in {self.corrections}: save one first")
+            rows = self.corrections.read_bytes().splitlines(keepends=True) if self.corrections.is_file() else []
+        new = [r for r in rows[self._learned_rows :] if r.strip()]
+        if not new:
+            since = " since the last learning run" if self._learned_rows else " yet"
+            raise ApiError(422, f"no corrections saved{since} in {self.corrections}: save one first")
+
+        def done(run: str) -> None:
+            self.use(run)
+            self._learned_rows = len(rows)
+
         try:
-            return self.learner.start(self.realigner.name, self.corrections, self.use)
+            return self.learner.start(self.realigner.name, b"".join(new), done)
         except RuntimeError as e:
             raise ApiError(409, str(e)) from None
 

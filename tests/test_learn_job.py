@@ -72,8 +72,18 @@ def test_learn_from_saved_corrections_then_switch_back(realigner, memorized_run,
 
         status, err = post(server, "/api/model", {"run": "/somewhere/else"})
         assert status == 422 and "field 'run'" in err["error"]
+        # a second run learns only what was saved since the first
+        status, err = post(server, "/api/learn", {})
+        assert status == 422 and "since the last learning run" in err["error"]
+        assert post(server, "/api/save", {"context": "", "source": "Tom yells.", "target": "Tom talks."})[0] == 200
+        assert post(server, "/api/learn", {})[0] == 200
+        assert wait_until_settled(server)["state"] == "done"
+        second = tmp_path / "runs" / "learned-2"
+        assert [json.loads(r)["source"] for r in (second / "learn-data.jsonl").read_text().splitlines()][:1] == ["Tom yells."]
+        assert json.loads((second / "learn.json").read_text())["learn"]["model"] == learned  # on top of the first
+
         status, st = post(server, "/api/model", {"run": str(memorized_run)})
-        assert status == 200 and st["model"] == str(memorized_run)
+        assert status == 200 and st["model"] == str(memorized_run) and len(st["runs"]) == 3
         assert post(server, "/api/realign", {"context": CONTEXT, "source": SOURCE})[1]["text"] == TARGET
 
 
