@@ -428,6 +428,7 @@ class Api:
             "mode": self.mode,
             "corrections": str(self.corrections),
             "limits": {**asdict(self.limits), "max_source_tokens": self.max_source_tokens},
+            "best_of": self.settings.get("best_of", 1),
             "runs": list(self.runs),
             "learn": self.learner is not None,
         }

@@ -313,3 +313,31 @@ def test_serve_command_reports_a_busy_port_and_warns_off_localhost(memorized_run
     server = make_server(realigner, "0.0.0.0", 0, tmp_path / "c.jsonl", quiet=True)
     server.server_close()
     assert "WARNING: serving on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_best_of_reranks_sampled_chains_with_any_scorer(realigner, tmp_path):
+    """serve --best-of N --rerank ...: each request samples N chains and returns the text the
+    scorer likes best (here one that ranks texts alphabetically: the last one wins)."""
+    from secondthoughts.coherence import Reranker
+
+    seen: list[list[str]] = []
+
+    def alphabetical(contexts: list[str], texts: list[str]) -> list[float]:
+        seen.append(list(texts))
+        order = sorted(set(texts))
+        return [(order.index(t) + 1) / (len(order) + 1) for t in texts]
+
+    settings = {"best_of": 6, "rerank": Reranker([alphabetical]), "temperature": 5.0, "seed": 0}
+    with serving(realigner, tmp_path / "c.jsonl", settings=settings) as s:
+        assert request(s, "GET", "/api/health")[1]["best_of"] == 6
+        status, res = post(s, "/api/realign", {"context": CONTEXT, "source": SOURCE})
+    assert status == 200 and len(seen) == 1 and len(seen[0]) == 6 and len(set(seen[0])) > 1  # sampled, not greedy
+    assert res["text"] == max(seen[0])
+
+
+def test_serve_refuses_a_bad_best_of_before_loading(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "no-run"), "--best-of", "0", "--corrections", str(tmp_path / "c.jsonl")]) == 1
+    assert "--best-of must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "no-run"), "--best-of", "4", "--rerank", str(tmp_path / "nothing"), "--corrections", str(tmp_path / "c.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "nothing" in err and len(err.splitlines()) == 1

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from secondthoughts.commands.realign import add_best_of_arguments
 from secondthoughts.server import Limits
 
 # Example files cli.precheck reads before the parser (and torch) loads.
@@ -52,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
     p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
     p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
+    add_best_of_arguments(p)
     p.add_argument("--learn-out", default="runs/learned", metavar="PATH", help="learned runs go to PATH-1, PATH-2, ... (default runs/learned)")
     p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
     p.add_argument("--no-learn", action="store_true", help="no learning from the editor")
@@ -64,17 +66,18 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from secondthoughts.commands.realign import _load
+    from secondthoughts.commands.realign import _load, best_of_settings, check_best_of
     from secondthoughts.learn_job import LearnJob
     from secondthoughts.server import check_corrections_path, make_server
 
     try:
         check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
+        check_best_of(args)
         limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
         realigner = _load(args)
         learn = None if args.no_learn else LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else [])
         server = make_server(
-            realigner, args.host, args.port, args.corrections, settings={"mode": args.mode}, limits=limits,
+            realigner, args.host, args.port, args.corrections, settings={"mode": args.mode, **best_of_settings(args)}, limits=limits,
             learn=learn, load=lambda run: _load(args, run),
         )  # fmt: skip
     except (ValueError, OSError) as e:  # a bad run folder or corrections path, a port in use
