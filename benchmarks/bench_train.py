@@ -287,6 +287,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--no-matched", action="store_true", help="skip the run of ours at TRL's token budget")
     ap.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -313,7 +314,9 @@ def main() -> None:
     # as many full rows as fit in the positions TRL's batches hold (ours fills rows, TRL pads).
     trl = run("trl")
     matched_rows = max(1, int(trl["slots_per_step"] // args.max_length))
-    results = {"trl": trl, "ours": run("ours"), "ours-matched": run("ours", matched_rows)}
+    results = {"trl": trl, "ours": run("ours")}
+    if not args.no_matched:
+        results["ours-matched"] = run("ours", matched_rows)
 
     print(f"model {args.model}, Moral Stories CoE ({args.examples} pairs), LoRA r=16, max length {args.max_length}, "
           f"{args.steps} timed steps after {args.warmup}")  # fmt: skip
@@ -324,10 +327,10 @@ def main() -> None:
     for which, r in results.items():
         print(f"\n{which} ({r['rows']} rows of at most {args.max_length}):\n{r['phases']}")
     print()
-    for which in ("ours", "ours-matched"):
+    for which in [w for w in ("ours", "ours-matched") if w in results]:
         speed = results[which]["tokens_per_s"] / trl["tokens_per_s"]
         memory = results[which]["peak_mb"] / trl["peak_mb"]
-        print(f"{which} / TRL: {speed:.2f}x useful tokens/s (goal >= 1.2), {memory:.2f}x peak memory (goal <= 1.0)")
+        print(f"{which} / TRL: {speed:.2f}x useful tokens/s (goal >= 1.5), {memory:.2f}x peak memory (goal <= 1.0)")
 
 
 if __name__ == "__main__":

@@ -209,25 +209,53 @@ def token_logprobs(
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
+ROWS_AT_ONCE = 2  # CompletionLoss: rows whose activations are alive at once in training
+
+
 class CompletionLoss(nn.Module):
     """Summed cross-entropy over labelled positions of a batch.
 
     Runs the decoder on every position but the vocabulary projection only where a label is set
     (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
-    in checkpointed chunks (``token_logprobs``). Being a module, it is what DDP wraps.
+    in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lean.DropoutLoRAA``,
+    which keeps each projection's input and a seed where PEFT kept two float copies (half of
+    the activations on CPU). Under autograd, a batch of more than ``rows_at_once`` rows runs
+    the decoder ``rows_at_once`` rows at a time, checkpointed: only the last hidden states are
+    kept and each group's activations are recomputed in the backward (one more forward, about a
+    quarter more time; the activations of a group alive instead of the batch's). 0: the whole
+    batch at once. Being a module, it is what DDP wraps.
     """
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, rows_at_once: int = ROWS_AT_ONCE):
         super().__init__()
+        from secondthoughts.lean import lean_lora_dropout
+
+        lean_lora_dropout(lm)
         self.lm = lm
+        self.rows_at_once = rows_at_once
 
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
         lm = self.causal_lm()
-        # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        decoder = lm.get_decoder()
+
+        def run(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
+            return decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+
+        rows = self.rows_at_once
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if not grad or not rows or input_ids.shape[0] <= rows or getattr(decoder, "gradient_checkpointing", False):
+            hidden = run(input_ids, position_ids)
+        else:  # rows are independent: keep each group's output, recompute its activations in the backward
+            hidden = torch.cat([
+                checkpoint(run, input_ids[a : a + rows], position_ids[a : a + rows], use_reentrant=False)
+                for a in range(0, input_ids.shape[0], rows)
+            ])  # fmt: skip
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()

@@ -1,0 +1,83 @@
+"""lean.DropoutLoRAA: PEFT's dropout + lora_A with the memory of the input alone."""
+
+import pytest
+import torch
+from torch import nn
+
+from secondthoughts.lean import DropoutLoRAA, _mask, lean_lora_dropout
+
+
+def test_values_and_gradients_are_those_of_dropout_then_linear():
+    torch.manual_seed(0)
+    a = nn.Linear(12, 4, bias=False)
+    lean = DropoutLoRAA(a, 0.3).train()
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    torch.manual_seed(1)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.long))  # the seed forward will draw
+    torch.manual_seed(1)
+    out = lean(x)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    keep = _mask(x.shape, 0.3, seed, x.device)
+    assert 0 < keep.float().mean() < 1
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = a.weight.detach().clone().requires_grad_(True)
+    want = (x2 * keep / 0.7) @ w2.t()
+    (want * g).sum().backward()
+    assert torch.allclose(out, want, atol=1e-6)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-6)
+    assert torch.allclose(a.weight.grad, w2.grad, atol=1e-5)
+    lean.eval()
+    assert torch.allclose(lean(x), x @ a.weight.t())
+
+
+def test_a_peft_model_keeps_its_keys_and_trains(tiny_lm):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM"))
+    keys = sorted(model.state_dict())
+    assert lean_lora_dropout(model) > 0
+    assert sorted(model.state_dict()) == keys
+    assert not any(isinstance(m, nn.Dropout) and m.p > 0 for n, m in model.named_modules() if "lora_dropout" in n)
+    ids = torch.randint(0, 50, (2, 9))
+    model.eval()
+    before = model(input_ids=ids).logits
+    model.train()
+    torch.manual_seed(3)
+    model(input_ids=ids).logits.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None for g in grads)
+    model.eval()
+    assert torch.allclose(model(input_ids=ids).logits, before)
+    assert lean_lora_dropout(model) == 0  # idempotent
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_completion_loss_by_row_groups_gives_the_whole_batch(tiny_tok, dropout):
+    """CompletionLoss's checkpointed groups of rows: the loss and gradients of the whole batch."""
+    import tiny
+    from peft import LoraConfig, get_peft_model
+
+    from secondthoughts.sequences import IGNORE_INDEX
+    from secondthoughts.sft import CompletionLoss
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny.tiny_model(tiny_tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ids = torch.randint(3, len(tiny_tok), (5, 12))
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    position_ids = torch.arange(12).repeat(5, 1)
+    position_ids[2, 6:] = torch.arange(6)  # two packed sequences in one row
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for rows in (0, 2):
+        module = CompletionLoss(model, rows_at_once=rows).train()
+        torch.manual_seed(3)
+        if rows or not dropout:
+            loss = module(ids, position_ids, labels)
+        else:  # with dropout: the same groups in order (the masks are drawn per call), kept, not recomputed
+            loss = sum(module(ids[a : a + 2], position_ids[a : a + 2], labels[a : a + 2]) for a in range(0, 5, 2))
+        results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    (l0, g0), (l1, g1) = results
+    assert torch.allclose(l0, l1, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
