@@ -1,7 +1,8 @@
 """Re-align text with a trained model: decode a chain of edits, apply it, continue from a
 corrected prefix.
 
-Three modes, one prompt (``sequences.encode_prompt``: ``context <|src|> source <|sep|>``):
+Three modes, one prompt (``context <|src|> source <|sep|>``; prompts, context cut, token budget and
+left-padded batches come from :mod:`secondthoughts.decoding`, which RL rollouts share):
 
 - ``apply`` (default for chain-of-edits runs): generate the chain only, stopping at ``<|eoc|>``,
   and apply it to the source. The text is consistent with the chain by construction, and it
@@ -31,7 +32,6 @@ the model continues after them. A compact prefix ending in ``<|eoc|>`` is the wh
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,8 +41,9 @@ from typing import Any, Literal
 
 import torch
 
-from secondthoughts import models
+from secondthoughts import decoding, models
 from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
+from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, chain_format, run_info
 from secondthoughts.drafting import (
     TEXT_LOOKUP,
     ChainDrafter,
@@ -69,7 +70,7 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
-from secondthoughts.sequences import encode_prompt, split_completion
+from secondthoughts.sequences import split_completion
 
 Mode = Literal["apply", "generate", "direct"]
 MODES: tuple[str, ...] = ("apply", "generate", "direct")
@@ -214,26 +215,6 @@ def default_run() -> Path | None:
     return path if (path / "model" / "adapter_config.json").is_file() else None
 
 
-def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The training settings of a ``secondthoughts train`` run (folder or its ``model/``)."""
-    path = Path(run)
-    for cand in (path / "config.json", path.parent / "config.json"):
-        if cand.is_file():
-            try:
-                info = json.loads(cand.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(info, dict) and isinstance(info.get("train"), dict):
-                return info["train"]
-    return None
-
-
-def chain_format(info: dict[str, Any] | None) -> str:
-    """The chain format a run's model writes, from its ``run_info``: runs trained before chains
-    were anchored have no ``chain_format``, and theirs is positional."""
-    return info.get("chain_format", "positional") if info else "anchored"
-
-
 class Realigner:
     """A model that re-aligns text: ``Realigner("runs/aem").realign(context, source)``.
 
@@ -252,7 +233,7 @@ class Realigner:
 
     @classmethod
     def from_model(
-        cls, model: Any, tokenizer: Any, *, trained_mode: str | None = None, max_length: int | None = None, chain_format: str = "anchored"
+        cls, model: Any, tokenizer: Any, *, trained_mode: str | None = None, max_length: int | None = None, chain_format: str = DEFAULT_CHAIN_FORMAT
     ) -> Realigner:
         """Wrap a loaded model (edit tokens already added), e.g. a policy during RL or a test
         model. A ``PeftModel`` is used as it is (not merged: the caller may still train it)."""
@@ -438,25 +419,11 @@ class Realigner:
         return draft
 
     def _prompt(self, job: _Job) -> list[int]:
-        tok = self.tokenizer
-        max_ctx = None
-        if self.max_length:
-            # Training cut the context so that the whole sequence fit max_length; leave room for
-            # a completion about twice the source (chain + target).
-            bare = len(encode_prompt(tok, "", job.source))
-            max_ctx = max(0, self.max_length - bare - (bare + 16))
-        ids = encode_prompt(tok, job.context, job.source, max_ctx)
-        if job.prefix or job.closed:
-            # Tokenized the way training tokenized whole chains; the cut falls on a marker.
-            ids += tok(self._render(job.prefix, job.source, end=job.closed), add_special_tokens=False)["input_ids"]
-        return ids
+        head = self._render(job.prefix, job.source, end=job.closed) if job.prefix or job.closed else ""
+        return decoding.prompt_ids(self.tokenizer, job.context, job.source, self.max_length, head)
 
     def _budget(self, jobs: Sequence[_Job], mode: str) -> int:
-        """Enough new tokens for a chain that rewrites every source token (about twice the source
-        in model tokens, plus a few per edit), and in generate / direct mode a target too."""
-        n = max(len(self.tokenizer(j.source, add_special_tokens=False)["input_ids"]) for j in jobs)
-        chain = 3 * n + 48
-        return {"apply": chain, "generate": chain + 2 * n + 16, "direct": 2 * n + 32}[mode]
+        return decoding.new_token_budget(self.tokenizer, [j.source for j in jobs], mode)
 
     def _run_batch(
         self,
@@ -472,15 +439,11 @@ class Realigner:
         t0 = time.perf_counter()
         tok = self.tokenizer
         pad = tok.pad_token_id
-        width = max(map(len, prompts))
-        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every row's next token is at the end
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
+        ids, mask = decoding.left_padded(prompts, pad)
+        width = ids.shape[1]
         budget = max_new_tokens or self._budget(jobs, mode)
         voc = self.vocab if mode != "direct" else None
-        stops = [tok.eos_token_id] + ([voc.eoc] if mode == "apply" and voc else [])
+        stops = decoding.stop_ids(tok, voc.eoc if voc else None, mode)
         processor = None
         if constrained and voc is not None:
             starts = [start_state(j.prefix[-1].end, j.closed, j.prefix[-1].op) if j.prefix else start_state(0, j.closed) for j in jobs]
@@ -497,20 +460,10 @@ class Realigner:
             training = self.model.training  # a caller's model (from_model) keeps its mode
             self.model.eval()
             try:
-                with torch.inference_mode():
-                    out = self.model.generate(
-                        input_ids=ids.to(self.model.device),
-                        attention_mask=mask.to(self.model.device),
-                        max_new_tokens=budget,
-                        eos_token_id=stops,
-                        pad_token_id=pad,
-                        logits_processor=[processor] if processor else None,
-                        use_cache=True,
-                        **search,
-                    )
+                out = decoding.generate(self.model, ids, mask, budget, stops, pad, processor, **search)
             finally:
                 self.model.train(training)
-            new = [self._cut(row[width:].tolist(), mode) for row in out]
+            new = [self._cut(row, mode) for row in out]
         generate_s = time.perf_counter() - t0
         results = [self._result(j, k, g, mode, processor, budget) for k, (j, g) in enumerate(zip(jobs, new))]
         total_s = time.perf_counter() - t0 + prompt_s

@@ -1,0 +1,117 @@
+"""How a chain-of-edits run is decoded: the one place that the re-aligner (``realign.Realigner``)
+and the RL rollouts (``refine.Refiner.rollout``) take their prompts, budgets and batches from, so
+that both decode exactly as training encoded.
+
+- **what a run writes**: :func:`run_info` (its training settings) and :func:`chain_format` (runs
+  saved before chains were anchored have no ``chain_format`` field: theirs is positional);
+- **the prompt**: ``context <|src|> source <|sep|>`` (``sequences.encode_prompt``) with the context
+  cut from the left as training cut it (:func:`context_limit`), optionally followed by forced
+  edits (tokenized as training tokenized whole chains);
+- **the budget**: enough new tokens for a chain that rewrites every source token
+  (:func:`new_token_budget`);
+- **the batch**: prompts left-padded so that every row's next token is in the same column
+  (:func:`left_padded`), and the stop tokens of a mode (:func:`stop_ids`);
+- **generation**: ``model.generate`` under ``inference_mode`` with those, returning the new tokens
+  (:func:`generate`).
+
+Torch-free but for :func:`left_padded` and :func:`generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from secondthoughts.sequences import encode_prompt
+
+# The chain format of runs that do not say (every run since the field exists says).
+DEFAULT_CHAIN_FORMAT = "anchored"
+LEGACY_CHAIN_FORMAT = "positional"  # runs saved before chains were anchored
+
+
+def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The training settings of a ``secondthoughts train`` run (folder or its ``model/``)."""
+    path = Path(run)
+    for cand in (path / "config.json", path.parent / "config.json"):
+        if cand.is_file():
+            try:
+                info = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("train"), dict):
+                return info["train"]
+    return None
+
+
+def chain_format(info: dict[str, Any] | None) -> str:
+    """The chain format a run's model writes, from its ``run_info``: runs trained before chains
+    were anchored have no ``chain_format``, and theirs is positional; a model with no run
+    settings at all writes the default."""
+    return info.get("chain_format", LEGACY_CHAIN_FORMAT) if info else DEFAULT_CHAIN_FORMAT
+
+
+def context_limit(tokenizer: Any, source: str, max_length: int | None) -> int | None:
+    """How many context tokens a prompt keeps (None: all). Training cut the context so that the
+    whole sequence fit ``max_length``; decoding leaves room for a completion about twice the
+    source (chain + target)."""
+    if not max_length:
+        return None
+    bare = len(encode_prompt(tokenizer, "", source))
+    return max(0, max_length - bare - (bare + 16))
+
+
+def prompt_ids(tokenizer: Any, context: str, source: str, max_length: int | None = None, head: str = "") -> list[int]:
+    """The prompt ``context <|src|> source <|sep|>``, its context cut as :func:`context_limit`
+    says, followed by ``head`` (forced edits, rendered in the run's chain format) when given. The
+    head is tokenized on its own, as training tokenized whole chains: the cut falls on a marker."""
+    ids = encode_prompt(tokenizer, context, source, context_limit(tokenizer, source, max_length))
+    if head:
+        ids += tokenizer(head, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def new_token_budget(tokenizer: Any, sources: Sequence[str], mode: str = "apply") -> int:
+    """Enough new tokens for a chain that rewrites every source token (about twice the longest
+    source in model tokens, plus a few per edit), and in generate / direct mode a target too."""
+    n = max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in sources)
+    chain = 3 * n + 48
+    return {"apply": chain, "generate": chain + 2 * n + 16, "direct": 2 * n + 32}[mode]
+
+
+def stop_ids(tokenizer: Any, eoc: int | None, mode: str = "apply") -> list[int]:
+    """The tokens that end generation: EOS, and ``<|eoc|>`` when only the chain is wanted."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return eos + ([eoc] if mode == "apply" and eoc is not None else [])
+
+
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of prompts left-padded to the longest: every row's next token
+    is at the end, so generation continues all rows in one column."""
+    import torch
+
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(list(p))
+        mask[r, width - len(p) :] = 1
+    return ids, mask
+
+
+def generate(
+    model: Any, ids: Any, mask: Any, budget: int, stops: Sequence[int], pad_id: int, processor: Any = None, **search: Any
+) -> list[list[int]]:
+    """The new tokens of each row (``num_return_sequences`` rows per prompt), up to ``budget`` of
+    them, padded after a stop. The model's train / eval mode is the caller's."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=budget,
+            eos_token_id=list(stops), pad_token_id=pad_id, logits_processor=[processor] if processor else None,
+            use_cache=True, **search,
+        )  # fmt: skip
+    return out[:, ids.shape[1] :].tolist()
