@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secondthoughts import behaviour, models, runs, settings
+from secondthoughts import behaviour, decoding, models, runs, settings
 from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
@@ -80,7 +80,7 @@ from secondthoughts.edits import (
     tokenize,
 )
 from secondthoughts.plots import read_metrics, save_png
-from secondthoughts.sequences import encode_prompt, split_completion
+from secondthoughts.sequences import split_completion
 from secondthoughts.sft import token_logprobs
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -478,7 +478,7 @@ class Refiner:
         from transformers import get_scheduler
 
         from secondthoughts.constrained import EditVocab
-        from secondthoughts.realign import chain_format, run_info
+        from secondthoughts.decoding import chain_format, run_info
 
         self.config = config
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
@@ -509,17 +509,11 @@ class Refiner:
     # ------------------------------------------------------------ rollout
 
     def prompt_ids(self, ex: Example) -> list[int]:
-        """The AEM prompt, with the context cut from the left as ``Realigner`` cuts it."""
-        max_ctx = None
-        if self.max_length:
-            bare = len(encode_prompt(self.tokenizer, "", ex.source))
-            max_ctx = max(0, self.max_length - bare - (bare + 16))
-        return encode_prompt(self.tokenizer, ex.context, ex.source, max_ctx)
+        """The AEM prompt, with the context cut from the left as ``Realigner`` cuts it (:mod:`~secondthoughts.decoding`)."""
+        return decoding.prompt_ids(self.tokenizer, ex.context, ex.source, self.max_length)
 
     def _budget(self, examples: Sequence[Example]) -> int:
-        if self.config.max_new_tokens:
-            return self.config.max_new_tokens
-        return 3 * max(len(self.tokenizer(e.source, add_special_tokens=False)["input_ids"]) for e in examples) + 48
+        return self.config.max_new_tokens or decoding.new_token_budget(self.tokenizer, [e.source for e in examples], "apply")
 
     def rollout(self, examples: Sequence[Example], *, k: int | None = None, greedy: bool = False, seed: int | None = None) -> Rollout:
         """``k`` sampled chains per prompt (greedy: one greedy chain), applied to the sources; with
@@ -533,27 +527,17 @@ class Refiner:
         if seed is not None:
             torch.manual_seed(seed)
         prompts = [self.prompt_ids(e) for e in examples]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        stops = [self.vocab.eoc] + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
+        ids, mask = decoding.left_padded(prompts, self.pad_id)
+        width = ids.shape[1]
+        stops = decoding.stop_ids(self.tokenizer, self.vocab.eoc, "apply")
         processor = ChainConstraint(self.vocab, [e.source for e in examples], width, chain_format=self.chain_format) if self.config.constrained else None
         search: dict[str, Any] = {"do_sample": False}
         if not greedy:
             search = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": self.config.top_k, "num_return_sequences": k}
-        model = self.policy
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=self._budget(examples),
-                eos_token_id=stops, pad_token_id=self.pad_id, logits_processor=[processor] if processor else None,
-                use_cache=True, **search,
-            )  # fmt: skip
+        out = decoding.generate(self.policy, ids, mask, self._budget(examples), stops, self.pad_id, processor, **search)
         comps, chains, texts, valid, errors = [], [], [], [], []
         stop_set = set(stops)
-        for row, gen in enumerate(out[:, width:].tolist()):
+        for row, gen in enumerate(out):
             end = next((j for j, t in enumerate(gen) if t in stop_set), None)
             cut = gen[: end + 1] if end is not None else gen
             chain, text, err = read_chain(self.vocab, examples[row // k].source, cut, end is not None and cut[-1] == self.vocab.eoc, self.chain_format)
