@@ -23,250 +23,57 @@ A field that cannot be computed holds ``{"missing": reason}`` instead of a numbe
 ``write_report(evaluation, out)`` writes ``report.md``, ``metrics.json``, ``outputs.jsonl``
 and PNG plots into ``out`` atomically. ``evaluate_run`` loads a run folder, a reward run and
 the base LM, as the ``secondthoughts evaluate`` command does.
+
+The measures live in :mod:`secondthoughts.metrics`, the report in :mod:`secondthoughts.report`;
+their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import html
-import json
 import math
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from secondthoughts import behaviour
 from secondthoughts.data import Example
-from secondthoughts.diffview import chain_stats, html_diff
-from secondthoughts.edits import infer_text_edits, tokenize
-from secondthoughts.sari import sentence_sari
+from secondthoughts.diffview import chain_stats
+from secondthoughts.edits import infer_text_edits
+from secondthoughts.metrics import (  # noqa: F401  (re-exported: the evaluation's public measures)
+    OPS,
+    Fluency,
+    Missing,
+    bleu_from_stats,
+    bleu_stats,
+    bootstrap_ci,
+    corpus_bleu,
+    faithfulness,
+    is_missing,
+    mean_ci,
+    metric_value,
+    missing,
+    percentiles,
+    perplexity,
+    perplexity_ci,
+    rouge_l,
+    sentence_bleu,
+)
+from secondthoughts.report import (  # noqa: F401  (re-exported: the evaluation's report)
+    Evaluation,
+    cell,
+    markdown_diff,
+    plot_alignment,
+    plot_chain_lengths,
+    render_markdown,
+    write_report,
+)
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
-Missing = dict[str, str]
-OPS = ("replace", "delete", "insert")
 HEADLINE = ("alignment", "alignment_second", "coherence", "coherence_vs_gold", "perplexity", "rouge_l", "bleu", "sari", "valid")
-
-
-def missing(reason: str) -> Missing:
-    """The value of a field that cannot be computed: says why instead of a number."""
-    return {"missing": reason}
-
-
-def is_missing(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"missing"}
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def bootstrap_ci(
-    n: int, stat: Callable[[np.ndarray], float], *, resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> list[float] | None:
-    """Percentile interval of ``stat(indices)`` over ``resamples`` resamplings of ``n`` items.
-
-    The same ``seed`` draws the same resamples for every statistic, so intervals are paired.
-    None when there is nothing to resample (``n == 0`` or ``resamples == 0``).
-    """
-    if n == 0 or resamples <= 0:
-        return None
-    rng = np.random.default_rng(seed)
-    values = np.array([stat(rng.integers(0, n, n)) for _ in range(resamples)], dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return None
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return [float(lo), float(hi)]
-
-
-def mean_ci(values: Sequence[float | None], resamples: int, seed: int) -> dict[str, Any]:
-    """``{"mean", "ci95", "n"}`` over the values that are not None."""
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    if not len(arr):
-        return missing("no values to average")
-    return {"mean": float(arr.mean()), "ci95": bootstrap_ci(len(arr), lambda i: float(arr[i].mean()), resamples=resamples, seed=seed), "n": len(arr)}
-
-
-def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 95)) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    return {f"p{q}": float(np.percentile(arr, q)) for q in qs} if len(arr) else {}
-
-
-# ---------------------------------------------------------------- faithfulness
-
-
-def rouge_l(outputs: Sequence[str], targets: Sequence[str]) -> list[float]:
-    """ROUGE-L F1 (0-100) of each output against its target (``rouge-score``, Porter stemmer)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [100 * scorer.score(t, o)["rougeL"].fmeasure for o, t in zip(outputs, targets)]
-
-
-def bleu_stats(outputs: Sequence[str], targets: Sequence[str]) -> np.ndarray:
-    """Per-example BLEU sufficient statistics (n-gram matches and totals, lengths), rows of
-    sacrebleu's own bookkeeping: corpus BLEU is :func:`bleu_from_stats` of their sum, which is
-    how sacrebleu's paired bootstrap resamples BLEU too."""
-    from sacrebleu.metrics import BLEU
-
-    return np.array(BLEU()._extract_corpus_statistics(list(outputs), [list(targets)]), dtype=np.int64).reshape(len(outputs), -1)
-
-
-@functools.lru_cache(maxsize=1)
-def _bleu() -> Any:
-    from sacrebleu.metrics import BLEU
-
-    return BLEU()
-
-
-def bleu_from_stats(stats: np.ndarray) -> float:
-    """Corpus BLEU (0-100) from summed sufficient statistics."""
-    return float(_bleu()._compute_score_from_stats([int(x) for x in stats]).score)
-
-
-def corpus_bleu(outputs: Sequence[str], targets: Sequence[str]) -> float:
-    from sacrebleu.metrics import BLEU
-
-    return float(BLEU().corpus_score(list(outputs), [list(targets)]).score)
-
-
-def sentence_bleu(outputs: Sequence[str], targets: Sequence[str]) -> list[float]:
-    """Per-example BLEU with effective order (sacrebleu's sentence BLEU), for the outputs file."""
-    from sacrebleu.metrics import BLEU
-
-    bleu = BLEU(effective_order=True)
-    return [float(bleu.sentence_score(o, [t]).score) for o, t in zip(outputs, targets)]
-
-
-def faithfulness(
-    sources: Sequence[str], outputs: Sequence[str], targets: Sequence[str], resamples: int, seed: int
-) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """ROUGE-L, corpus BLEU and SARI (with parts) of ``outputs`` against ``targets``, 0-100:
-    the summary with intervals, and the per-example scores (sentence BLEU for BLEU)."""
-    n = len(outputs)
-    if n == 0:
-        return missing("no examples"), {}
-    stats = bleu_stats(outputs, targets)
-    sari = np.array([sentence_sari(s, o, [t]) for s, o, t in zip(sources, outputs, targets)], dtype=float).reshape(n, 4) * 100
-    per = {"rouge_l": rouge_l(outputs, targets), "bleu": sentence_bleu(outputs, targets),
-           **{name: [float(x) for x in sari[:, k]] for k, name in enumerate(("sari", "sari_keep", "sari_delete", "sari_add"))}}  # fmt: skip
-    summary = {
-        "rouge_l": mean_ci(per["rouge_l"], resamples, seed),
-        "bleu": {"corpus": bleu_from_stats(stats.sum(0)), "ci95": bootstrap_ci(n, lambda i: bleu_from_stats(stats[i].sum(0)), resamples=resamples, seed=seed)},
-        "sari": mean_ci(per["sari"], resamples, seed),
-        "sari_keep": float(sari[:, 1].mean()),
-        "sari_delete": float(sari[:, 2].mean()),
-        "sari_add": float(sari[:, 3].mean()),
-    }
-    return summary, per
-
-
-# ---------------------------------------------------------------- fluency
-
-
-@dataclass
-class Fluency:
-    """Scores texts under a causal LM: ``nll(texts) -> [(sum of token NLL, tokens)]``.
-
-    ``adapter_off``: the model is a ``PeftModel`` whose adapter is switched off while scoring
-    (peft's ``disable_adapter()``), i.e. the base LM. Each text is scored alone after one start
-    token: ``<|endoftext|>`` where the vocabulary has it (the document separator of GPT-2 style
-    pretraining, as in SmolLM2), else BOS, else EOS. Marker-like text is split into ordinary
-    tokens (``split_special_tokens``), so a run's edit tokens never enter the base LM.
-
-    ``excluded_ids``: vocabulary rows the base LM never had (a run's edit tokens, added to the
-    shared embedding matrix): their logits are masked, so they take no probability mass and
-    the scores equal those of the original model.
-    """
-
-    model: Any
-    tokenizer: Any
-    description: str
-    adapter_off: bool = False
-    excluded_ids: Sequence[int] = ()
-    batch_size: int = 16
-    max_tokens: int = 512
-
-    def start_id(self) -> int:
-        tok = self.tokenizer
-        vocab_id = tok.convert_tokens_to_ids("<|endoftext|>")
-        if isinstance(vocab_id, int) and vocab_id != tok.unk_token_id:
-            return vocab_id
-        for cand in (tok.bos_token_id, tok.eos_token_id):
-            if cand is not None:
-                return int(cand)
-        raise ValueError(f"{self.description}: the tokenizer has no <|endoftext|>, BOS or EOS token to start a text with")
-
-    def nll(self, texts: Sequence[str], *, progress: bool = False) -> list[tuple[float, int]]:
-        """Per text: (sum of token NLL, tokens)."""
-        return [(float(-lp.sum()), len(lp)) for _, lp, _ in self.token_logprobs(texts, progress=progress)]
-
-    def token_logprobs(self, texts: Sequence[str], *, progress: bool = False) -> list[tuple[list[int], np.ndarray, list[int]]]:
-        """Per text: its token ids, each token's log-probability given the ones before (after the
-        start token), and the character offset where each token starts."""
-        import torch
-        from tqdm.auto import tqdm
-
-        if not texts:
-            return []
-        enc = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-        toks = [x[: self.max_tokens] for x in enc["input_ids"]]
-        starts = [[a for a, _ in off[: self.max_tokens]] for off in enc["offset_mapping"]]
-        seqs = [[self.start_id(), *x] for x in toks]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        out: list[tuple[list[int], np.ndarray, list[int]]] = [([], np.zeros(0), [])] * len(seqs)
-        device = next(self.model.parameters()).device
-        training = self.model.training
-        self.model.eval()
-        off = self.model.disable_adapter() if self.adapter_off else contextlib.nullcontext()
-        batches = [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
-        try:
-            with torch.inference_mode(), off:
-                for idx in tqdm(batches, disable=not progress, desc="perplexity", unit="batch", leave=False, dynamic_ncols=True):
-                    width = max(len(seqs[i]) for i in idx)
-                    x = torch.zeros((len(idx), width), dtype=torch.long)
-                    mask = torch.zeros((len(idx), width), dtype=torch.long)
-                    for r, i in enumerate(idx):  # right padding: positions start at 0 for every row
-                        x[r, : len(seqs[i])] = torch.tensor(seqs[i])
-                        mask[r, : len(seqs[i])] = 1
-                    x, mask = x.to(device), mask.to(device)
-                    logits = self.model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
-                    if self.excluded_ids:
-                        logits[..., list(self.excluded_ids)] = float("-inf")
-                    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-                    for r, i in enumerate(idx):
-                        out[i] = (toks[i], -nll[r, : len(toks[i])].double().cpu().numpy(), starts[i])
-        finally:
-            self.model.train(training)
-        return out
-
-
-def perplexity(rows: Sequence[tuple[float, int]]) -> float:
-    """Corpus perplexity ``exp(total NLL / total tokens)``; nan when there are no tokens."""
-    tokens = sum(n for _, n in rows)
-    return math.exp(sum(s for s, _ in rows) / tokens) if tokens else float("nan")
-
-
-def perplexity_ci(rows: Sequence[tuple[float, int]], resamples: int, seed: int) -> dict[str, Any]:
-    nll = np.array([s for s, _ in rows], dtype=float)
-    tok = np.array([n for _, n in rows], dtype=float)
-    if not tok.sum():
-        return missing("no tokens to score")
-
-    def stat(i: np.ndarray) -> float:
-        t = tok[i].sum()
-        return float(np.exp(nll[i].sum() / t)) if t else float("nan")
-
-    per_text = [math.exp(s / n) for s, n in rows if n]
-    return {"corpus": perplexity(rows), "ci95": bootstrap_ci(len(rows), stat, resamples=resamples, seed=seed),
-            "median_per_text": float(np.median(per_text)), "tokens": int(tok.sum())}  # fmt: skip
 
 
 # ---------------------------------------------------------------- edit behaviour
@@ -292,15 +99,6 @@ def chain_summary(chains: Sequence[Sequence[Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the evaluation
-
-
-@dataclass
-class Evaluation:
-    """What ``evaluate`` measured: ``metrics`` (as written to metrics.json) and one row per
-    example (as written to outputs.jsonl)."""
-
-    metrics: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _realign(realigner: Any, examples: Sequence[Example], mode: str | None, batch_size: int, progress: bool, **gen: Any) -> tuple[list[Any], float]:
@@ -469,15 +267,6 @@ def _settings(generation: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__ for k, v in generation.items()}
 
 
-def _value(x: Any) -> float | None:
-    if not isinstance(x, dict) or is_missing(x):
-        return None
-    for key in ("mean", "corpus", "value"):
-        if key in x:
-            return x[key]
-    return None
-
-
 def headline(m: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers with their intervals, or why each is missing."""
 
@@ -489,7 +278,7 @@ def headline(m: dict[str, Any]) -> dict[str, Any]:
             x = x[p]
         if is_missing(x):
             return x
-        return {"value": _value(x), "ci95": x.get("ci95")}
+        return {"value": metric_value(x), "ci95": x.get("ci95")}
 
     return {
         "alignment": pick("alignment", "outputs"),
@@ -586,246 +375,3 @@ def evaluate_run(
     return evaluate(realigner, examples, **scorers, fluency=fluency, merge_adapter=True, info={**extra, **kw.pop("info", {})}, **kw)
 
 
-# ---------------------------------------------------------------- report
-
-
-def markdown_diff(source: str, chain: Sequence[Any]) -> str:
-    """The inline diff (``diffview.html_diff``: ``<del>`` removed, ``<ins>`` written) as one
-    markdown table cell."""
-    return html_diff(tokenize(source), chain).replace("|", "&#124;").replace("\n", " ")
-
-
-def _esc(text: str) -> str:
-    """HTML-escape for a markdown table cell (quotes need no escaping outside attributes)."""
-    return html.escape(text, quote=False)
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if is_missing(x):
-        return f"n/a ({x['missing']})"
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
-    return str(x)
-
-
-def _cell(x: Any, digits: int = 3) -> str:
-    """A number with its interval, e.g. ``0.612 [0.580, 0.644]``, or why it is missing."""
-    if is_missing(x) or not isinstance(x, dict):
-        return _fmt(x, digits)
-    v, ci = _value(x), x.get("ci95")
-    return _fmt(v, digits) + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
-
-
-def _get(m: Any, *path: str) -> Any:
-    for p in path:
-        if is_missing(m):
-            return m
-        m = m[p]
-    return m
-
-
-def _chain_cell(c: Any, key: str) -> str:
-    if is_missing(c):
-        return _fmt(c)
-    d = c[key]
-    return f"{d['mean']:.2f} / {d['p50']:.0f} / {d['p90']:.0f}"
-
-
-def _ops_cell(c: Any) -> str:
-    return _fmt(c) if is_missing(c) else " / ".join(f"{c['operations'][op]:.0%}" for op in OPS)
-
-
-def render_markdown(ev: Evaluation, shown: int = 6, plots: dict[str, Any] | None = None) -> str:
-    m, info = ev.metrics, ev.metrics["info"]
-    al, fl, fa, be, sp = m["alignment"], m["fluency"], m["faithfulness"], m["behaviour"], m["speed"]
-    al2, co = m.get("alignment_second", missing("not measured")), m.get("coherence", missing("not measured"))
-    out, ref = fa["outputs"], fa["sources_unchanged"]
-    lines = [
-        f"# Evaluation of `{info.get('model', 'a re-aligner')}`", "",
-        (f"{info['examples']} examples from `{info.get('data', '?')}`{' (first ' + str(info['limit']) + ')' if info.get('limit') else ''}; "
-         f"mode `{info['mode']}`, batch size {info['batch_size']}; reward model: `{info.get('reward') or 'none'}`; "
-         f"fluency under: {fl['base_lm'] if not is_missing(fl) else 'none'}. "
-         f"Brackets: bootstrap 95% intervals ({info['bootstrap_resamples']} resamples, seed {info['seed']})."), "",
-        "## Summary", "",
-        "| metric | sources | outputs | gold targets |", "|---|---|---|---|",
-        f"| alignment: mean P(aligned) | {_cell(_get(al, 'sources'))} | {_cell(_get(al, 'outputs'))} | {_cell(_get(al, 'targets'))} |",
-        f"| outputs scored above their source | | {_cell(_get(al, 'outputs_above_source'))} | |",
-        f"| alignment, second scorer | {_cell(_get(al2, 'sources'))} | {_cell(_get(al2, 'outputs'))} | {_cell(_get(al2, 'targets'))} |",
-        f"| coherence: mean P(coherent) | {_cell(_get(co, 'sources'))} | {_cell(_get(co, 'outputs'))} | {_cell(_get(co, 'targets'))} |",
-        f"| coherence of outputs as a share of the gold targets' | | {_cell(_get(co, 'outputs_vs_targets'))} | 1 |",
-        f"| P(coherent) >= 0.5 | | {_cell(_get(co, 'outputs_at_least_half'))} | |",
-        f"| perplexity under the base LM | {_cell(_get(fl, 'sources'), 2)} | {_cell(_get(fl, 'outputs'), 2)} | {_cell(_get(fl, 'targets'), 2)} |",
-        f"| ROUGE-L F1 vs target (0-100) | {_cell(_get(ref, 'rouge_l'), 1)} | {_cell(_get(out, 'rouge_l'), 1)} | 100 |",
-        f"| BLEU vs target | {_cell(_get(ref, 'bleu'), 1)} | {_cell(_get(out, 'bleu'), 1)} | 100 |",
-        f"| SARI (0-100) | {_cell(_get(ref, 'sari'), 1)} | {_cell(_get(out, 'sari'), 1)} | |",
-        f"| SARI keep / add / delete | {_sari_parts(ref)} | {_sari_parts(out)} | |",
-        f"| chains that parse and apply | | {_cell(be['valid'])} | |",
-        f"| edits per chain: mean / median / p90 | | {_chain_cell(be['chains'], 'edits')} | {_chain_cell(be['gold_chains'], 'edits')} |",
-        f"| tokens changed per chain: mean / median / p90 | | {_chain_cell(be['chains'], 'tokens_changed')} | {_chain_cell(be['gold_chains'], 'tokens_changed')} |",
-        f"| operations: replace / delete / insert | | {_ops_cell(be['chains'])} | {_ops_cell(be['gold_chains'])} |",
-        f"| share of the source kept | 1.000 | {_fmt(be['outputs']['kept'])} | {_fmt(be['targets']['kept'])} |",
-        f"| identical to the source | 1.000 | {_fmt(be['outputs']['identical'])} | {_fmt(be['targets']['identical'])} |",
-        f"| copies a context sentence | | {_fmt(be['outputs']['copies_context'])} | {_fmt(be['targets']['copies_context'])} |",
-        "", ("The sources column scores each source as if it were the output (the do-nothing baseline); gold chains are "
-             "inferred from source to target with costs (1, 1, 2)."), "",
-        "## Speed", "",
-        "| examples/s | new tokens/s | latency p50 | latency p95 | max | batch size |", "|---|---|---|---|---|---|",
-        (f"| {_fmt(sp['examples_per_s'], 2)} | {_fmt(sp['new_tokens_per_s'], 1)} | {_fmt(sp['latency_s'].get('p50'), 2)} s | "
-         f"{_fmt(sp['latency_s'].get('p95'), 2)} s | {_fmt(sp['latency_s']['max'], 2)} s | {sp['batch_size']} |"), "",
-        "An example's latency is the wall time of the batch that produced it.",
-    ]  # fmt: skip
-    if not is_missing(be.get("truncated")) and be["truncated"]:
-        lines.append(f"\n{be['truncated']:.1%} of the chains were cut by the token budget and closed after their last complete edit.")
-    if not is_missing(be["generated_target_differs"]):
-        lines.append(f"\nIn {be['generated_target_differs']:.1%} of the closed chains the generated target differs from the chain applied (outputs are the chain applied).")
-    lines += ["", "## Plots", ""]
-    for name, title in (("alignment", "Alignment before / after"), ("chain_lengths", "Chain lengths")):
-        p = (plots or {}).get(name)
-        lines.append(f"![{title}]({p})" if isinstance(p, str) else f"{title}: not drawn ({p['missing'] if is_missing(p) else 'no plot'})")
-        lines.append("")
-    lines += _example_rows(ev, shown)
-    return "\n".join(lines) + "\n"
-
-
-def _sari_parts(f: Any) -> str:
-    return _fmt(f) if is_missing(f) else f"{f['sari_keep']:.1f} / {f['sari_add']:.1f} / {f['sari_delete']:.1f}"
-
-
-def _shown_indices(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``n`` rows (first and last included)."""
-    if n == 0 or k <= 0:
-        return []
-    k = min(k, n)
-    if k == 1:
-        return [0]
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
-
-
-def _example_rows(ev: Evaluation, shown: int) -> list[str]:
-    from secondthoughts.edits import EditError, parse_compact
-
-    idx = _shown_indices(len(ev.rows), shown)
-    if not idx:
-        return []
-    lines = ["## Examples", "", "<del>removed</del>, <ins>written</ins>; rows spread evenly over the data.", "",
-             "| id | context | output (diff from source) | gold target | reward (src → out) | ROUGE-L |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for i in idx:
-        r = ev.rows[i]
-        try:
-            if r["valid"] is False:
-                raise EditError(r["error"] or "invalid chain")
-            diff = markdown_diff(r["source"], parse_compact(r["chain"], r["source"]) if r["chain"] else [])
-        except EditError as e:  # the output is the source unchanged: say why
-            diff = _esc(r["source"]) + f" <i>(invalid chain: {_esc(str(e))})</i>"
-        rew = f"{r['reward_source']:.2f} → {r['reward_output']:.2f}" if "reward_output" in r else "n/a"
-        ctx = r["context"] if len(r["context"]) <= 160 else r["context"][:157] + "..."
-        cells = [_esc(str(r["id"])), _esc(ctx), diff, _esc(r["target"]), rew, f"{r['rouge_l']:.1f}"]
-        lines.append("| " + " | ".join(c.replace("|", "&#124;").replace("\n", " ") for c in cells) + " |")
-    return [*lines, ""]
-
-
-# ---------------------------------------------------------------- plots
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_alignment(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Distributions of P(aligned) for sources, outputs and gold targets, means marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    try:
-        bins = np.linspace(0, 1, 21)
-        for key, label, color in (("reward_source", "sources", "tab:red"), ("reward_output", "outputs", "tab:blue"), ("reward_target", "gold targets", "tab:green")):
-            vals = [r[key] for r in rows]
-            ax.hist(vals, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{label} (mean {np.mean(vals):.2f})")
-            ax.axvline(float(np.mean(vals)), color=color, linestyle="--", linewidth=1)
-        ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_xlabel("reward model P(aligned)")
-        ax.set_ylabel("examples")
-        ax.set_title(f"Alignment before / after re-alignment ({len(rows)} examples)")
-        ax.legend(loc="upper center")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-
-
-def plot_chain_lengths(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Histogram of edits per chain: the model's valid chains beside the gold chains."""
-    plt = _pyplot()
-    model = Counter(r["edits"] for r in rows if r["valid"])
-    gold = Counter(r["gold_edits"] for r in rows)
-    xs = np.arange(0, max([*model, *gold, 0]) + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    try:
-        ax.bar(xs - 0.2, [model[x] for x in xs], width=0.4, label=f"model ({sum(model.values())} valid chains)", color="tab:blue")
-        ax.bar(xs + 0.2, [gold[x] for x in xs], width=0.4, label="gold (costs 1,1,2)", color="tab:gray")
-        ax.set_xlabel("edits per chain")
-        ax.set_ylabel("examples")
-        ax.set_title("Chain length")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.legend()
-        ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-
-
-def _write_plots(ev: Evaluation, folder: Path) -> dict[str, Any]:
-    plots: dict[str, Any] = {}
-    if is_missing(ev.metrics["alignment"]):
-        plots["alignment"] = ev.metrics["alignment"]
-    else:
-        plot_alignment(ev.rows, folder / "alignment.png")
-        plots["alignment"] = "alignment.png"
-    chains = ev.metrics["behaviour"]["chains"]
-    if is_missing(chains):
-        plots["chain_lengths"] = chains
-    else:
-        plot_chain_lengths(ev.rows, folder / "chain_lengths.png")
-        plots["chain_lengths"] = "chain_lengths.png"
-    return plots
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN and infinities become None (JSON has no NaN); containers recursively."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def write_report(ev: Evaluation, out: str | os.PathLike[str], *, shown: int = 6, overwrite: bool = False) -> Path:
-    """Write report.md, metrics.json, outputs.jsonl and the plots into ``out``: built in a
-    temporary folder beside it and renamed into place (:func:`runs.write_dir`), so a reader never
-    sees half a report. An existing ``out`` is replaced only with ``overwrite``."""
-    from secondthoughts.runs import write_dir
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-
-    def write(tmp: Path) -> None:
-        plots = _write_plots(ev, tmp)
-        metrics = _json_safe({**ev.metrics, "plots": plots})
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        with open(tmp / "outputs.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(_json_safe(r), ensure_ascii=False) + "\n" for r in ev.rows)
-        (tmp / "report.md").write_text(render_markdown(ev, shown, plots), encoding="utf-8")
-
-    return write_dir(out, write)  # the previous report (if any) is replaced in two renames

@@ -248,7 +248,7 @@ def test_write_report_is_atomic_and_refuses_to_overwrite(tmp_path: Path, monkeyp
     def boom(*a: Any, **k: Any) -> str:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(E, "render_markdown", boom)
+    monkeypatch.setattr("secondthoughts.report.render_markdown", boom)
     with pytest.raises(RuntimeError):
         E.write_report(ev, out, overwrite=True)
     assert (out / "report.md").is_file()  # the old report survives a failed rewrite

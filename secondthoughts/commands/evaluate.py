@@ -51,13 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _summary(m: dict[str, Any]) -> list[str]:
     """A few lines for the terminal: the headline numbers and where the report is."""
-    from secondthoughts.evaluate import _cell
+    from secondthoughts.report import cell
 
     h = m["headline"]
     names = {"alignment": "alignment (outputs)", "alignment_second": "alignment, 2nd scorer", "coherence": "coherence (outputs)",
              "coherence_vs_gold": "coherence / gold's", "perplexity": "perplexity (outputs)", "rouge_l": "ROUGE-L", "bleu": "BLEU",
              "sari": "SARI", "valid": "valid chains"}
-    return [f"  {names[k]:<22} {_cell(v, 3)}" for k, v in h.items()]
+    return [f"  {names[k]:<22} {cell(v, 3)}" for k, v in h.items()]
 
 
 def run(args: argparse.Namespace) -> int:
