@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError
+from secondthoughts.data import DataError, Example, RowError, jsonl_rows
 from secondthoughts.reward import Item
 from secondthoughts.edits import DEFAULT_COST_SETS, Edit, apply_text_edits, infer_text_edits, tokenize
 
@@ -110,8 +110,8 @@ def read_labelled(path: str | os.PathLike[str]) -> list[Labelled]:
     """Rows ``{"context", "text", "label"}`` of a JSONL (label 1 = coherent, 0 = broken); a bad row
     raises ``DataError`` naming file, line and field."""
     out = []
-    for line, row in _jsonl_rows(Path(path)):
-        if isinstance(row, _RowError):
+    for line, row in jsonl_rows(Path(path)):
+        if isinstance(row, RowError):
             raise DataError(row.message(str(path), line))
         context, text, label = row.get("context", ""), row.get("text"), row.get("label")
         for name, value, ok in (("context", context, isinstance(context, str)), ("text", text, isinstance(text, str) and text.strip()),

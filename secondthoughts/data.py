@@ -100,8 +100,8 @@ def read_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
     Strict on structure, lenient on content: texts are taken as written (model outputs may,
     for instance, repeat their source).
     """
-    for lineno, row in _jsonl_rows(Path(path)):
-        if isinstance(row, _RowError):
+    for lineno, row in jsonl_rows(Path(path)):
+        if isinstance(row, RowError):
             raise DataError(row.message(str(path), lineno))
         for key in ("source", "target"):
             if not isinstance(row.get(key), str):
@@ -228,7 +228,10 @@ def parse_columns(spec: str) -> dict[str, str]:
 ROW = "<row>"  # the "field" of a problem with the whole record
 
 
-class _RowError(Exception):
+class RowError(Exception):
+    """Why a record of a file is not a usable row: the field (``ROW`` for the whole record) and
+    the reason; :meth:`message` says it with the file and line."""
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(field, reason)
         self.field, self.reason = field, reason
@@ -239,7 +242,7 @@ class _RowError(Exception):
 
 
 Row = Mapping[str, Any]
-RowStream = Iterator[tuple[int, Row | _RowError]]  # (line, record or why it is not one)
+RowStream = Iterator[tuple[int, Row | RowError]]  # (line, record or why it is not one)
 
 
 def _open_text(path: Path) -> TextIO:
@@ -276,7 +279,7 @@ def _utf8_problem(text: str) -> str | None:
     return None
 
 
-def _surrogate_field(row: dict[str, Any]) -> _RowError | None:
+def _surrogate_field(row: dict[str, Any]) -> RowError | None:
     """The field of a JSON record holding a lone surrogate (a ``\\ud800`` escape), anywhere in it."""
     for key, value in row.items():
         stack: list[Any] = [key, value]  # a loop, not recursion: the JSON may nest deeply
@@ -284,7 +287,7 @@ def _surrogate_field(row: dict[str, Any]) -> _RowError | None:
             x = stack.pop()
             if isinstance(x, str):
                 if problem := text_problem(x):
-                    return _RowError(key if not text_problem(key) else ROW, problem)
+                    return RowError(key if not text_problem(key) else ROW, problem)
             elif isinstance(x, dict):
                 stack.extend(x.keys())
                 stack.extend(x.values())
@@ -293,23 +296,25 @@ def _surrogate_field(row: dict[str, Any]) -> _RowError | None:
     return None
 
 
-def _json_record(text: str) -> Row | _RowError:
+def _json_record(text: str) -> Row | RowError:
     if problem := _utf8_problem(text):
-        return _RowError(ROW, problem)
+        return RowError(ROW, problem)
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        return _RowError(ROW, f"invalid JSON at column {e.colno} ({e.msg.removesuffix(' starting at')})")
+        return RowError(ROW, f"invalid JSON at column {e.colno} ({e.msg.removesuffix(' starting at')})")
     except RecursionError:
-        return _RowError(ROW, "invalid JSON (nested too deeply)")
+        return RowError(ROW, "invalid JSON (nested too deeply)")
     except ValueError as e:  # e.g. an integer of more than 4300 digits
-        return _RowError(ROW, f"invalid JSON ({e})")
+        return RowError(ROW, f"invalid JSON ({e})")
     if not isinstance(row, dict):
-        return _RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
+        return RowError(ROW, f"expected a JSON object, got {type(row).__name__}")
     return _surrogate_field(row) or row
 
 
-def _jsonl_rows(path: Path) -> RowStream:
+def jsonl_rows(path: Path) -> RowStream:
+    """(line, record or :class:`RowError`) of each non-blank line of a JSONL file: the package's
+    one JSONL reader (UTF-8 with or without BOM, .gz, blank lines skipped)."""
     with _open_text(path) as f:
         for line, text in enumerate(_lines(f, path), 1):
             if text.strip():
@@ -322,12 +327,12 @@ def _check_header(path: Path, header: list[str], required: Sequence[str]) -> Non
         raise DataError(f"{path}:1: field {missing[0]!r}: column missing from the header {header}")
 
 
-def _record(header: list[str], values: list[str]) -> Row | _RowError:
+def _record(header: list[str], values: list[str]) -> Row | RowError:
     if len(values) != len(header):
-        return _RowError(ROW, f"{len(values)} fields where the header has {len(header)}")
+        return RowError(ROW, f"{len(values)} fields where the header has {len(header)}")
     for name, value in zip(header, values):
         if problem := _utf8_problem(value):
-            return _RowError(name, problem)
+            return RowError(name, problem)
     return dict(zip(header, values))
 
 
@@ -370,7 +375,7 @@ def _tsv_rows(path: Path, required: Sequence[str]) -> RowStream:
             try:
                 values = next(csv.reader([text], delimiter="\t", strict=True))
             except csv.Error as e:
-                yield line, _RowError(ROW, f"malformed quoting ({e})")
+                yield line, RowError(ROW, f"malformed quoting ({e})")
                 continue
             yield line, _record(header, values)
 
@@ -403,16 +408,16 @@ def _optional(row: Row, key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise _RowError(key, f"expected a string, got {type(value).__name__}")
+        raise RowError(key, f"expected a string, got {type(value).__name__}")
     return _clean(value)
 
 
 def _required(row: Row, key: str) -> str:
     if row.get(key) is None:
-        raise _RowError(key, "missing")
+        raise RowError(key, "missing")
     value = _optional(row, key)
     if not value:
-        raise _RowError(key, "empty")
+        raise RowError(key, "empty")
     return value
 
 
@@ -430,16 +435,16 @@ def pair_problem(source: str, target: str) -> str | None:
 
 def _example(context: str, source: str, target: str, id: str, meta: dict[str, Any], target_field: str) -> Example:
     if reason := pair_problem(source, target):
-        raise _RowError(target_field, reason)
+        raise RowError(target_field, reason)
     return Example(context, source, target, id, meta)
 
 
 def _label(row: Row, key: str = "label") -> int:
     value = row.get(key)
     if value is None:
-        raise _RowError(key, "missing")
+        raise RowError(key, "missing")
     if isinstance(value, bool) or str(value).strip() not in ("0", "1"):
-        raise _RowError(key, f"expected 0 or 1, got {value!r}")
+        raise RowError(key, f"expected 0 or 1, got {value!r}")
     return int(str(value).strip())
 
 
@@ -464,10 +469,10 @@ class _Reader:
         suffixes = [s.lower().lstrip(".") for s in path.suffixes if s.lower() != ".gz"]
         ext = next((s for s in reversed(suffixes) if s in ("jsonl", "json", "csv", "tsv")), container)
         if self.fmt == "jsonl" or (self.fmt != "csv" and ext in ("jsonl", "json")):
-            return _jsonl_rows(path)
+            return jsonl_rows(path)
         return _tsv_rows(path, required) if ext == "tsv" else _csv_rows(path, required)
 
-    def invalid(self, line: int, e: _RowError) -> None:
+    def invalid(self, line: int, e: RowError) -> None:
         if not self.opts.skip_invalid:
             raise DataError(e.message(self.file, line) + " (use skip_invalid / --skip-invalid to skip such rows)")
         self.result.skipped.append(Skipped(self.file, line, e.field, e.reason))
@@ -476,14 +481,14 @@ class _Reader:
         """Count rows, handle those that are not records, apply the split filter."""
         for line, row in rows:
             self.result.rows_read += 1
-            if isinstance(row, _RowError):
+            if isinstance(row, RowError):
                 self.invalid(line, row)
                 continue
             if self.opts.split is not None and self.fmt != "hub":
                 if split_key is None:
                     raise DataError(f"{self.file}: format {self.fmt!r} has no split column; drop the split option")
                 if row.get(split_key) is None:
-                    self.invalid(line, _RowError(split_key, "missing (needed to select a split)"))
+                    self.invalid(line, RowError(split_key, "missing (needed to select a split)"))
                     continue
                 if str(row[split_key]) != self.opts.split:
                     self.result.leave_out(f"split is not {self.opts.split!r}")
@@ -497,7 +502,7 @@ class _Reader:
         for line, row in self.valid_rows(rows, split_key):
             try:
                 examples = convert(row, line)
-            except _RowError as e:
+            except RowError as e:
                 self.invalid(line, e)
                 continue
             yield from examples
@@ -553,8 +558,8 @@ def _paradetox(r: _Reader) -> Iterator[Example]:
         copied = rewrites.pop(toxic, None)
         if not rewrites:
             if copied:
-                raise _RowError(copied, "identical to the source")
-            raise _RowError(PARADETOX_REWRITES[0], "empty (no neutral rewrite)")
+                raise RowError(copied, "identical to the source")
+            raise RowError(PARADETOX_REWRITES[0], "empty (no neutral rewrite)")
         chosen = list(rewrites.items())[: 1 if r.opts.paradetox_rewrites == "first" else None]
         n_copied = int(copied is not None)
         r.result.leave_out("rewrite identical to the toxic sentence", n_copied)
@@ -572,16 +577,16 @@ HH_ASSISTANT = "\n\nAssistant:"
 def _last_turn(row: Row, key: str) -> tuple[str, str]:
     """Split a dialogue into (what precedes the last assistant turn, that turn's text)."""
     if row.get(key) is None:
-        raise _RowError(key, "missing")
+        raise RowError(key, "missing")
     text = row[key]
     if not isinstance(text, str):
-        raise _RowError(key, f"expected a string, got {type(text).__name__}")
+        raise RowError(key, f"expected a string, got {type(text).__name__}")
     i = text.rfind(HH_ASSISTANT)
     if i < 0:
-        raise _RowError(key, "no 'Assistant:' turn")
+        raise RowError(key, "no 'Assistant:' turn")
     turn = _clean(text[i + len(HH_ASSISTANT) :])
     if not turn:
-        raise _RowError(key, "last assistant turn is empty")
+        raise RowError(key, "last assistant turn is empty")
     return _clean(text[:i]), turn
 
 
@@ -590,7 +595,7 @@ def _hh_rlhf(r: _Reader) -> Iterator[Example]:
         context, target = _last_turn(row, "chosen")
         rejected_context, source = _last_turn(row, "rejected")
         if rejected_context != context:
-            raise _RowError("rejected", "dialogue before the last assistant turn differs from 'chosen'")
+            raise RowError("rejected", "dialogue before the last assistant turn differs from 'chosen'")
         return [_example(context, source, target, r.default_id(line), {"dataset": "hh-rlhf"}, "chosen")]
 
     return r.each_row(r.rows(("chosen", "rejected"), "jsonl"), convert)
@@ -631,7 +636,7 @@ def _labeled(r: _Reader, text_key: str, split_key: str | None = None) -> Iterato
     for line, row in r.valid_rows(r.rows(("label", text_key), "csv"), split_key):
         try:
             yield _Labeled(line, _label(row), _required(row, text_key)), row
-        except _RowError as e:
+        except RowError as e:
             r.invalid(line, e)
 
 
@@ -657,7 +662,7 @@ def _pairs_to_examples(
             meta = {"dataset": dataset, "lines": [src.line, tgt.line]}
             try:
                 yield _example(context, src.text, tgt.text, f"{r.stem}:{src.line}+{tgt.line}", meta, text_key)
-            except _RowError as e:
+            except RowError as e:
                 r.invalid(tgt.line, e)
 
 
@@ -667,7 +672,7 @@ def _ethics_deontology(r: _Reader) -> Iterator[Example]:
     for item, row in _labeled(r, "excuse"):
         try:
             groups.setdefault(_required(row, "scenario"), []).append(item)
-        except _RowError as e:
+        except RowError as e:
             r.invalid(item.line, e)
     return _pairs_to_examples(r, groups.items(), "excuse", "ethics-deontology")
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from secondthoughts.data import DataError, _jsonl_rows, _RowError
+from secondthoughts.data import DataError, RowError, jsonl_rows
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
 
@@ -98,8 +98,8 @@ def read_items(path: str) -> list[dict[str, Any]]:
     from secondthoughts.realign import as_chain
 
     rows = []
-    for line, row in _jsonl_rows(Path(path)):
-        if isinstance(row, _RowError):
+    for line, row in jsonl_rows(Path(path)):
+        if isinstance(row, RowError):
             raise DataError(row.message(path, line))
         if not isinstance(row.get("source"), str):
             raise DataError(f"{path}:{line}: field 'source': {'missing' if row.get('source') is None else 'expected a string'}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts.commands.train import add_config_arguments
-from secondthoughts.data import DataError, Example, _jsonl_rows, _RowError, read_examples, shuffled, split_examples
+from secondthoughts.data import DataError, Example, RowError, jsonl_rows, read_examples, shuffled, split_examples
 from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
 from secondthoughts.runs import write_atomic
 
@@ -293,11 +293,11 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
 def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Rows of a JSONL with their context and text; a bad row raises DataError naming file and line.
 
-    Rows come from ``data._jsonl_rows``, the package's one JSONL reader (BOM, .gz, blank lines).
+    Rows come from ``data.jsonl_rows``, the package's one JSONL reader (BOM, .gz, blank lines).
     """
     rows, contexts, texts = [], [], []
-    for line, row in _jsonl_rows(Path(path)):
-        if isinstance(row, _RowError):
+    for line, row in jsonl_rows(Path(path)):
+        if isinstance(row, RowError):
             raise DataError(row.message(path, line))
         for key in (context_field, text_field):
             if not isinstance(row.get(key), str):
