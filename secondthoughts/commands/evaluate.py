@@ -17,7 +17,7 @@ import time
 from itertools import islice
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments, best_of_settings, check_best_of
+from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, best_of_settings, check_best_of, torch_dtype
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--data",)
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--examples", type=int, default=6, help="example rows with inline diffs in report.md (default 6)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
+    add_dtype_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
 
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         for flag, spec in (("--reward", args.reward), ("--second-reward", args.second_reward), ("--coherence", args.coherence)):
             if spec:
                 check_scorer(spec, flag)
-        dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+        dtype = torch_dtype(args.dtype)
         gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.beams)) if v not in (None, 1)}
         if args.unconstrained:
             gen["constrained"] = False

@@ -45,7 +45,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the source, check them in one pass (greedy, one text at a time, same output); auto (default): chain for greedy apply mode at batch size 1")
     add_best_of_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
+    add_dtype_argument(p)
+
+
+# One meaning of --dtype auto per kind of command (docs/methods.md, "Precision"): commands that load a
+# model to decode (realign, evaluate, serve) hold bf16 weights on a CUDA GPU with bf16, else fp32;
+# training (train, refine) keeps fp32 weights and autocasts to bf16 on such a GPU.
+DTYPE_HELP = "weights dtype: auto (bfloat16 on a CUDA GPU with bf16, else float32), float32, bfloat16 (default auto)"
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=DTYPE_HELP)
+
+
+def torch_dtype(name: str) -> Any:
+    """``--dtype`` as a torch dtype; None for auto (``models.default_dtype`` decides by device)."""
+    import torch
+
+    return {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def add_best_of_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,14 +131,11 @@ def read_items(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(args: argparse.Namespace, run: str | None = None) -> Any:
+def load_realigner(args: argparse.Namespace, run: str | None = None) -> Any:
     """The Realigner of ``run`` (default: ``--model``) on ``--device`` in ``--dtype``."""
-    import torch
-
     from secondthoughts.realign import Realigner
 
-    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return Realigner(run or model_path(args.model), device=args.device, dtype=dtype)
+    return Realigner(run or model_path(args.model), device=args.device, dtype=torch_dtype(args.dtype))
 
 
 def model_path(model: str | None) -> str:
@@ -182,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = read_items(args.input) if args.input else None
         check_best_of(args)
-        realigner = _load(args)
+        realigner = load_realigner(args)
         best = best_of_settings(args)
         if items is None:
             result = realigner.realign(args.context, args.text, prefix=args.prefix, **settings(args), **best)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments
+from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument
 from secondthoughts.server import Limits
 
 # Example files cli.precheck reads before the parser (and torch) loads.
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
     p.add_argument("--no-learn", action="store_true", help="no learning from the editor")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="weights dtype (default auto: fp32 on CPU)")
+    add_dtype_argument(p)
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -66,7 +66,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from secondthoughts.commands.realign import _load, best_of_settings, check_best_of
+    from secondthoughts.commands.realign import best_of_settings, check_best_of, load_realigner
     from secondthoughts.learn_job import LearnJob
     from secondthoughts.server import check_corrections_path, make_server
 
@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
         check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
         check_best_of(args)
         limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
-        realigner = _load(args)
+        realigner = load_realigner(args)
         learn = None if args.no_learn else LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else [])
         server = make_server(
             realigner, args.host, args.port, args.corrections, settings={"mode": args.mode, **best_of_settings(args)}, limits=limits,
-            learn=learn, load=lambda run: _load(args, run),
+            learn=learn, load=lambda run: load_realigner(args, run),
         )  # fmt: skip
     except (ValueError, OSError) as e:  # a bad run folder or corrections path, a port in use
         print(f"error: {e}", file=sys.stderr)
