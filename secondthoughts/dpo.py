@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,8 +98,7 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     from secondthoughts import models
     from secondthoughts.realign import run_info
     from secondthoughts.refine import RefineConfig, load_policy, save_policy
-    from secondthoughts.runs import write_atomic, write_dir
-    from secondthoughts.sft import _versions
+    from secondthoughts.runs import environment, write_atomic, write_dir
 
     direct_run, out = Path(direct_run), Path(out)
     info = run_info(direct_run)
@@ -141,7 +139,7 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     run_info_out = {
         "train": {**info, "out": str(out)},  # mode "direct": Realigner decodes it like the direct run
         "dpo": {**asdict(settings), "seed": seed, "start": str(direct_run), "pairs": len(examples), "saved_as": how[0]},
-        "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions(), "trl": _trl_version()},
+        "env": environment(trl=_trl_version()),
         "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(model))),
     }
     write_atomic(out / "config.json", json.dumps(run_info_out, indent=2))

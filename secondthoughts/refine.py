@@ -50,7 +50,6 @@ import contextlib
 import copy
 import json
 import math
-import platform
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -850,7 +849,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from secondthoughts.sft import _versions, load_trainable_state, trainable_state
+    from secondthoughts.sft import load_trainable_state, trainable_state
 
     cfg, acc = r.config, r.accelerator
     out = Path(cfg.out)
@@ -897,7 +896,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
                 "data": {"train_examples": len(train_ex), "eval_examples": len(eval_ex)},
                 "plan": {"world_size": world, "prompts_per_step": per_step, "samples_per_step": per_step * cfg.k, "steps_per_epoch": steps_per_epoch},
                 "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(r.policy))),
-                "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
+                "env": runs.environment(),
             }  # fmt: skip
             runs.write_atomic(out / "config.json", json.dumps(info, indent=2))
             runs.write_atomic(out / "metrics.jsonl", "")

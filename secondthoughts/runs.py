@@ -341,6 +341,22 @@ def run_start(out: PathLike, resume: bool) -> Path | None:
     return None
 
 
+def environment(**extra: str) -> dict[str, str]:
+    """The versions a run's ``config.json`` records under ``"env"``: Python, torch, transformers,
+    peft and accelerate, then ``extra`` (e.g. ``trl=...``)."""
+    import platform
+
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "accelerate": accelerate.__version__, **extra,
+    }  # fmt: skip
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states as plain lists and tensors, so that
     ``torch.load(weights_only=True)`` reads them back."""
