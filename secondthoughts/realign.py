@@ -356,13 +356,10 @@ class Realigner:
                 raise ValueError("best_of > 1 needs a reranker (rerank=): a callable scoring (contexts, texts)")
             if num_beams > 1 or prompt_lookup_num_tokens:
                 raise ValueError("best_of samples chains: no beams or prompt lookup")
-            jobs_in = list(items)
-            per_batch = max(1, batch_size // best_of) * best_of
-            sampled = self.realign_many(
-                [x for x in jobs_in for _ in range(best_of)], per_batch, mode=mode, constrained=constrained, do_sample=True,
-                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, draft="none", progress=progress,
+            return self._best_of(
+                list(items), batch_size, best_of, rerank, mode=mode, constrained=constrained, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, seed=seed, progress=progress,
             )  # fmt: skip
-            return [choose_best(sampled[k * best_of : (k + 1) * best_of], rerank) for k in range(len(jobs_in))]
         mode = mode or self.default_mode()  # type: ignore[assignment]
         self.check_mode(mode)  # type: ignore[arg-type]
         if batch_size < 1 or num_beams < 1:
@@ -402,6 +399,13 @@ class Realigner:
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------ internals
+
+    def _best_of(self, items: list[Any], batch_size: int, best_of: int, rerank: Reranker, **sampling: Any) -> list[RealignResult]:
+        """``best_of`` sampled chains per item, the samples of an item in one generation batch,
+        and the one :func:`choose_best` picks by ``rerank``."""
+        per_batch = max(1, batch_size // best_of) * best_of
+        sampled = self.realign_many([x for x in items for _ in range(best_of)], per_batch, do_sample=True, draft="none", **sampling)
+        return [choose_best(sampled[k * best_of : (k + 1) * best_of], rerank) for k in range(len(items))]
 
     @staticmethod
     def _draft_choice(draft: str, mode: str, batch_size: int, num_beams: int, do_sample: bool, lookup: int | None) -> str:
