@@ -11,9 +11,11 @@ from the model's output to the preferred text under the project's own DP (``infe
 * on held-out stories: cost to the preferred text, alignment (a reward run) and coherence (a
   coherence run), before and after, paired differences with intervals.
 
-Two users: ``gold`` prefers the gold moral action; ``style`` prefers it with one consistent
-habit (the manner adverb "calmly" after the subject, "Hector calmly creeps forward..."): held-out
-stories show whether the habit is picked up as a preference rather than memorized.
+Three users. ``gold`` prefers the gold moral action, whatever the model wrote. ``gold-style``
+prefers it with one consistent habit, the manner adverb "calmly" after the subject ("Hector
+calmly creeps forward..."). ``style`` is PRELUDE's user: it keeps what the model wrote and only
+applies the habit to it, so its cost is what the model has not yet learned of the preference.
+Held-out stories show whether the habit is picked up as a preference rather than memorized.
 
     secondthoughts prepare --format moral_stories --input ../shared/data/moral_stories/moral_stories.jsonl --split train --output train.jsonl
     secondthoughts prepare --format moral_stories --input ../shared/data/moral_stories/moral_stories.jsonl --split dev --output dev.jsonl
@@ -42,21 +44,22 @@ from secondthoughts.realign import Realigner, default_run
 STYLE_WORD = "calmly"
 
 
-def gold_user(ex: Example) -> str:
-    return ex.target
-
-
-def style_user(ex: Example) -> str:
-    """The gold text with the user's habit: the manner adverb after the first word (the subject)."""
-    first, _, rest = ex.target.partition(" ")
-    return ex.target if not rest or rest.startswith(STYLE_WORD) else f"{first} {STYLE_WORD} {rest}"
+def styled(text: str) -> str:
+    """The user's habit: the manner adverb after the first word (the subject)."""
+    first, _, rest = text.partition(" ")
+    return text if not rest or rest.startswith(STYLE_WORD) else f"{first} {STYLE_WORD} {rest}"
 
 
 def has_style(text: str) -> bool:
     return text.split(" ")[1:2] == [STYLE_WORD]
 
 
-USERS: dict[str, Callable[[Example], str]] = {"gold": gold_user, "style": style_user}
+# user -> (example, the model's output) -> the text the user wants instead
+USERS: dict[str, Callable[[Example, str], str]] = {
+    "gold": lambda ex, out: ex.target,
+    "gold-style": lambda ex, out: styled(ex.target),
+    "style": lambda ex, out: styled(out),
+}
 
 
 def cost(output: str, preferred: str) -> float:
@@ -85,8 +88,13 @@ def run_user(name: str, args: argparse.Namespace, stream: list[Example], static_
         learner_out += outs
         corrections = work / name / f"corrections-{start // args.k + 1}.jsonl"
         corrections.parent.mkdir(parents=True, exist_ok=True)
-        write_examples(corrections, [Example(ex.context, ex.source, prefer(ex), ex.id) for ex in batch])
+        # an output the user keeps as it is counts as a correction too (approved), unless it is the source
+        rows = [Example(ex.context, ex.source, prefer(ex, o), ex.id) for ex, o in zip(batch, outs) if prefer(ex, o) != ex.source]
         out = work / name / f"round-{start // args.k + 1}"
+        if not rows:
+            log(f"{name}: round {start // args.k + 1}: nothing to learn")
+            continue
+        write_examples(corrections, rows)
         t0 = time.perf_counter()
         learn(LearnConfig(
             model=model, corrections=str(corrections), out=str(out), replay_data=args.replay_data, replay=args.replay,
@@ -95,19 +103,18 @@ def run_user(name: str, args: argparse.Namespace, stream: list[Example], static_
         rounds.append({"after_examples": start + len(batch), "run": str(out), "learn_s": round(time.perf_counter() - t0, 1)})
         log(f"{name}: learned round {len(rounds)} ({rounds[-1]['learn_s']} s)")
         model = str(out)
-    preferred = [prefer(ex) for ex in stream]
     return {
         "rounds": rounds,
         "final_run": model,
-        "learner_cost": [cost(o, p) for o, p in zip(learner_out, preferred)],
-        "static_cost": [cost(o, p) for o, p in zip(static_out, preferred)],
+        "learner_cost": [cost(o, prefer(ex, o)) for ex, o in zip(stream, learner_out)],
+        "static_cost": [cost(o, prefer(ex, o)) for ex, o in zip(stream, static_out)],
         "learner_outputs": learner_out,
     }
 
 
-def held_out_scores(texts: list[str], examples: Sequence[Example], prefer: Callable[[Example], str], scorers: dict[str, Any]) -> dict[str, list[float]]:
+def held_out_scores(texts: list[str], examples: Sequence[Example], prefer: Callable[[Example, str], str], scorers: dict[str, Any]) -> dict[str, list[float]]:
     ctx = [ex.context for ex in examples]
-    scores = {"cost": [cost(t, prefer(ex)) for t, ex in zip(texts, examples)], "style": [float(has_style(t)) for t in texts]}
+    scores = {"cost": [cost(t, prefer(ex, t)) for t, ex in zip(texts, examples)], "style": [float(has_style(t)) for t in texts]}
     for key, fn in scorers.items():
         scores[key] = [float(s) for s in fn(ctx, texts)]
     return scores
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay", type=float, default=1.0)
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--users", default="gold,style")
+    p.add_argument("--users", default="gold,gold-style,style", help=f"of {', '.join(USERS)}")
     p.add_argument("--reward", help="alignment reward run for the held-out scores")
     p.add_argument("--coherence", help="coherence run for the held-out scores")
     p.add_argument("--batch-size", type=int, default=8)
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     (work / "results.json").write_text(json.dumps({"args": vars(args), "users": results}, indent=2), encoding="utf-8")
     plot(results, work / "learn_curve.png")
-    fmt = lambda m: f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else f"{m.get('mean', float('nan')):.3f}"  # noqa: E731
+    fmt = lambda m: f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else f"{m.get('mean', float('nan')):.3f}"
     print(f"\n{len(stream)} stream examples, learning every {args.k}; {len(held)} held-out; {time.perf_counter() - started:.0f} s\n")
     print("| user | cumulative cost, never learns | learns | per-example change after round 1 |")
     print("|---|---|---|---|")
