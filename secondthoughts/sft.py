@@ -217,7 +217,7 @@ class CompletionLoss(nn.Module):
 
     Runs the decoder on every position but the vocabulary projection only where a label is set
     (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
-    in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lean.DropoutLoRAA``,
+    in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
     which keeps each projection's input and a seed where PEFT kept two float copies (half of
     the activations on CPU). Under autograd, a batch of more than ``rows_at_once`` rows runs
     the decoder ``rows_at_once`` rows at a time, checkpointed: only the last hidden states are
@@ -228,7 +228,7 @@ class CompletionLoss(nn.Module):
 
     def __init__(self, lm: nn.Module, rows_at_once: int = ROWS_AT_ONCE):
         super().__init__()
-        from secondthoughts.lean import lean_lora_dropout
+        from secondthoughts.lora_dropout import lean_lora_dropout
 
         lean_lora_dropout(lm)
         self.lm = lm

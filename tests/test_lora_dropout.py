@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from secondthoughts.lean import DropoutLoRAA, _mask, lean_lora_dropout
+from secondthoughts.lora_dropout import DropoutLoRAA, _mask, lean_lora_dropout
 
 
 def test_values_and_gradients_are_those_of_dropout_then_linear():
