@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from secondthoughts.data import pair_problem
+from secondthoughts.decoding import new_token_budget
 from secondthoughts.edits import (
     Edit,
     EditError,
@@ -67,7 +68,7 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
-from secondthoughts.realign import _job, apply_subset, as_chain
+from secondthoughts.realign import apply_subset, as_chain
 from secondthoughts.sequences import encode_prompt
 
 if TYPE_CHECKING:
@@ -451,7 +452,7 @@ class Api:
         model held: realign's own budget tokenizes with transformers' ``__call__``."""
         if not self.limits.max_new_tokens:
             return
-        need = self.settings.get("max_new_tokens") or self.realigner._budget([_job((req.context, req.source), 0)], self.mode)
+        need = self.settings.get("max_new_tokens") or new_token_budget(self.realigner.tokenizer, [req.source], self.mode)
         if need > self.limits.max_new_tokens:
             raise ApiError(
                 422, f"field 'source': re-aligning it may take {need} new tokens, over this server's budget of "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -506,7 +505,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 },
                 "plan": {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
                 "model": {"trainable_parameters": trainable, "parameters": total_params},
-                "env": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
+                "env": runs.environment(),
             }
             runs.write_atomic(out / "config.json", json.dumps(run_info, indent=2))
             runs.write_atomic(out / "metrics.jsonl", "")
@@ -606,14 +605,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         write_model_card(out)
     accelerator.wait_for_everyone()
     return TrainResult(out, state, total_steps, report, history, main)
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    return {"transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__}
 
 
 # ---------------------------------------------------------------- model card
