@@ -291,7 +291,12 @@ def init_settings(run: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_init_from(config: TrainConfig) -> None:
-    """A run started from another must keep its format and adapter shape (one-line error)."""
+    """A run started from another must keep its format and adapter shape, and a trained run is
+    continued with ``init_from``, not used as a base ``model`` (one-line errors)."""
+    base = Path(config.model)
+    if not config.init_from and ((base / "model").is_dir() or (base / "adapter_config.json").is_file()):
+        run = base.parent if (base / "adapter_config.json").is_file() and base.name == "model" else base
+        raise ValueError(f"--model {config.model} is a trained run, not a base model: continue it with --init-from {run}")
     if not config.init_from:
         return
     inherited = init_settings(config.init_from)

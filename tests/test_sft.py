@@ -311,6 +311,11 @@ def test_init_from_refuses_what_it_cannot_continue(tmp_path, tiny_model_dir, exa
         ([str(first.out), "--chain-format", "inline"], "settings differ"),
         ([str(first.out), "--lora-r", "8"], "settings differ"),
     ]
+    # the first attempt: a trained run given as the base model
+    for model in (first.out, first.out / "model"):
+        assert main(["train", "--data", str(examples_jsonl), "--out", str(tmp_path / "second"), "--model", str(model)]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and f"continue it with --init-from {first.out}" in err[0], err
     capsys.readouterr()
     for extra, message in cases:
         assert main(base + extra) == 1
