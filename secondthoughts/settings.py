@@ -56,3 +56,18 @@ def merged(cls: type[T], what: str, *layers: dict[str, Any]) -> T:
         return from_dict(cls, d, what)
     except (TypeError, KeyError) as e:
         raise ValueError(f"bad {what}: {e}") from e
+
+
+def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "config.json",
+              defaults: Any = None) -> T:
+    """A command's settings by :func:`merged`'s rule: with ``--resume`` the run's saved
+    ``section`` of ``file`` (in ``--out``), else ``defaults(chosen)`` (e.g. what ``--init-from``
+    carries over); then ``--config``; then the flags given."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    from_file = read_yaml(args.config_file, what) if args.config_file else {}
+    chosen = {**from_file, **given}
+    if args.resume:
+        base = saved_section(chosen.get("out", cls.out), section, file)  # type: ignore[attr-defined]
+    else:
+        base = defaults(chosen) if defaults else {}
+    return merged(cls, what, base, from_file, given)

@@ -7,7 +7,7 @@ YAML and flags override it, as in ``train``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from pathlib import Path
 
 from secondthoughts.commands.train import add_config_arguments
 
@@ -27,13 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from secondthoughts import settings
     from secondthoughts.learn import INFO_FILE, LearnConfig, check, learn
 
-    given = {f.name: getattr(args, f.name) for f in fields(LearnConfig) if hasattr(args, f.name)}
-    from_file = settings.read_yaml(args.config_file, "learning settings") if args.config_file else {}
-    out = {**from_file, **given}.get("out", LearnConfig.out)
-    saved = settings.saved_section(out, "learn", INFO_FILE) if args.resume else {}
-    if args.resume and not saved:
-        raise FileNotFoundError(f"{out}: no learning run to resume (no {INFO_FILE})")
-    config = settings.merged(LearnConfig, "learning settings", saved, from_file, given)
+    config = settings.from_args(LearnConfig, args, "learning settings", "learn", file=INFO_FILE)
+    if args.resume and not (Path(config.out) / INFO_FILE).is_file():
+        raise FileNotFoundError(f"{config.out}: no learning run to resume (no {INFO_FILE})")
     if not args.resume:
         check(config)  # run, corrections and replay file: refused before any model loads
     result = learn(config, resume=args.resume)

@@ -12,7 +12,6 @@ fields from YAML, and flags override it. Runs under ``accelerate launch --multi_
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from secondthoughts.commands.train import add_config_arguments, require_run
@@ -36,12 +35,8 @@ def config_from_args(args: argparse.Namespace) -> RefineConfig:
     from secondthoughts import settings
     from secondthoughts.refine import RefineConfig
 
-    given = {f.name: getattr(args, f.name) for f in fields(RefineConfig) if hasattr(args, f.name)}
-    from_file = settings.read_yaml(args.config_file, "refinement settings") if args.config_file else {}
     # On resume the run's own settings; flags that contradict them are refused by the resume check.
-    out = {**from_file, **given}.get("out", RefineConfig.out)
-    saved = settings.saved_section(out, "refine") if args.resume else {}
-    return settings.merged(RefineConfig, "refinement settings", saved, from_file, given)
+    return settings.from_args(RefineConfig, args, "refinement settings", "refine")
 
 
 def check_data(config: RefineConfig) -> None:

@@ -62,14 +62,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from secondthoughts import settings
     from secondthoughts.sft import TrainConfig, init_settings
 
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    from_file = settings.read_yaml(args.config_file, "training settings") if args.config_file else {}
-    chosen = {**from_file, **given}
     # On resume the run's own settings (flags that contradict them are refused by sft.train);
     # a new run started from another takes that run's format and adapter shape by default.
-    saved = settings.saved_section(chosen.get("out", TrainConfig.out), "train") if args.resume else {}
-    inherited = init_settings(chosen["init_from"]) if chosen.get("init_from") and not args.resume else {}
-    return settings.merged(TrainConfig, "training settings", saved, inherited, from_file, given)
+    def carried(chosen: dict[str, Any]) -> dict[str, Any]:
+        return init_settings(chosen["init_from"]) if chosen.get("init_from") else {}
+
+    return settings.from_args(TrainConfig, args, "training settings", "train", defaults=carried)
 
 
 def require_run(out: str) -> None:
