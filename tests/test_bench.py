@@ -17,6 +17,7 @@ import pytest
 import tiny
 import torch
 import yaml
+from hand_made_cells import write_cells
 
 from secondthoughts import bench as B
 from secondthoughts.cli import main
@@ -63,24 +64,8 @@ def test_paired_difference_by_hand() -> None:
 def test_claims_from_hand_made_cells(tmp_path: Path) -> None:
     """collect() judges claims from per-example outputs: AEM clearly above direct on both
     scorers of both datasets -> confirmed; RL tied -> inconclusive; transfer below -> refuted."""
-    cfg = B.config_from_dict({
-        "datasets": {"a": {"format": "jsonl", "path": "a.jsonl", "train": 4, "test": 4}, "b": {"format": "jsonl", "path": "b.jsonl", "train": 4, "test": 4}},
-        "reward": {"backbone": "x"}, "transfer": {"source": "a", "target": "b", "ks": [0, 2]},
-    })  # fmt: skip
-    cells = B.plan(cfg)
-    fp = B.fingerprints(cfg, cells)
     level = {"direct": 0.2, "dpo": 0.3, "aem": 0.6, "aem_rl": 0.6, "from_aem": 0.1, "from_base": 0.5}
-    for c in cells:
-        folder = tmp_path / c.key
-        (folder / "eval").mkdir(parents=True)
-        base = level.get(c.method or f"from_{c.start}", 0.0)
-        rows = [{"id": f"e{i}", "reward_output": base + 0.01 * i, "reward2_output": base + 0.02 * i, "rouge_l": 10.0 * i} for i in range(8)]
-        (folder / "eval" / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        metric = {"mean": base, "ci95": [base - 0.05, base + 0.05]}
-        metrics = {"seed": 0, "pairs": 2, "test": {"accuracy": 0.9, "pairwise_accuracy": 0.8}} if c.kind == "scorer" else {
-            **{m: metric for m in B.METRICS}, "reference": {"source": {"alignment": metric, "alignment_second": metric},
-                                                          "target": {"alignment": metric, "alignment_second": metric}}}  # fmt: skip
-        (folder / B.CELL_FILE).write_text(json.dumps({"key": c.key, "fingerprint": fp[c.key], "seed": c.seed, "wall_s": 1.0, "finished": "now", "metrics": metrics}))
+    cfg, cells, fp = write_cells(tmp_path, level, lambda base, i: base + 0.01 * i)
     results = B.collect(cfg, tmp_path, cells, fp)
     verdicts = {c["id"]: c["verdict"] for c in results["claims"]}
     assert verdicts == {1: "confirmed", 2: "inconclusive", 3: "refuted"}

@@ -136,26 +136,12 @@ def _evaluate(realigner: Any, results: list[Any]) -> dict[str, Any]:
 
 
 def _bench(tmp: Path) -> dict[str, Any]:
+    from hand_made_cells import write_cells
+
     from secondthoughts import bench as B
 
-    cfg = B.config_from_dict({
-        "datasets": {"a": {"format": "jsonl", "path": "a.jsonl", "train": 4, "test": 4}, "b": {"format": "jsonl", "path": "b.jsonl", "train": 4, "test": 4}},
-        "reward": {"backbone": "x"}, "transfer": {"source": "a", "target": "b", "ks": [0, 2]},
-    })  # fmt: skip
-    cells = B.plan(cfg)
-    fp = B.fingerprints(cfg, cells)
     level = {"direct": 0.2, "dpo": 0.3, "aem": 0.6, "aem_rl": 0.62, "from_aem": 0.1, "from_base": 0.5}
-    for c in cells:
-        folder = tmp / c.key
-        (folder / "eval").mkdir(parents=True)
-        base = level.get(c.method or f"from_{c.start}", 0.0)
-        rows = [{"id": f"e{i}", "reward_output": base + 0.01 * i * (i % 3), "reward2_output": base + 0.02 * i, "rouge_l": 10.0 * i} for i in range(8)]
-        (folder / "eval" / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        metric = {"mean": base, "ci95": [base - 0.05, base + 0.05]}
-        metrics = {"seed": 0, "pairs": 2, "test": {"accuracy": 0.9, "pairwise_accuracy": 0.8}} if c.kind == "scorer" else {
-            **{m: metric for m in B.METRICS}, "reference": {"source": {"alignment": metric, "alignment_second": metric},
-                                                          "target": {"alignment": metric, "alignment_second": metric}}}  # fmt: skip
-        (folder / B.CELL_FILE).write_text(json.dumps({"key": c.key, "fingerprint": fp[c.key], "seed": c.seed, "wall_s": 1.0, "finished": "now", "metrics": metrics}))
+    cfg, cells, fp = write_cells(tmp, level, lambda base, i: base + 0.01 * i * (i % 3))
     results = B.collect(cfg, tmp, cells, fp)
     results["generated"] = "2000-01-01 00:00:00"  # the clock
     results["hardware"] = {"platform": "test", "cpu_count": 2, "torch": "x", "threads": 1}  # this machine
