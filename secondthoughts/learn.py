@@ -91,7 +91,7 @@ def replay_source(config: LearnConfig) -> str | None:
         return None
     if config.replay_data:
         return config.replay_data
-    from secondthoughts.realign import run_info
+    from secondthoughts.decoding import run_info
 
     recorded = (run_info(config.model) or {}).get("data", "")
     if not recorded or not Path(recorded).is_file():
@@ -118,7 +118,7 @@ def gather(config: LearnConfig) -> LearnData:
 def train_config(config: LearnConfig, data_file: Path) -> Any:
     """The ``TrainConfig`` of the learning run: the run's format and adapter, no held-out eval
     (tens of corrections leave nothing to hold out: the last model is kept)."""
-    from secondthoughts.realign import run_info
+    from secondthoughts.decoding import run_info
     from secondthoughts.sft import TrainConfig, init_settings
 
     inherited = init_settings(config.model)

@@ -268,7 +268,7 @@ INHERITED = ("model", "mode", "chain_format", "merge_gap", "full", "lora_r", "lo
 def init_settings(run: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``INHERITED`` settings of the trained run ``run``, read from its folder alone (no model
     loads). A one-line ValueError when it is not a run or the base model it needs is missing."""
-    from secondthoughts.realign import run_info
+    from secondthoughts.decoding import run_info
 
     path, model_dir = Path(run), Path(run) / "model"
     info = run_info(path)
