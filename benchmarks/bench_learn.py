@@ -68,9 +68,7 @@ def cost(output: str, preferred: str) -> float:
 
 
 def outputs(run: str, examples: Sequence[Example], batch_size: int) -> list[str]:
-    realigner = Realigner(run)
-    results = realigner.realign_many([{"context": ex.context, "source": ex.source} for ex in examples], batch_size=batch_size)
-    return [r.text for r in results]
+    return [r.text for r in Realigner(run).realign_many(examples, batch_size=batch_size)]
 
 
 def paired(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, Any]:
@@ -182,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.coherence:
         scorers["coherence"] = reward.load_scorer(args.coherence)
 
-    static_out = outputs(args.model, stream, args.batch_size)
-    held_before = outputs(args.model, held, args.batch_size)
+    both = outputs(args.model, stream + held, args.batch_size)  # the starting model, loaded once
+    static_out, held_before = both[: len(stream)], both[len(stream) :]
     log(f"static outputs: {len(stream)} stream, {len(held)} held-out")
     results: dict[str, Any] = {}
     for name in args.users.split(","):
