@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import field, fields
 from typing import Any, TypeVar
 
@@ -59,7 +60,7 @@ def merged(cls: type[T], what: str, *layers: dict[str, Any]) -> T:
 
 
 def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "config.json",
-              defaults: Any = None) -> T:
+              defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
     """A command's settings by :func:`merged`'s rule: with ``--resume`` the run's saved
     ``section`` of ``file`` (in ``--out``), else ``defaults(chosen)`` (e.g. what ``--init-from``
     carries over); then ``--config``; then the flags given."""
