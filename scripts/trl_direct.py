@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps; a rerun resumes from the last")
     args = p.parse_args(argv)
 
     from datasets import Dataset
@@ -54,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(out / ".trl"), per_device_train_batch_size=args.batch_size, max_length=args.max_length,
         num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.03,
         completion_only_loss=True, packing=False, bf16=False, gradient_checkpointing=False, logging_steps=10,
-        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
+        save_strategy="steps", save_steps=args.save_steps, save_total_limit=1, report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok)
     t0 = time.perf_counter()
-    trainer.train()
+    # A killed run resumes from its last checkpoint under out/.trl (Trainer restores optimizer,
+    # scheduler, RNG and data order).
+    trainer.train(resume_from_checkpoint=any((out / ".trl").glob("checkpoint-*")))
     elapsed = time.perf_counter() - t0
 
     def write(tmp: Path) -> None:

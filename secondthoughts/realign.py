@@ -25,6 +25,9 @@ Best of N (``best_of``, ``rerank``): N constrained chains sampled in one batch, 
 reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`). Read blind it
 made text worse than greedy with the project's scorers (docs/coherence.md), so it is not a default.
 
+Repeats (``no_repeat``, default 4): a constrained chain never writes a token 4-gram twice in the
+text it adds (:class:`~secondthoughts.repeats.RepeatGuard`), the model's most visible slip.
+
 Interactive correction (the paper's "second thoughts" by a person): ``prefix`` forces the first
 edits (compact string, readable lines, or ``Edit`` records), validated against the source, and
 the model continues after them. A compact prefix ending in ``<|eoc|>`` is the whole chain.
@@ -43,7 +46,7 @@ import torch
 
 from secondthoughts import decoding, models
 from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
-from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, chain_format, run_info
+from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
 from secondthoughts.drafting import (
     TEXT_LOOKUP,
     ChainDrafter,
@@ -70,6 +73,7 @@ from secondthoughts.edits import (
     render_readable,
     tokenize,
 )
+from secondthoughts.repeats import RepeatGuard
 from secondthoughts.sequences import split_completion
 
 Mode = Literal["apply", "generate", "direct"]
@@ -299,6 +303,7 @@ class Realigner:
         draft: Draft = "auto",
         best_of: int = 1,
         rerank: Reranker | None = None,
+        no_repeat: int = NO_REPEAT,
     ) -> RealignResult:
         """Re-align one text; settings as :meth:`realign_many`. ``prefix``: the first edits,
         forced (compact, readable or ``Edit`` records); ``EditError`` if it does not apply."""
@@ -306,7 +311,7 @@ class Realigner:
         return self.realign_many(
             [item], batch_size=max(1, best_of), mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-            prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft, best_of=best_of, rerank=rerank,
+            prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft, best_of=best_of, rerank=rerank, no_repeat=no_repeat,
         )[0]  # fmt: skip
 
     def realign_many(
@@ -327,6 +332,7 @@ class Realigner:
         progress: bool = False,
         best_of: int = 1,
         rerank: Reranker | None = None,
+        no_repeat: int = NO_REPEAT,
     ) -> list[RealignResult]:
         """Re-align many texts in left-padded batches (sorted by length; results in input order).
 
@@ -348,6 +354,9 @@ class Realigner:
             ``best_of`` samples of a text share a generation batch) and return the one whose
             text ``rerank(contexts, texts)`` scores highest, preferring texts that change the
             source; ``best_of=1`` is plain decoding. See :func:`choose_best`.
+        no_repeat: n >= 2: the text a constrained chain writes never repeats one of its own
+            token n-grams (``repeats.RepeatGuard``; unconstrained and direct decoding are not
+            guarded); 0: off.
         """
         if best_of < 1:
             raise ValueError(f"best_of must be >= 1, got {best_of}")
@@ -358,12 +367,14 @@ class Realigner:
                 raise ValueError("best_of samples chains: no beams or prompt lookup")
             return self._best_of(
                 list(items), batch_size, best_of, rerank, mode=mode, constrained=constrained, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, seed=seed, progress=progress,
+                max_new_tokens=max_new_tokens, seed=seed, progress=progress, no_repeat=no_repeat,
             )  # fmt: skip
         mode = mode or self.default_mode()  # type: ignore[assignment]
         self.check_mode(mode)  # type: ignore[arg-type]
         if batch_size < 1 or num_beams < 1:
             raise ValueError("batch_size and num_beams must be >= 1")
+        if no_repeat < 0 or no_repeat == 1:
+            raise ValueError(f"no_repeat must be 0 (off) or an n-gram size >= 2, got {no_repeat}")
         if prompt_lookup_num_tokens:
             if num_beams > 1:
                 raise ValueError("prompt lookup drafting works with num_beams=1 only")
@@ -392,7 +403,7 @@ class Realigner:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
                 batch = [jobs[i] for i in idx]
-                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s, draft)  # type: ignore[arg-type]
+                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s, draft, no_repeat)  # type: ignore[arg-type]
                 for i, r in zip(idx, out):
                     results[i] = r
                 bar.update(len(idx))
@@ -439,6 +450,7 @@ class Realigner:
         search: dict[str, Any],
         prompt_s: float,
         draft: str = "none",
+        no_repeat: int = NO_REPEAT,
     ) -> list[RealignResult]:
         t0 = time.perf_counter()
         tok = self.tokenizer
@@ -454,17 +466,20 @@ class Realigner:
             processor = ChainConstraint(
                 voc, [j.source for j in jobs], width, starts=starts, then="stop" if mode == "apply" else "target", chain_format=self.chain_format
             )
+        guards = [processor] if processor else []
+        if no_repeat and processor is not None:
+            guards.append(RepeatGuard(voc.new, (m for m in voc.specials if m != voc.new), width, no_repeat))
         forwards: int | None = None
         if mode == "apply" and all(j.closed for j in jobs):
             new = [[] for _ in jobs]  # the prefixes are whole chains: nothing to generate
         elif draft == "chain":
-            gen, forwards = self._drafted(jobs[0], prompts[0], mode, budget, stops, processor)
+            gen, forwards = self._drafted(jobs[0], prompts[0], mode, budget, stops, guards)
             new = [self._cut(gen, mode)]
         else:
             training = self.model.training  # a caller's model (from_model) keeps its mode
             self.model.eval()
             try:
-                out = decoding.generate(self.model, ids, mask, budget, stops, pad, processor, **search)
+                out = decoding.generate(self.model, ids, mask, budget, stops, pad, guards, **search)
             finally:
                 self.model.train(training)
             new = [self._cut(row, mode) for row in out]
@@ -478,7 +493,7 @@ class Realigner:
         return results
 
     def _drafted(
-        self, job: _Job, prompt: list[int], mode: str, budget: int, stops: list[int], processor: ChainConstraint | None
+        self, job: _Job, prompt: list[int], mode: str, budget: int, stops: list[int], processors: list[Any]
     ) -> tuple[list[int], int]:
         """Greedy ids for one job with chain drafting, and the forward passes it took."""
         start = start_state(job.prefix[-1].end, job.closed, job.prefix[-1].op) if job.prefix else start_state(0, job.closed)
@@ -490,7 +505,7 @@ class Realigner:
         training = self.model.training
         self.model.eval()
         try:
-            gen, stats = greedy_generate(self.model, prompt, budget, stops=stops, processors=[processor] if processor else [], drafter=drafter)
+            gen, stats = greedy_generate(self.model, prompt, budget, stops=stops, processors=processors, drafter=drafter)
         finally:
             self.model.train(training)
         return gen, stats.forwards

@@ -533,7 +533,7 @@ class Refiner:
         search: dict[str, Any] = {"do_sample": False}
         if not greedy:
             search = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": self.config.top_k, "num_return_sequences": k}
-        out = decoding.generate(self.policy, ids, mask, self._budget(examples), stops, self.pad_id, processor, **search)
+        out = decoding.generate(self.policy, ids, mask, self._budget(examples), stops, self.pad_id, [processor] if processor else [], **search)
         comps, chains, texts, valid, errors = [], [], [], [], []
         stop_set = set(stops)
         for row, gen in enumerate(out):

@@ -17,7 +17,7 @@ import time
 from itertools import islice
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, best_of_settings, check_best_of, torch_dtype
+from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, add_no_repeat_argument, best_of_settings, check_best_of, torch_dtype
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--data",)
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --best-of (default 1.0)")
     add_best_of_arguments(p)
+    add_no_repeat_argument(p)
     p.add_argument("--unconstrained", action="store_true", help="decode without the chain constraint, so the valid-chain share measures the model itself")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 check_scorer(spec, flag)
         dtype = torch_dtype(args.dtype)
         gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.beams)) if v not in (None, 1)}
+        gen["no_repeat"] = args.no_repeat
         if args.unconstrained:
             gen["constrained"] = False
         if args.best_of > 1:

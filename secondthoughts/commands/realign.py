@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", choices=("auto", "chain", "none"), default="auto", help="chain: draft spans and positions from "
                    "the source, check them in one pass (greedy, one text at a time, same output); auto (default): chain for greedy apply mode at batch size 1")
     add_best_of_arguments(p)
+    add_no_repeat_argument(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_dtype_argument(p)
 
@@ -73,6 +74,13 @@ def add_best_of_arguments(p: argparse.ArgumentParser) -> None:
                         "module:function (alignment; write coherence=module:function for a coherence callable)")
     p.add_argument("--coherence-weight", type=float, default=1.0,
                    help="best-of score: log P(aligned) + W * log P(coherent) (default 1)")
+
+
+def add_no_repeat_argument(p: argparse.ArgumentParser) -> None:
+    from secondthoughts.decoding import NO_REPEAT
+
+    p.add_argument("--no-repeat", type=int, default=NO_REPEAT, metavar="N",
+                   help=f"the text a constrained chain writes never repeats one of its own N-token sequences (0: off; default {NO_REPEAT})")
 
 
 def check_best_of(args: argparse.Namespace) -> None:
@@ -106,6 +114,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         prompt_lookup_num_tokens=args.prompt_lookup,
         draft=args.draft,
+        no_repeat=args.no_repeat,
     )
 
 

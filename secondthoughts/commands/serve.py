@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument
+from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, add_no_repeat_argument
 from secondthoughts.server import Limits
 
 # Example files cli.precheck reads before the parser (and torch) loads.
@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
     p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
     add_best_of_arguments(p)
+    add_no_repeat_argument(p)
     p.add_argument("--learn-out", default="runs/learned", metavar="PATH", help="learned runs go to PATH-1, PATH-2, ... (default runs/learned)")
     p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
     p.add_argument("--no-learn", action="store_true", help="no learning from the editor")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         realigner = load_realigner(args)
         learn = None if args.no_learn else LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else [])
         server = make_server(
-            realigner, args.host, args.port, args.corrections, settings={"mode": args.mode, **best_of_settings(args)}, limits=limits,
+            realigner, args.host, args.port, args.corrections, settings={"mode": args.mode, **best_of_settings(args), "no_repeat": args.no_repeat}, limits=limits,
             learn=learn, load=lambda run: load_realigner(args, run),
         )  # fmt: skip
     except (ValueError, OSError) as e:  # a bad run folder or corrections path, a port in use
