@@ -5,7 +5,7 @@ generic text cheap, so neither sees the failure chain models are prone to: a cha
 its spans do not join, leaving a *splice* ("Eddy tells fart jokes about his parents in boss the
 boss's wife."), or a chain that deletes the act and keeps a stub ("Rebecca asks.").
 
-Two kinds of measure live here:
+Three kinds of measure live here:
 
 * A learned scorer: the reward model's cross-encoder (``reward train --objective coherence``)
   trained to tell complete texts (gold targets and sources) from the failures above, made
@@ -17,10 +17,14 @@ Two kinds of measure live here:
   log-probability minus the unigram log-probability, so rare words are not taken for errors),
   mean and minimum token log-probability, and surprisal at the joins of a chain.
 
+* A measure fitted on hand labels of real outputs (``coherence_fit``: a logistic regression over
+  LM log-probabilities in and out of context, length and repeats), shipped in the package and
+  ``evaluate``'s default.
+
 Which one to trust is a measurement, not a choice: ``benchmarks/coherence_validation.py`` scores
 each against hand labels of real outputs that none of them was trained on (docs/coherence.md:
 the learned scorer sees splices, AUC 0.80 on them, but not the fit failures of a model that no
-longer splices).
+longer splices; the fitted measure sees more of those).
 """
 
 from __future__ import annotations
@@ -99,16 +103,18 @@ def duplicated(text: str, other: str, rng: random.Random) -> str | None:
 
 
 class Labelled(NamedTuple):
-    """A hand-labelled text (``label``: COHERENT or BROKEN)."""
+    """A hand-labelled text (``label``: COHERENT or BROKEN; ``group``: its story's id, if given,
+    so that cross-validation keeps a story's versions on one side)."""
 
     context: str
     text: str
     label: int
+    group: str = ""
 
 
 def read_labelled(path: str | os.PathLike[str]) -> list[Labelled]:
-    """Rows ``{"context", "text", "label"}`` of a JSONL (label 1 = coherent, 0 = broken); a bad row
-    raises ``DataError`` naming file, line and field."""
+    """Rows ``{"context", "text", "label"}`` (and an optional story ``id``) of a JSONL (label 1 =
+    coherent, 0 = broken); a bad row raises ``DataError`` naming file, line and field."""
     out = []
     for line, row in jsonl_rows(Path(path)):
         if isinstance(row, RowError):
@@ -118,7 +124,7 @@ def read_labelled(path: str | os.PathLike[str]) -> list[Labelled]:
                                 ("label", label, label in (0, 1) and not isinstance(label, bool))):
             if not ok:
                 raise DataError(f"{path}:{line}: field '{name}': expected {'0 or 1' if name == 'label' else 'a string'}, got {value!r}")
-        out.append(Labelled(context, text, int(label)))
+        out.append(Labelled(context, text, int(label), str(row.get("id", ""))))
     return out
 
 
@@ -306,7 +312,9 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any
     for spec in specs:
         kind, _, path = spec.partition("=") if spec.startswith(("alignment=", "coherence=")) else ("", "", spec)
         fn = reward.load_scorer(path, **kw)
-        kind = kind or (reward.objective_of(fn) if isinstance(fn, (reward.RewardModel, reward.RewardEnsemble)) else "alignment")
+        if not kind:
+            is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
+            kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
     return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight)
 

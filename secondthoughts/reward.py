@@ -548,10 +548,12 @@ def check_scorer(spec: str, what: str = "--reward") -> None:
     ``module:function``."""
     if not spec:
         raise ValueError(f"{what}: empty; pass a reward run folder (secondthoughts reward train) or module:function")
+    from secondthoughts.coherence_fit import FORMAT as FIT_FORMAT
+
     path = Path(spec)
     if path.is_dir():
         fmt = _read_info(path / "config.json").get("format")
-        if fmt not in (FORMAT, ENSEMBLE_FORMAT):
+        if fmt not in (FORMAT, ENSEMBLE_FORMAT, FIT_FORMAT):
             raise ValueError(f"{what} {spec}: not a reward run folder (config.json format {fmt!r})")
     elif not path.exists() and ":" in spec and all(spec.partition(":")[::2]):
         return
@@ -560,10 +562,15 @@ def check_scorer(spec: str, what: str = "--reward") -> None:
 
 
 def load_scorer(spec: str, *, batch_size: int = 32, device: torch.device | str | None = None, **kw: Any) -> RewardFn:
-    """A reward run or ensemble folder (:func:`load`) or ``module:function`` naming a callable
+    """A reward run or ensemble folder (:func:`load`), a fitted coherence folder
+    (``coherence_fit.LMCoherence``) or ``module:function`` naming a callable
     ``score(contexts, texts) -> list[float]``."""
+    from secondthoughts import coherence_fit
+
     if not spec:
         raise ValueError("no reward: pass --reward runs/reward (a reward model run) or module:function")
+    if coherence_fit.is_fitted_folder(spec):
+        return coherence_fit.LMCoherence.load(spec, device=device)
     if not Path(spec).exists() and ":" in spec:
         import importlib
 

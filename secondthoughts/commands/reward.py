@@ -5,6 +5,7 @@
     secondthoughts reward ensemble --runs runs/a runs/b --out runs/ab [--dev dev.jsonl]
     secondthoughts reward score --model runs/reward --input in.jsonl --output out.jsonl [--text-field target]
     secondthoughts reward evaluate --model runs/reward --data dev.jsonl [--views context]
+    secondthoughts reward fit-coherence --labelled labels.jsonl --out runs/coherence-fit
 
 ``train`` reads normalized examples (``secondthoughts prepare`` writes them); every field of
 :class:`secondthoughts.reward.RewardConfig` is a flag (``--backbone PATH``, ``--head frozen``, ...).
@@ -12,7 +13,9 @@ It reports held-out accuracy per text (targets, sources and context sentences as
 negatives) and pairwise accuracy (target above source), and writes them to the run folder.
 ``--members N`` trains N models with seeds seed, seed+1, ... and saves them as one ensemble
 (``reward.RewardEnsemble``); each finished member is kept, so a killed run picks up where it was.
-``ensemble`` combines runs trained before (copied into the new folder).
+``ensemble`` combines runs trained before (copied into the new folder). ``fit-coherence`` fits
+the LM-feature coherence measure (``coherence_fit``) to hand-labelled texts and reports its
+cross-validated AUC first (folds of whole stories where rows carry an ``id``).
 """
 
 from __future__ import annotations
@@ -83,10 +86,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--views", choices=VIEWS, help="score this way instead of as the run says (context, or context+alone)")
     s.add_argument("--dtype", default="auto", choices=PRECISIONS, help=DTYPE_HELP + " (default auto)")
 
+    f = sub.add_parser("fit-coherence", help="fit the LM-feature coherence measure to hand labels",
+                       description="fit a logistic regression over language-model features to hand-labelled texts (coherence_fit)")
+    f.add_argument("--labelled", required=True, help="JSONL of {context, text, label (1 coherent / 0 broken), id (story, optional)}")
+    f.add_argument("--out", required=True, help="folder to write (config.json with the weights, README.md)")
+    f.add_argument("--lm", default="embedded", help="language model whose log-probabilities are features (default: embedded)")
+    f.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the standardised weights (default 1)")
+    f.add_argument("--folds", type=int, default=5, help="cross-validation folds reported before the final fit (default 5; 0: none)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+
 
 def run(args: argparse.Namespace) -> int:
     # Errors become one line in cli.main (with --debug, the traceback).
-    return {"train": _train, "ensemble": _ensemble, "evaluate": _evaluate, "score": _score}[args.action](args)
+    actions = {"train": _train, "ensemble": _ensemble, "evaluate": _evaluate, "score": _score, "fit-coherence": _fit_coherence}
+    return actions[args.action](args)
+
+
+def _fit_coherence(args: argparse.Namespace) -> int:
+    from secondthoughts.coherence import auc_ci, read_labelled
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.folds == 1 or args.folds < 0:
+        raise ValueError(f"--folds must be 0 or >= 2, got {args.folds}")
+    rows = read_labelled(args.labelled)
+    if len({r.label for r in rows}) < 2:
+        raise DataError(f"{args.labelled}: needs both coherent (1) and broken (0) rows")
+    import torch
+
+    from secondthoughts import coherence_fit, models
+    from secondthoughts.metrics import Fluency
+
+    model, tokenizer = models.load(args.lm, dtype=torch.float32)
+    X = coherence_fit.features(Fluency(model, tokenizer, args.lm), [r.context for r in rows], [r.text for r in rows])
+    y = [r.label for r in rows]
+    info: dict[str, Any] = {"labelled": args.labelled}
+    if args.folds:
+        groups = [r.group or f"row {k}" for k, r in enumerate(rows)]
+        a, lo, hi = auc_ci(coherence_fit.cross_validated(X, y, groups, folds=args.folds, l2=args.l2), y)
+        info["cross_validated_auc"] = {"auc": round(a, 4), "ci95": [round(lo, 4), round(hi, 4)], "folds": args.folds,
+                                       "groups": len(set(groups))}
+        print(f"{args.folds}-fold cross-validated AUC (folds of whole stories): {a:.3f} [{lo:.3f}, {hi:.3f}]")
+    fitted = coherence_fit.FittedCoherence.fit(X, y, l2=args.l2, lm=args.lm, **info)
+    fitted.save(out, coherence_fit.model_card(fitted))
+    print(f"fitted on {len(y)} texts ({sum(y)} coherent); wrote {out}/config.json and README.md")
+    return 0
 
 
 # ---------------------------------------------------------------- train
