@@ -913,7 +913,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
             return
         mine = eval_ex[rank::world]
         sums = _reduce(acc, r.evaluate(mine) if mine else dict.fromkeys(("n", "n_valid", "reward", "score", *GUARDS, "edits", "new_tokens"), 0.0))
-        log({"step": state.step, **_per_sample(sums, "eval_")})
+        log({"step": state.step, **_per_sample(sums, "eval_"), "peak_memory_mb": runs.peak_memory_mb()})
 
     def save_checkpoint() -> None:
         ck = runs.CheckpointWriter(out)
@@ -956,7 +956,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         row = {
             "step": state.step, **_per_sample(sums), **upd, "lr": r.scheduler.get_last_lr()[0],
             "samples_per_s": sums["n"] / dt, "rollout_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2,
-            "elapsed_s": round(state.elapsed_s, 3),
+            "elapsed_s": round(state.elapsed_s, 3), "peak_memory_mb": runs.peak_memory_mb(),
         }  # fmt: skip
         if errors:
             row["invalid_examples"] = errors  # this process's first few, so a failure mode is readable

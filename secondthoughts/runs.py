@@ -357,6 +357,19 @@ def environment(**extra: str) -> dict[str, str]:
     }  # fmt: skip
 
 
+def peak_memory_mb() -> float:
+    """The process's peak memory so far, in MB: on CUDA the most allocated on the current device,
+    else the resident set's high-water mark (what ``/usr/bin/time -v`` reports at the end), so a
+    run's metrics say at which step its peak came."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states as plain lists and tensors, so that
     ``torch.load(weights_only=True)`` reads them back."""

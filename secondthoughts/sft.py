@@ -593,7 +593,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             log({
                 "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": step_loss,
                 "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "tokens_per_s": n_tokens / dt,
-                "step_s": dt, "elapsed_s": round(state.elapsed_s, 3),
+                "step_s": dt, "elapsed_s": round(state.elapsed_s, 3), "peak_memory_mb": runs.peak_memory_mb(),
             })  # fmt: skip
         if state.step % config.eval_every == 0 or state.step == total_steps:
             run_eval()

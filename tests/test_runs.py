@@ -185,7 +185,7 @@ def _train_config(out: Path, model_dir: Path, data: Path) -> Any:
 
 def _curve(out: Path, drop: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """The metrics a resumed run must repeat exactly (timings left out)."""
-    timing = {"tokens_per_s", "step_s", "elapsed_s", "samples_per_s", "rollout_s", "score_s", "update_s"} | drop
+    timing = {"tokens_per_s", "step_s", "elapsed_s", "samples_per_s", "rollout_s", "score_s", "update_s", "peak_memory_mb"} | drop
     return [{k: v for k, v in r.items() if k not in timing} for r in runs.read_metrics(out / "metrics.jsonl").rows]
 
 
