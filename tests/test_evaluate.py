@@ -304,20 +304,6 @@ def test_base_lm_of_a_lora_run_is_the_adapter_disabled(lora_run: Path, tiny_mode
     assert "could not be loaded" in E.base_fluency(full_run, plain, plain_tok)
 
 
-@pytest.mark.slow  # loads the embedded model
-def test_cli_measures_coherence_with_the_shipped_measure_by_default(lora_run: Path, tmp_path: Path) -> None:
-    data = tmp_path / "test.jsonl"
-    write_examples(data, tiny.EXAMPLES)
-    base = ["evaluate", "--model", str(lora_run), "--data", str(data), "--limit", "3", "--bootstrap", "0", "--max-new-tokens", "12", "--device", "cpu"]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 0
-    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert m["info"]["coherence"].endswith("coherence-fit")
-    scores = [json.loads(line)["coherence_output"] for line in (tmp_path / "a" / "outputs.jsonl").read_text().splitlines()]
-    assert len(scores) == 3 and all(0 < s < 1 for s in scores)
-    assert main([*base, "--coherence", "none", "--out", str(tmp_path / "b")]) == 0
-    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["info"]["coherence"] is None
-
-
 def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "test.jsonl"
     write_examples(data, tiny.EXAMPLES)

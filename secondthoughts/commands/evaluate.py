@@ -29,10 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--reward", help="reward model run folder (`secondthoughts reward train`); without it alignment is not measured")
     p.add_argument("--second-reward", help="a second alignment scorer (run folder or module:function), reported beside the first")
-    p.add_argument("--coherence", default="shipped",
-                   help="coherence scorer: 'shipped' (default: the LM-feature measure fitted on the project's hand labels, "
-                        "docs/coherence.md), a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
-                        "module:function, or 'none'")
+    p.add_argument("--coherence", help="coherence scorer (a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
+                                       "or module:function); without it coherence is not measured")
     p.add_argument("--limit", type=int, help="evaluate the first N examples of --data")
     p.add_argument("--mode", choices=("apply", "generate", "direct"), help="decoding mode (default: the run's own: apply for chain-of-edits runs)")
     p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
@@ -91,10 +89,6 @@ def run(args: argparse.Namespace) -> int:
         check_best_of(args)
         from secondthoughts.reward import check_scorer
 
-        if args.coherence in ("shipped", "none"):
-            from secondthoughts.coherence_fit import shipped
-
-            args.coherence = str(shipped()) if args.coherence == "shipped" else None
         for flag, spec in (("--reward", args.reward), ("--second-reward", args.second_reward), ("--coherence", args.coherence)):
             if spec:
                 check_scorer(spec, flag)
