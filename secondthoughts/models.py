@@ -329,3 +329,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward (non-reentrant: no input needs
+    ``requires_grad``). Applies in train mode only. transformers 5.x renamed the method."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

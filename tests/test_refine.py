@@ -445,15 +445,17 @@ def _whole_batch_update(r, batch):
     return stats, kl, advantages
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_update_by_prompt_gives_the_whole_batch_numbers(tmp_path, aem_run, examples_jsonl, temperature):
-    """Per-prompt forwards and backwards, chunked log-probs and constraint index sets give the
-    statistics, KL, advantages and updated weights of the whole batch computed at once."""
+@pytest.mark.parametrize("temperature, checkpointing", [(1.0, True), (0.7, True), (1.0, False)])
+def test_update_by_prompt_gives_the_whole_batch_numbers(tmp_path, aem_run, examples_jsonl, temperature, checkpointing):
+    """Per-prompt forwards and backwards, chunked log-probs, constraint index sets and gradient
+    checkpointing give the statistics, KL, advantages and updated weights of the whole batch
+    computed at once, in eval mode, without recomputation."""
     import copy
 
     cfg = _cfg(tmp_path, aem_run, examples_jsonl, k=3, prompts_per_step=3, ppo_epochs=2, clip_eps=0.05, ail_negative="both",
-               ail_margin=5.0, temperature=temperature, max_new_tokens=20)  # fmt: skip
+               ail_margin=5.0, temperature=temperature, max_new_tokens=20, gradient_checkpointing=checkpointing)  # fmt: skip
     r = Refiner(cfg, word_reward)
+    assert r.policy.get_base_model().is_activation_checkpointing is checkpointing
     torch.manual_seed(7)
     with torch.no_grad():  # move the adapter off zero, so that KL, ratios and clipping are not trivial
         for prm in r.params:

@@ -44,7 +44,7 @@ def memorized_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         train(TrainConfig(
             data=str(data), model=str(tiny_model_dir), out=str(out), full=True, lr=1e-2, max_steps=40,
             scheduler="constant_with_warmup", warmup_ratio=0.0, cost_sets=[[1, 1, 2]], max_length=128,
-            batch_size=2, eval_fraction=0.0, log_every=40, progress=False,
+            batch_size=2, eval_fraction=0.0, log_every=40, progress=False, merge_gap=-1,  # the paper's chains: several edits to show
         ))
     return out
 
