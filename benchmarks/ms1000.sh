@@ -18,9 +18,9 @@ mkdir -p "$WORK"
 for NAME in coe direct anchored merged; do
   RUN=runs/ms1000-$NAME
   case $NAME in
-    coe) FLAGS="--mode coe --chain-format positional --epochs 1 --batch-size 8";;
+    coe) FLAGS="--mode coe --chain-format positional --merge-gap -1 --epochs 1 --batch-size 8";;
     direct) FLAGS="--mode direct --epochs 1 --batch-size 8";;
-    anchored) FLAGS="--mode coe --chain-format anchored --epochs 3 --batch-size 8";;
+    anchored) FLAGS="--mode coe --chain-format anchored --merge-gap -1 --epochs 3 --batch-size 8";;
     merged) FLAGS="--mode coe --chain-format anchored --merge-gap 3 --epochs 1 --batch-size 2 --eval-every 40";;
   esac
   if [ ! -f "$RUN/README.md" ]; then
