@@ -78,7 +78,7 @@ def run_ours(args: argparse.Namespace, policy: str, examples: list[Any], reward:
     cfg = RefineConfig(
         policy=policy, reward="(callable)", data="(in memory)", out=str(tmp / "ours"), prompts_per_step=args.prompts, k=args.k,
         max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained, beta=BETA, lr=LR, lora_r=LORA_R,
-        lora_alpha=LORA_ALPHA, train_tokens=False, progress=False,
+        lora_alpha=LORA_ALPHA, train_tokens=False, progress=False, gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
     r = Refiner(cfg, reward)
     peaks = measure_phases(r) if args.phases else None
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="completion budget")
     ap.add_argument("--unconstrained", action="store_true", help="ours without the chain constraint")
+    ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                    help="ours: recompute layer activations in the update's backward (refine's default; less memory, ~0.8x speed)")
     ap.add_argument("--phases", action="store_true", help="print ours' peak memory per phase (RSS high-water mark on CPU)")
     ap.add_argument("--skip-trl", action="store_true", help="run ours only (for --phases: TRL's run would share the process)")
     args = ap.parse_args()
