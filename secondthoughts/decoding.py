@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from secondthoughts.sequences import encode_prompt
+from secondthoughts.settings import setting
 
 # The chain format of runs that do not say (every run since the field exists says).
 DEFAULT_CHAIN_FORMAT = "anchored"
@@ -34,6 +36,47 @@ LEGACY_CHAIN_FORMAT = "positional"  # runs saved before chains were anchored
 # outputs it changed (+1.7 coherence on 5 of 300 dev stories), n = 3 changed more and gained
 # nothing (docs/coherence.md).
 NO_REPEAT = 4
+
+
+@dataclass
+class DecodeSettings:
+    """How a text is decoded: ``Realigner.realign_many``'s settings, and the flags of ``realign``,
+    ``evaluate`` and ``serve`` (``settings.add_flags``; each command takes the fields it needs)."""
+
+    mode: str | None = setting(None, "apply: the chain only, applied (default for chain-of-edits runs); generate: chain then target "
+                                     "(the paper's decoding); direct: runs trained with --mode direct; default: the run's own",
+                               choices=("apply", "generate", "direct"), type=str)
+    constrained: bool = setting(True, "let the model write chains that may not parse or apply", flag="--unconstrained")
+    num_beams: int = setting(1, "beam search width (1: greedy or sampling)", flag="--beams", metavar="N")
+    do_sample: bool = setting(False, "sample instead of searching", flag="--sample")
+    temperature: float = setting(1.0, "sampling temperature (of --sample and --best-of)")
+    top_p: float = setting(1.0, "nucleus sampling threshold (1: off)")
+    max_new_tokens: int | None = setting(None, "generation budget (default: enough to rewrite every source token)", type=int)
+    seed: int | None = setting(None, "seed for sampling", type=int)
+    prompt_lookup_num_tokens: int | None = setting(None, "draft N tokens at a time by copying from the prompt (batch size 1)",
+                                                   flag="--prompt-lookup", type=int, metavar="N")
+    draft: str = setting("auto", "chain: draft spans and positions from the source, check them in one pass (greedy, one text at a "
+                                 "time, same output); auto: chain for greedy apply mode at batch size 1", choices=("auto", "chain", "none"))
+    no_repeat: int = setting(NO_REPEAT, "the text a constrained chain writes never repeats one of its own N-token sequences (0: off)",
+                             metavar="N")
+    best_of: int = setting(1, "sample N constrained chains per text (in one batch) and keep the one the --rerank scorers like "
+                              "best (1: no sampling)", metavar="N")
+    rerank: list = setting([], "scorers for --best-of: reward run folders (alignment or coherence, as each run's config says) or "
+                               "module:function (alignment; write coherence=module:function for a coherence callable)", metavar="SCORER")
+    coherence_weight: float = setting(1.0, "best-of score: log P(aligned) + W * log P(coherent)", metavar="W")
+
+    @classmethod
+    def from_args(cls, args: Any) -> DecodeSettings:
+        """The settings a command's flags gave (fields it has no flag for keep their defaults)."""
+        return cls(**{k: getattr(args, k) for k in asdict(cls()) if hasattr(args, k)})
+
+    def realign_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``realign`` / ``realign_many``, but ``best_of`` and ``rerank``:
+        those need the scorers loaded (``commands.realign.best_of_settings``)."""
+        d = asdict(self)
+        for k in ("best_of", "rerank", "coherence_weight"):
+            del d[k]
+        return d
 
 
 def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:

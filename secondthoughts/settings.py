@@ -1,11 +1,13 @@
 """Settings dataclasses whose fields become command-line flags (``TrainConfig``, ``RefineConfig``,
-``DPOSettings``): the field helper and the dict / YAML reader they share."""
+``LearnConfig``, ``RewardConfig``, ``decoding.DecodeSettings``): the field helper, the flags made
+from the fields, and the dict / YAML reader they share."""
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Callable
-from dataclasses import field, fields
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, field, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -16,6 +18,35 @@ def setting(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def add_flags(
+    p: argparse.ArgumentParser, cls: type, *, only: Collection[str] | None = None, given_only: bool = True,
+    types: Mapping[str, Callable[[str], Any]] | None = None,
+) -> None:
+    """One flag per field of ``cls`` (``only``: these fields): ``--field-name``, or the metadata's
+    ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
+    ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
+    opposite of the default. A list takes one or more values. The type is ``types[name]``, else the
+    metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``: flags
+    not given stay out of the namespace, so that they do not override a ``--config`` file."""
+    for f in fields(cls):  # type: ignore[arg-type]
+        if only is not None and f.name not in only:
+            continue
+        meta = f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        quiet = default is None or default == [] or ("flag" in meta and isinstance(default, bool))  # the help says it
+        shown = "" if quiet else f" (default: {json.dumps(default)})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
+        if isinstance(default, bool):
+            action = ("store_false" if default else "store_true") if "flag" in meta else argparse.BooleanOptionalAction
+            p.add_argument(flag, action=action, **kw)
+            continue
+        kind = (types or {}).get(f.name) or meta.get("type") or (str if isinstance(default, list) else type(default))
+        if isinstance(default, list) and f.name not in (types or {}):
+            kw["nargs"] = "+"
+        p.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **kw)
 
 
 def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:

@@ -82,7 +82,7 @@ class TrainConfig:
         "or 'inline' (the source text kept between edits written out, so each edit stands where it ends)",
         choices=CHAIN_FORMATS,
     )
-    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'")  # noqa: RUF009 (_f copies lists)
+    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'", metavar="I,D,R;...")  # noqa: RUF009 (_f copies lists)
     merge_gap: int = _f(
         3,
         "coe chains: edits that at most N kept tokens separate become one replace (fewer, longer edits; "

@@ -17,7 +17,10 @@ import time
 from itertools import islice
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, add_no_repeat_argument, best_of_settings, check_best_of, torch_dtype
+from secondthoughts.commands.realign import add_decoding_arguments, add_dtype_argument, best_of_settings, check_best_of, torch_dtype
+
+# The decoding flags evaluate takes (its --seed is the bootstrap's; it decodes in batches, greedy or best-of).
+DECODING = ("mode", "constrained", "num_beams", "temperature", "max_new_tokens", "no_repeat", "best_of", "rerank", "coherence_weight")
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--data",)
@@ -32,17 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coherence", help="coherence scorer (a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
                                        "or module:function); without it coherence is not measured")
     p.add_argument("--limit", type=int, help="evaluate the first N examples of --data")
-    p.add_argument("--mode", choices=("apply", "generate", "direct"), help="decoding mode (default: the run's own: apply for chain-of-edits runs)")
     p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
     p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
-    p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
-    p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy)")
     p.add_argument("--score-generated", action="store_true",
                    help="with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --best-of (default 1.0)")
-    add_best_of_arguments(p)
-    add_no_repeat_argument(p)
-    p.add_argument("--unconstrained", action="store_true", help="decode without the chain constraint, so the valid-chain share measures the model itself")
+    add_decoding_arguments(p, DECODING)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--examples", type=int, default=6, help="example rows with inline diffs in report.md (default 6)")
@@ -93,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
             if spec:
                 check_scorer(spec, flag)
         dtype = torch_dtype(args.dtype)
-        gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.beams)) if v not in (None, 1)}
+        gen = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams)) if v not in (None, 1)}
         gen["no_repeat"] = args.no_repeat
-        if args.unconstrained:
+        if not args.constrained:
             gen["constrained"] = False
         if args.best_of > 1:
             gen.update(best_of_settings(args), temperature=args.temperature)
@@ -105,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, examples, reward_run=args.reward, second_reward_run=args.second_reward, coherence_run=args.coherence,
             base_lm=args.base_lm, device=args.device, dtype=dtype,
             mode=args.mode, score_generated=args.score_generated, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
-            info={"data": str(args.data), "limit": args.limit, "constrained": not args.unconstrained,
+            info={"data": str(args.data), "limit": args.limit, "constrained": args.constrained,
                   **({"rerank": args.rerank, "coherence_weight": args.coherence_weight} if args.best_of > 1 else {})}, **gen,
         )  # fmt: skip
         write_report(ev, out, shown=args.examples, overwrite=args.overwrite)

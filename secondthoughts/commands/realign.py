@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package")
     p.add_argument("--context", default="", help="the situation / norm the text responds to")
     p.add_argument("--prefix", help="first edits to force (compact form or readable lines); the model continues after them")
-    p.add_argument("--mode", choices=("apply", "generate", "direct"), help="apply: chain only, applied (default for CoE runs); "
-                   "generate: chain then target (the paper's decoding); direct: runs trained with --mode direct")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input", help="JSONL of rows with source (and optional context, prefix) to re-align in batches")
     p.add_argument("--output", help="where --input's rows go, with the result fields added")
     p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
-    p.add_argument("--unconstrained", action="store_true", help="let the model write chains that may not parse or apply")
-    p.add_argument("--beams", type=int, default=1, help="beam search width (default 1: greedy or sampling)")
-    p.add_argument("--sample", action="store_true", help="sample instead of searching")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0: off)")
-    p.add_argument("--max-new-tokens", type=int, help="generation budget (default: enough to rewrite every source token)")
-    p.add_argument("--seed", type=int, help="seed for sampling")
-    p.add_argument("--prompt-lookup", type=int, metavar="N", help="draft N tokens at a time by copying from the prompt (batch size 1)")
-    p.add_argument("--draft", choices=("auto", "chain", "none"), default="auto", help="chain: draft spans and positions from "
-                   "the source, check them in one pass (greedy, one text at a time, same output); auto (default): chain for greedy apply mode at batch size 1")
-    add_best_of_arguments(p)
-    add_no_repeat_argument(p)
+    add_decoding_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_dtype_argument(p)
 
@@ -66,21 +54,12 @@ def torch_dtype(name: str) -> Any:
     return {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def add_best_of_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--best-of", type=int, default=1, metavar="N",
-                   help="sample N constrained chains per text (in one batch) and keep the one the --rerank scorers like best (default 1: no sampling)")
-    p.add_argument("--rerank", nargs="+", default=[], metavar="SCORER",
-                   help="scorers for --best-of: reward run folders (alignment or coherence, as each run's config says) or "
-                        "module:function (alignment; write coherence=module:function for a coherence callable)")
-    p.add_argument("--coherence-weight", type=float, default=1.0,
-                   help="best-of score: log P(aligned) + W * log P(coherent) (default 1)")
+def add_decoding_arguments(p: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
+    """The decoding flags (``decoding.DecodeSettings``'s fields; ``only``: those a command takes)."""
+    from secondthoughts.decoding import DecodeSettings
+    from secondthoughts.settings import add_flags
 
-
-def add_no_repeat_argument(p: argparse.ArgumentParser) -> None:
-    from secondthoughts.decoding import NO_REPEAT
-
-    p.add_argument("--no-repeat", type=int, default=NO_REPEAT, metavar="N",
-                   help=f"the text a constrained chain writes never repeats one of its own N-token sequences (0: off; default {NO_REPEAT})")
+    add_flags(p, DecodeSettings, only=only, given_only=False)
 
 
 def check_best_of(args: argparse.Namespace) -> None:
@@ -103,19 +82,10 @@ def best_of_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(
-        mode=args.mode,
-        constrained=not args.unconstrained,
-        num_beams=args.beams,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        prompt_lookup_num_tokens=args.prompt_lookup,
-        draft=args.draft,
-        no_repeat=args.no_repeat,
-    )
+    """``realign`` / ``realign_many`` keyword arguments from the decoding flags (``best_of_settings`` adds best-of)."""
+    from secondthoughts.decoding import DecodeSettings
+
+    return DecodeSettings.from_args(args).realign_kwargs()
 
 
 def read_items(path: str) -> list[dict[str, Any]]:

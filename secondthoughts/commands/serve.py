@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secondthoughts.commands.realign import add_best_of_arguments, add_dtype_argument, add_no_repeat_argument
+from secondthoughts.commands.realign import add_decoding_arguments, add_dtype_argument
 from secondthoughts.server import Limits
 
 # Example files cli.precheck reads before the parser (and torch) loads.
@@ -45,7 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; there is no authentication)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--corrections", default="corrections.jsonl", help="JSONL that saved corrections are appended to (default corrections.jsonl)")
-    p.add_argument("--mode", choices=("apply", "generate", "direct"), help="decoding mode (default: the run's own)")
     lim = Limits()
     p.add_argument("--max-source-tokens", type=positive(int), help="longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)")
     p.add_argument("--max-new-tokens", type=positive(int), help="token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)")
@@ -53,8 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
     p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
     p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
-    add_best_of_arguments(p)
-    add_no_repeat_argument(p)
+    add_decoding_arguments(p, ("mode", "no_repeat", "best_of", "rerank", "coherence_weight"))
     p.add_argument("--learn-out", default="runs/learned", metavar="PATH", help="learned runs go to PATH-1, PATH-2, ... (default runs/learned)")
     p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
     p.add_argument("--no-learn", action="store_true", help="no learning from the editor")

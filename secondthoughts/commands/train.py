@@ -9,9 +9,7 @@ from YAML; flags given on the command line override it. Runs under
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.precheck)
@@ -35,21 +33,13 @@ def parse_cost_sets(text: str) -> list[list[float]]:
 
 
 def add_config_arguments(p: argparse.ArgumentParser, cls: type | None = None) -> None:
-    """One flag per dataclass field (default: TrainConfig's). Defaults are suppressed so that
-    only flags actually given override the YAML file; the help still shows the default."""
+    """One flag per dataclass field (default: TrainConfig's; ``settings.add_flags``). Defaults are
+    suppressed so that only flags actually given override the YAML file; the help still shows them."""
+    from secondthoughts import settings
+
     if cls is None:
         from secondthoughts.sft import TrainConfig as cls
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {json.dumps(default)})"
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif f.name == "cost_sets":
-            p.add_argument(flag, type=parse_cost_sets, metavar="I,D,R;...", **kw)
-        else:
-            p.add_argument(flag, type=type(default), choices=f.metadata.get("choices"), **kw)
+    settings.add_flags(p, cls, types={"cost_sets": parse_cost_sets})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
