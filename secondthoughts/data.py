@@ -65,6 +65,8 @@ from itertools import islice, product
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TextIO
 
+from secondthoughts.settings import setting
+
 
 class DataError(ValueError):
     """A row that cannot become an Example; the message names file, line and field."""
@@ -713,6 +715,25 @@ _READERS: dict[str, Callable[[_Reader], Iterator[Example]]] = {
     "jsonl": _generic,
     "csv": _generic,
 }
+
+
+@dataclass
+class ReadOptions:
+    """:func:`read_dataset`'s options as settings: the flags of ``secondthoughts prepare``
+    (``settings.add_flags``); a test keeps the two in step."""
+
+    skip_invalid: bool = setting(False, "skip malformed rows and report them instead of stopping at the first")
+    split: str | None = setting(None, "keep only rows of this split (train, dev); for --format hub, the split to load", type=str)
+    limit: int | None = setting(None, "stop after N examples", type=int, metavar="N")
+    columns: Mapping[str, str] | None = setting(None, "generic formats: context=COL,source=COL,target=COL,id=COL,split=COL")
+    paradetox_rewrites: str = setting("all", "paradetox: only the first neutral rewrite per row (default: all)",
+                                      flag="--first-rewrite", const="first")
+    pairing: str = setting("zip", "ETHICS: pair the i-th unacceptable row of a scenario with its i-th acceptable row (zip), "
+                                  "or every one with every one (product)", choices=("zip", "product"))
+    mic_rot: bool = setting(True, "mic: leave the rule of thumb out of the context", flag="--no-rot")
+    hub_format: str = setting("jsonl", "hub: the format whose rules read the rows (jsonl = generic columns)",
+                              choices=tuple(f for f in FORMATS if f != "hub"))
+    hub_config: str | None = setting(None, "hub: dataset configuration name", type=str)
 
 
 def read_dataset(

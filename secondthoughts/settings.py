@@ -27,7 +27,8 @@ def add_flags(
     """One flag per field of ``cls`` (``only``: these fields): ``--field-name``, or the metadata's
     ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
-    opposite of the default. A list takes one or more values. The type is ``types[name]``, else the
+    opposite of the default; a metadata ``const`` makes a flag that sets that value. A list takes
+    one or more values. The type is ``types[name]``, else the
     metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``: flags
     not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
@@ -36,12 +37,15 @@ def add_flags(
         meta = f.metadata
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        quiet = default is None or default == [] or ("flag" in meta and isinstance(default, bool))  # the help says it
+        quiet = default is None or default == [] or ("flag" in meta and (isinstance(default, bool) or "const" in meta))  # the help says it
         shown = "" if quiet else f" (default: {json.dumps(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
         if isinstance(default, bool):
             action = ("store_false" if default else "store_true") if "flag" in meta else argparse.BooleanOptionalAction
             p.add_argument(flag, action=action, **kw)
+            continue
+        if "const" in meta:  # a flag that sets one value (--first-rewrite: "first")
+            p.add_argument(flag, action="store_const", const=meta["const"], **kw)
             continue
         kind = (types or {}).get(f.name) or meta.get("type") or (str if isinstance(default, list) else type(default))
         if isinstance(default, list) and f.name not in (types or {}):

@@ -64,3 +64,17 @@ def test_a_runs_chain_format(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"train": {"chain_format": "inline", "max_length": 64}}))
     assert decoding.run_info(tmp_path / "model") == {"chain_format": "inline", "max_length": 64}
     assert decoding.run_info(tmp_path / "other" / "model") is None
+
+
+def test_decode_settings_are_realign_manys_settings():
+    """realign / evaluate / serve flags come from DecodeSettings: the same names and defaults as
+    Realigner.realign_many's (best-of scorers are loaded apart)."""
+    import inspect
+
+    from secondthoughts.decoding import DecodeSettings
+    from secondthoughts.realign import Realigner
+
+    params = inspect.signature(Realigner.realign_many).parameters
+    for name, value in DecodeSettings().realign_kwargs().items():
+        assert params[name].default == value, name
+    assert params["best_of"].default == DecodeSettings().best_of

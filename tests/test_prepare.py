@@ -87,3 +87,14 @@ def test_chain_stats_counts_edits_and_changed_tokens() -> None:
     assert stats["edits per example"].startswith("mean 1.00")
     assert stats["tokens changed per example"].startswith("mean 1.50")
     assert chain_stats([])["edits per example"] == "n/a"
+
+
+def test_read_options_are_read_datasets_options():
+    """prepare's flags come from ReadOptions: the same names and defaults as read_dataset's."""
+    import inspect
+    from dataclasses import asdict
+
+    from secondthoughts.data import ReadOptions, read_dataset
+
+    params = {n: p.default for n, p in inspect.signature(read_dataset).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert asdict(ReadOptions()) == params

@@ -10,8 +10,10 @@ import argparse
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
-from secondthoughts.data import FORMATS, Example, parse_columns, read_dataset, write_examples
+from secondthoughts.data import FORMATS, Example, ReadOptions, parse_columns, read_dataset, write_examples
+from secondthoughts.settings import add_flags
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
 
@@ -28,21 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="dataset file (.jsonl, .jsonl.gz, .csv, .tsv), or a dataset id for --format hub")
     p.add_argument("--output", required=True, help="where to write the normalized examples (JSONL)")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="skip malformed rows and report them instead of stopping at the first")
-    p.add_argument("--split", help="keep only rows of this split (train, dev); for --format hub, the split to load")
-    p.add_argument("--columns", type=_columns,
-                   help="generic formats: context=COL,source=COL,target=COL,id=COL,split=COL")
-    p.add_argument("--limit", type=int, help="stop after N examples")
-    p.add_argument("--first-rewrite", action="store_true",
-                   help="paradetox: only the first neutral rewrite per row (default: all)")
-    p.add_argument("--pairing", choices=("zip", "product"), default="zip",
-                   help="ETHICS: pair the i-th unacceptable row of a scenario with its i-th acceptable row (zip), "
-                        "or every one with every one (product)")
-    p.add_argument("--no-rot", action="store_true", help="mic: leave the rule of thumb out of the context")
-    p.add_argument("--hub-format", default="jsonl", choices=[f for f in FORMATS if f != "hub"],
-                   help="hub: the format whose rules read the rows (jsonl = generic columns)")
-    p.add_argument("--hub-config", help="hub: dataset configuration name")
+    add_flags(p, ReadOptions, given_only=False, types={"columns": _columns})
 
 
 def _describe(values: Sequence[int]) -> str:
@@ -69,18 +57,7 @@ def chain_stats(examples: Sequence[Example], costs: tuple[float, float, float] =
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {
-        "skip_invalid": args.skip_invalid,
-        "split": args.split,
-        "limit": args.limit,
-        "paradetox_rewrites": "first" if args.first_rewrite else "all",
-        "pairing": args.pairing,
-        "mic_rot": not args.no_rot,
-        "hub_format": args.hub_format,
-        "hub_config": args.hub_config,
-    }
-    if args.columns:
-        options["columns"] = args.columns
+    options = {k: getattr(args, k) for k in asdict(ReadOptions())}
     result = read_dataset(args.format, args.input, **options)  # a DataError becomes one line in cli.main
     print(result.summary())
     if not result.examples:
