@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts.sequences import encode_prompt
-from secondthoughts.settings import setting
+from secondthoughts.settings import flags_given, setting
 
 # The chain format of runs that do not say (every run since the field exists says).
 DEFAULT_CHAIN_FORMAT = "anchored"
@@ -68,7 +68,7 @@ class DecodeSettings:
     @classmethod
     def from_args(cls, args: Any) -> DecodeSettings:
         """The settings a command's flags gave (fields it has no flag for keep their defaults)."""
-        return cls(**{k: getattr(args, k) for k in asdict(cls()) if hasattr(args, k)})
+        return cls(**flags_given(cls, args))
 
     def realign_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``realign`` / ``realign_many``, but ``best_of`` and ``rerank``:

@@ -130,7 +130,7 @@ class RefineConfig:
     lora_alpha: int = _f(32, "alpha of the new LoRA adapter")
     train_tokens: bool = _f(True, "also train the rows of the edit marker tokens")
     gradient_checkpointing: bool = _f(True, "recompute each layer's activations in the update's backward: the same gradients in "
-                                            "less memory (the goal: 8 x 4 samples on the embedded model within 4 GB), a few % slower")
+                                            "less memory (8 x 4 samples on the embedded model: 2.9 GB, not 4.2), at about 0.8x the speed")
     reward_batch_size: int = _f(32, "texts per batch of the reward model")
     checkpoint_every: int = _f(10, "write a resumable checkpoint every N steps (and at the end)")
     seed: int = _f(0, "seeds prompt order, LoRA init and sampling (per step and process, so resume is exact)")

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformers import LogitsProcessor
 
+from secondthoughts.decoding import NO_REPEAT
+
 
 def written_spans(gen: Sequence[int], new: int, markers: Iterable[int]) -> tuple[list[list[int]], bool]:
     """The text spans of a chain's ids (each run of ids after ``new`` up to the next marker), and
@@ -57,7 +59,7 @@ class RepeatGuard(LogitsProcessor):
     every token the constraint allows would repeat, the row is left as the constraint left it.
     """
 
-    def __init__(self, new: int, markers: Iterable[int], prompt_len: int, n: int = 3):
+    def __init__(self, new: int, markers: Iterable[int], prompt_len: int, n: int = NO_REPEAT):
         if n < 2:
             raise ValueError(f"repeat guard n-gram size must be >= 2, got {n}")
         self.new, self.markers, self.prompt_len, self.n = new, frozenset(markers), prompt_len, n

@@ -53,6 +53,12 @@ def add_flags(
         p.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **kw)
 
 
+def flags_given(cls: type, args: Any) -> dict[str, Any]:
+    """The values of ``cls``'s fields that the namespace ``args`` holds (a flag left out of it, as
+    ``add_flags(given_only=True)`` leaves those not given, is left out here too)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+
+
 def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
     """``cls(**d)`` with flag spellings (``max-length``) accepted; unknown keys are an error
     that names them (``what``: e.g. "training settings")."""
@@ -99,7 +105,7 @@ def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "
     """A command's settings by :func:`merged`'s rule: with ``--resume`` the run's saved
     ``section`` of ``file`` (in ``--out``), else ``defaults(chosen)`` (e.g. what ``--init-from``
     carries over); then ``--config``; then the flags given."""
-    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    given = flags_given(cls, args)
     from_file = read_yaml(args.config_file, what) if args.config_file else {}
     chosen = {**from_file, **given}
     if args.resume:

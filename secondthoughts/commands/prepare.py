@@ -10,10 +10,9 @@ import argparse
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from secondthoughts.data import FORMATS, Example, ReadOptions, parse_columns, read_dataset, write_examples
-from secondthoughts.settings import add_flags
+from secondthoughts.settings import add_flags, flags_given
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
 
@@ -57,7 +56,7 @@ def chain_stats(examples: Sequence[Example], costs: tuple[float, float, float] =
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {k: getattr(args, k) for k in asdict(ReadOptions())}
+    options = flags_given(ReadOptions, args)
     result = read_dataset(args.format, args.input, **options)  # a DataError becomes one line in cli.main
     print(result.summary())
     if not result.examples:

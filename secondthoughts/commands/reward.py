@@ -25,10 +25,11 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from secondthoughts import settings
 from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows, read_examples, shuffled, split_examples
 from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
@@ -164,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if args.members < 1:
         raise ValueError(f"--members must be >= 1, got {args.members}")
-    config = RewardConfig(**{f.name: getattr(args, f.name) for f in fields(RewardConfig) if hasattr(args, f.name)})
+    config = RewardConfig(**settings.flags_given(RewardConfig, args))
     train, dev, dev_name = _split(args, config.seed)
     kind = f"an ensemble of {args.members} {config.head} reward models" if args.members > 1 else f"a {config.head} reward model"
     print(f"training {kind} on {len(train)} examples from {args.data}; {len(dev)} held out ({dev_name})")
