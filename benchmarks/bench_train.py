@@ -159,6 +159,7 @@ def run_ours(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[s
         warmup_ratio=0.0,
         lr=2e-4,
         progress=False,
+        **({} if args.rows_per_pass is None else {"rows_per_pass": args.rows_per_pass}),
     )
     steps = [r for r in train(cfg).history if "loss" in r][args.warmup :]
     return {
@@ -168,6 +169,7 @@ def run_ours(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[s
         "final_loss": steps[-1]["loss"],
         "slots_per_step": cfg.batch_size * cfg.max_length,
         "rows": cfg.batch_size,
+        "rows_per_pass": cfg.rows_per_pass,
     }
 
 
@@ -287,6 +289,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--rows-per-pass", type=int, default=None, help="ours: rows per forward and backward within a batch (default: train's)")
     ap.add_argument("--no-matched", action="store_true", help="skip the run of ours at TRL's token budget")
     ap.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
@@ -319,7 +322,7 @@ def main() -> None:
         results["ours-matched"] = run("ours", matched_rows)
 
     print(f"model {args.model}, Moral Stories CoE ({args.examples} pairs), LoRA r=16, max length {args.max_length}, "
-          f"{args.steps} timed steps after {args.warmup}")  # fmt: skip
+          f"{args.steps} timed steps after {args.warmup}; ours runs {results['ours']['rows_per_pass'] or 'all'} rows per forward and backward")  # fmt: skip
     print(f"{'trainer':<14}{'rows':>5}{'positions/step':>16}{'tokens/s':>10}{'tokens':>8}{'seconds':>9}{'peak MB':>9}{'last loss':>10}")
     for which, r in results.items():
         print(f"{which:<14}{r['rows']:>5}{r['slots_per_step']:>16.0f}{r['tokens_per_s']:>10.1f}{r['tokens']:>8.0f}"

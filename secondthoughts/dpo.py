@@ -11,7 +11,7 @@ model. The marker token rows stay as the direct run trained them: TRL 1.16's fus
 ``lm_head.bias``, which PEFT's trainable-token wrapper of a tied output layer does not have, so
 DPO trains the LoRA weights only. The result is written as a run folder that ``models.load`` and
 ``Realigner`` read like a direct run: ``model/`` (one LoRA adapter on the original base, the two
-adapters concatenated, see ``refine.save_policy``, plus the direct run's marker rows),
+adapters concatenated, see ``policy.save_policy``, plus the direct run's marker rows),
 ``config.json`` (``train`` = the direct run's settings, mode ``direct``; ``dpo`` =
 :class:`DPOSettings`), ``metrics.jsonl`` (TRL's log).
 
@@ -96,8 +96,8 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     from trl import DPOConfig
 
     from secondthoughts import models
+    from secondthoughts.policy import load_policy, save_policy
     from secondthoughts.realign import run_info
-    from secondthoughts.refine import RefineConfig, load_policy, save_policy
     from secondthoughts.runs import environment, write_atomic, write_dir
 
     direct_run, out = Path(direct_run), Path(out)
@@ -110,9 +110,7 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     out.mkdir(parents=True)
     # load_policy merges the direct adapter and puts a fresh LoRA (+ marker rows) on top: exactly
     # what refinement does, so the saved adapter combines the two the same way.
-    policy, _, tok, direct_lora = load_policy(
-        RefineConfig(policy=str(direct_run), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, seed=seed, train_tokens=False)
-    )
+    policy, _, tok, direct_lora = load_policy(str(direct_run), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, seed=seed, train_tokens=False)
     data = Dataset.from_list(preference_rows(tok, examples, settings.max_length))
     cuda = torch.cuda.is_available()
     args = DPOConfig(

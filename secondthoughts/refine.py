@@ -47,7 +47,6 @@ Run folder (``RefineConfig.out``)::
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import random
@@ -60,27 +59,36 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from secondthoughts import behaviour, decoding, models, runs, settings
 from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
     EOC,
-    SPECIAL_TOKENS,
     Edit,
-    EditError,
-    apply_edits,
-    detokenize,
     infer_edits,
     merge_close_edits,
-    parse_chain,
     render_chain,
     tokenize,
 )
 from secondthoughts.plots import read_metrics, save_png
-from secondthoughts.sequences import split_completion
-from secondthoughts.sft import token_logprobs
+from secondthoughts.policy import load_policy, save_policy
+from secondthoughts.rl_loss import (
+    ail_hinge,
+    clipped_policy_loss,
+    greedy_advantages,
+    mean_token_logp,
+    rloo_advantages,
+    sequence_kl,
+    total_rewards,
+)
+from secondthoughts.rollouts import (
+    CompletionLogProbs,
+    Rollout,
+    batch_rows,
+    read_chain,
+    row_slice,
+)
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 BASELINES: tuple[str, ...] = ("rloo", "greedy")
@@ -169,180 +177,6 @@ class RefineConfig:
         return settings.from_dict(cls, d, "refinement settings")
 
 
-# ---------------------------------------------------------------- the loss pieces (plain functions)
-
-
-def total_rewards(scores: torch.Tensor, valid: torch.Tensor, invalid_penalty: float) -> torch.Tensor:
-    """Alignment score for a valid chain, ``-invalid_penalty`` for one that did not parse, apply or
-    finish (its score, if any, is ignored: the text it would give does not exist)."""
-    return torch.where(valid, scores, torch.full_like(scores, -invalid_penalty))
-
-
-def sequence_kl(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per sequence: the sum over its tokens of ``log pi - log pi_ref`` (the sampled-token estimate
-    of KL(pi || pi_ref)). Shapes (N, T) -> (N,)."""
-    return ((logps - ref_logps) * mask).sum(-1)
-
-
-def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """Reward minus the mean reward of the other ``k - 1`` samples of the same prompt; rewards are
-    grouped as [prompt 0: k samples, prompt 1: k samples, ...]."""
-    if k < 2 or rewards.numel() % k:
-        raise ValueError(f"RLOO needs k >= 2 and whole groups: {rewards.numel()} rewards, k={k}")
-    g = rewards.view(-1, k)
-    return (g - (g.sum(1, keepdim=True) - g) / (k - 1)).view(-1)
-
-
-def greedy_advantages(rewards: torch.Tensor, baseline: torch.Tensor, k: int) -> torch.Tensor:
-    """Reward minus the reward of the prompt's greedy decode (``baseline``: one per prompt)."""
-    if rewards.numel() != baseline.numel() * k:
-        raise ValueError(f"{rewards.numel()} rewards for {baseline.numel()} baselines and k={k}")
-    return (rewards.view(-1, k) - baseline.view(-1, 1)).view(-1)
-
-
-def clipped_policy_loss(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate per token, ``-min(r A, clip(r, 1-eps, 1+eps) A)`` with
-    ``r = exp(logp - old_logp)`` and the sequence's advantage ``A``, summed over each sequence's
-    tokens and averaged over sequences. At ``r == 1`` its gradient is REINFORCE's,
-    ``-A * grad log pi(chain)``. Returns (loss, share of tokens whose ratio was clipped)."""
-    ratio = torch.exp(logps - old_logps)
-    adv = advantages.unsqueeze(-1)
-    per_token = -torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    loss = (per_token * mask).sum(-1).mean()
-    clipped = ((ratio - ratio.clamp(1 - clip_eps, 1 + clip_eps)).abs() > 0) & mask.bool()
-    return loss, clipped.sum() / mask.sum().clamp(min=1)
-
-
-def mean_token_logp(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Length-normalized log-likelihood per sequence, so chains of different lengths compare."""
-    return (logps * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def ail_hinge(expert_ll: torch.Tensor, negative_ll: torch.Tensor, margin: float) -> torch.Tensor:
-    """The imitation contrast: mean of ``max(0, margin - (expert_ll - negative_ll))``."""
-    return F.relu(margin - (expert_ll - negative_ll)).mean()
-
-
-# ---------------------------------------------------------------- rollouts
-
-
-@dataclass
-class Rollout:
-    """One step's samples, grouped by prompt: sample ``i`` belongs to prompt ``i // k``."""
-
-    examples: list[Example]  # P prompts
-    k: int
-    prompt_ids: list[list[int]]  # P
-    completion_ids: list[list[int]]  # P * k, each ending with <|eoc|> when it finished
-    chains: list[list[Edit]]  # P * k, empty when invalid
-    texts: list[str]  # P * k, the chain applied (the source when invalid)
-    valid: list[bool]  # P * k
-    errors: list[str | None]  # P * k, why invalid
-    greedy: Rollout | None = None  # the greedy baseline decode (k = 1), when used
-    scores: torch.Tensor | None = None  # (P * k,) alignment (times coherence^w, with a coherence scorer; 0 where invalid), by score()
-    rewards: torch.Tensor | None = None  # (P * k,) scores with the validity term, set by score()
-    coherence: torch.Tensor | None = None  # (P * k,) P(coherent) (0 where invalid), with a coherence scorer
-    alignment: torch.Tensor | None = None  # (P * k,) P(aligned) alone (0 where invalid), with a coherence scorer
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def contexts(self) -> list[str]:
-        return [self.examples[i // self.k].context for i in range(len(self))]
-
-    @property
-    def sources(self) -> list[str]:
-        return [self.examples[i // self.k].source for i in range(len(self))]
-
-
-def read_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool, chain_format: str) -> tuple[list[Edit], str, str | None]:
-    """(chain, text, error) of generated chain ids in ``chain_format``: the text is the chain
-    applied to the source, or the source itself with the reason when the chain does not parse,
-    apply or finish."""
-    if not finished:
-        return [], source, f"no {EOC} within {len(ids)} new tokens"
-    chain_text, _ = split_completion(vocab.decode(ids))
-    try:
-        chain = parse_chain(chain_text, source, chain_format)
-        return chain, detokenize(apply_edits(tokenize(source), chain)), None  # type: ignore[arg-type]
-    except EditError as e:
-        return [], source, str(e)
-
-
-def batch_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts followed by right-padded completions, so every completion starts in the
-    same column (position ids follow the attention mask, as in generation)."""
-    wp, wc = max(map(len, prompts)), max(1, max(map(len, completions)))
-    n = len(prompts)
-    ids = torch.full((n, wp + wc), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, wp + wc), dtype=torch.long)
-    comp = torch.full((n, wc), pad_id, dtype=torch.long)
-    cmask = torch.zeros((n, wc), dtype=torch.float32)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, wp - len(p) : wp] = torch.tensor(list(p), dtype=torch.long)
-        ids[i, wp : wp + len(c)] = torch.tensor(list(c), dtype=torch.long)
-        attn[i, wp - len(p) : wp + len(c)] = 1
-        comp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-        cmask[i, : len(c)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "completion_ids": comp, "completion_mask": cmask}
-
-
-class CompletionLogProbs(nn.Module):
-    """Per-token log-probabilities of the completion tokens, (N, T) with zeros on padding.
-
-    Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``),
-    a chunk of positions at a time (``sft.token_logprobs``); a module, so that DDP wraps it.
-    ``allow``: the tokens the constraint allowed at each completion position, as
-    ``constrained.CompletionSets`` (built into a mask one chunk at a time) or a dense (completion
-    tokens, vocab) mask: normalize over those, the distribution constrained decoding samples
-    from. ``temperature``: the sampling temperature, so the ratio and the KL are those of the
-    distribution the chains came from (top-p / top-k truncation is not modelled, as in TRL).
-    """
-
-    def __init__(self, lm: nn.Module, temperature: float = 1.0):
-        super().__init__()
-        self.lm = lm
-        self.temperature = temperature
-
-    def causal_lm(self) -> nn.Module:
-        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-        allow: Any = None,
-    ) -> torch.Tensor:  # fmt: skip
-        lm = self.causal_lm()
-        width = input_ids.shape[1] - completion_ids.shape[1]
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
-        keep = completion_mask.bool()
-        allowed = None if allow is None else allow.dense if hasattr(allow, "dense") else lambda a, b: allow[a:b]
-        lp = token_logprobs(lm.get_output_embeddings(), hidden[:, width - 1 : -1][keep], completion_ids[keep], temperature=self.temperature, allowed=allowed)
-        return torch.zeros(completion_ids.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
-
-
-def row_slice(rows: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    """Rows ``start:stop`` of ``batch_rows``' output (and their constraint sets), without the
-    columns that are padding in all of them (results are those of the whole batch's rows)."""
-    cm = rows["completion_mask"]
-    width = rows["input_ids"].shape[1] - cm.shape[1]
-    used = rows["attention_mask"][start:stop].any(0).nonzero()
-    first = min(int(used[0]) if len(used) else width, width)
-    wc = max(1, int(cm[start:stop].sum(1).max()))
-    out = {
-        "input_ids": rows["input_ids"][start:stop, first : width + wc], "attention_mask": rows["attention_mask"][start:stop, first : width + wc],
-        "completion_ids": rows["completion_ids"][start:stop, :wc], "completion_mask": cm[start:stop, :wc],
-    }  # fmt: skip
-    if rows.get("allow") is not None:
-        lengths = [0, *cm.sum(1).long().cumsum(0).tolist()]
-        allow = rows["allow"]
-        out["allow"] = allow.part(lengths[start], lengths[stop]) if hasattr(allow, "part") else allow[lengths[start] : lengths[stop]]
-    return out
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -351,93 +185,6 @@ def load_reward(spec: str, *, batch_size: int = 32, device: torch.device | str |
     from secondthoughts.reward import load_scorer
 
     return load_scorer(spec, batch_size=batch_size, device=device)
-
-
-@dataclass
-class _AemLora:
-    """The AEM adapter's LoRA factors, kept (a few MB) to write the final combined adapter."""
-
-    base: str
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module name -> (A, B, scaling)
-    targets: list[str]
-    supported: bool
-
-
-def _lora_factors(model: Any, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-    out = {}
-    for name, mod in model.named_modules():
-        if hasattr(mod, "lora_A") and adapter in getattr(mod, "lora_A", {}):
-            out[name] = (mod.lora_A[adapter].weight.detach().clone(), mod.lora_B[adapter].weight.detach().clone(), float(mod.scaling[adapter]))
-    return out
-
-
-def load_policy(config: RefineConfig) -> tuple[nn.Module, nn.Module | None, Any, _AemLora | None]:
-    """(policy, frozen reference or None when the adapter-disabled policy is the reference,
-    tokenizer, the AEM adapter's factors when it was a LoRA run)."""
-    if not config.policy:
-        raise ValueError("no policy: pass --policy runs/AEM (a `secondthoughts train` run)")
-    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
-    model, tok = models.load(config.policy, dtype=dtype, device="cpu")
-    vocab = tok.get_vocab()
-    if not all(t in vocab for t in (*SPECIAL_TOKENS, models.SRC, models.SEP)):
-        raise ValueError(f"{config.policy} has no edit tokens: refine a run of `secondthoughts train --mode coe`")
-    aem = None
-    if hasattr(model, "peft_config"):
-        cfg = model.peft_config["default"]
-        targets = sorted({n.rsplit(".", 1)[-1] for n in _lora_factors(model)})
-        supported = not (cfg.rank_pattern or cfg.alpha_pattern or getattr(cfg, "use_dora", False) or cfg.modules_to_save)
-        aem = _AemLora(cfg.base_model_name_or_path, _lora_factors(model), targets, supported)
-        model = model.merge_and_unload()  # the AEM model itself: the reference once RL's adapter is off
-    token_ids = models.edit_token_ids(tok)
-    if config.full:
-        model.requires_grad_(True)
-        reference = copy.deepcopy(model).requires_grad_(False).eval()
-        return model.eval(), reference, tok, aem
-    model.requires_grad_(False)
-    torch.manual_seed(config.seed)  # LoRA A matrices
-    targets: Any = aem.targets if aem else "all-linear"
-    policy = models.apply_lora(model, token_ids if config.train_tokens else (), r=config.lora_r, alpha=config.lora_alpha, dropout=0.0, target_modules=targets)
-    return policy.eval(), None, tok, aem
-
-
-def save_policy(policy: nn.Module, tokenizer: Any, path: Path, aem: _AemLora | None, policy_source: str) -> str:
-    """Write the final policy where ``models.load`` reads it; returns how it was stored.
-
-    A LoRA on a merged LoRA AEM model becomes one adapter on the original base whose factors are
-    the two adapters concatenated (``B1 s1 A1 + B2 s2 A2 = [B1 s1, B2 s2] [A1; A2]``, scaling 1):
-    exact, and as small as the two together. Anything else is saved as a full model.
-    """
-    if hasattr(policy, "peft_config") and (aem is None or aem.supported):
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        cfg = copy.deepcopy(policy.peft_config["default"])
-        state = get_peft_model_state_dict(policy, save_embedding_layers=False)  # the base rows are rebuilt by add_edit_tokens
-        if aem is not None:
-            rl = _lora_factors(policy)
-            if set(rl) != set(aem.factors):
-                raise ValueError("the RL adapter does not cover the AEM adapter's modules; cannot combine them")
-            r_total = 0
-            for name, (a1, b1, s1) in aem.factors.items():
-                a2, b2, s2 = rl[name]
-                state[f"{name}.lora_A.weight"] = torch.cat([a1, a2.detach().cpu()], 0).contiguous()
-                state[f"{name}.lora_B.weight"] = torch.cat([b1 * s1, b2.detach().cpu() * s2], 1).contiguous()
-                r_total = a1.shape[0] + a2.shape[0]
-            cfg.r, cfg.lora_alpha, cfg.use_rslora = r_total, r_total, False
-            cfg.base_model_name_or_path = aem.base
-            how = f"one LoRA adapter (AEM + RL, rank {r_total}) on {aem.base}"
-        else:  # a LoRA on a fully fine-tuned AEM model: its base is that model's folder
-            cfg.base_model_name_or_path = str(Path(policy_source).resolve() / "model") if (Path(policy_source) / "model").is_dir() else policy_source
-            how = f"a LoRA adapter on {cfg.base_model_name_or_path}"
-        path.mkdir(parents=True, exist_ok=True)
-        cfg.save_pretrained(str(path))
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
-        tokenizer.save_pretrained(path)
-        return how
-    full = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "peft_config") else policy
-    full.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return "a full model"
 
 
 # ---------------------------------------------------------------- the refiner
@@ -492,7 +239,10 @@ class Refiner:
         self.merge_gap = gap if gap >= 0 else None  # expert chains as the policy learned them
         if self.aem_info.get("mode", "coe") != "coe":
             raise ValueError(f"{config.policy} was trained with --mode {self.aem_info['mode']}: refinement needs a chain-of-edits run")
-        self.policy, self.reference, self.tokenizer, self.aem = load_policy(config)
+        self.policy, self.reference, self.tokenizer, self.aem = load_policy(
+            config.policy, lora_r=config.lora_r, lora_alpha=config.lora_alpha, seed=config.seed, full=config.full,
+            train_tokens=config.train_tokens, dtype=config.dtype,
+        )
         self.policy.to(self.device)
         if self.reference is not None:
             self.reference.to(self.device)

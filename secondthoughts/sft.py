@@ -93,6 +93,11 @@ class TrainConfig:
     packing: bool = _f(True, "pack several sequences into each row (attention and loss stay per sequence)")
     batch_size: int = _f(8, "rows per micro-batch per process")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
+    rows_per_pass: int = _f(
+        4,
+        "rows run through forward and backward at once, their gradients summed into the micro-batch's: "
+        "memory follows this, the batch and its gradient do not (0: the whole micro-batch)",
+    )
     epochs: float = _f(3.0, "passes over the training rows (paper: 3)")
     max_steps: int = _f(0, "optimizer steps; overrides --epochs when > 0")
     lr: float = _f(0.0, "peak learning rate; 0: 2e-4 with LoRA, 3e-5 with --full")
@@ -126,6 +131,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_length", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.rows_per_pass < 0:
+            raise ValueError(f"rows_per_pass must be >= 0 (0: the whole micro-batch), got {self.rows_per_pass}")
 
     @property
     def peak_lr(self) -> float:
@@ -209,9 +216,6 @@ def token_logprobs(
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
-ROWS_AT_ONCE = 0  # CompletionLoss: 0 = the whole batch (fast); 2 saves ~2 GB at batch 8 x 256 and costs a third of the speed (docs/performance.md)
-
-
 class CompletionLoss(nn.Module):
     """Summed cross-entropy over labelled positions of a batch.
 
@@ -219,45 +223,28 @@ class CompletionLoss(nn.Module):
     (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
     in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
     which keeps each projection's input and a seed where PEFT kept two float copies (half of
-    the activations on CPU). Under autograd, a batch of more than ``rows_at_once`` rows runs
-    the decoder ``rows_at_once`` rows at a time, checkpointed: only the last hidden states are
-    kept and each group's activations are recomputed in the backward (one more forward, about a
-    quarter more time; the activations of a group alive instead of the batch's). 0: the whole
-    batch at once. Being a module, it is what DDP wraps.
+    the activations on CPU). How many rows run at once is the caller's choice (``train`` runs
+    ``rows_per_pass`` rows per forward and backward). Being a module, it is what DDP wraps.
     """
 
-    def __init__(self, lm: nn.Module, rows_at_once: int = ROWS_AT_ONCE):
+    def __init__(self, lm: nn.Module):
         super().__init__()
         from secondthoughts.lora_dropout import lean_lora_dropout
 
         lean_lora_dropout(lm)
         self.lm = lm
-        self.rows_at_once = rows_at_once
 
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
-
         lm = self.causal_lm()
-        decoder = lm.get_decoder()
-
-        def run(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-            # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
-            return decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
-
-        rows = self.rows_at_once
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if not grad or not rows or input_ids.shape[0] <= rows or getattr(decoder, "gradient_checkpointing", False):
-            hidden = run(input_ids, position_ids)
-        else:  # rows are independent: keep each group's output, recompute its activations in the backward
-            hidden = torch.cat([
-                checkpoint(run, input_ids[a : a + rows], position_ids[a : a + rows], use_reentrant=False)
-                for a in range(0, input_ids.shape[0], rows)
-            ])  # fmt: skip
+        # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
+        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
+        if not keep.any():  # filler rows only: a zero still joined to the graph, so a backward (DDP's too) runs
+            return hidden.sum() * 0.0
         return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()
 
 
@@ -467,6 +454,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     rows = pack(shuffled, config.max_length) if config.packing else unpacked(shuffled)
     eval_rows = pack(eval_seqs, config.max_length) if config.packing else unpacked(eval_seqs)
     micro = config.batch_size
+    per_pass = min(config.rows_per_pass or micro, micro)
     global_rows = micro * world * config.grad_accum
     steps_per_epoch = math.ceil(len(rows) / global_rows)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -571,14 +559,18 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         for k in range(config.grad_accum):
             start = (k * world + rank) * micro
             mine = _pad_rows(step_rows[start : start + micro], micro, step_rows[0])
-            batch = {key: v.to(accelerator.device) for key, v in collate(mine, pad_id).items()}
-            sync = k == config.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(ddp_module), accelerator.autocast():
-                loss = ddp_module(**batch)
-                # Normalize by the step's loss tokens over all processes (known to each from the
-                # shared row list); DDP averages gradients, hence the factor `world`.
-                accelerator.backward(loss * world / max(n_loss, 1))
-            loss_sum += loss.detach().double()
+            # Rows are independent sequences, so a backward per pass of rows sums to the whole
+            # micro-batch's gradient; only one pass's activations are alive at a time.
+            passes = [mine[a : a + per_pass] for a in range(0, micro, per_pass)]
+            for j, rows_now in enumerate(passes):
+                batch = {key: v.to(accelerator.device) for key, v in collate(rows_now, pad_id).items()}
+                sync = k == config.grad_accum - 1 and j == len(passes) - 1
+                with nullcontext() if sync else accelerator.no_sync(ddp_module), accelerator.autocast():
+                    loss = ddp_module(**batch)
+                    # Normalize by the step's loss tokens over all processes (known to each from the
+                    # shared row list); DDP averages gradients, hence the factor `world`.
+                    accelerator.backward(loss * world / max(n_loss, 1))
+                loss_sum += loss.detach().double()
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

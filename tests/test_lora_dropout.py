@@ -50,34 +50,3 @@ def test_a_peft_model_keeps_its_keys_and_trains(tiny_lm):
     model.eval()
     assert torch.allclose(model(input_ids=ids).logits, before)
     assert lean_lora_dropout(model) == 0  # idempotent
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_completion_loss_by_row_groups_gives_the_whole_batch(tiny_tok, dropout):
-    """CompletionLoss's checkpointed groups of rows: the loss and gradients of the whole batch."""
-    import tiny
-    from peft import LoraConfig, get_peft_model
-
-    from secondthoughts.sequences import IGNORE_INDEX
-    from secondthoughts.sft import CompletionLoss
-
-    torch.manual_seed(0)
-    model = get_peft_model(tiny.tiny_model(tiny_tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM"))
-    ids = torch.randint(3, len(tiny_tok), (5, 12))
-    labels = ids.clone()
-    labels[:, :4] = IGNORE_INDEX
-    position_ids = torch.arange(12).repeat(5, 1)
-    position_ids[2, 6:] = torch.arange(6)  # two packed sequences in one row
-    params = [p for p in model.parameters() if p.requires_grad]
-    results = []
-    for rows in (0, 2):
-        module = CompletionLoss(model, rows_at_once=rows).train()
-        torch.manual_seed(3)
-        if rows or not dropout:
-            loss = module(ids, position_ids, labels)
-        else:  # with dropout: the same groups in order (the masks are drawn per call), kept, not recomputed
-            loss = sum(module(ids[a : a + 2], position_ids[a : a + 2], labels[a : a + 2]) for a in range(0, 5, 2))
-        results.append((loss.detach(), torch.autograd.grad(loss, params)))
-    (l0, g0), (l1, g1) = results
-    assert torch.allclose(l0, l1, atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))

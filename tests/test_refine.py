@@ -1,5 +1,5 @@
-"""RL refinement: each loss piece against hand-computed values, then tiny-model runs: the run
-folder and final model, the logged KL being the KL in the loss, exact resume, the CLI and two
+"""RL refinement (the loss pieces: test_rl_loss.py; rollout rows: test_rollouts.py): the config,
+then tiny-model runs: the run folder and final model, the logged KL being the KL in the loss, exact resume, the CLI and two
 processes."""
 
 from __future__ import annotations
@@ -19,22 +19,18 @@ from secondthoughts import models
 from secondthoughts.cli import main
 from secondthoughts.constrained import ChainConstraint
 from secondthoughts.data import read_examples
+from secondthoughts.edits import parse_chain
 from secondthoughts.realign import Realigner
-from secondthoughts.refine import (
-    CompletionLogProbs,
-    RefineConfig,
-    Refiner,
+from secondthoughts.refine import RefineConfig, Refiner, refine
+from secondthoughts.rl_loss import (
     ail_hinge,
-    batch_rows,
     clipped_policy_loss,
     greedy_advantages,
     mean_token_logp,
-    refine,
     rloo_advantages,
     sequence_kl,
-    total_rewards,
 )
-from secondthoughts.edits import parse_chain
+from secondthoughts.rollouts import CompletionLogProbs, batch_rows
 from secondthoughts.sequences import split_completion
 from secondthoughts.sft import TrainConfig, train
 
@@ -46,90 +42,7 @@ def word_reward(contexts: list[str], texts: list[str]) -> list[float]:
     return [1.0 if "talk" in t else 0.2 + 0.01 * len(t) for t in texts]
 
 
-# ---------------------------------------------------------------- the loss pieces, by hand
-
-
-def test_total_rewards_penalize_invalid_chains():
-    got = total_rewards(torch.tensor([0.8, 0.3, 0.9]), torch.tensor([True, False, True]), 1.5)
-    assert got.tolist() == pytest.approx([0.8, -1.5, 0.9])
-
-
-def test_sequence_kl_sums_log_ratios_over_the_chain():
-    logps = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
-    ref = torch.tensor([[-1.5, -1.0, -3.0], [-1.0, -1.0, -1.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    # row 0: 0.5 - 1.0 (third token is padding); row 1: 3 * 0.5
-    assert sequence_kl(logps, ref, mask).tolist() == pytest.approx([-0.5, 1.5])
-
-
-def test_rloo_baseline_is_the_mean_of_the_other_samples():
-    got = rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0]), k=3)
-    # 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2 | 0 - 3, 0 - 3, 6 - 0
-    assert got.tolist() == pytest.approx([-1.5, 0.0, 1.5, -3.0, -3.0, 6.0])
-    with pytest.raises(ValueError):
-        rloo_advantages(torch.ones(5), k=2)
-
-
-def test_greedy_baseline_subtracts_the_prompts_greedy_reward():
-    got = greedy_advantages(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.5, 5.0]), k=2)
-    assert got.tolist() == pytest.approx([-0.5, 0.5, -2.0, -1.0])
-
-
-def test_clipped_policy_loss_by_hand():
-    ratio = torch.tensor([[1.5, 0.5], [1.1, 0.7]])
-    old = torch.tensor([[-1.0, -2.0], [-0.3, -4.0]])
-    logps = old + ratio.log()
-    adv = torch.tensor([1.0, -2.0])
-    mask = torch.ones(2, 2)
-    loss, clip = clipped_policy_loss(logps, old, adv, mask, clip_eps=0.2)
-    # seq 0 (A=1):  -min(1.5, 1.2) - min(0.5, 0.8) = -1.7
-    # seq 1 (A=-2): -min(-2.2, -2.2) - min(-1.4, -1.6) = 3.8   -> mean 1.05
-    assert float(loss) == pytest.approx(1.05, abs=1e-6)
-    assert float(clip) == pytest.approx(0.75)  # 1.5, 0.5 and 0.7 fall outside [0.8, 1.2]
-    # a padded token changes nothing, whatever its ratio
-    logps2 = torch.cat([logps, torch.tensor([[5.0], [5.0]])], 1)
-    old2 = torch.cat([old, torch.zeros(2, 1)], 1)
-    loss2, clip2 = clipped_policy_loss(logps2, old2, adv, torch.cat([mask, torch.zeros(2, 1)], 1), 0.2)
-    assert float(loss2) == pytest.approx(1.05, abs=1e-6) and float(clip2) == pytest.approx(0.75)
-
-
-def test_clipped_loss_at_ratio_one_has_the_reinforce_gradient():
-    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -0.3]], requires_grad=True)
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    adv = torch.tensor([0.5, -2.0])
-    loss, _ = clipped_policy_loss(logps, logps.detach(), adv, mask, 0.2)
-    loss.backward()
-    # d/d logp of -(1/N) sum_i A_i sum_t logp_it = -A_i / N on real tokens
-    assert logps.grad.flatten().tolist() == pytest.approx([-0.25, -0.25, 0.0, 1.0, 1.0, 1.0])
-    assert loss.item() == pytest.approx(-(0.5 * 2 + -2.0 * 3) / 2)  # the surrogate at ratio 1: -mean(A * tokens)
-
-
-def test_mean_token_logp_and_ail_hinge():
-    assert mean_token_logp(torch.tensor([[-1.0, -3.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]])).tolist() == [-2.0]
-    # gaps 0.2 and 1.8 against margin 0.5: (0.3 + 0) / 2
-    got = ail_hinge(torch.tensor([-1.0, -0.2]), torch.tensor([-1.2, -2.0]), margin=0.5)
-    assert float(got) == pytest.approx(0.15)
-    assert float(ail_hinge(torch.tensor([0.0]), torch.tensor([-1.0]), 0.5)) == 0.0
-
-
-def test_batch_rows_layout():
-    rows = batch_rows([[1, 2], [3]], [[4], [5, 6]], pad_id=0)
-    assert rows["input_ids"].tolist() == [[1, 2, 4, 0], [0, 3, 5, 6]]
-    assert rows["attention_mask"].tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
-    assert rows["completion_ids"].tolist() == [[4, 0], [5, 6]]
-    assert rows["completion_mask"].tolist() == [[1.0, 0.0], [1.0, 1.0]]
-
-
-def test_completion_logprobs_match_unpadded_forwards(tiny_tok, tiny_lm):
-    prompts, comps = [[5, 6, 7, 8], [9, 10]], [[11, 12], [13, 14, 15]]
-    with torch.no_grad():
-        got = CompletionLogProbs(tiny_lm)(**batch_rows(prompts, comps, tiny_tok.pad_token_id))
-    for i, (p, c) in enumerate(zip(prompts, comps)):
-        with torch.no_grad():
-            logits = tiny_lm(torch.tensor([p + c])).logits[0].log_softmax(-1)
-        want = [float(logits[len(p) - 1 + j, t]) for j, t in enumerate(c)]
-        assert got[i, : len(c)].tolist() == pytest.approx(want, abs=1e-5)
-        assert got[i, len(c) :].abs().sum() == 0
+# ---------------------------------------------------------------- the config
 
 
 def test_config_is_checked():

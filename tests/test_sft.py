@@ -131,6 +131,19 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, tiny_model_dir, 
         assert a[key] == pytest.approx(b[key], rel=1e-5)
 
 
+def test_rows_per_pass_keeps_the_batch_and_its_gradient(tmp_path, tiny_model_dir, examples_jsonl):
+    kw = {"max_steps": 3, "eval_every": 3, "lora_dropout": 0.0, "batch_size": 4, "max_length": 64}
+    whole = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "whole", rows_per_pass=0, **kw))
+    split = train(_config(tmp_path, tiny_model_dir, examples_jsonl, "split", rows_per_pass=1, **kw))
+    a, b = _metrics(whole.out), _metrics(split.out)
+    assert len(a) == len(b) and any("eval_loss" in r for r in a)
+    for x, y in zip(a, b):
+        key = "loss" if "loss" in x else "eval_loss"
+        assert x[key] == pytest.approx(y[key], rel=1e-5)
+    with pytest.raises(ValueError, match="rows_per_pass"):
+        _config(tmp_path, tiny_model_dir, examples_jsonl, "bad", rows_per_pass=-1)
+
+
 def test_hold_out_takes_whole_examples_deterministically():
     exs = [Example("", f"s{i}", f"t{i}", f"id{i}") for i in range(40)]
     train_part, eval_part = hold_out(exs, 0.1, 100, seed=3)
