@@ -1,7 +1,7 @@
 """Views of a chain: one diff model (``segments``) and what it is drawn as.
 
 ``segments`` cuts the source into the pieces an inline diff shows; every view of a chain reads
-them: the terminal (``inline_diff``, a rich ``Text``), the web editor (``server.diff_segments``,
+them: the terminal (``inline_diff``, a rich ``Text``), the web editor (``api_messages.diff_segments``,
 JSON) and reports (``html_diff``, ``<del>`` / ``<ins>`` for markdown). ``chain_stats`` counts edits
 per operation for the terminal.
 """

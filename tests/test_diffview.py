@@ -13,7 +13,7 @@ from secondthoughts.diffview import Segment, segments
 from secondthoughts.edits import infer_text_edits, tokenize
 from secondthoughts.evaluate import markdown_diff
 from secondthoughts.realign import apply_subset
-from secondthoughts.server import diff_segments
+from secondthoughts.api_messages import diff_segments
 
 SOURCE = "He hits the dog angrily."
 CHAIN = infer_text_edits(SOURCE, "He talks to the dog politely.")  # replace, insert, replace

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts.commands.realign import add_decoding_arguments, add_dtype_argument
-from secondthoughts.server import Limits
+from secondthoughts.editor_api import Limits
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--replay-data",)
@@ -67,7 +67,8 @@ def _stop(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from secondthoughts.commands.realign import best_of_settings, check_best_of, load_realigner
     from secondthoughts.learn_job import LearnJob
-    from secondthoughts.server import check_corrections_path, make_server
+    from secondthoughts.editor_api import check_corrections_path
+    from secondthoughts.server import make_server
 
     try:
         check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
