@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from secondthoughts.data import read_dataset
-from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel, cpu_has_native_bf16, to_precision
+from secondthoughts.precision import cpu_has_native_bf16, to_precision
+from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_stories/moral_stories.jsonl"
 

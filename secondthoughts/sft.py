@@ -94,7 +94,7 @@ class TrainConfig:
     batch_size: int = _f(8, "rows per micro-batch per process")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     rows_per_pass: int = _f(
-        4,
+        2,
         "rows run through forward and backward at once, their gradients summed into the micro-batch's: "
         "memory follows this, the batch and its gradient do not (0: the whole micro-batch)",
     )
@@ -177,6 +177,19 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
 LOGITS_PER_CHUNK = 2**23  # vocabulary logits projected at once (32 MB in fp32: ~170 positions on SmolLM2)
 
 
+def head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) that ``head`` multiplies by. PEFT's trainable token rows build their
+    (vocab, d) matrix by copying the whole base matrix at every call; built here once per
+    ``token_logprobs`` call, not once per chunk and again in each chunk's backward."""
+    layer = getattr(head, "token_adapter", head)  # peft's TrainableTokensWrapper holds the layer
+    if hasattr(layer, "get_merged_weights") and hasattr(layer, "base_layer"):  # peft's TrainableTokensLayer
+        base = layer.base_layer
+        if layer.disable_adapters or not layer.active_adapters or layer.merged:
+            return base.weight, getattr(base, "bias", None)
+        return layer.get_merged_weights(layer.active_adapters), getattr(base, "bias", None)
+    return head.weight, getattr(head, "bias", None)
+
+
 def token_logprobs(
     head: nn.Module,
     hidden: torch.Tensor,
@@ -197,10 +210,11 @@ def token_logprobs(
     """
     from torch.utils.checkpoint import checkpoint
 
-    size = chunk or max(1, LOGITS_PER_CHUNK // int(head.weight.shape[0]))
+    weight, bias = head_parameters(head)
+    size = chunk or max(1, LOGITS_PER_CHUNK // int(weight.shape[0]))
 
     def piece(h: torch.Tensor, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        logits = head(h).float()
+        logits = nn.functional.linear(h, weight, bias).float()
         if temperature != 1.0:
             logits = logits / temperature
         if allowed is not None:

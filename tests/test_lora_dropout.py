@@ -1,10 +1,14 @@
 """lean.DropoutLoRAA: PEFT's dropout + lora_A with the memory of the input alone."""
 
-import pytest
 import torch
 from torch import nn
 
-from secondthoughts.lora_dropout import DropoutLoRAA, _mask, lean_lora_dropout
+from secondthoughts.lora_dropout import (
+    DropoutLoRAA,
+    _mask,
+    keep_probability,
+    lean_lora_dropout,
+)
 
 
 def test_values_and_gradients_are_those_of_dropout_then_linear():
@@ -22,13 +26,24 @@ def test_values_and_gradients_are_those_of_dropout_then_linear():
     assert 0 < keep.float().mean() < 1
     x2 = x.detach().clone().requires_grad_(True)
     w2 = a.weight.detach().clone().requires_grad_(True)
-    want = (x2 * keep / 0.7) @ w2.t()
+    want = (x2 * keep / keep_probability(0.3)) @ w2.t()
     (want * g).sum().backward()
     assert torch.allclose(out, want, atol=1e-6)
     assert torch.allclose(x.grad, x2.grad, atol=1e-6)
     assert torch.allclose(a.weight.grad, w2.grad, atol=1e-5)
     lean.eval()
     assert torch.allclose(lean(x), x @ a.weight.t())
+
+
+def test_masks_keep_the_share_they_say_and_repeat_by_seed():
+    for p in (0.05, 0.3):
+        keep = _mask(torch.Size((64, 1000)), p, seed=7, device=torch.device("cpu"))
+        assert keep.shape == (64, 1000) and keep.dtype == torch.bool
+        assert abs(keep.float().mean().item() - keep_probability(p)) < 0.01  # 64,000 draws: 4 sd ~ 0.004-0.007
+        assert torch.equal(keep, _mask(torch.Size((64, 1000)), p, seed=7, device=torch.device("cpu")))
+        assert not torch.equal(keep, _mask(torch.Size((64, 1000)), p, seed=8, device=torch.device("cpu")))
+    assert _mask(torch.Size((3, 5)), 0.3, seed=1, device=torch.device("cpu")).shape == (3, 5)  # not a multiple of 4
+    assert keep_probability(0.05) == 1 - 3277 / 65536
 
 
 def test_a_peft_model_keeps_its_keys_and_trains(tiny_lm):

@@ -15,6 +15,7 @@ import torch
 from secondthoughts import reward as R
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
+from secondthoughts.precision import cpu_has_native_bf16, resolve_precision
 
 # Aligned targets use kind verbs, unaligned sources harmful ones; names and objects vary, so
 # a model must learn the verbs. HELD_OUT recombines them with names it never saw in training.
@@ -185,12 +186,12 @@ def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: t
 
 def test_precisions_resolve_and_int8_scores_close_to_float32(trained: tuple[R.RewardModel, dict[str, object]], tmp_path: Path) -> None:
     cpu = torch.device("cpu")
-    assert R.resolve_precision(None, cpu) == "float32" and R.resolve_precision(torch.bfloat16, cpu) == "bfloat16"
-    assert R.resolve_precision("auto", cpu) == ("bfloat16" if R.cpu_has_native_bf16() else "int8")
+    assert resolve_precision(None, cpu) == "float32" and resolve_precision(torch.bfloat16, cpu) == "bfloat16"
+    assert resolve_precision("auto", cpu) == ("bfloat16" if cpu_has_native_bf16() else "int8")
     with pytest.raises(ValueError, match="int8 scoring runs on the CPU only"):
-        R.resolve_precision("int8", torch.device("cuda"))
+        resolve_precision("int8", torch.device("cuda"))
     with pytest.raises(ValueError, match="dtype must be one of"):
-        R.resolve_precision("fp8", cpu)
+        resolve_precision("fp8", cpu)
     out = trained[0].save(tmp_path / "run")
     exact, int8 = R.RewardModel.load(out, device="cpu"), R.RewardModel.load(out, dtype="int8", device="cpu")
     assert (exact.precision, int8.precision, R.RewardModel.load(out, dtype="bfloat16").precision) == ("float32", "int8", "bfloat16")

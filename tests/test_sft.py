@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -243,6 +244,35 @@ def test_chunked_token_logprobs_match_the_whole_projection():
     # the training loss is the summed cross-entropy
     want = F.cross_entropy(head(hidden), targets, reduction="sum")
     assert torch.allclose(-token_logprobs(head, hidden, targets, chunk=4).sum(), want, atol=1e-5)
+
+
+def test_head_parameters_of_trainable_token_rows_are_what_the_head_multiplies_by(tiny_tok, tiny_lm):
+    """A tied head with PEFT's trainable token rows: the same logits and delta gradient as calling
+    the head, adapters on and off (refinement's reference pass turns them off)."""
+    from secondthoughts.sft import head_parameters, token_logprobs
+
+    ids = models.add_edit_tokens(tiny_lm, tiny_tok)
+    model = models.apply_lora(tiny_lm, ids, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # rows that differ from the base, so adapters on and off differ
+        for n, p in model.named_parameters():
+            if "trainable_tokens_delta" in n:
+                p.add_(torch.randn_like(p))
+    head = model.get_base_model().get_output_embeddings()
+    assert hasattr(head, "token_adapter")
+    delta = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    hidden = torch.randn(9, head.token_adapter.base_layer.weight.shape[1])
+    targets = torch.tensor(ids[:3] * 3)
+    for disabled in (False, True):
+        with model.disable_adapter() if disabled else contextlib.nullcontext():
+            weight, bias = head_parameters(head)
+            assert torch.allclose(torch.nn.functional.linear(hidden, weight, bias), head(hidden), atol=1e-6)
+            want = head(hidden).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+            got = token_logprobs(head, hidden, targets, chunk=2)
+            assert torch.allclose(got, want, atol=1e-5)
+            if not disabled:
+                (gw,) = torch.autograd.grad(want.sum(), [delta])
+                (gg,) = torch.autograd.grad(got.sum(), [delta])
+                assert gw.abs().sum() > 0 and torch.allclose(gg, gw, atol=1e-5)
 
 
 def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):

@@ -32,7 +32,8 @@ from typing import Any
 from secondthoughts import settings
 from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows, read_examples, shuffled, split_examples
-from secondthoughts.reward import PRECISIONS, VIEWS, RewardConfig
+from secondthoughts.precision import PRECISIONS
+from secondthoughts.reward import VIEWS, RewardConfig
 from secondthoughts.runs import write_atomic
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
