@@ -282,13 +282,22 @@ def combined_scores(alignment: Sequence[float], coherence: Sequence[float], cohe
 class Reranker:
     """Scores texts for best-of-N decoding: the mean over ``alignment`` scorers of
     ``log P(aligned)`` plus ``coherence_weight`` times the mean over ``coherence`` scorers of
-    ``log P(coherent)`` (:func:`combined_scores`). Any callable ``(contexts, texts) -> [0, 1]
-    scores`` can stand for either kind."""
+    ``log P(coherent)`` (:func:`combined_scores`), plus the mean over ``likelihood`` scorers
+    (``likelihood.RewriteLikelihood``: a rewrite model's mean token log-probability of the text
+    given its context and source). Any callable ``(contexts, texts) -> [0, 1] scores`` can stand
+    for alignment or coherence."""
 
-    def __init__(self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0):
-        if not alignment and not coherence:
+    def __init__(
+        self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0, likelihood: Sequence[Any] = ()
+    ):
+        if not alignment and not coherence and not likelihood:
             raise ValueError("a reranker needs at least one scorer")
         self.alignment, self.coherence, self.coherence_weight = list(alignment), list(coherence), coherence_weight
+        self.likelihood = list(likelihood)
+
+    @property
+    def takes_sources(self) -> bool:  # realign.choose_best passes the sources when asked
+        return bool(self.likelihood)
 
     @staticmethod
     def _mean(scorers: Sequence[ScoreFn], contexts: list[str], texts: list[str]) -> list[float]:
@@ -297,39 +306,63 @@ class Reranker:
         per = [np.log(np.clip(np.asarray(fn(contexts, texts), dtype=float), 1e-6, 1.0)) for fn in scorers]
         return np.exp(np.mean(per, axis=0)).tolist()  # geometric mean: mean log-probability
 
-    def __call__(self, contexts: list[str], texts: list[str]) -> list[float]:
+    def __call__(self, contexts: list[str], texts: list[str], sources: list[str] | None = None) -> list[float]:
         a = self._mean(self.alignment, contexts, texts)
         c = self._mean(self.coherence, contexts, texts)
-        return combined_scores(a, c, self.coherence_weight)
+        total = combined_scores(a, c, self.coherence_weight)
+        if self.likelihood:
+            if sources is None:
+                raise ValueError("a likelihood scorer needs the sources")
+            lik = np.mean([fn(contexts, texts, sources) for fn in self.likelihood], axis=0)
+            total = (np.asarray(total) + lik).tolist()
+        return total
+
+
+def _kind_and_path(spec: str) -> tuple[str, str]:
+    """``kind=path`` with kind alignment, coherence or likelihood, or a bare path ("" kind)."""
+    kind, sep, path = spec.partition("=")
+    return (kind, path) if sep and kind in ("alignment", "coherence", "likelihood") else ("", spec)
 
 
 def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any) -> Reranker:
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
-    run's config says) or ``module:function`` (alignment, unless written ``coherence=module:function``)."""
+    run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
+    unless written ``coherence=module:function``)."""
     from secondthoughts import reward
+    from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
 
-    kinds: dict[str, list[ScoreFn]] = {"alignment": [], "coherence": []}
+    kinds: dict[str, list[Any]] = {"alignment": [], "coherence": [], "likelihood": []}
     for spec in specs:
-        kind, _, path = spec.partition("=") if spec.startswith(("alignment=", "coherence=")) else ("", "", spec)
+        kind, path = _kind_and_path(spec)
+        if kind == "likelihood" or (not kind and is_rewrite_run(path)):
+            kinds["likelihood"].append(RewriteLikelihood(path, device=kw.get("device")))
+            continue
         fn = reward.load_scorer(path, **kw)
         if not kind:
             is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
             kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
-    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight)
+    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"])
 
 
 def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0) -> None:
-    """Fail fast, before any model loads, on a spec that is neither a reward run folder nor
-    ``module:function``, or a negative weight."""
+    """Fail fast, before any model loads, on a spec that is neither a reward run folder, a
+    direct-mode run folder nor ``module:function``, or a negative weight."""
     from secondthoughts import reward
+    from secondthoughts.likelihood import is_rewrite_run
 
     if not specs:
-        raise ValueError("--best-of above 1 needs --rerank: reward run folders (alignment and/or coherence) or module:function")
+        raise ValueError(
+            "--best-of above 1 needs --rerank: reward run folders (alignment and/or coherence), direct-mode run folders (likelihood) or module:function"
+        )
     if coherence_weight < 0:
         raise ValueError(f"--coherence-weight must be >= 0, got {coherence_weight}")
     for spec in specs:
-        path = spec.partition("=")[2] if spec.startswith(("alignment=", "coherence=")) else spec
+        kind, path = _kind_and_path(spec)
+        if kind == "likelihood" or (not kind and is_rewrite_run(path)):
+            if not is_rewrite_run(path):
+                raise ValueError(f"--rerank {spec}: not a direct-mode run folder (secondthoughts train --mode direct)")
+            continue
         reward.check_scorer(path, "--rerank")
 
 

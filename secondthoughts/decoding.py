@@ -61,7 +61,8 @@ class DecodeSettings:
                              metavar="N")
     best_of: int = setting(1, "sample N constrained chains per text (in one batch) and keep the one the --rerank scorers like "
                               "best (1: no sampling)", metavar="N")
-    rerank: list = setting([], "scorers for --best-of: reward run folders (alignment or coherence, as each run's config says) or "
+    rerank: list = setting([], "scorers for --best-of: reward run folders (alignment or coherence, as each run's config says), "
+                               "direct-mode run folders (a rewrite model's mean token log-likelihood of the text, added) or "
                                "module:function (alignment; write coherence=module:function for a coherence callable)", metavar="SCORER")
     coherence_weight: float = setting(1.0, "best-of score: log P(aligned) + W * log P(coherent)", metavar="W")
 

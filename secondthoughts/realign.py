@@ -197,7 +197,10 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
     context = candidates[0].context
-    scores = dict(zip(texts, rerank([context] * len(texts), texts)))
+    if getattr(rerank, "takes_sources", False):  # e.g. a rewrite model's likelihood of the text
+        scores = dict(zip(texts, rerank([context] * len(texts), texts, sources=[candidates[0].source] * len(texts))))  # type: ignore[call-arg]
+    else:
+        scores = dict(zip(texts, rerank([context] * len(texts), texts)))
     useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])

@@ -1,0 +1,80 @@
+"""The rewrite-likelihood scorer: its numbers against a plain forward, and its use as a best-of-N reranker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from secondthoughts import coherence as C
+from secondthoughts.decoding import prompt_ids
+from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
+from secondthoughts.realign import Realigner, RealignResult, choose_best
+from secondthoughts.sequences import encode_completion
+from secondthoughts.sft import TrainConfig, train
+
+CTX, SRC = "It is wrong to hit people.", "Tom hits his brother when he is angry."
+
+
+def _run(tmp: Path, model_dir: Path, data: Path, mode: str) -> Path:
+    cfg = TrainConfig(data=str(data), model=str(model_dir), out=str(tmp / mode), mode=mode, max_length=128, batch_size=2, max_steps=2,
+                      eval_fraction=0.0, eval_every=2, lora_r=4, progress=False)  # fmt: skip
+    return train(cfg).out
+
+
+@pytest.fixture(scope="module")
+def direct_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, examples_jsonl: Path) -> Path:
+    return _run(tmp_path_factory.mktemp("lik"), tiny_model_dir, examples_jsonl, "direct")
+
+
+def test_scores_are_the_mean_token_logprob_of_a_plain_forward(direct_run: Path) -> None:
+    scorer = RewriteLikelihood(direct_run, batch_size=2)
+    texts = ["Tom talks to his brother.", "Tom calmly talks to his brother about what made him angry.", "Tom."]
+    got = scorer([CTX] * 3, texts, [SRC] * 3)
+    model, tok = Realigner(direct_run).model, scorer.tokenizer
+    for text, score in zip(texts, got):
+        prompt = prompt_ids(tok, CTX, SRC, scorer.max_length)
+        completion = encode_completion(tok, None, text, SRC)
+        with torch.no_grad():
+            logp = model(torch.tensor([prompt + completion])).logits[0].log_softmax(-1)
+        want = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(completion)) / len(completion)
+        assert score == pytest.approx(want, abs=1e-4)
+    assert len(set(got)) == 3 and all(s < 0 for s in got)
+    with pytest.raises(ValueError, match="3 contexts, 3 texts and 1 sources"):
+        scorer([CTX] * 3, texts, [SRC])
+
+
+def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path) -> None:
+    assert is_rewrite_run(direct_run) and not is_rewrite_run(tmp_path)
+    C.check_reranker([str(direct_run)])
+    C.check_reranker([f"likelihood={direct_run}", "coherence=pkg.mod:fn"])
+    coe = _run(tmp_path, tiny_model_dir, examples_jsonl, "coe")
+    with pytest.raises(ValueError, match="not a direct-mode run folder"):
+        C.check_reranker([f"likelihood={coe}"])
+    with pytest.raises(ValueError, match="not a direct-mode run"):
+        RewriteLikelihood(coe)
+    rerank = C.load_reranker([str(direct_run)])
+    assert rerank.takes_sources and not rerank.alignment and not rerank.coherence
+    texts = ["Tom talks to his brother.", "Tom."]
+    direct = RewriteLikelihood(direct_run)([CTX] * 2, texts, [SRC] * 2)
+    assert rerank([CTX] * 2, texts, [SRC] * 2) == pytest.approx(direct)
+    with pytest.raises(ValueError, match="needs the sources"):
+        rerank([CTX] * 2, texts)
+    # choose_best hands the candidates' source to a scorer that takes sources
+    seen: list[Any] = []
+
+    class Spy:
+        takes_sources = True
+
+        def __call__(self, contexts: list[str], texts: list[str], sources: list[str]) -> list[float]:
+            seen.append(sources)
+            return [float(len(t)) for t in texts]
+
+    best = choose_best([RealignResult(CTX, SRC, "apply", text=t, valid=True) for t in texts], Spy())
+    assert best.text == texts[0] and seen == [[SRC, SRC]]
+    # end to end: sampled chains of a chain model, picked by the rewrite model's likelihood
+    res = Realigner(coe).realign(CTX, SRC, best_of=3, rerank=rerank, temperature=1.5, seed=2, max_new_tokens=24)
+    assert res.candidates == 3 and res.rerank_score <= 0
+    assert res.rerank_score == pytest.approx(RewriteLikelihood(direct_run)([CTX], [res.text], [SRC])[0], abs=1e-5)
