@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from secondthoughts.coherence import load_reranker
-from secondthoughts.data import read_dataset
+from secondthoughts.dataset_readers import read_dataset
 from secondthoughts.realign import Realigner
 
 

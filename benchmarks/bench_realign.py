@@ -30,7 +30,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/moral_s
 
 
 def load_examples(path: Path, n: int) -> list[Any]:
-    from secondthoughts.data import read_dataset
+    from secondthoughts.dataset_readers import read_dataset
 
     if not path.exists():
         sys.exit(f"{path} not found: put the shared data beside the project (see ../shared/data/README.md)")

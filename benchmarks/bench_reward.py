@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from secondthoughts.data import read_dataset
+from secondthoughts.dataset_readers import read_dataset
 from secondthoughts.precision import cpu_has_native_bf16, to_precision
 from secondthoughts.reward import HEADS, VIEWS, RewardConfig, RewardModel
 

@@ -46,7 +46,7 @@ def word_reward(contexts: list[str], texts: list[str]) -> list[float]:
 
 
 def load_examples(path: Path, n: int) -> list[Any]:
-    from secondthoughts.data import read_dataset
+    from secondthoughts.dataset_readers import read_dataset
 
     if not path.exists():
         sys.exit(f"{path} not found: put the shared data beside the project (see ../shared/data/README.md)")

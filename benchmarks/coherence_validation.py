@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 from secondthoughts import coherence, models, reward
-from secondthoughts.data import read_dataset
+from secondthoughts.dataset_readers import read_dataset
 from secondthoughts.edits import Edit
 from secondthoughts.evaluate import Fluency
 

@@ -24,13 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts import runs, settings
-from secondthoughts.data import (
-    DataError,
-    Example,
-    read_dataset,
-    read_examples,
-    write_examples,
-)
+from secondthoughts.data import DataError, Example, read_examples, write_examples
+from secondthoughts.dataset_readers import read_dataset
 
 _f = settings.setting
 

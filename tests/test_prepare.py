@@ -94,7 +94,7 @@ def test_read_options_are_read_datasets_options():
     import inspect
     from dataclasses import asdict
 
-    from secondthoughts.data import ReadOptions, read_dataset
+    from secondthoughts.dataset_readers import ReadOptions, read_dataset
 
     params = {n: p.default for n, p in inspect.signature(read_dataset).parameters.items() if p.kind is p.KEYWORD_ONLY}
     assert asdict(ReadOptions()) == params

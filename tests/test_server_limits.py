@@ -20,7 +20,8 @@ import test_server
 from test_server import CONTEXT, SOURCE, TARGET, post, request, serving, wait_until
 
 from secondthoughts.cli import main
-from secondthoughts.data import DataError, read_dataset
+from secondthoughts.data import DataError
+from secondthoughts.dataset_readers import read_dataset
 from secondthoughts.server import Limits, make_server
 
 memorized_run = test_server.memorized_run

@@ -22,7 +22,8 @@ from secondthoughts.bench.config import (
     ConfigError,
     DatasetSpec,
 )
-from secondthoughts.data import Example, read_dataset, split_examples
+from secondthoughts.data import Example, split_examples
+from secondthoughts.dataset_readers import read_dataset
 
 CELL_FILE, TRAINED_FILE = "cell.json", "trained.json"
 

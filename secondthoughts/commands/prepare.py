@@ -11,7 +11,9 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from secondthoughts.data import FORMATS, Example, ReadOptions, parse_columns, read_dataset, write_examples
+from secondthoughts.data import Example, write_examples
+
+from secondthoughts.dataset_readers import FORMATS, ReadOptions, parse_columns, read_dataset
 from secondthoughts.settings import add_flags, flags_given
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
