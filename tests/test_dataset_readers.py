@@ -1,4 +1,4 @@
-"""Dataset readers, validation, splits and few-shot samples, on hand-written fixtures."""
+"""Dataset readers (``secondthoughts.dataset_readers``): every format, validation and what a read reports, on hand-written fixtures."""
 
 from __future__ import annotations
 
