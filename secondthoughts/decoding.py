@@ -59,8 +59,8 @@ class DecodeSettings:
                                  "time, same output); auto: chain for greedy apply mode at batch size 1", choices=("auto", "chain", "none"))
     no_repeat: int = setting(NO_REPEAT, "the text a constrained chain writes never repeats one of its own N-token sequences (0: off)",
                              metavar="N")
-    best_of: int = setting(1, "sample N constrained chains per text (in one batch) and keep the one the --rerank scorers like "
-                              "best (1: no sampling)", metavar="N")
+    best_of: int = setting(1, "the greedy chain and N sampled ones per text (the samples in one batch): keep the one the --rerank "
+                              "scorers like best (1: greedy alone)", metavar="N")
     rerank: list = setting([], "scorers for --best-of: reward run folders (alignment or coherence, as each run's config says), "
                                "direct-mode run folders (a rewrite model's mean token log-likelihood of the text, added) or "
                                "module:function (alignment; write coherence=module:function for a coherence callable)", metavar="SCORER")

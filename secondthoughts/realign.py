@@ -21,9 +21,11 @@ With ``constrained=True`` (default) a :class:`~secondthoughts.constrained.ChainC
 masks every token that would break the chain, so every chain parses and applies. A chain cut by
 ``max_new_tokens`` is closed after its last complete edit (``truncated=True``).
 
-Best of N (``best_of``, ``rerank``): N constrained chains sampled in one batch, the text a
-reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`). Read blind it
-made text worse than greedy with the project's scorers (docs/coherence.md), so it is not a default.
+Best of N (``best_of``, ``rerank``): the greedy chain and N constrained chains sampled in one
+batch, the text a reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`).
+Read blind, alignment and coherence scorers made text worse than greedy; a rewrite model's
+likelihood (``likelihood.RewriteLikelihood``) made it a little more coherent at 4x the latency
+(docs/coherence.md), so it is an option, not a default.
 
 Repeats (``no_repeat``, default 4): a constrained chain never writes a token 4-gram twice in the
 text it adds (:class:`~secondthoughts.repeats.RepeatGuard`), the model's most visible slip.
@@ -353,10 +355,11 @@ class Realigner:
             mode the target by prompt lookup) and verifies drafts in one forward pass, one text
             at a time; same output as plain greedy. "auto": "chain" for greedy apply mode at
             batch size 1 (where it is faster), else "none".
-        best_of, rerank: sample ``best_of`` chains per text (``do_sample`` is implied; the
+        best_of, rerank: decode the greedy chain and sample ``best_of`` more per text (the
             ``best_of`` samples of a text share a generation batch) and return the one whose
-            text ``rerank(contexts, texts)`` scores highest, preferring texts that change the
-            source; ``best_of=1`` is plain decoding. See :func:`choose_best`.
+            text ``rerank(contexts, texts)`` scores highest (``rerank(contexts, texts, sources)``
+            where it has ``takes_sources``), preferring texts that change the source;
+            ``best_of=1`` is plain decoding. See :func:`choose_best`.
         no_repeat: n >= 2: the text a constrained chain writes never repeats one of its own
             token n-grams (``repeats.RepeatGuard``; unconstrained and direct decoding are not
             guarded); 0: off.
@@ -414,12 +417,19 @@ class Realigner:
 
     # ------------------------------------------------------------ internals
 
-    def _best_of(self, items: list[Any], batch_size: int, best_of: int, rerank: Reranker, **sampling: Any) -> list[RealignResult]:
-        """``best_of`` sampled chains per item, the samples of an item in one generation batch,
-        and the one :func:`choose_best` picks by ``rerank``."""
+    def _best_of(
+        self, items: list[Any], batch_size: int, best_of: int, rerank: Reranker, *, temperature: float, top_p: float, seed: int | None, **plain: Any
+    ) -> list[RealignResult]:
+        """The greedy chain and ``best_of`` sampled chains per item (an item's samples in one
+        generation batch), and the one :func:`choose_best` picks by ``rerank``. The greedy one is
+        a candidate so that a reranker only moves away from plain decoding when it prefers
+        another text (sampled chains at temperature 0.7 almost never reproduce it)."""
+        greedy = self.realign_many(items, batch_size, **plain)
         per_batch = max(1, batch_size // best_of) * best_of
-        sampled = self.realign_many([x for x in items for _ in range(best_of)], per_batch, do_sample=True, draft="none", **sampling)
-        return [choose_best(sampled[k * best_of : (k + 1) * best_of], rerank) for k in range(len(items))]
+        sampled = self.realign_many(
+            [x for x in items for _ in range(best_of)], per_batch, do_sample=True, draft="none", temperature=temperature, top_p=top_p, seed=seed, **plain
+        )
+        return [choose_best([greedy[k], *sampled[k * best_of : (k + 1) * best_of]], rerank) for k in range(len(items))]
 
     @staticmethod
     def _draft_choice(draft: str, mode: str, batch_size: int, num_beams: int, do_sample: bool, lookup: int | None) -> str:

@@ -135,11 +135,12 @@ def test_best_of_samples_and_picks_the_reranked_text(untrained: Any) -> None:
         return [float(len(t)) for t in texts]
 
     res = untrained.realign(ctx, src, best_of=4, rerank=longest, temperature=2.0, seed=3, max_new_tokens=32)
-    assert res.candidates == 4 and res.valid and len(chosen) == 1 and 1 <= len(chosen[0]) <= 4
+    assert res.candidates == 5 and res.valid and len(chosen) == 1 and 1 <= len(chosen[0]) <= 5
+    assert chosen[0][0] == untrained.realign(ctx, src, max_new_tokens=32).text  # the greedy chain is the first candidate
     changed = [t for t in chosen[0] if t != src]
     assert res.text == max(changed or chosen[0], key=len)
     many = untrained.realign_many([(ctx, src), ("", "Rose hopes her friend forgets.")], batch_size=8, best_of=3, rerank=longest, seed=1, max_new_tokens=24)
-    assert [r.source for r in many] == [src, "Rose hopes her friend forgets."] and all(r.candidates == 3 for r in many)
+    assert [r.source for r in many] == [src, "Rose hopes her friend forgets."] and all(r.candidates == 4 for r in many)
     with pytest.raises(ValueError, match="needs a reranker"):
         untrained.realign(ctx, src, best_of=2)
     with pytest.raises(ValueError, match="best_of must be >= 1"):

@@ -76,5 +76,5 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     assert best.text == texts[0] and seen == [[SRC, SRC]]
     # end to end: sampled chains of a chain model, picked by the rewrite model's likelihood
     res = Realigner(coe).realign(CTX, SRC, best_of=3, rerank=rerank, temperature=1.5, seed=2, max_new_tokens=24)
-    assert res.candidates == 3 and res.rerank_score <= 0
+    assert res.candidates == 4 and res.rerank_score <= 0
     assert res.rerank_score == pytest.approx(RewriteLikelihood(direct_run)([CTX], [res.text], [SRC])[0], abs=1e-5)

@@ -316,8 +316,8 @@ def test_serve_command_reports_a_busy_port_and_warns_off_localhost(memorized_run
 
 
 def test_best_of_reranks_sampled_chains_with_any_scorer(realigner, tmp_path):
-    """serve --best-of N --rerank ...: each request samples N chains and returns the text the
-    scorer likes best (here one that ranks texts alphabetically: the last one wins)."""
+    """serve --best-of N --rerank ...: each request decodes the greedy chain and samples N more and
+    returns the text the scorer likes best (here one that ranks texts alphabetically: the last one wins)."""
     from secondthoughts.coherence import Reranker
 
     seen: list[list[str]] = []
@@ -331,7 +331,7 @@ def test_best_of_reranks_sampled_chains_with_any_scorer(realigner, tmp_path):
     with serving(realigner, tmp_path / "c.jsonl", settings=settings) as s:
         assert request(s, "GET", "/api/health")[1]["best_of"] == 6
         status, res = post(s, "/api/realign", {"context": CONTEXT, "source": SOURCE})
-    assert status == 200 and len(seen) == 1 and len(seen[0]) == 6 and len(set(seen[0])) > 1  # sampled, not greedy
+    assert status == 200 and len(seen) == 1 and 2 <= len(seen[0]) <= 7  # the greedy text and the samples', each once
     assert res["text"] == max(seen[0])
 
 
