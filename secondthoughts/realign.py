@@ -24,7 +24,7 @@ masks every token that would break the chain, so every chain parses and applies.
 Best of N (``best_of``, ``rerank``): the greedy chain and N constrained chains sampled in one
 batch, the text a reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`).
 Read blind, alignment and coherence scorers made text worse than greedy; a rewrite model's
-likelihood (``likelihood.RewriteLikelihood``) made it a little more coherent at 4x the latency
+likelihood (``likelihood.RewriteLikelihood``) made it a little more coherent at 5x the latency
 (docs/coherence.md), so it is an option, not a default.
 
 Repeats (``no_repeat``, default 4): a constrained chain never writes a token 4-gram twice in the
@@ -385,10 +385,11 @@ class Realigner:
             if num_beams > 1:
                 raise ValueError("prompt lookup drafting works with num_beams=1 only")
             batch_size = 1
-        draft = self._draft_choice(draft, mode, batch_size, num_beams, do_sample, prompt_lookup_num_tokens)  # type: ignore[arg-type]
+        jobs = [_job(x, i) for i, x in enumerate(items)]
+        # One text runs alone whatever the batch size asked (best-of's greedy candidate, realign()).
+        draft = self._draft_choice(draft, mode, min(batch_size, max(1, len(jobs))), num_beams, do_sample, prompt_lookup_num_tokens)  # type: ignore[arg-type]
         if draft == "chain":
             batch_size = 1
-        jobs = [_job(x, i) for i, x in enumerate(items)]
         if mode == "direct" and any(j.prefix or j.closed for j in jobs):
             raise ValueError("a prefix of edits needs a chain-of-edits mode (apply or generate), not direct")
         if seed is not None:
