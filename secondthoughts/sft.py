@@ -420,6 +420,102 @@ def evaluate(loss_module: nn.Module, rows: Sequence[Row], batch_size: int, pad_i
     return float(total[0] / total[1])
 
 
+def _check_same_settings(config: TrainConfig, out: Path) -> None:
+    """A resumed run must have the settings it started with (``progress`` aside)."""
+    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
+    if asdict(saved) != {**asdict(config), "progress": saved.progress}:
+        diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v and k != "progress"}
+        raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
+
+
+def _restore(ckpt_dir: Path, model: nn.Module, optimizer: Any, scheduler: Any, world: int, rank: int) -> TrainState:
+    """Weights, optimizer, schedule and this process's RNG from a verified checkpoint."""
+    from safetensors.torch import load_file
+
+    ck = runs.read_checkpoint(ckpt_dir)
+    if ck["world_size"] != world:
+        raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
+    load_trainable_state(model, load_file(ckpt_dir / "trainable.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
+    runs.set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
+    return TrainState(**ck["state"])
+
+
+def _run_info(config: TrainConfig, data: dict[str, int], report: Any, plan: dict[str, int], model: nn.Module) -> dict[str, Any]:
+    """config.json of a new run."""
+    trainable, total = models.count_parameters(model)
+    data = {**data, "length_report": {k: v for k, v in asdict(report).items() if k != "dropped_ids"}, "dropped_ids": report.dropped_ids[:100]}
+    return {"train": asdict(config), "data": data, "plan": plan, "model": {"trainable_parameters": trainable, "parameters": total},
+            "env": runs.environment()}  # fmt: skip
+
+
+def _training_rows(config: TrainConfig, tokenizer: Any, main: bool) -> tuple[list[Row], list[Row], Any, dict[str, int]]:
+    """(training rows, evaluation rows, the training length report, counts for config.json).
+
+    Rows are packed once from a seeded shuffle; each epoch reshuffles the row order. The data
+    position is then a function of the step alone, which makes resume exact."""
+    train_ex, eval_ex = load_examples(config)
+    shape = {
+        "mode": config.mode, "max_length": config.max_length, "cost_sets": [tuple(c) for c in config.cost_sets],
+        "chain_format": config.chain_format, "merge_gap": config.merge_gap if config.merge_gap >= 0 else None,
+    }  # fmt: skip
+    train_seqs, report = build_sequences(train_ex, tokenizer, **shape)  # type: ignore[arg-type]
+    eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, **shape)  # type: ignore[arg-type]
+    if not train_seqs:
+        raise ValueError(f"no training sequences left: {report.summary()}")
+    if main:
+        print(f"train: {report.summary()}\neval: {eval_report.summary()}", flush=True)
+    shuffled = list(train_seqs)
+    random.Random(config.seed).shuffle(shuffled)
+    rows = pack(shuffled, config.max_length) if config.packing else unpacked(shuffled)
+    eval_rows = pack(eval_seqs, config.max_length) if config.packing else unpacked(eval_seqs)
+    counts = {"train_examples": len(train_ex), "eval_examples": len(eval_ex), "train_sequences": len(train_seqs),
+              "eval_sequences": len(eval_seqs), "train_rows": len(rows)}  # fmt: skip
+    return rows, eval_rows, report, counts
+
+
+def _save_checkpoint(out: Path, accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> None:
+    """What ``_restore`` reads: every process's RNG, then (main process) weights, optimizer and
+    schedule, committed at once (``runs.CheckpointWriter``)."""
+    main = accelerator.is_main_process
+    ck = runs.CheckpointWriter(out)
+    if main:
+        ck.begin()
+    accelerator.wait_for_everyone()
+    ck.add_torch(f"rng-{accelerator.process_index}.pt", runs.rng_state())
+    accelerator.wait_for_everyone()
+    if main:
+        ck.add_tensors("trainable.safetensors", trainable_state(model))
+        ck.add_torch("optimizer.pt", optimizer.state_dict())
+        ck.add_torch("scheduler.pt", scheduler.state_dict())
+        ck.commit({"state": asdict(state), "world_size": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+
+
+def _accumulate_gradients(ddp_module: nn.Module, accelerator: Any, step_rows: list[Row], config: TrainConfig, pad_id: int, n_loss: int) -> torch.Tensor:
+    """Forward and backward of this process's share of one optimizer step's rows; returns the
+    summed loss. Rows are independent sequences, so a backward per pass of ``rows_per_pass`` rows
+    sums to the whole micro-batch's gradient with only one pass's activations alive."""
+    world, rank, micro = accelerator.num_processes, accelerator.process_index, config.batch_size
+    per_pass = min(config.rows_per_pass or micro, micro)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for k in range(config.grad_accum):
+        start = (k * world + rank) * micro
+        mine = _pad_rows(step_rows[start : start + micro], micro, step_rows[0])
+        passes = [mine[a : a + per_pass] for a in range(0, micro, per_pass)]
+        for j, rows_now in enumerate(passes):
+            batch = {key: v.to(accelerator.device) for key, v in collate(rows_now, pad_id).items()}
+            sync = k == config.grad_accum - 1 and j == len(passes) - 1
+            with nullcontext() if sync else accelerator.no_sync(ddp_module), accelerator.autocast():
+                loss = ddp_module(**batch)
+                # Normalize by the step's loss tokens over all processes (known to each from the
+                # shared row list); DDP averages gradients, hence the factor `world`.
+                accelerator.backward(loss * world / max(n_loss, 1))
+            loss_sum += loss.detach().double()
+    return loss_sum
+
+
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
     """Run AEM fine-tuning as configured; see the module docstring for the run folder.
 
@@ -434,10 +530,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     check_init_from(config)
     ckpt_dir = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
-        if asdict(saved) != {**asdict(config), "progress": saved.progress}:
-            diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v and k != "progress"}
-            raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
+        _check_same_settings(config, out)
 
     cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
     # cpu=True without CUDA: accelerate then reads torchrun's LOCAL_RANK/WORLD_SIZE as multi-CPU
@@ -448,27 +541,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
     model, tokenizer, _ = build_model(config)
-    train_ex, eval_ex = load_examples(config)
-    cost_sets = [tuple(c) for c in config.cost_sets]
-    shape = {
-        "mode": config.mode, "max_length": config.max_length, "cost_sets": cost_sets, "chain_format": config.chain_format,
-        "merge_gap": config.merge_gap if config.merge_gap >= 0 else None,
-    }  # fmt: skip
-    train_seqs, report = build_sequences(train_ex, tokenizer, **shape)  # type: ignore[arg-type]
-    eval_seqs, eval_report = build_sequences(eval_ex, tokenizer, **shape)  # type: ignore[arg-type]
-    if not train_seqs:
-        raise ValueError(f"no training sequences left: {report.summary()}")
-    if main:
-        print(f"train: {report.summary()}\neval: {eval_report.summary()}", flush=True)
-
-    # Rows are packed once from a seeded shuffle; each epoch reshuffles the row order. The
-    # data position is then a function of the step alone, which makes resume exact.
-    shuffled = list(train_seqs)
-    random.Random(config.seed).shuffle(shuffled)
-    rows = pack(shuffled, config.max_length) if config.packing else unpacked(shuffled)
-    eval_rows = pack(eval_seqs, config.max_length) if config.packing else unpacked(eval_seqs)
+    rows, eval_rows, report, counts = _training_rows(config, tokenizer, main)
     micro = config.batch_size
-    per_pass = min(config.rows_per_pass or micro, micro)
     global_rows = micro * world * config.grad_accum
     steps_per_epoch = math.ceil(len(rows) / global_rows)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -478,20 +552,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     params = [p for p in loss_module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
-    trainable, total_params = models.count_parameters(model)
 
     state = TrainState()
     if ckpt_dir is not None:
-        from safetensors.torch import load_file
-
-        ck = runs.read_checkpoint(ckpt_dir)
-        if ck["world_size"] != world:
-            raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
-        load_trainable_state(model, load_file(ckpt_dir / "trainable.safetensors"))
-        optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
-        runs.set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
-        state = TrainState(**ck["state"])
+        state = _restore(ckpt_dir, model, optimizer, scheduler, world, rank)
         if main:
             runs.truncate_metrics(out / "metrics.jsonl", state.step)
             print(f"resumed {out} at step {state.step}/{total_steps}", flush=True)
@@ -501,22 +565,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         np.random.seed(config.seed)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            run_info = {
-                "train": asdict(config),
-                "data": {
-                    "train_examples": len(train_ex),
-                    "eval_examples": len(eval_ex),
-                    "train_sequences": len(train_seqs),
-                    "eval_sequences": len(eval_seqs),
-                    "train_rows": len(rows),
-                    "length_report": {k: v for k, v in asdict(report).items() if k != "dropped_ids"},
-                    "dropped_ids": report.dropped_ids[:100],
-                },
-                "plan": {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-                "model": {"trainable_parameters": trainable, "parameters": total_params},
-                "env": runs.environment(),
-            }
-            runs.write_atomic(out / "config.json", json.dumps(run_info, indent=2))
+            plan = {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+            runs.write_atomic(out / "config.json", json.dumps(_run_info(config, counts, report, plan, model), indent=2))
             runs.write_atomic(out / "metrics.jsonl", "")
     accelerator.wait_for_everyone()
 
@@ -529,20 +579,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         history.append(row)
         if main:
             runs.append_jsonl(metrics_path, row)
-
-    def save_checkpoint() -> None:
-        ck = runs.CheckpointWriter(out)
-        if main:
-            ck.begin()
-        accelerator.wait_for_everyone()
-        ck.add_torch(f"rng-{rank}.pt", runs.rng_state())
-        accelerator.wait_for_everyone()
-        if main:
-            ck.add_tensors("trainable.safetensors", trainable_state(model))
-            ck.add_torch("optimizer.pt", optimizer.state_dict())
-            ck.add_torch("scheduler.pt", scheduler.state_dict())
-            ck.commit({"state": asdict(state), "world_size": world})
-        accelerator.wait_for_everyone()
 
     def run_eval() -> None:
         if not eval_rows:
@@ -569,22 +605,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         step_rows = [rows[i] for i in order[index * global_rows : (index + 1) * global_rows]]
         n_loss, n_tokens = _rows_tokens(step_rows)
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        for k in range(config.grad_accum):
-            start = (k * world + rank) * micro
-            mine = _pad_rows(step_rows[start : start + micro], micro, step_rows[0])
-            # Rows are independent sequences, so a backward per pass of rows sums to the whole
-            # micro-batch's gradient; only one pass's activations are alive at a time.
-            passes = [mine[a : a + per_pass] for a in range(0, micro, per_pass)]
-            for j, rows_now in enumerate(passes):
-                batch = {key: v.to(accelerator.device) for key, v in collate(rows_now, pad_id).items()}
-                sync = k == config.grad_accum - 1 and j == len(passes) - 1
-                with nullcontext() if sync else accelerator.no_sync(ddp_module), accelerator.autocast():
-                    loss = ddp_module(**batch)
-                    # Normalize by the step's loss tokens over all processes (known to each from the
-                    # shared row list); DDP averages gradients, hence the factor `world`.
-                    accelerator.backward(loss * world / max(n_loss, 1))
-                loss_sum += loss.detach().double()
+        loss_sum = _accumulate_gradients(ddp_module, accelerator, step_rows, config, pad_id, n_loss)
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -606,7 +627,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if state.step % config.eval_every == 0 or state.step == total_steps:
             run_eval()
         if state.step % checkpoint_every == 0 or state.step == total_steps or state.stopped_early:
-            save_checkpoint()
+            _save_checkpoint(out, accelerator, model, optimizer, scheduler, state)
         if stop_after is not None and state.step >= stop_after:
             break
     bar.close()
