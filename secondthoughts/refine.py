@@ -612,10 +612,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
-
-    from secondthoughts.sft import load_trainable_state, trainable_state
 
     cfg, acc = r.config, r.accelerator
     out = Path(cfg.out)
@@ -639,14 +636,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
 
     state = RefineState()
     if ckpt is not None:
-        ck = runs.read_checkpoint(ckpt)
-        if ck["world_size"] != world:
-            raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
-        load_trainable_state(r.policy, load_file(ckpt / "trainable.safetensors"))
-        r.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        r.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-        runs.set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=True))
-        state = RefineState(**ck["state"])
+        state = RefineState(**runs.restore_training(ckpt, r.policy, r.optimizer, r.scheduler, world, rank))
         if main:
             runs.truncate_metrics(out / "metrics.jsonl", state.step)
             print(f"resumed {out} at step {state.step}/{cfg.steps}", flush=True)
@@ -682,19 +672,9 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         log({"step": state.step, **_per_sample(sums, "eval_"), "peak_memory_mb": runs.peak_memory_mb()})
 
     def save_checkpoint() -> None:
-        ck = runs.CheckpointWriter(out)
+        runs.save_training(out, acc, r.policy, r.optimizer, r.scheduler, asdict(state))
         if main:
-            ck.begin()
-        acc.wait_for_everyone()
-        ck.add_torch(f"rng-{rank}.pt", runs.rng_state())
-        acc.wait_for_everyone()
-        if main:
-            ck.add_tensors("trainable.safetensors", trainable_state(r.policy))
-            ck.add_torch("optimizer.pt", r.optimizer.state_dict())
-            ck.add_torch("scheduler.pt", r.scheduler.state_dict())
-            ck.commit({"state": asdict(state), "world_size": world})
             reward_curve(out)
-        acc.wait_for_everyone()
 
     if state.step == 0:
         run_eval()

@@ -452,3 +452,60 @@ def truncate_metrics(path: PathLike, step: int) -> None:
     if log.torn is not None:
         print(f"{path}: dropped a torn last line ({len(log.torn)} characters) left by the interrupted run", file=sys.stderr, flush=True)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in log.rows if r.get("step", 0) <= step))
+
+
+# ---------------------------------------------------------------- training checkpoints (train, refine)
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    """The trainable parameters, detached on the CPU (what a checkpoint keeps of a model)."""
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
+    """Copy ``trainable_state``'s tensors back; a checkpoint of another model shape is an error."""
+    import torch
+
+    params = dict(model.named_parameters())
+    absent = sorted(set(state) - set(params))
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state)
+    if absent or missing:
+        raise ValueError(f"checkpoint does not fit the model: unexpected {absent[:3]}, missing {missing[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def save_training(out: PathLike, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    """A training checkpoint, committed at once (:class:`CheckpointWriter`): every process's RNG,
+    then (main process) trainable weights, optimizer, schedule and the loop's ``state``."""
+    main = accelerator.is_main_process
+    ck = CheckpointWriter(out)
+    if main:
+        ck.begin()
+    accelerator.wait_for_everyone()
+    ck.add_torch(f"rng-{accelerator.process_index}.pt", rng_state())
+    accelerator.wait_for_everyone()
+    if main:
+        ck.add_tensors("trainable.safetensors", trainable_state(model))
+        ck.add_torch("optimizer.pt", optimizer.state_dict())
+        ck.add_torch("scheduler.pt", scheduler.state_dict())
+        ck.commit({"state": state, "world_size": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+
+
+def restore_training(ckpt: PathLike, model: Any, optimizer: Any, scheduler: Any, world: int, rank: int) -> dict[str, Any]:
+    """What :func:`save_training` wrote, loaded back into the model, optimizer, schedule and this
+    process's RNG; returns the loop's state."""
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    ck = read_checkpoint(ckpt)
+    if ck["world_size"] != world:
+        raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
+    load_trainable_state(model, load_file(ckpt / "trainable.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=True))
+    return ck["state"]

@@ -332,21 +332,6 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Any, list[int]]:
     return model, tokenizer, token_ids
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    absent = sorted(set(state) - set(params))
-    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state)
-    if absent or missing:
-        raise ValueError(f"checkpoint does not fit the model: unexpected {absent[:3]}, missing {missing[:3]}")
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
-
-
 # ---------------------------------------------------------------- run folder I/O
 
 
@@ -428,20 +413,6 @@ def _check_same_settings(config: TrainConfig, out: Path) -> None:
         raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
 
 
-def _restore(ckpt_dir: Path, model: nn.Module, optimizer: Any, scheduler: Any, world: int, rank: int) -> TrainState:
-    """Weights, optimizer, schedule and this process's RNG from a verified checkpoint."""
-    from safetensors.torch import load_file
-
-    ck = runs.read_checkpoint(ckpt_dir)
-    if ck["world_size"] != world:
-        raise ValueError(f"checkpoint was written by {ck['world_size']} processes, this run has {world}")
-    load_trainable_state(model, load_file(ckpt_dir / "trainable.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
-    runs.set_rng_state(torch.load(ckpt_dir / f"rng-{rank}.pt", weights_only=True))
-    return TrainState(**ck["state"])
-
-
 def _run_info(config: TrainConfig, data: dict[str, int], report: Any, plan: dict[str, int], model: nn.Module) -> dict[str, Any]:
     """config.json of a new run."""
     trainable, total = models.count_parameters(model)
@@ -473,24 +444,6 @@ def _training_rows(config: TrainConfig, tokenizer: Any, main: bool) -> tuple[lis
     counts = {"train_examples": len(train_ex), "eval_examples": len(eval_ex), "train_sequences": len(train_seqs),
               "eval_sequences": len(eval_seqs), "train_rows": len(rows)}  # fmt: skip
     return rows, eval_rows, report, counts
-
-
-def _save_checkpoint(out: Path, accelerator: Any, model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState) -> None:
-    """What ``_restore`` reads: every process's RNG, then (main process) weights, optimizer and
-    schedule, committed at once (``runs.CheckpointWriter``)."""
-    main = accelerator.is_main_process
-    ck = runs.CheckpointWriter(out)
-    if main:
-        ck.begin()
-    accelerator.wait_for_everyone()
-    ck.add_torch(f"rng-{accelerator.process_index}.pt", runs.rng_state())
-    accelerator.wait_for_everyone()
-    if main:
-        ck.add_tensors("trainable.safetensors", trainable_state(model))
-        ck.add_torch("optimizer.pt", optimizer.state_dict())
-        ck.add_torch("scheduler.pt", scheduler.state_dict())
-        ck.commit({"state": asdict(state), "world_size": accelerator.num_processes})
-    accelerator.wait_for_everyone()
 
 
 def _accumulate_gradients(ddp_module: nn.Module, accelerator: Any, step_rows: list[Row], config: TrainConfig, pad_id: int, n_loss: int) -> torch.Tensor:
@@ -555,7 +508,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     state = TrainState()
     if ckpt_dir is not None:
-        state = _restore(ckpt_dir, model, optimizer, scheduler, world, rank)
+        state = TrainState(**runs.restore_training(ckpt_dir, model, optimizer, scheduler, world, rank))
         if main:
             runs.truncate_metrics(out / "metrics.jsonl", state.step)
             print(f"resumed {out} at step {state.step}/{total_steps}", flush=True)
@@ -627,7 +580,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if state.step % config.eval_every == 0 or state.step == total_steps:
             run_eval()
         if state.step % checkpoint_every == 0 or state.step == total_steps or state.stopped_early:
-            _save_checkpoint(out, accelerator, model, optimizer, scheduler, state)
+            runs.save_training(out, accelerator, model, optimizer, scheduler, asdict(state))
         if stop_after is not None and state.step >= stop_after:
             break
     bar.close()
