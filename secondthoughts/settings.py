@@ -27,7 +27,8 @@ def add_flags(
     """One flag per field of ``cls`` (``only``: these fields): ``--field-name``, or the metadata's
     ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
-    opposite of the default; a metadata ``const`` makes a flag that sets that value. A list takes
+    opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
+    one that must be given. A list takes
     one or more values. The type is ``types[name]``, else the
     metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``: flags
     not given stay out of the namespace, so that they do not override a ``--config`` file."""
@@ -40,6 +41,8 @@ def add_flags(
         quiet = default is None or default == [] or ("flag" in meta and (isinstance(default, bool) or "const" in meta))  # the help says it
         shown = "" if quiet else f" (default: {json.dumps(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
+        if meta.get("required"):  # a flag every use must give (an input file)
+            kw["required"], kw["help"] = True, meta.get("help", "")
         if isinstance(default, bool):
             action = ("store_false" if default else "store_true") if "flag" in meta else argparse.BooleanOptionalAction
             p.add_argument(flag, action=action, **kw)

@@ -25,7 +25,7 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,36 @@ DTYPE_HELP = (
 )
 
 
+_f = settings.setting
+
+
+@dataclass
+class RewardSplit:
+    """What ``reward train`` trains on and holds out."""
+
+    data: str = _f("", "training examples JSONL (context, source, target; from `secondthoughts prepare`)", required=True)
+    dev: str | None = _f(None, "held-out examples JSONL; default: hold out --dev-fraction of --data", type=str)
+    dev_fraction: float = _f(0.1, "share of --data held out when --dev is not given")
+    max_train: int | None = _f(None, "train on at most N examples (a seeded sample)", type=int, metavar="N")
+    max_dev: int | None = _f(None, "evaluate on at most N held-out examples (a seeded sample)", type=int, metavar="N")
+
+
+@dataclass
+class ScoreSettings:
+    """How ``reward score`` reads, scores and writes texts (``views`` also for evaluate and ensemble)."""
+
+    text_field: str = _f("target", "field holding the text to score")
+    context_field: str = _f("context", "field holding the context")
+    reward_field: str = _f("reward", "field to write the score to")
+    batch_size: int = _f(32, "texts per forward pass")
+    views: str | None = _f(None, "score this way instead of as the run says", type=str, choices=VIEWS)
+    dtype: str = _f("auto", DTYPE_HELP, choices=PRECISIONS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a reward model on examples", description="train a reward model on (context, source, target) examples")
-    t.add_argument("--data", required=True, help="training examples JSONL (context, source, target; from `secondthoughts prepare`)")
-    t.add_argument("--dev", help="held-out examples JSONL; default: hold out --dev-fraction of --data")
-    t.add_argument("--dev-fraction", type=float, default=0.1, help="share of --data held out when --dev is not given (default 0.1)")
-    t.add_argument("--max-train", type=int, help="train on at most N examples (a seeded sample)")
-    t.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
+    settings.add_flags(t, RewardSplit, given_only=False)
     t.add_argument("--out", required=True, help="run folder to write (config, weights, tokenizer, metrics, model card)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--members", type=int, default=1,
@@ -66,27 +88,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dev", help="held-out examples JSONL to report the members' and the ensemble's accuracy on")
     e.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    e.add_argument("--views", choices=VIEWS, help="score every member this way instead of as its run says")
+    settings.add_flags(e, ScoreSettings, only=("views",), given_only=False)
 
     v = sub.add_parser("evaluate", help="held-out accuracy of a reward run or ensemble",
                        description="accuracy per text, pairwise and echo accuracy of a reward run or ensemble on examples")
     v.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
     v.add_argument("--data", required=True, help="held-out examples JSONL (context, source, target)")
     v.add_argument("--max-dev", type=int, help="evaluate on at most N examples (a seeded sample)")
-    v.add_argument("--views", choices=VIEWS, help="score this way instead of as the run says")
+    settings.add_flags(v, ScoreSettings, only=("views",), given_only=False)
     v.add_argument("--output", help="also write the metrics to this JSON file")
-    v.add_argument("--dtype", default="float32", choices=PRECISIONS, help=DTYPE_HELP + " (default float32)")
+    v.add_argument("--dtype", default="float32", choices=PRECISIONS, help=DTYPE_HELP + " (default: \"float32\": a report is exact)")
 
     s = sub.add_parser("score", help="score texts in a JSONL", description="append P(aligned) to every row of a JSONL")
     s.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
     s.add_argument("--input", required=True, help="JSONL with a context field and a text field per row")
     s.add_argument("--output", required=True, help="where to write the rows with the reward added")
-    s.add_argument("--text-field", default="target", help="field holding the text to score (default target)")
-    s.add_argument("--context-field", default="context", help="field holding the context (default context)")
-    s.add_argument("--reward-field", default="reward", help="field to write the score to (default reward)")
-    s.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
-    s.add_argument("--views", choices=VIEWS, help="score this way instead of as the run says (context, or context+alone)")
-    s.add_argument("--dtype", default="auto", choices=PRECISIONS, help=DTYPE_HELP + " (default auto)")
+    settings.add_flags(s, ScoreSettings, given_only=False)
 
     f = sub.add_parser("fit-coherence", help="fit the LM-feature coherence measure to hand labels",
                        description="fit a logistic regression over language-model features to hand-labelled texts (coherence_fit)")
