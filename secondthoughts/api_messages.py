@@ -10,14 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from secondthoughts.edits import (
-    Edit,
-    EditError,
-    detokenize,
-    parse_readable,
-    render_readable,
-    tokenize,
-)
+from secondthoughts.edits import Edit, EditError, detokenize, tokenize
+
+from secondthoughts.readable import parse_readable, render_readable
 from secondthoughts.realign import apply_subset, as_chain
 
 MAX_DEPTH = 16  # JSON nesting: a chain of edit records needs 4

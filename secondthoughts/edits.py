@@ -1,4 +1,5 @@
-"""Chains of edits: minimum-cost inference, application, and two renderings.
+"""Chains of edits: minimum-cost inference, application, and the compact forms a model writes
+(readable lines, one per edit, are in ``readable``).
 
 A chain is a list of :class:`Edit` records in source order. ``infer_edits`` finds a
 minimum-cost chain under configurable insert / delete / replace costs (the paper's
@@ -13,7 +14,6 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
-import json
 import math
 import re
 from collections.abc import Hashable, Iterable, Sequence
@@ -406,15 +406,24 @@ def insert_here(prev: str) -> bool:
     return prev != "insert"
 
 
+def find_span(tokens: list[str], span: list[str], lo: int) -> int | None:
+    """Where ``span`` first occurs in ``tokens`` at or after ``lo`` (None: nowhere)."""
+    n = len(span)
+    for p in range(max(lo, 0), len(tokens) - n + 1):
+        if tokens[p : p + n] == span:
+            return p
+    return None
+
+
 def resolve_anchor(tokens: Sequence[Any], op: str, span: Sequence[Any], lo: int) -> int | None:
     """Where an edit written without its position lands: a delete or replace at the first
     occurrence of its span at or after ``lo``; an insert right after the first occurrence of its
     anchor (the text before it) that ends at or after ``lo``. None if there is none."""
     tokens, span = list(tokens), list(span)
     if op == "insert":
-        a = _find(tokens, span, max(lo - len(span), 0))
+        a = find_span(tokens, span, max(lo - len(span), 0))
         return None if a is None else a + len(span)
-    return _find(tokens, span, lo)
+    return find_span(tokens, span, lo)
 
 
 def _anchors(tokens: Sequence[Any], e: Edit, lo: int) -> bool:
@@ -595,159 +604,3 @@ def _inline_edit(op: Op, cursor: int, kept: bool, edits: list[Edit], tokens: lis
         raise fail(f"{detokenize(old)!r} is not the source's text from token {cursor}", off)
     new = tokenize(content(NEW)) if op != "delete" else []
     return Edit(op, cursor, tuple(old), tuple(new)).check()
-
-
-# ---------------------------------------------------------------- readable rendering
-
-_STR = r'"(?:[^"\\]|\\.)*"'
-_LINE_RE = re.compile(
-    rf"^\s*(?:(?P<rep>replace)\s+(?P<rold>{_STR})\s+with\s+(?P<rnew>{_STR})"
-    rf"|(?P<del>delete)\s+(?P<dold>{_STR})"
-    rf"|(?P<ins>insert)\s+(?P<inew>{_STR})\s+(?:after\s+(?P<anchor>{_STR})|(?P<atstart>at\s+start)))"
-    rf"(?:\s+at\s+token\s+(?P<at>\d+))?\s*$"
-)
-
-
-def _q(text: str) -> str:
-    # JSON escapes control characters; these three also break lines for str.splitlines.
-    return re.sub("[\x85\u2028\u2029]", lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False))
-
-
-def _find(tokens: list[str], span: list[str], lo: int) -> int | None:
-    n = len(span)
-    for p in range(max(lo, 0), len(tokens) - n + 1):
-        if tokens[p : p + n] == span:
-            return p
-    return None
-
-
-def _find_loose(tokens: list[str], text: str, lo: int) -> tuple[int, str] | None:
-    """Where ``text`` matches the source, ignoring the whitespace before its first token.
-    Returns (position, that whitespace)."""
-    span = tokenize(text)
-    if not span:
-        return None
-    p = _find(tokens, span, lo)
-    if p is not None:
-        return p, ""
-    if text[:1].isspace():
-        return None
-    for p in range(max(lo, 0), len(tokens) - len(span) + 1):
-        first = tokens[p]
-        ws = first[: len(first) - len(first.lstrip())]
-        if ws and first[len(ws) :] == span[0] and tokens[p + 1 : p + len(span)] == span[1:]:
-            return p, ws
-    return None
-
-
-def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
-    m = _LINE_RE.match(line)
-    if not m:
-        raise EditError(
-            f"readable chain, line {lineno}: cannot read {line!r}; expected "
-            '`replace "old" with "new"`, `delete "old"`, `insert "new" after "word"` or `insert "new" at start`'
-        )
-    at = int(m["at"]) if m["at"] is not None else None
-
-    def s(group: str) -> str:
-        return json.loads(m[group])
-
-    def locate(text: str, lo: int) -> tuple[int, str]:
-        if at is not None:  # a pinned line is exact: no whitespace filled in
-            if _find(tokens, tokenize(text), at) != at:
-                raise EditError(f"readable chain, line {lineno}: {text!r} is not at token {at} of the source")
-            return at, ""
-        found = _find_loose(tokens, text, lo)
-        if found is None:
-            raise EditError(f"readable chain, line {lineno}: {text!r} not found in the source after token {lo}")
-        return found
-
-    if m["rep"] or m["del"]:
-        old_text = s("rold") if m["rep"] else s("dold")
-        p, ws = locate(old_text, cursor)
-        old = tokens[p : p + len(tokenize(old_text))]
-        if m["del"]:
-            return Edit("delete", p, tuple(old))
-        new_text = s("rnew")
-        if ws and not new_text[:1].isspace():
-            new_text = ws + new_text  # keep the space the replaced word had
-        return Edit("replace", p, tuple(old), tuple(tokenize(new_text)))
-    new_text = s("inew")
-    if m["atstart"]:
-        if at not in (None, 0):
-            raise EditError(f"readable chain, line {lineno}: 'at start' contradicts 'at token {at}'")
-        p = 0
-    else:
-        anchor = s("anchor")
-        n = len(tokenize(anchor))
-        p = locate(anchor, cursor - 1)[0] + n if at is None else at
-        if at is not None and (at < n or _find(tokens, tokenize(anchor), at - n) != at - n):
-            raise EditError(f"readable chain, line {lineno}: {anchor!r} does not end right before token {at}")
-    if at is None and p > 0 and re.match(r"\w", new_text):
-        new_text = " " + new_text  # a word inserted after a word needs its space
-    if not new_text:
-        raise EditError(f"readable chain, line {lineno}: insert of empty text")
-    return Edit("insert", p, (), tuple(tokenize(new_text)))
-
-
-def parse_readable(text: str, source: str | Sequence[str]) -> list[Edit]:
-    """Parse readable lines back to edits, anchored in the source text.
-
-    Lines are read in source order: each edit is looked up after the previous one. Quoted
-    text may leave out the space before a word: it is taken from the source. A line that
-    ends in ``at token N`` is exact: its text is used as quoted, at that position.
-    """
-    tokens = tokenize(source) if isinstance(source, str) else list(source)
-    edits: list[Edit] = []
-    cursor = 0
-    for lineno, line in enumerate(re.split(r"\r?\n", text), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        e = _parse_line(line, tokens, cursor, lineno)
-        if e.start < cursor:
-            raise EditError(f"readable chain, line {lineno}: edit at token {e.start} overlaps the previous edit")
-        edits.append(e)
-        cursor = e.end
-    return edits
-
-
-def _render_line(e: Edit, tokens: list[str], cursor: int, loose: bool) -> str:
-    def show(span: Sequence[Any]) -> str:
-        t = detokenize(span)
-        return t.lstrip() if loose and t.strip() else t
-
-    if e.op == "replace":
-        line = f"replace {_q(show(e.old))} with {_q(show(e.new))}"
-    elif e.op == "delete":
-        line = f"delete {_q(show(e.old))}"
-    elif e.start == 0:
-        line = f"insert {_q(show(e.new))} at start"
-    else:
-        line = f"insert {_q(show(e.new))} after {_q(show(tokens[e.start - 1 : e.start]))}"
-    return line
-
-
-def render_readable(edits: Iterable[Edit], source: str | Sequence[str]) -> str:
-    """One line per edit, e.g. ``replace "hits" with "talks to"``.
-
-    Each line uses the friendliest form (spaces left out, no position) that parses back to
-    exactly the same edit, falling back to exact quoting and ``at token N``.
-    """
-    tokens = tokenize(source) if isinstance(source, str) else list(source)
-    lines: list[str] = []
-    cursor = 0
-    for n, e in enumerate(edits):
-        for loose, pinned in ((True, False), (False, False), (False, True)):
-            line = _render_line(e, tokens, cursor, loose)
-            if pinned:
-                line += f" at token {e.start}"
-            try:
-                if _parse_line(line, tokens, cursor, n + 1) == e:
-                    break
-            except EditError:
-                continue
-        else:
-            raise EditError(f"edit {n} ({e.op} at {e.start}) does not fit the source")
-        lines.append(line)
-        cursor = e.end
-    return "\n".join(lines)

@@ -55,26 +55,8 @@ from secondthoughts.drafting import (
     PromptLookup,
     greedy_generate,
 )
-from secondthoughts.edits import (
-    CHAIN_FORMATS,
-    EOC,
-    KEEP,
-    MARKERS,
-    SPECIAL_TOKENS,
-    Edit,
-    EditError,
-    apply_edits,
-    apply_text_edits,
-    detokenize,
-    infer_text_edits,
-    parse_chain,
-    parse_compact,
-    parse_readable,
-    render_chain,
-    render_compact,
-    render_readable,
-    tokenize,
-)
+from secondthoughts.edits import CHAIN_FORMATS, EOC, KEEP, MARKERS, SPECIAL_TOKENS, Edit, EditError, apply_edits, apply_text_edits, detokenize, infer_text_edits, parse_chain, parse_compact, render_chain, render_compact, tokenize
+from secondthoughts.readable import parse_readable, render_readable
 from secondthoughts.repeats import RepeatGuard
 from secondthoughts.sequences import split_completion
 

@@ -11,30 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secondthoughts import edits as E
-from secondthoughts.edits import (
-    CHAIN_FORMATS,
-    SPECIAL_TOKENS,
-    Edit,
-    EditError,
-    apply_edits,
-    apply_text_edits,
-    augment_chains,
-    chain_cost,
-    detokenize,
-    escape,
-    infer_edits,
-    infer_text_edits,
-    merge_close_edits,
-    parse_chain,
-    parse_compact,
-    parse_readable,
-    render_chain,
-    render_compact,
-    render_inline,
-    render_readable,
-    tokenize,
-    unescape,
-)
+from secondthoughts.edits import CHAIN_FORMATS, SPECIAL_TOKENS, Edit, EditError, apply_edits, apply_text_edits, augment_chains, chain_cost, detokenize, escape, infer_edits, infer_text_edits, merge_close_edits, parse_chain, parse_compact, render_chain, render_compact, render_inline, tokenize, unescape
+from secondthoughts.readable import parse_readable, render_readable
 
 
 def reference_cost(a: list, b: list, ci: float, cd: float, cr: float) -> float:
@@ -357,42 +335,6 @@ def test_malformed_compact_says_what_and_where(text, message):
     with pytest.raises(EditError, match=message) as info:
         parse_compact(text)
     assert re.search(r"character \d+|ends without", str(info.value))
-
-
-def test_readable_is_friendly_and_exact():
-    src = "He hits the dog and asks the cat."
-    tgt = "He talks to the dog and politely asks the cat."
-    chain = infer_text_edits(src, tgt)
-    text = render_readable(chain, src)
-    assert text.splitlines() == ['replace "hits" with "talks"', 'insert "to" after "hits"', 'insert "politely" after "and"']
-    # What a person types: spaces left out, a multi-word replace.
-    mine = parse_readable('replace "hits" with "talks to"\ninsert "politely" after "and"', src)
-    assert apply_text_edits(src, mine) == tgt
-
-
-def test_readable_disambiguates_repeated_words():
-    src = "the cat and the dog"
-    chain = [Edit("delete", 3, (" the",))]
-    text = render_readable(chain, src)
-    assert text == 'delete " the"'
-    assert parse_readable(text, src) == chain
-    assert parse_readable('delete " the" at token 3', src) == chain
-    assert parse_readable('delete "the"\ndelete "dog"', src) == [Edit("delete", 0, ("the",)), Edit("delete", 4, (" dog",))]
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ('remove "hits"', "line 1: cannot read"),
-        ('delete "zebra"', "not found in the source"),
-        ('delete "dog"\ndelete "hits"', "line 2: .*not found"),
-        ('delete "hits" at token 3', "not at token 3"),
-        ('insert "" at start', "empty text"),
-    ],
-)
-def test_malformed_readable_says_what_and_where(text, message):
-    with pytest.raises(EditError, match=message):
-        parse_readable(text, "He hits the dog.")
 
 
 def test_augmentation_gives_distinct_chains():

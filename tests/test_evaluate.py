@@ -19,7 +19,8 @@ from secondthoughts import evaluate as E
 from secondthoughts import models
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
-from secondthoughts.edits import infer_text_edits, render_compact, render_readable
+from secondthoughts.edits import infer_text_edits, render_compact
+from secondthoughts.readable import render_readable
 from secondthoughts.realign import RealignResult
 from secondthoughts.sari import Sari, corpus_sari, sentence_sari, tokenize_13a
 

@@ -15,16 +15,8 @@ import torch
 import tiny
 from secondthoughts import models
 from secondthoughts.cli import main
-from secondthoughts.edits import (
-    Edit,
-    EditError,
-    apply_text_edits,
-    infer_text_edits,
-    parse_compact,
-    render_chain,
-    render_compact,
-    render_readable,
-)
+from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits, parse_compact, render_chain, render_compact
+from secondthoughts.readable import render_readable
 from secondthoughts.realign import Realigner, RealignResult, _Job, apply_subset, as_chain
 from secondthoughts.sft import TrainConfig, train
 

@@ -31,7 +31,8 @@ from rich.rule import Rule
 from secondthoughts.commands.edits import parse_costs
 from secondthoughts.data import Example, read_examples
 from secondthoughts.diffview import chain_stats, inline_diff
-from secondthoughts.edits import apply_text_edits, infer_text_edits, render_compact, render_readable, tokenize
+from secondthoughts.edits import apply_text_edits, infer_text_edits, render_compact, tokenize
+from secondthoughts.readable import render_readable
 
 # The on-the-spot run: one chain per example (cost set 1,1,2), 6 epochs at a high LoRA learning
 # rate (24 steps, ~10k tokens): loss 0.57 at the end, against 1.4 after 6 epochs at 1e-3.

@@ -9,7 +9,8 @@ import math
 from rich.console import Console
 
 from secondthoughts.diffview import chain_stats, inline_diff
-from secondthoughts.edits import CHAIN_FORMATS, apply_text_edits, chain_cost, infer_text_edits, render_chain, render_readable, tokenize
+from secondthoughts.edits import CHAIN_FORMATS, apply_text_edits, chain_cost, infer_text_edits, render_chain, tokenize
+from secondthoughts.readable import render_readable
 
 
 def parse_costs(text: str) -> tuple[float, float, float]:
