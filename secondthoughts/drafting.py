@@ -39,18 +39,9 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from secondthoughts.constrained import (
-    DONE,
-    OP,
-    POS,
-    SPAN,
-    ChainState,
-    EditVocab,
-    SourceIndex,
-    advance,
-    allowed,
-    start_state,
-)
+from secondthoughts.constrained import DONE, OP, POS, SPAN, ChainState, SourceIndex, advance, allowed, start_state
+
+from secondthoughts.edit_vocab import EditVocab
 
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 

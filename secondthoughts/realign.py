@@ -47,7 +47,8 @@ from typing import Any, Literal
 import torch
 
 from secondthoughts import decoding, models
-from secondthoughts.constrained import ChainConstraint, EditVocab, start_state
+from secondthoughts.constrained import ChainConstraint, start_state
+from secondthoughts.edit_vocab import EditVocab
 from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
 from secondthoughts.drafting import (
     TEXT_LOOKUP,

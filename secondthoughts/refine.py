@@ -225,7 +225,7 @@ class Refiner:
         from accelerate import Accelerator
         from transformers import get_scheduler
 
-        from secondthoughts.constrained import EditVocab
+        from secondthoughts.edit_vocab import EditVocab
         from secondthoughts.decoding import chain_format, run_info
 
         self.config = config

@@ -11,21 +11,8 @@ import torch
 
 import tiny
 from secondthoughts import models
-from secondthoughts.constrained import (
-    BAD,
-    DONE,
-    OP,
-    ChainConstraint,
-    EditVocab,
-    SourceIndex,
-    _digits_ok,
-    advance,
-    allowed,
-    completion_masks,
-    start_state,
-    token_pieces,
-    walk,
-)
+from secondthoughts.constrained import BAD, DONE, OP, ChainConstraint, SourceIndex, _digits_ok, advance, allowed, completion_masks, start_state, walk
+from secondthoughts.edit_vocab import EditVocab, token_pieces
 from secondthoughts.edits import (
     CHAIN_FORMATS,
     DEFAULT_COST_SETS,
