@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from secondthoughts.edits import Edit, EditError, detokenize, tokenize
-
 from secondthoughts.readable import parse_readable, render_readable
 from secondthoughts.realign import apply_subset, as_chain
 
@@ -97,7 +96,7 @@ def read_edit(item: Mapping[str, Any], where: str) -> Edit:
         raise ApiError(400, f"{where}: {e}") from None
 
 
-def read_chain(body: Mapping[str, Any], name: str, source: str) -> list[Edit]:
+def chain_field(body: Mapping[str, Any], name: str, source: str) -> list[Edit]:
     """The chain in field ``name``: a compact or readable string, or a list of edit records and
     ``{"readable": LINE}`` items. Structure errors are 400, chains that do not fit are 422."""
     value = body.get(name)
@@ -163,7 +162,7 @@ class RealignRequest:
     @classmethod
     def read(cls, body: Mapping[str, Any], *, prefix_required: bool = False) -> RealignRequest:
         context, source = text_field(body, "context", required=False), text_field(body, "source")
-        prefix = read_chain(body, "prefix", source) if prefix_required or body.get("prefix") else None
+        prefix = chain_field(body, "prefix", source) if prefix_required or body.get("prefix") else None
         return cls(context, source, prefix, {})
 
 

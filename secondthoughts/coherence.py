@@ -319,9 +319,14 @@ class Reranker:
 
 
 def _kind_and_path(spec: str) -> tuple[str, str]:
-    """``kind=path`` with kind alignment, coherence or likelihood, or a bare path ("" kind)."""
+    """``kind=path`` with kind alignment, coherence or likelihood (the kind of a bare path that is
+    a direct-mode run folder), or a bare path ("" kind: as the scorer's own config says)."""
+    from secondthoughts.likelihood import is_rewrite_run
+
     kind, sep, path = spec.partition("=")
-    return (kind, path) if sep and kind in ("alignment", "coherence", "likelihood") else ("", spec)
+    if sep and kind in ("alignment", "coherence", "likelihood"):
+        return kind, path
+    return ("likelihood" if is_rewrite_run(spec) else ""), spec
 
 
 def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any) -> Reranker:
@@ -329,12 +334,12 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
     unless written ``coherence=module:function``)."""
     from secondthoughts import reward
-    from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
+    from secondthoughts.likelihood import RewriteLikelihood
 
     kinds: dict[str, list[Any]] = {"alignment": [], "coherence": [], "likelihood": []}
     for spec in specs:
         kind, path = _kind_and_path(spec)
-        if kind == "likelihood" or (not kind and is_rewrite_run(path)):
+        if kind == "likelihood":
             kinds["likelihood"].append(RewriteLikelihood(path, device=kw.get("device")))
             continue
         fn = reward.load_scorer(path, **kw)
@@ -359,7 +364,7 @@ def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0) -> None:
         raise ValueError(f"--coherence-weight must be >= 0, got {coherence_weight}")
     for spec in specs:
         kind, path = _kind_and_path(spec)
-        if kind == "likelihood" or (not kind and is_rewrite_run(path)):
+        if kind == "likelihood":
             if not is_rewrite_run(path):
                 raise ValueError(f"--rerank {spec}: not a direct-mode run folder (secondthoughts train --mode direct)")
             continue

@@ -5,7 +5,7 @@ recipe: the direct run has already learned the prompt format (``context <|src|> 
 whose marker tokens the base model has never seen), and the DPO reference is that SFT model.
 Starting from the base model instead would leave DPO to learn the format from preferences alone.
 
-As in ``refine.py``, the direct run's LoRA is merged into the base weights and a fresh LoRA is
+As in refinement (``policy.load_policy``), the direct run's LoRA is merged into the base weights and a fresh LoRA is
 trained on top; TRL keeps a frozen copy of the fresh adapter as the reference, i.e. the direct
 model. The marker token rows stay as the direct run trained them: TRL 1.16's fused LM head reads
 ``lm_head.bias``, which PEFT's trainable-token wrapper of a tied output layer does not have, so

@@ -22,8 +22,8 @@ from secondthoughts.api_messages import (
     ApiError,
     RealignRequest,
     busy,
+    chain_field,
     chain_view,
-    read_chain,
     read_keep,
     read_line,
     text_field,
@@ -273,7 +273,7 @@ class Api:
 
     def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
         source = text_field(body, "source")
-        chain = read_chain(body, "chain", source)
+        chain = chain_field(body, "chain", source)
         keep = read_keep(body, len(chain))
         if body.get("add") is not None:
             chain, keep = self._add(source, chain, keep, text_field(body, "add"))

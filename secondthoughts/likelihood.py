@@ -4,8 +4,8 @@ log-probability per token (its EOS included) under a direct-mode run (``secondth
 
 A coherence signal for reranking best-of-N candidates of one story: on the hand labels it picks
 the more coherent of two outputs of the same story 87% of the time, and on new stories, read
-blind, best of 8 sampled chains picked by it read more coherent than greedy with alignment
-unchanged (docs/coherence.md). It is no measure *across* systems: it rates a model's generic,
+blind, the best of the greedy chain and 8 sampled ones picked by it read a little more coherent
+than greedy with alignment unchanged (docs/coherence.md). It is no measure *across* systems: it rates a model's generic,
 source-like outputs above the gold texts, so it is a reranker, not an ``evaluate`` metric.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from secondthoughts.decoding import prompt_ids, run_info
+from secondthoughts.rl_loss import mean_token_logp
 from secondthoughts.rollouts import CompletionLogProbs, batch_rows
 from secondthoughts.sequences import encode_completion
 
@@ -60,6 +61,5 @@ class RewriteLikelihood:
             batch: dict[str, Any] = {k: v.to(device) for k, v in batch_rows(prompts, completions, pad).items()}
             with torch.no_grad():
                 lp = self.logprobs(**batch).float()
-            mask = batch["completion_mask"]
-            out += ((lp * mask).sum(1) / mask.sum(1)).tolist()
+            out += mean_token_logp(lp, batch["completion_mask"]).tolist()
         return out

@@ -128,9 +128,10 @@ class RealignResult:
     truncated: bool = False  # max_new_tokens cut the chain; closed after its last complete edit
     prefix_edits: int = 0  # how many leading edits were forced by ``prefix``
     # Seconds (prompt_s, generate_s, total_s) of the batch that produced this result, its size,
-    # and the tokens this result generated (new_tokens).
+    # and the tokens this result generated (new_tokens); best-of-N: total_s and new_tokens of
+    # all its candidates' decoding and reranking.
     timings: dict[str, float] = field(default_factory=dict)
-    candidates: int = 1  # best-of-N: how many sampled chains this one was chosen from
+    candidates: int = 1  # best-of-N: how many chains (the greedy one and the samples) this one was chosen from
     rerank_score: float | None = None  # best-of-N: its score under the reranker
 
     def to_dict(self) -> dict[str, Any]:
@@ -413,7 +414,17 @@ class Realigner:
         sampled = self.realign_many(
             [x for x in items for _ in range(best_of)], per_batch, do_sample=True, draft="none", temperature=temperature, top_p=top_p, seed=seed, **plain
         )
-        return [choose_best([greedy[k], *sampled[k * best_of : (k + 1) * best_of]], rerank) for k in range(len(items))]
+        out = []
+        for k in range(len(items)):
+            t0 = time.perf_counter()
+            cands = [greedy[k], *sampled[k * best_of : (k + 1) * best_of]]
+            best = choose_best(cands, rerank)
+            # Its time is all of it: the greedy batch, the samples' batch and the reranking.
+            g, smp = greedy[k].timings, sampled[k * best_of].timings
+            best.timings = {**best.timings, "total_s": g.get("total_s", 0.0) + smp.get("total_s", 0.0) + time.perf_counter() - t0,
+                            "new_tokens": sum(c.timings.get("new_tokens", 0) for c in cands)}  # fmt: skip
+            out.append(best)
+        return out
 
     @staticmethod
     def _draft_choice(draft: str, mode: str, batch_size: int, num_beams: int, do_sample: bool, lookup: int | None) -> str:

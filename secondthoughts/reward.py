@@ -729,6 +729,3 @@ def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: b
         out[f"accuracy_{kind}"] = sum(correct[i] for i in idx) / len(idx)
         out[f"mean_reward_{kind}"] = sum(scores[i] for i in idx) / len(idx)
     return out
-
-
-# ---------------------------------------------------------------- model card

@@ -177,17 +177,19 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
 LOGITS_PER_CHUNK = 2**23  # vocabulary logits projected at once (32 MB in fp32: ~170 positions on SmolLM2)
 
 
-def head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) that ``head`` multiplies by. PEFT's trainable token rows build their
-    (vocab, d) matrix by copying the whole base matrix at every call; built here once per
-    ``token_logprobs`` call, not once per chunk and again in each chunk's backward."""
+def head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) that ``head`` multiplies by, or None where only calling it tells. PEFT's
+    trainable token rows build their (vocab, d) matrix by copying the whole base matrix at every
+    call; built here once per ``token_logprobs`` call, not per chunk and again in its backward."""
     layer = getattr(head, "token_adapter", head)  # peft's TrainableTokensWrapper holds the layer
     if hasattr(layer, "get_merged_weights") and hasattr(layer, "base_layer"):  # peft's TrainableTokensLayer
         base = layer.base_layer
         if layer.disable_adapters or not layer.active_adapters or layer.merged:
             return base.weight, getattr(base, "bias", None)
         return layer.get_merged_weights(layer.active_adapters), getattr(base, "bias", None)
-    return head.weight, getattr(head, "bias", None)
+    if isinstance(head, nn.Linear):
+        return head.weight, head.bias
+    return None  # another wrapper (e.g. LoRA on the head): call it
 
 
 def token_logprobs(
@@ -210,11 +212,12 @@ def token_logprobs(
     """
     from torch.utils.checkpoint import checkpoint
 
-    weight, bias = head_parameters(head)
-    size = chunk or max(1, LOGITS_PER_CHUNK // int(weight.shape[0]))
+    params = head_parameters(head)
+    vocab = int(params[0].shape[0]) if params else int(head(hidden[:1].detach()).shape[-1])
+    size = chunk or max(1, LOGITS_PER_CHUNK // vocab)
 
     def piece(h: torch.Tensor, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        logits = nn.functional.linear(h, weight, bias).float()
+        logits = (nn.functional.linear(h, *params) if params else head(h)).float()
         if temperature != 1.0:
             logits = logits / temperature
         if allowed is not None:
@@ -257,8 +260,8 @@ class CompletionLoss(nn.Module):
         hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        if not keep.any():  # filler rows only: a zero still joined to the graph, so a backward (DDP's too) runs
-            return hidden.sum() * 0.0
+        if not keep.any():  # filler rows only: a zero joined to every trainable weight (the head's too), as DDP needs
+            return (hidden[:, :1].sum() + lm.get_output_embeddings()(hidden[:, :1]).sum()) * 0.0
         return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()
 
 

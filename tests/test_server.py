@@ -332,6 +332,7 @@ def test_best_of_reranks_sampled_chains_with_any_scorer(realigner, tmp_path):
         assert request(s, "GET", "/api/health")[1]["best_of"] == 6
         status, res = post(s, "/api/realign", {"context": CONTEXT, "source": SOURCE})
     assert status == 200 and len(seen) == 1 and 2 <= len(seen[0]) <= 7  # the greedy text and the samples', each once
+    assert seen[0][0] == realigner.realign(CONTEXT, SOURCE).text  # the greedy chain is a candidate
     assert res["text"] == max(seen[0])
 
 

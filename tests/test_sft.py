@@ -275,6 +275,17 @@ def test_head_parameters_of_trainable_token_rows_are_what_the_head_multiplies_by
                 assert gw.abs().sum() > 0 and torch.allclose(gg, gw, atol=1e-5)
 
 
+def test_a_head_known_only_by_calling_it_is_called():
+    from secondthoughts.sft import head_parameters, token_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 30), torch.nn.Tanh())  # not a plain projection
+    assert head_parameters(head) is None and head_parameters(head[0]) == (head[0].weight, head[0].bias)
+    hidden, targets = torch.randn(7, 8), torch.randint(0, 30, (7,))
+    want = head(hidden).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    assert torch.allclose(token_logprobs(head, hidden, targets, chunk=3), want, atol=1e-6)
+
+
 def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):
     import torch.nn.functional as F
 

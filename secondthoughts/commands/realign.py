@@ -149,7 +149,7 @@ def show(console: Any, result: Any) -> None:
         console.print("[yellow]max-new-tokens cut the chain: kept its complete edits[/yellow]")
     console.print(f"[bold]text:[/bold] {escape(result.text)}")
     if result.candidates > 1:
-        console.print(f"[dim]best of {result.candidates} sampled chains (rerank score {result.rerank_score:.3f})[/dim]")
+        console.print(f"[dim]best of {result.candidates} chains, greedy and sampled (rerank score {result.rerank_score:.3f})[/dim]")
     if result.generated_target is not None:
         note = "[yellow](differs from the chain applied)[/yellow]" if result.disagrees else "[dim](same as the chain applied)[/dim]"
         console.print(f"[dim]generated target:[/dim] {escape(result.generated_target)} {note}")
