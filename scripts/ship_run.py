@@ -1,7 +1,9 @@
 """Copy a ``secondthoughts train`` LoRA run into the package, with the adapter weights stored as
 float16 (half the size; they are cast back to the model's dtype on load):
 ``secondthoughts/examples/default-run`` (what ``realign``, ``serve`` and ``demo`` use without
-``--model``) or, with ``--as demo-run``, the earlier shipped model the coherence labels were made on.
+``--model``), with ``--as demo-run`` the earlier shipped model the coherence labels were made on,
+or with ``--as rewrite-run`` the direct rewrite model whose likelihood reranks best-of-N
+(``--rerank likelihood``; a run without a model card needs ``--card-extra``).
 
     python scripts/ship_run.py runs/ms-merged-3k [--card-extra dev-figures.md]
 
@@ -30,11 +32,14 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     tmp.chmod(0o755)  # mkdtemp makes it private; the package is read by every user
     for name in KEEP:
-        shutil.copy2(run / name, tmp / name)
+        if (run / name).exists() or name == "config.json":
+            shutil.copy2(run / name, tmp / name)
     card = tmp / "README.md"  # its "Use" snippet names the run folder it was written in
-    text = card.read_text(encoding="utf-8").replace(str(run), f"secondthoughts/examples/{dest.name}")
+    if not card.exists() and card_extra is None:
+        raise SystemExit(f"{run} has no model card (README.md): pass --card-extra")
+    text = card.read_text(encoding="utf-8").replace(str(run), f"secondthoughts/examples/{dest.name}") if card.exists() else ""
     if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
-        text = text.rstrip() + "\n\n" + card_extra.read_text(encoding="utf-8").strip() + "\n"
+        text = (text.rstrip() + "\n\n" if text else "") + card_extra.read_text(encoding="utf-8").strip() + "\n"
     card.write_text(text, encoding="utf-8")
     shutil.copytree(run / "model", tmp / "model")
     weights = tmp / "model" / "adapter_model.safetensors"
@@ -51,7 +56,7 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--as", dest="name", default="default-run", choices=("default-run", "demo-run"))
+    ap.add_argument("--as", dest="name", default="default-run", choices=("default-run", "demo-run", "rewrite-run"))
     ap.add_argument("--card-extra", type=Path, help="markdown appended to the model card")
     args = ap.parse_args()
     ship(args.run, EXAMPLES / args.name, args.card_extra)

@@ -320,9 +320,12 @@ class Reranker:
 
 def _kind_and_path(spec: str) -> tuple[str, str]:
     """``kind=path`` with kind alignment, coherence or likelihood (the kind of a bare path that is
-    a direct-mode run folder), or a bare path ("" kind: as the scorer's own config says)."""
-    from secondthoughts.likelihood import is_rewrite_run
+    a direct-mode run folder; ``likelihood`` alone: the rewrite model shipped in the package), or
+    a bare path ("" kind: as the scorer's own config says)."""
+    from secondthoughts.likelihood import is_rewrite_run, shipped_rewrite_run
 
+    if spec == "likelihood":
+        return "likelihood", str(shipped_rewrite_run())
     kind, sep, path = spec.partition("=")
     if sep and kind in ("alignment", "coherence", "likelihood"):
         return kind, path

@@ -62,7 +62,8 @@ class DecodeSettings:
     best_of: int = setting(1, "the greedy chain and N sampled ones per text (the samples in one batch): keep the one the --rerank "
                               "scorers like best (1: greedy alone)", metavar="N")
     rerank: list = setting([], "scorers for --best-of: reward run folders (alignment or coherence, as each run's config says), "
-                               "direct-mode run folders (a rewrite model's mean token log-likelihood of the text, added) or "
+                               "direct-mode run folders (a rewrite model's mean token log-likelihood of the text, added; "
+                               "'likelihood': the one shipped in the package) or "
                                "module:function (alignment; write coherence=module:function for a coherence callable)", metavar="SCORER")
     coherence_weight: float = setting(1.0, "best-of score: log P(aligned) + W * log P(coherent)", metavar="W")
 

@@ -23,6 +23,16 @@ from secondthoughts.rollouts import CompletionLogProbs, batch_rows
 from secondthoughts.sequences import encode_completion
 
 
+SHIPPED = Path(__file__).parent / "examples" / "rewrite-run"  # ``--rerank likelihood``
+
+
+def shipped_rewrite_run() -> Path:
+    """The rewrite model shipped in the package (its model card: README.md there)."""
+    if not is_rewrite_run(SHIPPED):
+        raise ValueError(f"--rerank likelihood: no shipped rewrite model at {SHIPPED}; pass a direct-mode run folder")
+    return SHIPPED
+
+
 def is_rewrite_run(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a run folder of a direct (plain rewrite) model."""
     info = run_info(path) if Path(path).is_dir() else None

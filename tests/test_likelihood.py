@@ -78,3 +78,24 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     res = Realigner(coe).realign(CTX, SRC, best_of=3, rerank=rerank, temperature=1.5, seed=2, max_new_tokens=24)
     assert res.candidates == 4 and res.rerank_score <= 0
     assert res.rerank_score == pytest.approx(RewriteLikelihood(direct_run)([CTX], [res.text], [SRC])[0], abs=1e-5)
+
+
+def test_likelihood_alone_names_the_shipped_rewrite_model() -> None:
+    from secondthoughts.likelihood import SHIPPED
+
+    assert is_rewrite_run(SHIPPED) and (SHIPPED / "README.md").is_file()
+    C.check_reranker(["likelihood"])
+    assert C._kind_and_path("likelihood") == ("likelihood", str(SHIPPED))
+    assert C._kind_and_path("coherence=pkg.mod:fn") == ("coherence", "pkg.mod:fn")
+
+
+@pytest.mark.slow
+def test_the_shipped_rewrite_model_prefers_a_whole_sentence_to_a_splice() -> None:
+    """The embedded model with the shipped adapter, on a story written here: a splice of source and
+    target words scores below the whole sentence."""
+    rerank = C.load_reranker(["likelihood"])
+    ctx = "It is kind to return what you borrow. Ann borrowed her neighbour's ladder. Ann wants to keep her garden tidy."
+    src = "Ann keeps the ladder and hides it in her shed."
+    texts = ["Ann returns the ladder to her neighbour and thanks him.", "Ann returns the ladder and hides it to her neighbour thanks."]
+    whole, splice = rerank([ctx] * 2, texts, [src] * 2)
+    assert whole > splice
