@@ -74,3 +74,36 @@ def loss_curve(run: str | os.PathLike[str]) -> Path:
         ylabel="loss per completion token",
         title=f"{run.name}: loss",
     )
+
+
+def reward_curve(out: Path) -> Path | None:
+    """``reward.png``: reward, KL-penalized reward and validity (left), KL (right) per step."""
+    rows = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in rows if "reward" in r and "eval_reward" not in r]
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["step"] for r in steps]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    try:
+        a.plot(x, [r["reward"] for r in steps], label="reward (score + validity)")
+        a.plot(x, [r["objective"] for r in steps], label="reward - beta KL")
+        a.plot(x, [r["valid"] for r in steps], label="valid share", alpha=0.6)
+        evals = [r for r in rows if "eval_reward" in r]
+        if evals:
+            a.plot([r["step"] for r in evals], [r["eval_reward"] for r in evals], "o--", label="held-out reward (greedy)")
+        a.set_xlabel("step")
+        a.legend(fontsize=7)
+        a.set_title(out.name)
+        b.plot(x, [r["kl"] for r in steps], color="tab:red")
+        b.set_xlabel("step")
+        b.set_ylabel("KL to the AEM model (per chain)")
+        fig.tight_layout()
+        save_png(fig, out / "reward.png")
+    finally:
+        plt.close(fig)
+    return out / "reward.png"

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from secondthoughts import behaviour, decoding, models, runs, settings
+from secondthoughts import behaviour, decoding, models, plots, runs, settings
 from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example, read_examples
 from secondthoughts.edits import (
@@ -71,7 +71,6 @@ from secondthoughts.edits import (
     render_chain,
     tokenize,
 )
-from secondthoughts.plots import read_metrics, save_png
 from secondthoughts.policy import load_policy, save_policy
 from secondthoughts.rl_loss import (
     ail_hinge,
@@ -572,39 +571,6 @@ def _reduce(accelerator: Any, d: dict[str, float], op: str = "sum") -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def reward_curve(out: Path) -> Path | None:
-    """``reward.png``: reward, KL-penalized reward and validity (left), KL (right) per step."""
-    rows = read_metrics(out / "metrics.jsonl")
-    steps = [r for r in rows if "reward" in r and "eval_reward" not in r]
-    if not steps:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["step"] for r in steps]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    try:
-        a.plot(x, [r["reward"] for r in steps], label="reward (score + validity)")
-        a.plot(x, [r["objective"] for r in steps], label="reward - beta KL")
-        a.plot(x, [r["valid"] for r in steps], label="valid share", alpha=0.6)
-        evals = [r for r in rows if "eval_reward" in r]
-        if evals:
-            a.plot([r["step"] for r in evals], [r["eval_reward"] for r in evals], "o--", label="held-out reward (greedy)")
-        a.set_xlabel("step")
-        a.legend(fontsize=7)
-        a.set_title(out.name)
-        b.plot(x, [r["kl"] for r in steps], color="tab:red")
-        b.set_xlabel("step")
-        b.set_ylabel("KL to the AEM model (per chain)")
-        fig.tight_layout()
-        save_png(fig, out / "reward.png")
-    finally:
-        plt.close(fig)
-    return out / "reward.png"
-
-
 def _step_seed(seed: int, step: int, rank: int) -> int:
     # Sampling at step s depends only on (seed, s, rank): a resumed run samples what the
     # uninterrupted one would have.
@@ -674,7 +640,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     def save_checkpoint() -> None:
         runs.save_training(out, acc, r.policy, r.optimizer, r.scheduler, asdict(state))
         if main:
-            reward_curve(out)
+            plots.reward_curve(out)
 
     if state.step == 0:
         run_eval()
@@ -721,7 +687,7 @@ def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     if state.step >= cfg.steps and main:
         how: list[str] = []
         runs.write_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
-        reward_curve(out)
+        plots.reward_curve(out)
         print(f"{out / 'model'}: {how[0]}", flush=True)
     acc.wait_for_everyone()
     return RefineResult(out, state, history, main)
