@@ -4,9 +4,10 @@ log-probability per token (its EOS included) under a direct-mode run (``secondth
 
 A coherence signal for reranking best-of-N candidates of one story: on the hand labels it picks
 the more coherent of two outputs of the same story 87% of the time, and on new stories, read
-blind, the best of the greedy chain and 8 sampled ones picked by it read a little more coherent
-than greedy with alignment unchanged (docs/coherence.md). It is no measure *across* systems: it rates a model's generic,
-source-like outputs above the gold texts, so it is a reranker, not an ``evaluate`` metric.
+blind, the best of the greedy chain and 8 or 16 sampled ones picked by it read more coherent than
+greedy, alignment no worse (docs/coherence.md). It is no measure *across* systems: it rates a
+model's generic, source-like outputs above the gold texts, so it is a reranker, not an
+``evaluate`` metric.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from secondthoughts.decoding import prompt_ids, run_info
 from secondthoughts.rl_loss import mean_token_logp
 from secondthoughts.rollouts import CompletionLogProbs, batch_rows
 from secondthoughts.sequences import encode_completion
-
 
 SHIPPED = Path(__file__).parent / "examples" / "rewrite-run"  # ``--rerank likelihood``
 
@@ -44,7 +44,6 @@ class RewriteLikelihood:
     the rewrite of its source, under the direct-mode run ``run``. ``takes_sources`` tells
     ``realign.choose_best`` to pass the sources."""
 
-    kind = "likelihood"
     takes_sources = True
 
     def __init__(self, run: str | os.PathLike[str], *, batch_size: int = 16, device: torch.device | str | None = None, dtype: torch.dtype | None = None):

@@ -6,8 +6,8 @@ copy (float32 again): with dropout on every linear projection that was half of a
 activations training kept (1.2 of 2.2 MB per token on SmolLM2-135M). :class:`DropoutLoRAA` does
 the dropout and the ``lora_A`` projection in one autograd function that keeps ``x`` itself (often
 shared: q, k and v read the same input) and a seed, and draws the same mask again in the
-backward. The values and gradients are those of ``lora_A(x * mask / keep)`` with that mask (``keep``: 1 - p
-to 1/65536);
+backward. The values and gradients are those of ``lora_A(x * mask / keep)`` with that mask
+(``keep``: 1 - p to 1/65536);
 only which mask is drawn differs from ``nn.Dropout`` (a seed from torch's generator, so a seeded
 run is repeatable and resumes exactly).
 """
@@ -20,10 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
+_STEPS = 65536  # a mask's resolution: one 16-bit lane per input
+
+
+def _dropped(p: float) -> int:
+    """How many of the 65536 values of a lane drop an input."""
+    return round(p * _STEPS)
+
 
 def keep_probability(p: float) -> float:
-    """The share of inputs a mask keeps: ``1 - p`` with ``p`` in steps of 1/65536 (the mask's resolution)."""
-    return 1 - round(p * 65536) / 65536
+    """The share of inputs a mask keeps: ``1 - p`` with ``p`` in steps of 1/65536."""
+    return 1 - _dropped(p) / _STEPS
 
 
 def _mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
@@ -32,7 +39,7 @@ def _mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch
     g = torch.Generator(device=device).manual_seed(seed)
     n = math.prod(shape)
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=g)
-    return bits.view(torch.int16)[:n].view(shape) >= -32768 + round(p * 65536)
+    return bits.view(torch.int16)[:n].view(shape) >= -(_STEPS // 2) + _dropped(p)
 
 
 class _DropoutLinear(torch.autograd.Function):

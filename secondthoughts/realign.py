@@ -48,7 +48,6 @@ import torch
 
 from secondthoughts import decoding, models
 from secondthoughts.constrained import ChainConstraint, start_state
-from secondthoughts.edit_vocab import EditVocab
 from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
 from secondthoughts.drafting import (
     TEXT_LOOKUP,
@@ -56,7 +55,25 @@ from secondthoughts.drafting import (
     PromptLookup,
     greedy_generate,
 )
-from secondthoughts.edits import CHAIN_FORMATS, EOC, KEEP, MARKERS, SPECIAL_TOKENS, Edit, EditError, apply_edits, apply_text_edits, detokenize, infer_text_edits, parse_chain, parse_compact, render_chain, render_compact, tokenize
+from secondthoughts.edit_vocab import EditVocab
+from secondthoughts.edits import (
+    CHAIN_FORMATS,
+    EOC,
+    KEEP,
+    MARKERS,
+    SPECIAL_TOKENS,
+    Edit,
+    EditError,
+    apply_edits,
+    apply_text_edits,
+    detokenize,
+    infer_text_edits,
+    parse_chain,
+    parse_compact,
+    render_chain,
+    render_compact,
+    tokenize,
+)
 from secondthoughts.readable import parse_readable, render_readable
 from secondthoughts.repeats import RepeatGuard
 from secondthoughts.sequences import split_completion
@@ -183,10 +200,9 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
     context = candidates[0].context
-    if getattr(rerank, "takes_sources", False):  # e.g. a rewrite model's likelihood of the text
-        scores = dict(zip(texts, rerank([context] * len(texts), texts, sources=[candidates[0].source] * len(texts))))  # type: ignore[call-arg]
-    else:
-        scores = dict(zip(texts, rerank([context] * len(texts), texts)))
+    # A scorer that takes sources (a rewrite model's likelihood of the text) gets them.
+    extra = {"sources": [candidates[0].source] * len(texts)} if getattr(rerank, "takes_sources", False) else {}
+    scores = dict(zip(texts, rerank([context] * len(texts), texts, **extra)))
     useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])

@@ -28,10 +28,9 @@ def add_flags(
     ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
     opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
-    one that must be given. A list takes
-    one or more values. The type is ``types[name]``, else the
-    metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``: flags
-    not given stay out of the namespace, so that they do not override a ``--config`` file."""
+    one that must be given. A list takes one or more values. The type is ``types[name]``, else
+    the metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``:
+    flags not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
         if only is not None and f.name not in only:
             continue

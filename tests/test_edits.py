@@ -11,7 +11,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secondthoughts import edits as E
-from secondthoughts.edits import CHAIN_FORMATS, SPECIAL_TOKENS, Edit, EditError, apply_edits, apply_text_edits, augment_chains, chain_cost, detokenize, escape, infer_edits, infer_text_edits, merge_close_edits, parse_chain, parse_compact, render_chain, render_compact, render_inline, tokenize, unescape
+from secondthoughts.edits import (
+    CHAIN_FORMATS,
+    SPECIAL_TOKENS,
+    Edit,
+    EditError,
+    apply_edits,
+    apply_text_edits,
+    augment_chains,
+    chain_cost,
+    detokenize,
+    escape,
+    infer_edits,
+    infer_text_edits,
+    merge_close_edits,
+    parse_chain,
+    parse_compact,
+    render_chain,
+    render_compact,
+    render_inline,
+    tokenize,
+    unescape,
+)
 from secondthoughts.readable import parse_readable, render_readable
 
 
