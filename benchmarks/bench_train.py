@@ -256,7 +256,7 @@ def measure_phases(which: str) -> PhasePeaks:
 
     peaks = PhasePeaks()
     if which == "ours":
-        from secondthoughts.sft import CompletionLoss
+        from secondthoughts.completion_loss import CompletionLoss
 
         peaks.wrap(CompletionLoss, "forward", "forward + loss (head on completion positions only)")
     else:

@@ -47,22 +47,17 @@ Run folder (``RefineConfig.out``)::
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from secondthoughts import behaviour, decoding, models, plots, runs, settings
+from secondthoughts import behaviour, decoding, models, settings
 from secondthoughts.coherence import combined_reward
-from secondthoughts.data import Example, read_examples
+from secondthoughts.data import Example
 from secondthoughts.edits import (
     EOC,
     Edit,
@@ -71,7 +66,7 @@ from secondthoughts.edits import (
     render_chain,
     tokenize,
 )
-from secondthoughts.policy import load_policy, save_policy
+from secondthoughts.policy import load_policy
 from secondthoughts.rl_loss import (
     ail_hinge,
     clipped_policy_loss,
@@ -423,6 +418,20 @@ class Refiner:
         finally:
             self.policy.eval()
 
+    def _ail_terms(self, logps: torch.Tensor, mask: torch.Tensor, k: int, lowest: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One prompt's AIL hinge (rows: its ``k`` samples, the expert chain, the reversed one),
+        the expert's mean log-prob minus the negatives' (mean), and the expert's: the negatives
+        are the lowest-reward sample (``lowest``) and / or the reversed chain (``ail_negative``)."""
+        cfg = self.config
+        expert_ll = mean_token_logp(logps[k : k + 1], mask[k : k + 1])
+        negatives = []
+        if cfg.ail_negative in ("sample", "both"):
+            negatives.append(mean_token_logp(logps[lowest : lowest + 1], mask[lowest : lowest + 1]))
+        if cfg.ail_negative in ("reverse", "both"):
+            negatives.append(mean_token_logp(logps[k + 1 : k + 2], mask[k + 1 : k + 2]))
+        ail_loss = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
+        return ail_loss, torch.stack([expert_ll - neg for neg in negatives]).mean(), expert_ll
+
     def update(self, batch: Rollout) -> dict[str, float]:
         """KL-penalized rewards, advantages, and ``ppo_epochs`` optimizer steps on this batch
         (this process's share; DDP averages the gradients). Returns this process's statistics.
@@ -475,19 +484,11 @@ class Refiner:
                         policy_loss, clip_frac = clipped_policy_loss(logps[:k], olds[g], advantages[g], mask, cfg.clip_eps)
                         loss = policy_loss * (k / n)  # clipped_policy_loss averages over its k chains; the batch's over n
                         if use_ail:
-                            cm = rows["completion_mask"]
-                            expert_ll = mean_token_logp(logps[k : k + 1], cm[k : k + 1])
-                            negatives = []
-                            if cfg.ail_negative in ("sample", "both"):
-                                j = lowest[g]
-                                negatives.append(mean_token_logp(logps[j : j + 1], cm[j : j + 1]))
-                            if cfg.ail_negative in ("reverse", "both"):
-                                negatives.append(mean_token_logp(logps[k + 1 : k + 2], cm[k + 1 : k + 2]))
-                            ail_loss = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
+                            ail_loss, gap, expert_ll = self._ail_terms(logps, rows["completion_mask"], k, lowest[g])
                             loss = loss + cfg.ail_weight * ail_loss / p  # the hinge is averaged over prompts
                             if epoch == 0:
                                 sums["ail_loss"] += ail_loss.item() / p
-                                sums["ail_gap"] += torch.stack([expert_ll - neg for neg in negatives]).mean().item() / p
+                                sums["ail_gap"] += gap.item() / p
                                 sums["expert_ll"] += expert_ll.item() / p
                         self.accelerator.backward(loss)
                     if epoch == 0:
@@ -544,153 +545,15 @@ class Refiner:
         return totals
 
     def train(self, *, resume: bool = False, stop_after: int | None = None) -> RefineResult:
-        return _train(self, resume=resume, stop_after=stop_after)
+        """The run: steps of rollout, score and update, with evaluations, logs and checkpoints
+        (``refine_run``)."""
+        from secondthoughts.refine_run import run
+
+        return run(self, resume=resume, stop_after=stop_after)
 
 
 # behaviour.summarize's reward-hacking guards, logged per step and per evaluation.
 GUARDS = ("identical", "copies_context", "kept", "short", "nothing_new", "distinct", "top_opening")
-
-
-def _per_sample(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
-    n, nv = max(sums["n"], 1), max(sums["n_valid"], 1)
-    return {
-        f"{prefix}reward": sums["reward"] / n,
-        f"{prefix}score": sums["score"] / nv,  # mean alignment score of valid texts
-        f"{prefix}valid": sums["n_valid"] / n,
-        **{f"{prefix}{k}": sums[k] / nv for k in (*GUARDS, "coherence", "alignment") if k in sums},  # shares of valid texts
-        f"{prefix}edits": sums["edits"] / nv,
-        f"{prefix}new_tokens": sums["new_tokens"] / n,
-    }
-
-
-def _reduce(accelerator: Any, d: dict[str, float], op: str = "sum") -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return d
-    keys = sorted(d)
-    t = accelerator.reduce(torch.tensor([d[k] for k in keys], dtype=torch.float64, device=accelerator.device), op)
-    return dict(zip(keys, t.tolist()))
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    # Sampling at step s depends only on (seed, s, rank): a resumed run samples what the
-    # uninterrupted one would have.
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
-
-
-def _train(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
-    from tqdm.auto import tqdm
-
-    cfg, acc = r.config, r.accelerator
-    out = Path(cfg.out)
-    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
-    ckpt = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
-    if resume:
-        saved = json.loads((out / "config.json").read_text())["refine"]
-        diff = {key: (v, getattr(cfg, key)) for key, v in saved.items() if key != "progress" and getattr(cfg, key) != v}
-        if diff:
-            raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
-    acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
-
-    if not cfg.data:
-        raise ValueError("no prompts: pass --data examples.jsonl")
-    train_ex = list(read_examples(cfg.data))
-    if not train_ex:
-        raise ValueError(f"{cfg.data} holds no examples")
-    eval_ex = list(read_examples(cfg.eval_data))[: cfg.eval_max] if cfg.eval_data else []
-    per_step = cfg.prompts_per_step * world
-    steps_per_epoch = max(1, math.ceil(len(train_ex) / per_step))
-
-    state = RefineState()
-    if ckpt is not None:
-        state = RefineState(**runs.restore_training(ckpt, r.policy, r.optimizer, r.scheduler, world, rank))
-        if main:
-            runs.truncate_metrics(out / "metrics.jsonl", state.step)
-            print(f"resumed {out} at step {state.step}/{cfg.steps}", flush=True)
-    else:
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            info = {
-                "train": r.aem_info or {"mode": "coe"},
-                "refine": asdict(cfg),
-                "policy": {"source": cfg.policy, "aem_lora_base": r.aem.base if r.aem else None, "reference": "frozen copy" if r.reference is not None else "adapter disabled"},
-                "data": {"train_examples": len(train_ex), "eval_examples": len(eval_ex)},
-                "plan": {"world_size": world, "prompts_per_step": per_step, "samples_per_step": per_step * cfg.k, "steps_per_epoch": steps_per_epoch},
-                "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(r.policy))),
-                "env": runs.environment(),
-            }  # fmt: skip
-            runs.write_atomic(out / "config.json", json.dumps(info, indent=2))
-            runs.write_atomic(out / "metrics.jsonl", "")
-    acc.wait_for_everyone()
-    history: list[dict[str, Any]] = []
-
-    def log(row: dict[str, Any]) -> None:
-        history.append(row)
-        if main:
-            runs.append_jsonl(out / "metrics.jsonl", row)
-
-    def run_eval() -> None:
-        if not eval_ex:
-            return
-        mine = eval_ex[rank::world]
-        sums = _reduce(acc, r.evaluate(mine) if mine else dict.fromkeys(("n", "n_valid", "reward", "score", *GUARDS, "edits", "new_tokens"), 0.0))
-        log({"step": state.step, **_per_sample(sums, "eval_"), "peak_memory_mb": runs.peak_memory_mb()})
-
-    def save_checkpoint() -> None:
-        runs.save_training(out, acc, r.policy, r.optimizer, r.scheduler, asdict(state))
-        if main:
-            plots.reward_curve(out)
-
-    if state.step == 0:
-        run_eval()
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not (main and cfg.progress), desc="refine", dynamic_ncols=True)
-    while state.step < cfg.steps:
-        epoch, index = divmod(state.step, steps_per_epoch)
-        order = list(range(len(train_ex)))
-        random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
-        chosen = [train_ex[order[(index * per_step + j) % len(order)]] for j in range(per_step)]
-        mine = chosen[rank * cfg.prompts_per_step : (rank + 1) * cfg.prompts_per_step]
-        t0 = time.perf_counter()
-        batch = r.rollout(mine, seed=_step_seed(cfg.seed, state.step, rank))
-        t1 = time.perf_counter()
-        r.score(batch)
-        t2 = time.perf_counter()
-        upd = r.update(batch)
-        t3 = time.perf_counter()
-        sums = _reduce(acc, r.step_stats(batch))
-        upd = {key: v / world for key, v in _reduce(acc, upd).items()}
-        errors = [e for e in batch.errors if e][:3]
-        dt = t3 - t0
-        state.step += 1
-        state.samples += int(sums["n"])
-        state.elapsed_s += dt
-        row = {
-            "step": state.step, **_per_sample(sums), **upd, "lr": r.scheduler.get_last_lr()[0],
-            "samples_per_s": sums["n"] / dt, "rollout_s": t1 - t0, "score_s": t2 - t1, "update_s": t3 - t2,
-            "elapsed_s": round(state.elapsed_s, 3), "peak_memory_mb": runs.peak_memory_mb(),
-        }  # fmt: skip
-        if errors:
-            row["invalid_examples"] = errors  # this process's first few, so a failure mode is readable
-        log(row)
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}", valid=f"{row['valid']:.2f}", ident=f"{row['identical']:.2f}")
-        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
-            run_eval()
-        if state.step == cfg.steps:
-            run_eval()
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            save_checkpoint()
-        if stop_after is not None and state.step >= stop_after:
-            break
-    bar.close()
-    if state.step >= cfg.steps and main:
-        how: list[str] = []
-        runs.write_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
-        plots.reward_curve(out)
-        print(f"{out / 'model'}: {how[0]}", flush=True)
-    acc.wait_for_everyone()
-    return RefineResult(out, state, history, main)
 
 
 def refine(config: RefineConfig, reward_fn: RewardFn | None = None, *, resume: bool = False, stop_after: int | None = None) -> RefineResult:

@@ -41,10 +41,8 @@ Run folder (written under a temporary name and renamed into place)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -213,7 +211,7 @@ def grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Ge
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _progress(iterable: Any, enabled: bool, *, log: bool = False, **kw: Any) -> Any:  # iterable None: update by hand
+def progress_bar(iterable: Any, enabled: bool, *, log: bool = False, **kw: Any) -> Any:  # iterable None: update by hand
     """A tqdm bar on a terminal. ``log``: also in a log file (a line every 30 s), for long runs
     started in the background; otherwise silent when stderr is not a terminal."""
     from tqdm.auto import tqdm
@@ -359,12 +357,12 @@ class RewardModel:
 
     # ---- scoring
 
-    def _encode(self, contexts: Sequence[str], texts: Sequence[str] | None = None) -> dict[str, list[list[int]]]:
+    def encode(self, contexts: Sequence[str], texts: Sequence[str] | None = None) -> dict[str, list[list[int]]]:
         """Token ids without padding; pairs when ``texts`` is given."""
         enc = self.tokenizer(list(contexts), None if texts is None else list(texts), truncation=True, max_length=self.config.max_length)
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
-    def _pad(self, enc: dict[str, list[list[int]]], idx: Sequence[int]) -> dict[str, torch.Tensor]:
+    def pad_rows(self, enc: dict[str, list[list[int]]], idx: Sequence[int]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -374,7 +372,7 @@ class RewardModel:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(**batch).logits.float()
 
     def _run_sorted(self, enc: dict[str, list[list[int]]], fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
@@ -383,19 +381,19 @@ class RewardModel:
         lengths = [len(ids) for ids in enc["input_ids"]]
         batches = list(sorted_batches(lengths, self.batch_size))
         out: torch.Tensor | None = None
-        for idx in _progress(batches, progress, desc=desc, unit="batch", leave=False):
-            y = fn(self._pad(enc, idx))
+        for idx in progress_bar(batches, progress, desc=desc, unit="batch", leave=False):
+            y = fn(self.pad_rows(enc, idx))
             if out is None:
                 out = y.new_empty((len(lengths), *y.shape[1:]))
             out[torch.tensor(idx, device=y.device)] = y
         assert out is not None
         return out
 
-    def _features(self, contexts: Sequence[str], texts: Sequence[str], progress: bool = False) -> torch.Tensor:
+    def features(self, contexts: Sequence[str], texts: Sequence[str], progress: bool = False) -> torch.Tensor:
         """``[u, v, u*v, |u-v|]`` with each distinct string encoded once."""
         unique = list(dict.fromkeys([*contexts, *texts]))
         where = {s: i for i, s in enumerate(unique)}
-        emb = self._run_sorted(self._encode(unique), self._embed, progress, desc="embed")
+        emb = self._run_sorted(self.encode(unique), self._embed, progress, desc="embed")
         u = emb[torch.tensor([where[c] for c in contexts], device=emb.device)]
         v = emb[torch.tensor([where[t] for t in texts], device=emb.device)]
         return torch.cat([u, v, u * v, (u - v).abs()], dim=-1)
@@ -418,9 +416,9 @@ class RewardModel:
     def _log_odds(self, contexts: Sequence[str], texts: Sequence[str], progress: bool) -> torch.Tensor:
         with torch.inference_mode():
             if self.head is None:
-                logits = self._run_sorted(self._encode(contexts, texts), self._logits, progress)
+                logits = self._run_sorted(self.encode(contexts, texts), self.class_logits, progress)
             else:
-                logits = self.head(self._features(contexts, texts, progress))
+                logits = self.head(self.features(contexts, texts, progress))
             logits = logits.float().cpu()
             return logits[:, ALIGNED] - logits[:, UNALIGNED]
 
@@ -558,115 +556,13 @@ def _quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
 
 
-# ---------------------------------------------------------------- training
-
-
-def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: float = 1.0,
-                pair: tuple[str, str] = ("target", "source")) -> torch.Tensor:
-    """Cross-entropy per text, plus ``pairwise_weight`` times the Bradley-Terry loss
-    ``-log sigmoid(m_high - m_low)`` (``m``: log-odds of label 1) of each example whose texts of
-    both kinds in ``pair`` are among ``items``: for alignment the target above its source, the
-    ranking the RL stage relies on, trained directly."""
-    labels = torch.tensor([it.label for it in items], device=logits.device)
-    loss = F.cross_entropy(logits, labels)
-    if pairwise_weight:
-        high, low = pair
-        where = {(it.example, it.kind): i for i, it in enumerate(items)}
-        pairs = [(where[e, high], where[e, low]) for e in dict.fromkeys(it.example for it in items)
-                 if (e, high) in where and (e, low) in where]
-        if pairs:
-            t, s = torch.tensor(pairs, device=logits.device).T
-            margin = logits[:, ALIGNED] - logits[:, UNALIGNED]
-            loss = loss + pairwise_weight * F.softplus(margin[s] - margin[t]).mean()
-    return loss
-
-
-def train(config: RewardConfig, examples: Sequence[Example], *, progress: bool = True,
-          device: torch.device | str | None = None) -> tuple[RewardModel, dict[str, Any]]:
-    """Build a model from ``config.backbone`` and fit it; returns it with training statistics
-    (``texts``, ``targets``, ``sources``, ``hard_negatives``: texts trained on, over all epochs)."""
-    if not examples:
-        raise ValueError("no training examples")
-    rm = RewardModel.create(config, device=device)
-    fit = _fit_finetune if config.head == "finetune" else _fit_frozen
-    with torch.random.fork_rng():  # dropout is seeded from the config, not from (or into) the caller's state
-        torch.manual_seed(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)  # hard negatives and data order
-        stats = fit(rm, examples, generator, progress)
-    rm.encoder.eval()
-    return rm, {"examples": len(examples), **stats}
-
-
-def _fit_finetune(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
-    from transformers import get_linear_schedule_with_warmup
-
-    cfg, model = rm.config, rm.encoder
-    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases and LayerNorm weights
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    groups = len(examples) + len(labelled_texts(cfg))  # an example's texts, or one labelled text and its repeats
-    total = cfg.epochs * math.ceil(groups / cfg.batch_size)  # grouped_batches makes exactly this many
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
-    counts: Counter[str] = Counter()
-    running = None
-    model.train()
-    bar = _progress(None, progress, log=True, total=total, desc="train reward", unit="step")
-    for _ in range(cfg.epochs):
-        # Each epoch draws its own hard negatives; batches hold whole examples so that the
-        # pairwise loss sees each target beside its source.
-        items = training_items(cfg, examples, gen)
-        counts.update(_kind_counts(items))
-        enc = rm._encode([it.context for it in items], [it.text for it in items])
-        rows: list[list[int]] = [[] for _ in range(groups)]
-        for i, it in enumerate(items):
-            rows[it.example].append(i)
-        lengths = [sum(len(enc["input_ids"][i]) for i in row) for row in rows]
-        for batch in grouped_batches(lengths, cfg.batch_size, gen):
-            idx = [i for e in batch for i in rows[e]]
-            loss = reward_loss(rm._logits(rm._pad(enc, idx)), [items[i] for i in idx], cfg.pairwise_weight, PAIR_KINDS[cfg.objective])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.update(1)
-            if bar.n % 10 == 0:
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)  # refresh=True would print past mininterval
-    bar.close()
-    model.eval()
-    return {"texts": sum(counts.values()), **counts, "steps": total, "final_loss_ema": running}
-
-
-def _fit_frozen(rm: RewardModel, examples: Sequence[Example], gen: torch.Generator, progress: bool) -> dict[str, Any]:
-    assert rm.head is not None
-    cfg, head = rm.config, rm.head
-    items = training_items(cfg, examples, gen)
-    with torch.inference_mode():
-        feats = rm._features([it.context for it in items], [it.text for it in items], progress)
-    feats = feats.clone()  # inference tensors cannot take part in autograd
-    # Full-batch L-BFGS: logistic regression is convex, so this is deterministic and needs no lr.
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=cfg.max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = reward_loss(head(feats), items, cfg.pairwise_weight, PAIR_KINDS[cfg.objective]) + cfg.l2 * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        final = reward_loss(head(feats), items, cfg.pairwise_weight, PAIR_KINDS[cfg.objective]).item()
-    return {"texts": len(items), **_kind_counts(items), "final_loss": final}
-
-
 # ---------------------------------------------------------------- evaluation
 
 
 _KIND_COUNTS = {"target": "targets", "source": "sources", "context": "hard_negatives"}
 
 
-def _kind_counts(items: Sequence[Item]) -> dict[str, int]:
+def kind_counts(items: Sequence[Item]) -> dict[str, int]:
     """Texts per kind: targets, sources and hard negatives always; other kinds (coherence) where present."""
     counts = dict.fromkeys(_KIND_COUNTS.values(), 0)
     for it in items:
@@ -719,7 +615,7 @@ def evaluate(reward: RewardFn, examples: Sequence[Example], *, hard_negatives: b
     echoes = [d["target"][0] > max(d["context"]) for d in per_example.values() if d.get("context")]
     out: dict[str, Any] = {
         "examples": len(examples),
-        **_kind_counts(items),
+        **kind_counts(items),
         "accuracy": sum(correct) / len(correct),
         "pairwise_accuracy": sum(pairs) / len(pairs),
     }

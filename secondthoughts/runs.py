@@ -509,3 +509,34 @@ def restore_training(ckpt: PathLike, model: Any, optimizer: Any, scheduler: Any,
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=True))
     return ck["state"]
+
+
+def check_same_settings(out: PathLike, section: str, given: dict[str, Any], ignore: tuple[str, ...] = ("progress",)) -> None:
+    """A resumed run must have the settings it started with: ``config.json[section]`` against
+    ``given`` (a settings dataclass as a dict), keys in ``ignore`` aside."""
+    saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))[section]
+    given = json.loads(json.dumps(given))  # as config.json holds it: tuples are lists
+    diff = {k: (v, given.get(k)) for k, v in saved.items() if k not in ignore and given.get(k) != v}
+    if diff:
+        raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
+
+
+def begin_training(
+    out: PathLike, ckpt: Path | None, training: tuple[Any, Any, Any], world: int, rank: int, main: bool, info: Callable[[], dict[str, Any]], total: int
+) -> dict[str, Any] | None:
+    """Where a train / refine loop starts. Resuming (``ckpt`` from :func:`run_start`): the
+    (model, optimizer, scheduler) ``training`` and this process's RNG restored, metrics logged
+    after the checkpoint dropped; returns the loop's saved state. A new run: ``info()`` written
+    as config.json and an empty metrics.jsonl (main process); returns None (seeding is the caller's)."""
+    out = Path(out)
+    if ckpt is not None:
+        state = restore_training(ckpt, *training, world, rank)
+        if main:
+            truncate_metrics(out / "metrics.jsonl", state["step"])
+            print(f"resumed {out} at step {state['step']}/{total}", flush=True)
+        return state
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.json", json.dumps(info(), indent=2))
+        write_atomic(out / "metrics.jsonl", "")
+    return None

@@ -41,10 +41,9 @@ import torch
 from torch import nn
 
 from secondthoughts import models, runs, settings
+from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.data import Example, read_examples, split_examples
 from secondthoughts.edits import CHAIN_FORMATS, DEFAULT_COST_SETS
-from secondthoughts.plots import loss_curve, read_metrics
-from secondthoughts.runs import find_checkpoint
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     MODES,
@@ -55,6 +54,7 @@ from secondthoughts.sequences import (
     pack,
     unpacked,
 )
+from secondthoughts.train_card import write_model_card
 
 _f = settings.setting
 
@@ -169,100 +169,6 @@ def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     if config.eval_data:
         return train, list(read_examples(config.eval_data))[: config.eval_max]
     return hold_out(train, config.eval_fraction, config.eval_max, config.seed)
-
-
-# ---------------------------------------------------------------- model and loss
-
-
-LOGITS_PER_CHUNK = 2**23  # vocabulary logits projected at once (32 MB in fp32: ~170 positions on SmolLM2)
-
-
-def head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) that ``head`` multiplies by, or None where only calling it tells. PEFT's
-    trainable token rows build their (vocab, d) matrix by copying the whole base matrix at every
-    call; built here once per ``token_logprobs`` call, not per chunk and again in its backward."""
-    layer = getattr(head, "token_adapter", head)  # peft's TrainableTokensWrapper holds the layer
-    if hasattr(layer, "get_merged_weights") and hasattr(layer, "base_layer"):  # peft's TrainableTokensLayer
-        base = layer.base_layer
-        if layer.disable_adapters or not layer.active_adapters or layer.merged:
-            return base.weight, getattr(base, "bias", None)
-        return layer.get_merged_weights(layer.active_adapters), getattr(base, "bias", None)
-    if isinstance(head, nn.Linear):
-        return head.weight, head.bias
-    return None  # another wrapper (e.g. LoRA on the head): call it
-
-
-def token_logprobs(
-    head: nn.Module,
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    allowed: Callable[[int, int], torch.Tensor] | None = None,
-    chunk: int = 0,
-) -> torch.Tensor:
-    """``log_softmax(head(hidden) / temperature)[targets]``, (N, d) -> (N,), one chunk of
-    ``chunk`` positions at a time (default: ``LOGITS_PER_CHUNK`` logits).
-
-    ``allowed(start, stop)``: the (stop - start, vocab) mask of the tokens positions
-    ``start:stop`` may take; the softmax is then over those alone. Under autograd each chunk is
-    checkpointed, so its logits are recomputed in the backward rather than kept: at most one
-    chunk of (positions, vocab) logits is ever alive, where the whole batch's logits, log-softmax
-    and their gradients took ~0.8 GB per thousand positions of a 49k vocabulary in fp32.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    params = head_parameters(head)
-    vocab = int(params[0].shape[0]) if params else int(head(hidden[:1].detach()).shape[-1])
-    size = chunk or max(1, LOGITS_PER_CHUNK // vocab)
-
-    def piece(h: torch.Tensor, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        logits = (nn.functional.linear(h, *params) if params else head(h)).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed(start, stop).to(logits.device), -float("inf"))
-        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
-    out = []
-    for start in range(0, hidden.shape[0], size):
-        stop = min(start + size, hidden.shape[0])
-        args = (hidden[start:stop], targets[start:stop], start, stop)
-        out.append(checkpoint(piece, *args, use_reentrant=False) if grad else piece(*args))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-
-class CompletionLoss(nn.Module):
-    """Summed cross-entropy over labelled positions of a batch.
-
-    Runs the decoder on every position but the vocabulary projection only where a label is set
-    (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
-    in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
-    which keeps each projection's input and a seed where PEFT kept two float copies (half of
-    the activations on CPU). How many rows run at once is the caller's choice (``train`` runs
-    ``rows_per_pass`` rows per forward and backward). Being a module, it is what DDP wraps.
-    """
-
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        from secondthoughts.lora_dropout import lean_lora_dropout
-
-        lean_lora_dropout(lm)
-        self.lm = lm
-
-    def causal_lm(self) -> nn.Module:
-        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        lm = self.causal_lm()
-        # attention_mask=None on purpose: position_ids carry the packing (see sequences.py).
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        if not keep.any():  # filler rows only: a zero joined to every trainable weight (the head's too), as DDP needs
-            return (hidden[:, :1].sum() + lm.get_output_embeddings()(hidden[:, :1]).sum()) * 0.0
-        return -token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep]).sum()
 
 
 # What a run started from another (``init_from``) shares with it: the base its adapter sits on,
@@ -408,14 +314,6 @@ def evaluate(loss_module: nn.Module, rows: Sequence[Row], batch_size: int, pad_i
     return float(total[0] / total[1])
 
 
-def _check_same_settings(config: TrainConfig, out: Path) -> None:
-    """A resumed run must have the settings it started with (``progress`` aside)."""
-    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
-    if asdict(saved) != {**asdict(config), "progress": saved.progress}:
-        diff = {k: (v, getattr(config, k)) for k, v in asdict(saved).items() if getattr(config, k) != v and k != "progress"}
-        raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")
-
-
 def _run_info(config: TrainConfig, data: dict[str, int], report: Any, plan: dict[str, int], model: nn.Module) -> dict[str, Any]:
     """config.json of a new run."""
     trainable, total = models.count_parameters(model)
@@ -472,13 +370,67 @@ def _accumulate_gradients(ddp_module: nn.Module, accelerator: Any, step_rows: li
     return loss_sum
 
 
+def _begin(config: TrainConfig, ckpt_dir: Path | None, training: tuple[Any, Any, Any], world: int, rank: int, main: bool, info: Any, total: int) -> TrainState:
+    """The state a run starts from: its checkpoint's, or a new run's (seeded; ``runs.begin_training``)."""
+    saved = runs.begin_training(config.out, ckpt_dir, training, world, rank, main, info, total)
+    if saved is not None:
+        return TrainState(**saved)
+    torch.manual_seed(config.seed + 1000 * rank)  # dropout differs per process, as it should
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    return TrainState()
+
+
+def _optimizer_step(accelerator: Any, params: list[nn.Parameter], optimizer: Any, scheduler: Any, max_grad_norm: float) -> None:
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _step_rows(rows: Sequence[Row], seed: int, step: int, steps_per_epoch: int, global_rows: int) -> list[Row]:
+    """The rows of a step: a pure function of the step (each epoch its own shuffle), so a resumed
+    run continues exactly where it stopped."""
+    epoch, index = divmod(step, steps_per_epoch)
+    order = list(range(len(rows)))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return [rows[i] for i in order[index * global_rows : (index + 1) * global_rows]]
+
+
+def _evaluate_and_keep(
+    ddp_module: nn.Module, eval_rows: Sequence[Row], config: TrainConfig, pad_id: int, state: TrainState, accelerator: Any, save: Callable[[], None]
+) -> dict[str, Any]:
+    """Held-out loss now; ``save()`` the model when it is the best so far; early stopping after
+    ``patience`` evaluations without a gain of ``min_delta``. Its metrics row."""
+    loss = evaluate(ddp_module, eval_rows, config.batch_size, pad_id, accelerator)
+    better = state.best_eval is None or loss < state.best_eval - config.min_delta
+    if better:
+        state.best_eval, state.best_step, state.bad_evals = loss, state.step, 0
+        save()
+    else:
+        state.bad_evals += 1
+    if config.patience and state.bad_evals >= config.patience:
+        state.stopped_early = True
+    return {"step": state.step, "eval_loss": loss, "best": better}
+
+
+def _accelerator(dtype: str) -> Any:
+    """bf16 autocast on a CUDA device that has it (``--dtype auto``), else fp32. ``cpu=True``
+    without CUDA: accelerate then reads torchrun's LOCAL_RANK/WORLD_SIZE as multi-CPU DDP over
+    gloo (``accelerate launch --multi_gpu --num_processes N`` or ``torchrun`` on a CPU box)."""
+    from accelerate import Accelerator
+
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and dtype == "auto"
+    return Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
+
+
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
     """Run AEM fine-tuning as configured; see the module docstring for the run folder.
 
     ``resume`` continues from the run folder's checkpoint with the saved config. ``stop_after``
     ends the run after that many steps as if killed (for tests of resume).
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -486,12 +438,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     check_init_from(config)
     ckpt_dir = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        _check_same_settings(config, out)
+        runs.check_same_settings(out, "train", asdict(config))
 
-    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"
-    # cpu=True without CUDA: accelerate then reads torchrun's LOCAL_RANK/WORLD_SIZE as multi-CPU
-    # DDP over gloo (`accelerate launch --multi_gpu --num_processes N` or `torchrun` on a CPU box).
-    accelerator = Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(config.dtype)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
@@ -509,21 +458,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
 
-    state = TrainState()
-    if ckpt_dir is not None:
-        state = TrainState(**runs.restore_training(ckpt_dir, model, optimizer, scheduler, world, rank))
-        if main:
-            runs.truncate_metrics(out / "metrics.jsonl", state.step)
-            print(f"resumed {out} at step {state.step}/{total_steps}", flush=True)
-    else:
-        torch.manual_seed(config.seed + 1000 * rank)  # dropout differs per process, as it should
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            plan = {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
-            runs.write_atomic(out / "config.json", json.dumps(_run_info(config, counts, report, plan, model), indent=2))
-            runs.write_atomic(out / "metrics.jsonl", "")
+    plan = {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+    state = _begin(config, ckpt_dir, (model, optimizer, scheduler), world, rank, main, lambda: _run_info(config, counts, report, plan, model), total_steps)
     accelerator.wait_for_everyone()
 
     ddp_module = accelerator.prepare(loss_module)
@@ -536,37 +472,19 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if main:
             runs.append_jsonl(metrics_path, row)
 
-    def run_eval() -> None:
-        if not eval_rows:
-            return
-        loss = evaluate(ddp_module, eval_rows, micro, pad_id, accelerator)
-        better = state.best_eval is None or loss < state.best_eval - config.min_delta
-        if better:
-            state.best_eval, state.best_step, state.bad_evals = loss, state.step, 0
-            if main:
-                runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
-            accelerator.wait_for_everyone()
-        else:
-            state.bad_evals += 1
-        log({"step": state.step, "eval_loss": loss, "best": better})
-        if config.patience and state.bad_evals >= config.patience:
-            state.stopped_early = True
+    def save_model_now() -> None:
+        if main:
+            runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+        accelerator.wait_for_everyone()
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and config.progress), desc="train", dynamic_ncols=True)
     checkpoint_every = config.checkpoint_every or config.eval_every
     while state.step < total_steps and not state.stopped_early:
-        epoch, index = divmod(state.step, steps_per_epoch)
-        order = list(range(len(rows)))
-        random.Random(config.seed * 100_003 + epoch).shuffle(order)
-        step_rows = [rows[i] for i in order[index * global_rows : (index + 1) * global_rows]]
+        step_rows = _step_rows(rows, config.seed, state.step, steps_per_epoch, global_rows)
         n_loss, n_tokens = _rows_tokens(step_rows)
         t0 = time.perf_counter()
         loss_sum = _accumulate_gradients(ddp_module, accelerator, step_rows, config, pad_id, n_loss)
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(accelerator, params, optimizer, scheduler, config.max_grad_norm)
         step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(n_loss, 1)
         dt = time.perf_counter() - t0
         state.step += 1
@@ -580,8 +498,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 "lr": scheduler.get_last_lr()[0], "tokens": state.tokens, "tokens_per_s": n_tokens / dt,
                 "step_s": dt, "elapsed_s": round(state.elapsed_s, 3), "peak_memory_mb": runs.peak_memory_mb(),
             })  # fmt: skip
-        if state.step % config.eval_every == 0 or state.step == total_steps:
-            run_eval()
+        if eval_rows and (state.step % config.eval_every == 0 or state.step == total_steps):
+            log(_evaluate_and_keep(ddp_module, eval_rows, config, pad_id, state, accelerator, save_model_now))
         if state.step % checkpoint_every == 0 or state.step == total_steps or state.stopped_early:
             runs.save_training(out, accelerator, model, optimizer, scheduler, asdict(state))
         if stop_after is not None and state.step >= stop_after:
@@ -595,75 +513,3 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         write_model_card(out)
     accelerator.wait_for_everyone()
     return TrainResult(out, state, total_steps, report, history, main)
-
-
-# ---------------------------------------------------------------- model card
-
-
-def write_model_card(out: str | os.PathLike[str]) -> Path:
-    """README.md from config.json, metrics.jsonl and the checkpoint state."""
-    out = Path(out)
-    info = json.loads((out / "config.json").read_text())
-    cfg, data = info["train"], info["data"]
-    rows = read_metrics(out / "metrics.jsonl")
-    evals = [r for r in rows if "eval_loss" in r]
-    steps = [r for r in rows if "loss" in r]
-    ck = find_checkpoint(out)
-    st = json.loads((ck / "state.json").read_text())["state"] if ck else {}
-    loss_curve(out)
-    method = (
-        "chain-of-edits (AEM): `context <|src|> source <|sep|> chain target <eos>`"
-        if cfg["mode"] == "coe"
-        else "direct rewrite baseline: `context <|src|> source <|sep|> target <eos>`"
-    )
-    tuning = "full fine-tuning" if cfg["full"] else f"LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} dropout={cfg['lora_dropout']} on all linear projections, new token rows trainable"
-    lr = cfg["lr"] or (3e-5 if cfg["full"] else 2e-4)
-    lines = [
-        f"# {out.name}",
-        "",
-        "A causal LM fine-tuned with [secondthoughts](https://arxiv.org/abs/2301.00355) (Second Thoughts, Liu et al., NeurIPS 2022)",
-        "to re-align value-unaligned text by writing the edits that make it value-aligned.",
-        "",
-        "## Data",
-        f"- training data: `{cfg['data']}` ({data['train_examples']} examples -> {data['train_sequences']} sequences, {data['train_rows']} rows)",
-        f"- eval: {data['eval_examples']} held-out examples ({data['eval_sequences']} sequences)" + (f" from `{cfg['eval_data']}`" if cfg["eval_data"] else ""),
-        f"- over-long (max_length {cfg['max_length']}): context cut from the left in {data['length_report']['context_truncated']}, dropped {data['length_report']['dropped']}",
-        "",
-        "## Method",
-        f"- base model: `{cfg['model']}`" + (f", continuing the trained run `{cfg['init_from']}`" if cfg.get("init_from") else ""),
-        f"- format: {method}; loss only after `<|sep|>`",
-        f"- augmentation: {cfg.get('chain_format', 'positional')} chains under cost sets {cfg['cost_sets']} (insert, delete, replace)"
-        + (f", edits at most {cfg['merge_gap']} kept tokens apart merged" if cfg.get("merge_gap", -1) >= 0 else "")
-        if cfg["mode"] == "coe"
-        else "- augmentation: none",
-        f"- {tuning}",
-        "",
-        "## Hyperparameters",
-        "| setting | value |",
-        "|---|---|",
-        *(f"| {k} | {cfg[k]} |" for k in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "packing", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm", "eval_every", "patience", "seed")),
-        f"| peak lr | {lr} |",
-        f"| processes | {info['plan']['world_size']} |",
-        "",
-        "## Results",
-        f"- steps: {st.get('step', '?')} of {info['plan']['total_steps']}" + (" (stopped early: eval loss plateaued)" if st.get("stopped_early") else ""),
-        f"- best eval loss: {st['best_eval']:.4f} at step {st['best_step']} (this is the saved model)" if st.get("best_eval") is not None else "- no evaluation (the last model is saved)",
-        f"- last train loss: {steps[-1]['loss']:.4f}" if steps else "- no train loss logged",
-        f"- tokens trained on: {st.get('tokens', 0)} in {st.get('elapsed_s', 0):.0f} s",
-        "",
-        "![training and held-out loss](loss.png)",
-        "",
-        "| step | eval loss |",
-        "|---|---|",
-        *(f"| {r['step']} | {r['eval_loss']:.4f}{' (best)' if r['best'] else ''} |" for r in evals),
-        "",
-        "## Use",
-        "```python",
-        "from secondthoughts import models",
-        f'model, tokenizer = models.load("{out}")',
-        "```",
-        "",
-    ]
-    path = out / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -194,11 +194,12 @@ def bert_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: Path, tmp_path: Path) -> None:
     from secondthoughts import reward as R
+    from secondthoughts import reward_train
 
     labelled = tmp_path / "labels.jsonl"
     labelled.write_text("".join(json.dumps({"context": e.context, "text": e.target, "label": 1}) + "\n" for e in tiny.EXAMPLES[:3]))
     cfg = R.RewardConfig(backbone=str(bert_backbone), max_length=64, objective="coherence", labelled=str(labelled), epochs=2, views="context")
-    model, stats = R.train(cfg, tiny.EXAMPLES * 2, progress=False)
+    model, stats = reward_train.train(cfg, tiny.EXAMPLES * 2, progress=False)
     assert stats["targets"] == 2 * len(tiny.EXAMPLES) * 2 and stats["labelleds"] == 3 * cfg.labelled_repeats * 2
     assert stats["steps"] == 2 * math.ceil((2 * len(tiny.EXAMPLES) + 3) / cfg.batch_size)  # each labelled text its own group
     assert stats.get("splices", 0) > 0

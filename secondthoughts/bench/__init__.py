@@ -7,7 +7,7 @@
   mode coe) and ``aem_rl`` (``refine`` from the aem cell's run against the main scorer);
 - few-shot transfer: the source dataset's AEM model (merged) and the base model, each trained on
   k examples of the target dataset, k in ``transfer.ks`` (k = 0: no training);
-- two scorers per dataset (``reward.train``): ``main`` (seed ``scorer_seeds[0]``, first half of the
+- two scorers per dataset (``reward_train.train``): ``main`` (seed ``scorer_seeds[0]``, first half of the
   reward pairs; the RL reward) and ``second`` (seed ``scorer_seeds[1]``, the other half), so that
   RL is never judged only by the function it optimized.
 

@@ -150,13 +150,13 @@ class Bench:
     # ---- the kinds of cell
 
     def _scorer(self, cell: Cell, folder: Path) -> dict[str, Any]:
-        from secondthoughts import reward
+        from secondthoughts import reward, reward_train
 
         split = self.split(cell.dataset)
         seed = self.cfg.scorer_seeds[SCORERS.index(cell.role)]
         examples = split.reward[cell.role]
         config = reward.RewardConfig(**{**self.cfg.reward, "seed": seed})
-        model, stats = reward.train(config, examples, progress=self.progress)
+        model, stats = reward_train.train(config, examples, progress=self.progress)
         test = reward.evaluate(model, split.test)
         model.save(folder / "run", {"train": stats, "test": test})
         return {"seed": seed, "pairs": len(examples), "test": test}

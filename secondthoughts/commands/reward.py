@@ -228,10 +228,10 @@ def _finished(folder: Path, config: RewardConfig, data: dict[str, Any], examples
 
 def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Train one model; its metrics (held-out ones when ``dev`` is given)."""
-    from secondthoughts import reward
+    from secondthoughts import reward, reward_train
 
     t0 = time.perf_counter()
-    model, stats = reward.train(config, train)
+    model, stats = reward_train.train(config, train)
     train_s = time.perf_counter() - t0
     print(f"trained on {stats['texts']} texts ({stats['targets']} targets, {stats['sources']} sources, "
           f"{stats['hard_negatives']} hard negatives) in {train_s:.0f} s")
