@@ -1,9 +1,10 @@
 """Latency of best-of-N against greedy decoding, one text at a time, as an editor or server calls it.
 
-    python benchmarks/bench_best_of.py --model RUN --rerank runs/reward runs/coherence [--n 10] [--best-of 4 8 16]
+    python benchmarks/bench_best_of.py [--model RUN] [--rerank likelihood] [--n 10] [--best-of 8 16]
 
-Greedy is the default single-text decoding (apply mode, chain drafting); best-of-N samples N
-constrained chains in one batch and reranks their texts. Prints the median and p90 seconds per
+Greedy is single-text decoding with chain drafting (``--best-of 1``); best-of-N (the commands'
+default at N = 16, reranked by the shipped rewrite likelihood) decodes the greedy chain and N
+sampled ones in one batch and reranks their texts. Prints the median and p90 seconds per
 text and the ratio of medians to greedy, measured in this one run on the first ``--n`` Moral
 Stories dev examples (each text: greedy, then every N, in turn, so load changes hit all alike).
 """
@@ -18,22 +19,22 @@ import numpy as np
 
 from secondthoughts.coherence import load_reranker
 from secondthoughts.dataset_readers import read_dataset
-from secondthoughts.realign import Realigner
+from secondthoughts.realign import Realigner, default_run
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--rerank", nargs="+", required=True)
+    ap.add_argument("--model", default=None, help="a run folder (default: the shipped one)")
+    ap.add_argument("--rerank", nargs="+", default=["likelihood"])
     ap.add_argument("--coherence-weight", type=float, default=1.0)
-    ap.add_argument("--best-of", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--best-of", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--data", default="../shared/data/moral_stories/moral_stories.jsonl")
     args = ap.parse_args()
 
     dev = [e for e in read_dataset("moral_stories", args.data).examples if e.meta.get("split") == "dev"][: args.n]
-    r = Realigner(args.model)
+    r = Realigner(args.model or default_run())
     rerank = load_reranker(args.rerank, args.coherence_weight)
     r.realign(dev[0].context, dev[0].source)  # warm-up: first-call allocations
     times: dict[str, list[float]] = {"greedy": [], **{f"best-of-{n}": [] for n in args.best_of}}
@@ -46,7 +47,7 @@ def main() -> int:
             r.realign(ex.context, ex.source, best_of=n, rerank=rerank, temperature=args.temperature, seed=k)
             times[f"best-of-{n}"].append(time.perf_counter() - t0)
     base = statistics.median(times["greedy"])
-    print(f"{len(dev)} Moral Stories dev texts, one at a time ({args.model}; rerank {' '.join(args.rerank)})")
+    print(f"{len(dev)} Moral Stories dev texts, one at a time ({args.model or 'the shipped run'}; rerank {' '.join(args.rerank)})")
     print(f"{'decoding':<12} {'median s':>9} {'p90 s':>7} {'x greedy':>9}")
     for name, ts in times.items():
         print(f"{name:<12} {statistics.median(ts):9.2f} {float(np.percentile(ts, 90)):7.2f} {statistics.median(ts) / base:9.2f}")

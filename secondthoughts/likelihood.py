@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from secondthoughts.decoding import prompt_ids, run_info
 from secondthoughts.rl_loss import mean_token_logp
-from secondthoughts.rollouts import CompletionLogProbs, batch_rows
+from secondthoughts.rollouts import CompletionLogProbs
 from secondthoughts.sequences import encode_completion
 
 SHIPPED = Path(__file__).parent / "examples" / "rewrite-run"  # ``--rerank likelihood``
@@ -57,18 +56,23 @@ class RewriteLikelihood:
         self.logprobs = CompletionLogProbs(loaded.model).eval()
 
     def __call__(self, contexts: list[str], texts: list[str], sources: list[str]) -> list[float]:
+        """Texts of one (context, source) share its prompt's forward pass (``CompletionLogProbs.one_prompt``)."""
         if not len(contexts) == len(texts) == len(sources):
             raise ValueError(f"{len(contexts)} contexts, {len(texts)} texts and {len(sources)} sources")
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        device = next(self.logprobs.parameters()).device
-        out: list[float] = []
-        for a in range(0, len(texts), self.batch_size):
-            rows = range(a, min(a + self.batch_size, len(texts)))
-            prompts = [prompt_ids(tok, contexts[i], sources[i], self.max_length) for i in rows]
-            completions = [encode_completion(tok, None, texts[i], sources[i]) for i in rows]
-            batch: dict[str, Any] = {k: v.to(device) for k, v in batch_rows(prompts, completions, pad).items()}
-            with torch.no_grad():
-                lp = self.logprobs(**batch).float()
-            out += mean_token_logp(lp, batch["completion_mask"]).tolist()
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(zip(contexts, sources)):
+            groups.setdefault(key, []).append(i)
+        out = [0.0] * len(texts)
+        for (context, source), rows in groups.items():
+            prompt = prompt_ids(tok, context, source, self.max_length)
+            for a in range(0, len(rows), self.batch_size):
+                part = rows[a : a + self.batch_size]
+                completions = [encode_completion(tok, None, texts[i], source) for i in part]
+                with torch.no_grad():
+                    lp = self.logprobs.one_prompt(prompt, completions, pad).float()
+                mask = (torch.arange(lp.shape[1]) < torch.tensor([len(c) for c in completions])[:, None]).to(lp.device)
+                for i, v in zip(part, mean_token_logp(lp, mask.float()).tolist()):
+                    out[i] = v
         return out

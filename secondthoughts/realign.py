@@ -48,7 +48,7 @@ import torch
 
 from secondthoughts import decoding, models
 from secondthoughts.constrained import ChainConstraint, start_state
-from secondthoughts.decoding import DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
+from secondthoughts.decoding import BEST_OF_TEMPERATURE, DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
 from secondthoughts.drafting import (
     TEXT_LOOKUP,
     ChainDrafter,
@@ -300,7 +300,7 @@ class Realigner:
         prefix: ChainLike | None = None,
         num_beams: int = 1,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float = BEST_OF_TEMPERATURE,
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
@@ -314,7 +314,7 @@ class Realigner:
         forced (compact, readable or ``Edit`` records); ``EditError`` if it does not apply."""
         item = {"context": context, "source": source, "prefix": prefix}
         return self.realign_many(
-            [item], batch_size=max(1, best_of), mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
+            [item], batch_size=1, mode=mode, constrained=constrained, num_beams=num_beams, do_sample=do_sample,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
             prompt_lookup_num_tokens=prompt_lookup_num_tokens, draft=draft, best_of=best_of, rerank=rerank, no_repeat=no_repeat,
         )[0]  # fmt: skip
@@ -328,7 +328,7 @@ class Realigner:
         constrained: bool = True,
         num_beams: int = 1,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float = BEST_OF_TEMPERATURE,
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
@@ -355,89 +355,93 @@ class Realigner:
             mode the target by prompt lookup) and verifies drafts in one forward pass, one text
             at a time; same output as plain greedy. "auto": "chain" for greedy apply mode at
             batch size 1 (where it is faster), else "none".
-        best_of, rerank: decode the greedy chain and sample ``best_of`` more per text (the
-            ``best_of`` samples of a text share a generation batch) and return the one whose
-            text ``rerank(contexts, texts)`` scores highest (``rerank(contexts, texts, sources)``
-            where it has ``takes_sources``), preferring texts that change the source;
-            ``best_of=1`` is plain decoding. See :func:`choose_best`.
+        best_of, rerank: decode the greedy chain and sample ``best_of`` more per text (a text's
+            greedy chain and samples share one batch and its prompt's prefill; ``batch_size``
+            counts rows, at least one text a batch) and return the one whose text
+            ``rerank(contexts, texts)`` scores highest (``rerank(contexts, texts, sources)`` where
+            it has ``takes_sources``), preferring texts that change the source; ``best_of=1`` is
+            plain decoding. See :func:`choose_best`.
         no_repeat: n >= 2: the text a constrained chain writes never repeats one of its own
             token n-grams (``repeats.RepeatGuard``; unconstrained and direct decoding are not
             guarded); 0: off.
         """
         if best_of < 1:
             raise ValueError(f"best_of must be >= 1, got {best_of}")
-        if best_of > 1:
-            if rerank is None:
-                raise ValueError("best_of > 1 needs a reranker (rerank=): a callable scoring (contexts, texts)")
-            if num_beams > 1 or prompt_lookup_num_tokens:
-                raise ValueError("best_of samples chains: no beams or prompt lookup")
-            return self._best_of(
-                list(items), batch_size, best_of, rerank, mode=mode, constrained=constrained, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, seed=seed, progress=progress, no_repeat=no_repeat,
-            )  # fmt: skip
         mode = mode or self.default_mode()  # type: ignore[assignment]
         self.check_mode(mode)  # type: ignore[arg-type]
         if batch_size < 1 or num_beams < 1:
             raise ValueError("batch_size and num_beams must be >= 1")
         if no_repeat < 0 or no_repeat == 1:
             raise ValueError(f"no_repeat must be 0 (off) or an n-gram size >= 2, got {no_repeat}")
+        if best_of > 1:
+            if rerank is None:
+                raise ValueError("best_of > 1 needs a reranker (rerank=): a callable scoring (contexts, texts)")
+            if num_beams > 1 or prompt_lookup_num_tokens:
+                raise ValueError("best_of samples chains: no beams or prompt lookup")
         if prompt_lookup_num_tokens:
             if num_beams > 1:
                 raise ValueError("prompt lookup drafting works with num_beams=1 only")
             batch_size = 1
         jobs = [_job(x, i) for i, x in enumerate(items)]
-        # One text runs alone whatever the batch size asked (best-of's greedy candidate, realign()).
-        draft = self._draft_choice(draft, mode, min(batch_size, max(1, len(jobs))), num_beams, do_sample, prompt_lookup_num_tokens)  # type: ignore[arg-type]
-        if draft == "chain":
-            batch_size = 1
         if mode == "direct" and any(j.prefix or j.closed for j in jobs):
             raise ValueError("a prefix of edits needs a chain-of-edits mode (apply or generate), not direct")
         if seed is not None:
             torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        prompts = [self._prompt(j) for j in jobs]
-        prompt_s = (time.perf_counter() - t0) / max(len(jobs), 1)
-        order = sorted(range(len(jobs)), key=lambda i: -len(prompts[i]))
-        results: list[RealignResult | None] = [None] * len(jobs)
+        if best_of > 1:
+            return self._best_of(jobs, batch_size, best_of, rerank, mode, constrained, temperature, top_p, max_new_tokens, no_repeat, progress)  # type: ignore[arg-type]
+        # One text runs alone whatever the batch size asked (realign()).
+        draft = self._draft_choice(draft, mode, min(batch_size, max(1, len(jobs))), num_beams, do_sample, prompt_lookup_num_tokens)  # type: ignore[arg-type]
         search: dict[str, Any] = {"num_beams": num_beams, "do_sample": do_sample}
         if do_sample:  # only top_p: transformers' default top_k=50 would silently apply too
             search.update(temperature=temperature, top_p=top_p, top_k=0)
         if prompt_lookup_num_tokens:
             search["prompt_lookup_num_tokens"] = prompt_lookup_num_tokens
+        out = self._decode(jobs, 1 if draft == "chain" else batch_size, mode, constrained, max_new_tokens, search, draft, no_repeat, progress)  # type: ignore[arg-type]
+        return [rows[0] for rows in out]
+
+    # ------------------------------------------------------------ internals
+
+    def _decode(
+        self, jobs: list[_Job], batch_size: int, mode: str, constrained: bool, max_new_tokens: int | None, search: dict[str, Any],
+        draft: str, no_repeat: int, progress: bool, last: Sequence[Any] = (),
+    ) -> list[list[RealignResult]]:  # fmt: skip
+        """Each job's results (``search["num_return_sequences"]`` of them, 1 if unset), in job order;
+        batches of ``batch_size`` jobs, longest prompts first; ``last`` as :meth:`_run_batch`."""
+        t0 = time.perf_counter()
+        prompts = [self._prompt(j) for j in jobs]
+        prompt_s = (time.perf_counter() - t0) / max(len(jobs), 1)
+        order = sorted(range(len(jobs)), key=lambda i: -len(prompts[i]))
+        repeats = search.get("num_return_sequences", 1)
+        results: list[list[RealignResult]] = [[] for _ in jobs]
         from tqdm.auto import tqdm
 
         with tqdm(total=len(jobs), disable=not progress, desc=f"realign ({mode})", dynamic_ncols=True) as bar:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
-                batch = [jobs[i] for i in idx]
-                out = self._run_batch(batch, [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s, draft, no_repeat)  # type: ignore[arg-type]
-                for i, r in zip(idx, out):
-                    results[i] = r
+                out = self._run_batch([jobs[i] for i in idx], [prompts[i] for i in idx], mode, constrained, max_new_tokens, search, prompt_s, draft, no_repeat, last)
+                for k, i in enumerate(idx):
+                    results[i] = out[k * repeats : (k + 1) * repeats]
                 bar.update(len(idx))
-        return results  # type: ignore[return-value]
-
-    # ------------------------------------------------------------ internals
+        return results
 
     def _best_of(
-        self, items: list[Any], batch_size: int, best_of: int, rerank: Reranker, *, temperature: float, top_p: float, seed: int | None, **plain: Any
-    ) -> list[RealignResult]:
-        """The greedy chain and ``best_of`` sampled chains per item (an item's samples in one
-        generation batch), and the one :func:`choose_best` picks by ``rerank``. The greedy one is
-        a candidate so that a reranker only moves away from plain decoding when it prefers
-        another text (sampled chains at temperature 0.7 almost never reproduce it)."""
-        greedy = self.realign_many(items, batch_size, **plain)
-        per_batch = max(1, batch_size // best_of) * best_of
-        sampled = self.realign_many(
-            [x for x in items for _ in range(best_of)], per_batch, do_sample=True, draft="none", temperature=temperature, top_p=top_p, seed=seed, **plain
-        )
+        self, jobs: list[_Job], batch_size: int, best_of: int, rerank: Reranker, mode: str, constrained: bool, temperature: float,
+        top_p: float, max_new_tokens: int | None, no_repeat: int, progress: bool,
+    ) -> list[RealignResult]:  # fmt: skip
+        """The greedy chain and ``best_of`` sampled chains per job, and the one :func:`choose_best`
+        picks by ``rerank``. A job's greedy row and samples share one batch and its prompt's prefill
+        (``decoding.GreedyRows``); jobs go ``batch_size // (best_of + 1)`` (at least one) to a batch.
+        The greedy chain is a candidate so that a reranker only moves away from plain decoding when
+        it prefers another text (sampled chains at temperature 0.7 almost never reproduce it)."""
+        group = best_of + 1
+        search = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "num_return_sequences": group}
+        decoded = self._decode(jobs, max(1, batch_size // group), mode, constrained, max_new_tokens, search, "none", no_repeat, progress, [decoding.GreedyRows(group)])
         out = []
-        for k in range(len(items)):
+        for cands in decoded:
             t0 = time.perf_counter()
-            cands = [greedy[k], *sampled[k * best_of : (k + 1) * best_of]]
             best = choose_best(cands, rerank)
-            # Its time is all of it: the greedy batch, the samples' batch and the reranking.
-            g, smp = greedy[k].timings, sampled[k * best_of].timings
-            best.timings = {**best.timings, "total_s": g.get("total_s", 0.0) + smp.get("total_s", 0.0) + time.perf_counter() - t0,
+            # Its time is all of it: its batch (shared with the batch's other jobs) and the reranking.
+            best.timings = {**best.timings, "total_s": best.timings.get("total_s", 0.0) + time.perf_counter() - t0,
                             "new_tokens": sum(c.timings.get("new_tokens", 0) for c in cands)}  # fmt: skip
             out.append(best)
         return out
@@ -475,7 +479,10 @@ class Realigner:
         prompt_s: float,
         draft: str = "none",
         no_repeat: int = NO_REPEAT,
+        last: Sequence[Any] = (),
     ) -> list[RealignResult]:
+        """Results for each job's ``search["num_return_sequences"]`` rows (1 if unset), job by job;
+        ``last``: logits processors after the constraint and the repeat guard."""
         t0 = time.perf_counter()
         tok = self.tokenizer
         pad = tok.pad_token_id
@@ -493,9 +500,11 @@ class Realigner:
         guards = [processor] if processor else []
         if no_repeat and processor is not None:
             guards.append(RepeatGuard(voc.new, (m for m in voc.specials if m != voc.new), width, no_repeat))
+        guards += last
+        repeats = search.get("num_return_sequences", 1)
         forwards: int | None = None
         if mode == "apply" and all(j.closed for j in jobs):
-            new = [[] for _ in jobs]  # the prefixes are whole chains: nothing to generate
+            new = [[] for _ in range(len(jobs) * repeats)]  # the prefixes are whole chains: nothing to generate
         elif draft == "chain":
             gen, forwards = self._drafted(jobs[0], prompts[0], mode, budget, stops, guards)
             new = [self._cut(gen, mode)]
@@ -508,10 +517,10 @@ class Realigner:
                 self.model.train(training)
             new = [self._cut(row, mode) for row in out]
         generate_s = time.perf_counter() - t0
-        results = [self._result(j, k, g, mode, processor, budget) for k, (j, g) in enumerate(zip(jobs, new))]
+        results = [self._result(jobs[k // repeats], k // repeats, g, mode, processor, budget) for k, g in enumerate(new)]
         total_s = time.perf_counter() - t0 + prompt_s
         for r, g in zip(results, new):
-            r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(jobs), "new_tokens": len(g)}
+            r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(new), "new_tokens": len(g)}
             if forwards is not None:  # drafting: tokens per forward pass is its gain
                 r.timings["forwards"] = forwards
         return results

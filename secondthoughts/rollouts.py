@@ -21,7 +21,7 @@ from secondthoughts.edits import (
     tokenize,
 )
 from secondthoughts.sequences import split_completion
-from secondthoughts.sft import token_logprobs
+from secondthoughts.completion_loss import token_logprobs
 
 
 @dataclass
@@ -89,8 +89,8 @@ def batch_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
 class CompletionLogProbs(nn.Module):
     """Per-token log-probabilities of the completion tokens, (N, T) with zeros on padding.
 
-    Runs the vocabulary projection only on completion positions (as ``sft.CompletionLoss``),
-    a chunk of positions at a time (``sft.token_logprobs``); a module, so that DDP wraps it.
+    Runs the vocabulary projection only on completion positions (as ``completion_loss.CompletionLoss``),
+    a chunk of positions at a time (``completion_loss.token_logprobs``); a module, so that DDP wraps it.
     ``allow``: the tokens the constraint allowed at each completion position, as
     ``constrained.CompletionSets`` (built into a mask one chunk at a time) or a dense (completion
     tokens, vocab) mask: normalize over those, the distribution constrained decoding samples
@@ -118,6 +118,36 @@ class CompletionLogProbs(nn.Module):
         allowed = None if allow is None else allow.dense if hasattr(allow, "dense") else lambda a, b: allow[a:b]
         lp = token_logprobs(lm.get_output_embeddings(), hidden[:, width - 1 : -1][keep], completion_ids[keep], temperature=self.temperature, allowed=allowed)
         return torch.zeros(completion_ids.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
+
+
+    def one_prompt(self, prompt: Sequence[int], completions: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+        """:meth:`forward`'s result, (N, T), for N completions of one prompt (no constraint): the
+        prompt runs through the model once and its cache is repeated for the N rows, as a
+        best-of-N reranker's candidates of one text share their prompt (``likelihood``)."""
+        from transformers import DynamicCache
+
+        if len(prompt) < 2 or not completions:
+            raise ValueError("one_prompt needs a prompt of two or more tokens and at least one completion")
+        lm = self.causal_lm()
+        decoder, device = lm.get_decoder(), next(lm.parameters()).device
+        n, wp, wc = len(completions), len(prompt), max(1, max(map(len, completions)))
+        cache = DynamicCache(config=lm.config)
+        decoder(input_ids=torch.tensor([list(prompt[:-1])], device=device), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)
+        # The prompt's last token starts every row: its output predicts the completion's first.
+        tail = torch.full((n, 1 + wc), pad_id, dtype=torch.long)
+        tail[:, 0] = prompt[-1]
+        cmask = torch.zeros((n, wc), dtype=torch.bool)
+        for i, c in enumerate(completions):
+            tail[i, 1 : 1 + len(c)] = torch.tensor(list(c), dtype=torch.long)
+            cmask[i, : len(c)] = True
+        attn = torch.cat([torch.ones((n, wp), dtype=torch.long), cmask.long()], 1).to(device)
+        position_ids = torch.arange(wp - 1, wp + wc, device=device).expand(n, -1)
+        tail = tail.to(device)
+        hidden = decoder(input_ids=tail, attention_mask=attn, position_ids=position_ids, past_key_values=cache, use_cache=True).last_hidden_state
+        keep = cmask.to(device)
+        lp = token_logprobs(lm.get_output_embeddings(), hidden[:, :-1][keep], tail[:, 1:][keep], temperature=self.temperature)
+        return torch.zeros((n, wc), dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)
 
 
 def row_slice(rows: dict[str, Any], start: int, stop: int) -> dict[str, Any]:

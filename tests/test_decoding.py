@@ -68,7 +68,8 @@ def test_a_runs_chain_format(tmp_path: Path) -> None:
 
 def test_decode_settings_are_realign_manys_settings():
     """realign / evaluate / serve flags come from DecodeSettings: the same names and defaults as
-    Realigner.realign_many's (best-of scorers are loaded apart)."""
+    Realigner.realign_many's (best-of scorers are loaded apart). The commands decode best-of-16 by
+    default; the Python API is greedy unless asked."""
     import inspect
 
     from secondthoughts.decoding import DecodeSettings
@@ -77,4 +78,43 @@ def test_decode_settings_are_realign_manys_settings():
     params = inspect.signature(Realigner.realign_many).parameters
     for name, value in DecodeSettings().realign_kwargs().items():
         assert params[name].default == value, name
-    assert params["best_of"].default == DecodeSettings().best_of
+    assert DecodeSettings().best_of == decoding.BEST_OF == 16 and DecodeSettings().rerank == ["likelihood"]
+    assert params["best_of"].default == 1 and params["rerank"].default is None
+    assert DecodeSettings().temperature == params["temperature"].default == decoding.BEST_OF_TEMPERATURE
+
+
+def test_a_prompts_samples_share_its_prefill_and_a_greedy_row_runs_beside_them(tok: Any, tiny_lm: Any) -> None:
+    import torch
+
+    pad = tok.pad_token_id
+    # Prompts of very different lengths: the shorter is left-padded, its positions must start at its first token.
+    prompts = [tok("Tom hits his brother when he is angry and tired after a long day at work.")["input_ids"], tok("Be kind.")["input_ids"]]
+    assert len(prompts[0]) > 2 * len(prompts[1])
+    ids, mask = decoding.left_padded(prompts, pad)
+    tiny_lm.eval()
+    class Scores:  # what each step's logits were, to compare the shared prefill's with transformers' own
+        def __init__(self) -> None:
+            self.steps: list[torch.Tensor] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            self.steps.append(scores.clone())
+            return scores
+
+    shared_scores, own_scores = Scores(), Scores()
+    greedy = decoding.generate(tiny_lm, ids, mask, 8, [], pad, [own_scores])
+    assert decoding.generate(tiny_lm, ids, mask, 8, [], pad, [shared_scores], num_return_sequences=3) == [g for g in greedy for _ in range(3)]
+    for shared, own in zip(shared_scores.steps, own_scores.steps, strict=True):
+        assert torch.allclose(shared, own.repeat_interleave(3, 0), atol=1e-4)
+    sample = {"do_sample": True, "temperature": 5.0, "top_k": 0}
+    torch.manual_seed(0)
+    shared = decoding.generate(tiny_lm, ids, mask, 8, [], pad, **sample, num_return_sequences=3)
+    torch.manual_seed(0)  # transformers' own num_return_sequences, which runs the prompt once per row: the same draws
+    with torch.inference_mode():
+        own = tiny_lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, pad_token_id=pad, num_return_sequences=3, **sample)
+    assert shared == own[:, ids.shape[1] :].tolist()
+    torch.manual_seed(0)
+    mixed = decoding.generate(tiny_lm, ids, mask, 8, [], pad, [decoding.GreedyRows(3)], **sample, num_return_sequences=3)
+    assert mixed[0] == greedy[0] and mixed[3] == greedy[1]  # each prompt's first row is its greedy decode
+    assert len({tuple(r) for r in mixed}) > 2  # the others are samples at temperature 5
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        decoding.GreedyRows(0)

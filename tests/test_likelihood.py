@@ -31,19 +31,21 @@ def direct_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, e
 
 def test_scores_are_the_mean_token_logprob_of_a_plain_forward(direct_run: Path) -> None:
     scorer = RewriteLikelihood(direct_run, batch_size=2)
-    texts = ["Tom talks to his brother.", "Tom calmly talks to his brother about what made him angry.", "Tom."]
-    got = scorer([CTX] * 3, texts, [SRC] * 3)
+    texts = ["Tom talks to his brother.", "Tom calmly talks to his brother about what made him angry.", "Tom.", "Sam."]
+    # Texts of one (context, source) share its prompt's pass, in groups of batch_size: interleave two.
+    sources = [SRC, SRC, SRC, "Sam hides the ladder."]
+    got = scorer([CTX, CTX, CTX, ""], texts, sources)
     model, tok = Realigner(direct_run).model, scorer.tokenizer
-    for text, score in zip(texts, got):
-        prompt = prompt_ids(tok, CTX, SRC, scorer.max_length)
-        completion = encode_completion(tok, None, text, SRC)
+    for text, score, ctx, src in zip(texts, got, [CTX, CTX, CTX, ""], sources):
+        prompt = prompt_ids(tok, ctx, src, scorer.max_length)
+        completion = encode_completion(tok, None, text, src)
         with torch.no_grad():
             logp = model(torch.tensor([prompt + completion])).logits[0].log_softmax(-1)
         want = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(completion)) / len(completion)
         assert score == pytest.approx(want, abs=1e-4)
-    assert len(set(got)) == 3 and all(s < 0 for s in got)
+    assert len(set(got)) == 4 and all(s < 0 for s in got)
     with pytest.raises(ValueError, match="3 contexts, 3 texts and 1 sources"):
-        scorer([CTX] * 3, texts, [SRC])
+        scorer([CTX] * 3, texts[:3], [SRC])
 
 
 def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path) -> None:

@@ -8,16 +8,31 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from secondthoughts import models
 from secondthoughts.cli import main
-from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits, parse_compact, render_chain, render_compact
+from secondthoughts.edits import (
+    Edit,
+    EditError,
+    apply_text_edits,
+    infer_text_edits,
+    parse_compact,
+    render_chain,
+    render_compact,
+)
 from secondthoughts.readable import render_readable
-from secondthoughts.realign import Realigner, RealignResult, _Job, apply_subset, as_chain
+from secondthoughts.realign import (
+    Realigner,
+    RealignResult,
+    _Job,
+    apply_subset,
+    as_chain,
+)
 from secondthoughts.sft import TrainConfig, train
 
 SRC = "Tom hits his brother when he is angry."
@@ -333,6 +348,24 @@ def test_realign_without_a_model_uses_the_shipped_default(capsys):
     assert main(["realign", "--json", "--context", "It is wrong to hit people.", "Tom hits his brother when he is angry."]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["valid"] and res["text"] != res["source"]
+    # The default decoding: the greedy chain and 16 samples, reranked by the shipped rewrite model's likelihood.
+    assert res["candidates"] == 17 and res["rerank_score"] < 0
+
+
+def test_a_plain_search_decodes_without_best_of_and_says_so(capsys):
+    from secondthoughts.cli import build_parser
+    from secondthoughts.commands.realign import check_best_of
+
+    def parse(argv: list[str]) -> Any:
+        return build_parser(argv).parse_args(argv)
+
+    args = parse(["realign", "Tom hits his brother."])
+    check_best_of(args)
+    assert args.best_of == 16 and args.rerank == ["likelihood"] and args.temperature == 0.7 and capsys.readouterr().err == ""
+    for flags in (["--beams", "3"], ["--sample"], ["--prompt-lookup", "4"]):
+        args = parse(["realign", "Tom hits his brother.", *flags])
+        check_best_of(args)
+        assert args.best_of == 1 and f"note: {flags[0]}: decoding without best-of (--best-of 1)" in capsys.readouterr().err
 
 
 def test_no_default_run_is_a_one_line_error(monkeypatch, capsys):

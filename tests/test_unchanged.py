@@ -76,7 +76,7 @@ def _slow_paths(r: Any) -> dict[str, Any]:
     return {
         "one_by_one": [_result(r.realign(c, s)) for c, s in INPUTS],
         "generate": _result(r.realign(*INPUTS[0], mode="generate", draft="none", max_new_tokens=60)),
-        "sampled": [_result(x) for x in r.realign_many(items[:2], batch_size=2, do_sample=True, top_p=0.9, seed=3)],
+        "sampled": [_result(x) for x in r.realign_many(items[:2], batch_size=2, do_sample=True, temperature=1.0, top_p=0.9, seed=3)],
     }
 
 

@@ -63,9 +63,15 @@ def add_decoding_arguments(p: argparse.ArgumentParser, only: Collection[str] | N
 
 
 def check_best_of(args: argparse.Namespace) -> None:
-    """Fail before any model loads on a bad --best-of / --rerank."""
+    """Fail before any model loads on a bad --best-of / --rerank. Best-of (the default) samples:
+    a plain search asked for (--beams, --sample, --prompt-lookup) decodes without it, and says so."""
     if args.best_of < 1:
         raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
+    plain = [f for f, on in (("--beams", getattr(args, "num_beams", 1) > 1), ("--sample", getattr(args, "do_sample", False)),
+                             ("--prompt-lookup", bool(getattr(args, "prompt_lookup_num_tokens", None)))) if on]  # fmt: skip
+    if args.best_of > 1 and plain:
+        print(f"note: {' and '.join(plain)}: decoding without best-of (--best-of 1)", file=sys.stderr)
+        args.best_of = 1
     if args.best_of > 1:
         from secondthoughts.coherence import check_reranker
 
