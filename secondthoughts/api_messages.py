@@ -11,8 +11,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from secondthoughts.edits import Edit, EditError, detokenize, tokenize
-from secondthoughts.readable import parse_readable, render_readable
-from secondthoughts.realign import apply_subset, as_chain
+from secondthoughts.readable import (
+    apply_subset,
+    as_chain,
+    parse_readable,
+    render_readable,
+)
 
 MAX_DEPTH = 16  # JSON nesting: a chain of edit records needs 4
 SURROGATE = re.compile("[\ud800-\udfff]")

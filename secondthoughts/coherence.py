@@ -296,7 +296,7 @@ class Reranker:
         self.likelihood = list(likelihood)
 
     @property
-    def takes_sources(self) -> bool:  # realign.choose_best passes the sources when asked
+    def takes_sources(self) -> bool:  # best_of.choose_best passes the sources when asked
         return bool(self.likelihood)
 
     @staticmethod

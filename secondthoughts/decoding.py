@@ -40,7 +40,7 @@ NO_REPEAT = 4
 # The commands' default decoding (realign, evaluate, serve): the greedy chain and 16 chains sampled at
 # 0.7, the text the shipped rewrite model finds likeliest kept. Read blind in two rounds on new
 # stories it beat greedy on coherence (+0.70 [+0.22, +1.19] and +0.52 [+0.13, +0.92]), alignment no
-# worse (docs/coherence.md); it costs about 6x greedy's time on a CPU. The Python API
+# worse (docs/coherence.md); it costs 6-8x greedy's time on a CPU. The Python API
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 
@@ -67,7 +67,7 @@ class DecodeSettings:
     no_repeat: int = setting(NO_REPEAT, "the text a constrained chain writes never repeats one of its own N-token sequences (0: off)",
                              metavar="N")
     best_of: int = setting(BEST_OF, "the greedy chain and N sampled ones per text (one batch): keep the one the --rerank "
-                                    "scorers like best; 1: greedy alone, about 6x faster on a CPU", metavar="N")
+                                    "scorers like best; 1: greedy alone, 6-8x faster on a CPU", metavar="N")
     rerank: list = setting(list(BEST_OF_RERANK), "scorers for --best-of: 'likelihood' (the rewrite model shipped in the package: "
                                                  "a text's mean token log-likelihood as the rewrite of its source), direct-mode run "
                                                  "folders (the same with that model), reward run folders (alignment or coherence, "

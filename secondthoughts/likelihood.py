@@ -41,7 +41,7 @@ def is_rewrite_run(path: str | os.PathLike[str]) -> bool:
 class RewriteLikelihood:
     """``scorer(contexts, texts, sources) -> mean token log-probability`` of each text (<= 0) as
     the rewrite of its source, under the direct-mode run ``run``. ``takes_sources`` tells
-    ``realign.choose_best`` to pass the sources."""
+    ``best_of.choose_best`` to pass the sources."""
 
     takes_sources = True
 

@@ -11,7 +11,18 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from secondthoughts.edits import Edit, EditError, detokenize, find_span, tokenize
+from secondthoughts.edits import (
+    EOC,
+    MARKERS,
+    Edit,
+    EditError,
+    apply_edits,
+    apply_text_edits,
+    detokenize,
+    find_span,
+    parse_compact,
+    tokenize,
+)
 
 _STR = r'"(?:[^"\\]|\\.)*"'
 _LINE_RE = re.compile(
@@ -159,3 +170,43 @@ def render_readable(edits: Iterable[Edit], source: str | Sequence[str]) -> str:
         lines.append(line)
         cursor = e.end
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- chains given by people
+
+# A chain as people give it: a compact string, readable lines, or Edit records (or their dicts).
+ChainLike = str | Sequence[Edit]
+
+
+def as_chain(chain: ChainLike, source: str, *, what: str = "chain") -> tuple[list[Edit], bool]:
+    """(edits, closed) from a compact string, readable lines or ``Edit`` records, checked
+    against ``source``. ``closed``: a compact string that ends with ``<|eoc|>``."""
+    closed = False
+    if isinstance(chain, str):
+        text = chain.strip()
+        try:
+            if any(m in text for m in MARKERS):
+                closed = text.endswith(EOC)
+                edits = parse_compact(text, source, require_end=False)
+            else:
+                edits = parse_readable(text, source)
+        except EditError as e:
+            raise EditError(f"{what} cannot be read: {e}") from None
+    else:
+        edits = [e if isinstance(e, Edit) else Edit.from_dict(e) for e in chain]  # type: ignore[arg-type]
+    try:
+        apply_edits(tokenize(source), edits)
+    except EditError as e:
+        raise EditError(f"{what} does not apply to the source: {e}") from None
+    return edits, closed
+
+
+def apply_subset(source: str, chain: ChainLike, keep: Sequence[bool]) -> str:
+    """The source with only the chosen edits of a chain applied (``keep[i]`` for edit ``i``).
+
+    Any subset of a valid chain applies: its edits are in source order and never overlap.
+    """
+    edits, _ = as_chain(chain, source)
+    if len(keep) != len(edits):
+        raise ValueError(f"keep has {len(keep)} flags for a chain of {len(edits)} edits")
+    return apply_text_edits(source, [e for e, k in zip(edits, keep) if k])

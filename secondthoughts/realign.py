@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,8 +47,15 @@ from typing import Any, Literal
 import torch
 
 from secondthoughts import decoding, models
+from secondthoughts.best_of import Reranker, choose_best
 from secondthoughts.constrained import ChainConstraint, start_state
-from secondthoughts.decoding import BEST_OF_TEMPERATURE, DEFAULT_CHAIN_FORMAT, NO_REPEAT, chain_format, run_info
+from secondthoughts.decoding import (
+    BEST_OF_TEMPERATURE,
+    DEFAULT_CHAIN_FORMAT,
+    NO_REPEAT,
+    chain_format,
+    run_info,
+)
 from secondthoughts.drafting import (
     TEXT_LOOKUP,
     ChainDrafter,
@@ -60,21 +67,18 @@ from secondthoughts.edits import (
     CHAIN_FORMATS,
     EOC,
     KEEP,
-    MARKERS,
     SPECIAL_TOKENS,
     Edit,
     EditError,
     apply_edits,
-    apply_text_edits,
     detokenize,
     infer_text_edits,
     parse_chain,
-    parse_compact,
     render_chain,
     render_compact,
     tokenize,
 )
-from secondthoughts.readable import parse_readable, render_readable
+from secondthoughts.readable import ChainLike, as_chain, render_readable
 from secondthoughts.repeats import RepeatGuard
 from secondthoughts.sequences import split_completion
 
@@ -82,44 +86,6 @@ Mode = Literal["apply", "generate", "direct"]
 MODES: tuple[str, ...] = ("apply", "generate", "direct")
 Draft = Literal["auto", "chain", "none"]
 DRAFTS: tuple[str, ...] = ("auto", "chain", "none")
-ChainLike = str | Sequence[Edit]
-
-
-# ---------------------------------------------------------------- chains given by people
-
-
-def as_chain(chain: ChainLike, source: str, *, what: str = "chain") -> tuple[list[Edit], bool]:
-    """(edits, closed) from a compact string, readable lines or ``Edit`` records, checked
-    against ``source``. ``closed``: a compact string that ends with ``<|eoc|>``."""
-    closed = False
-    if isinstance(chain, str):
-        text = chain.strip()
-        try:
-            if any(m in text for m in MARKERS):
-                closed = text.endswith(EOC)
-                edits = parse_compact(text, source, require_end=False)
-            else:
-                edits = parse_readable(text, source)
-        except EditError as e:
-            raise EditError(f"{what} cannot be read: {e}") from None
-    else:
-        edits = [e if isinstance(e, Edit) else Edit.from_dict(e) for e in chain]  # type: ignore[arg-type]
-    try:
-        apply_edits(tokenize(source), edits)
-    except EditError as e:
-        raise EditError(f"{what} does not apply to the source: {e}") from None
-    return edits, closed
-
-
-def apply_subset(source: str, chain: ChainLike, keep: Sequence[bool]) -> str:
-    """The source with only the chosen edits of a chain applied (``keep[i]`` for edit ``i``).
-
-    Any subset of a valid chain applies: its edits are in source order and never overlap.
-    """
-    edits, _ = as_chain(chain, source)
-    if len(keep) != len(edits):
-        raise ValueError(f"keep has {len(keep)} flags for a chain of {len(edits)} edits")
-    return apply_text_edits(source, [e for e, k in zip(edits, keep) if k])
 
 
 # ---------------------------------------------------------------- results
@@ -184,29 +150,6 @@ def _job(item: Any, index: int) -> _Job:
         raise TypeError(f"item {index}: context and source must be strings")
     edits, closed = as_chain(prefix, source, what=f"item {index}: prefix") if prefix else ([], False)
     return _Job(context, source, tuple(edits), closed)
-
-
-# ---------------------------------------------------------------- best of N
-
-# Scores texts in their contexts, higher = better: a reward model, or coherence.Reranker.
-Reranker = Callable[[list[str], list[str]], list[float]]
-
-
-def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
-    """The candidate whose text ``rerank`` scores highest. Invalid chains and texts identical to
-    the source are chosen only when no candidate is valid and changed (a reranker may well score
-    the unchanged source high); ties go to the first. Each distinct text is scored once."""
-    if not candidates:
-        raise ValueError("no candidates to choose from")
-    texts = list(dict.fromkeys(r.text for r in candidates))
-    context = candidates[0].context
-    # A scorer that takes sources (a rewrite model's likelihood of the text) gets them.
-    extra = {"sources": [candidates[0].source] * len(texts)} if getattr(rerank, "takes_sources", False) else {}
-    scores = dict(zip(texts, rerank([context] * len(texts), texts, **extra)))
-    useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
-    best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
-    best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
-    return best
 
 
 # ---------------------------------------------------------------- the re-aligner

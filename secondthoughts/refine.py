@@ -335,7 +335,7 @@ class Refiner:
         rows: dict[str, Any] = {k: v.to(self.device) for k, v in batch_rows(prompts, comps, self.pad_id).items()}
         outside = 0
         if self.config.constrained:
-            from secondthoughts.constrained import completion_sets
+            from secondthoughts.constraint_sets import completion_sets
 
             size = self.logprobs.causal_lm().get_output_embeddings().weight.shape[0]
             rows["allow"] = completion_sets(self.vocab, sources, comps, size, chain_format=self.chain_format)

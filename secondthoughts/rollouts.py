@@ -92,7 +92,7 @@ class CompletionLogProbs(nn.Module):
     Runs the vocabulary projection only on completion positions (as ``completion_loss.CompletionLoss``),
     a chunk of positions at a time (``completion_loss.token_logprobs``); a module, so that DDP wraps it.
     ``allow``: the tokens the constraint allowed at each completion position, as
-    ``constrained.CompletionSets`` (built into a mask one chunk at a time) or a dense (completion
+    ``constraint_sets.CompletionSets`` (built into a mask one chunk at a time) or a dense (completion
     tokens, vocab) mask: normalize over those, the distribution constrained decoding samples
     from. ``temperature``: the sampling temperature, so the ratio and the KL are those of the
     distribution the chains came from (top-p / top-k truncation is not modelled, as in TRL).

@@ -53,3 +53,23 @@ def untrained() -> Any:
     model = tiny.tiny_model(tok, seed=6)
     models.add_edit_tokens(model, tok)
     return Realigner.from_model(model, tok)
+
+
+@pytest.fixture(scope="module")
+def voc() -> Any:
+    """The edit vocabulary of the tiny tokenizer with the edit tokens added."""
+    from secondthoughts import models
+    from secondthoughts.edit_vocab import EditVocab
+
+    tok = tiny.tiny_tokenizer()
+    models.add_edit_tokens(tiny.tiny_model(tok), tok)
+    return EditVocab.from_tokenizer(tok)
+
+
+@pytest.fixture(scope="module")
+def tok_with_edits() -> Any:
+    from secondthoughts import models
+
+    tok = tiny.tiny_tokenizer()
+    models.add_edit_tokens(tiny.tiny_model(tok), tok)
+    return tok

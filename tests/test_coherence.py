@@ -15,10 +15,11 @@ import pytest
 import tiny
 
 from secondthoughts import coherence as C
+from secondthoughts.best_of import choose_best
 from secondthoughts.data import DataError
 from secondthoughts.edits import apply_text_edits, infer_text_edits
 from secondthoughts.evaluate import Fluency
-from secondthoughts.realign import RealignResult, choose_best
+from secondthoughts.realign import RealignResult
 
 SRC = "Rose hopes that her friend forgets about the money she owes."
 TGT = "Rose offers to pay her friend back for the movie ticket."

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secondthoughts import diffview
+from secondthoughts.api_messages import diff_segments
 from secondthoughts.diffview import Segment, segments
 from secondthoughts.edits import infer_text_edits, tokenize
 from secondthoughts.evaluate import markdown_diff
-from secondthoughts.realign import apply_subset
-from secondthoughts.api_messages import diff_segments
+from secondthoughts.readable import apply_subset
 
 SOURCE = "He hits the dog angrily."
 CHAIN = infer_text_edits(SOURCE, "He talks to the dog politely.")  # replace, insert, replace

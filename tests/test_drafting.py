@@ -29,7 +29,7 @@ def _setup(
 ) -> tuple[list[int], list[int], ChainConstraint, _Job]:
     job = _Job(CTX, source, (), False)
     if prefix:
-        from secondthoughts.realign import as_chain
+        from secondthoughts.readable import as_chain
 
         edits, closed = as_chain(prefix, source)
         job = _Job(CTX, source, tuple(edits), closed)

@@ -311,7 +311,8 @@ def test_cli_end_to_end(lora_run: Path, reward_run: Path, tmp_path: Path, capsys
     out = tmp_path / "report"
     args = ["evaluate", "--model", str(lora_run), "--data", str(data), "--reward", str(reward_run), "--limit", "5",
             "--second-reward", str(reward_run), "--coherence", str(reward_run),
-            "--batch-size", "2", "--bootstrap", "100", "--examples", "3", "--out", str(out), "--device", "cpu"]  # fmt: skip
+            "--batch-size", "2", "--bootstrap", "100", "--examples", "3", "--out", str(out), "--device", "cpu",
+            "--best-of", "1"]  # the report, not the default best-of (its own test below)  # fmt: skip
     assert main(args) == 0
     stdout = capsys.readouterr().out
     assert "evaluated 5 examples" in stdout and "report.md" in stdout

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from secondthoughts import coherence as C
+from secondthoughts.best_of import choose_best
 from secondthoughts.decoding import prompt_ids
 from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
-from secondthoughts.realign import Realigner, RealignResult, choose_best
+from secondthoughts.realign import Realigner, RealignResult
 from secondthoughts.sequences import encode_completion
 from secondthoughts.sft import TrainConfig, train
 

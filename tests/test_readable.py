@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits
-from secondthoughts.readable import parse_readable, render_readable
+from secondthoughts.edits import (
+    Edit,
+    EditError,
+    apply_text_edits,
+    infer_text_edits,
+    render_compact,
+)
+from secondthoughts.readable import (
+    apply_subset,
+    as_chain,
+    parse_readable,
+    render_readable,
+)
 
 
 def test_readable_is_friendly_and_exact():
@@ -42,3 +53,26 @@ def test_readable_disambiguates_repeated_words():
 def test_malformed_readable_says_what_and_where(text, message):
     with pytest.raises(EditError, match=message):
         parse_readable(text, "He hits the dog.")
+
+
+# ---------------------------------------------------------------- chains given by people
+
+SRC = "Tom hits his brother when he is angry."
+
+
+def test_apply_subset():
+    tgt = "Tom talks to his brother when he is calm."
+    chain = infer_text_edits(SRC, tgt)
+    assert len(chain) == 3
+    assert apply_subset(SRC, chain, [True] * 3) == tgt
+    assert apply_subset(SRC, chain, [False] * 3) == SRC
+    assert apply_subset(SRC, render_compact(chain), [False, False, True]) == "Tom hits his brother when he is calm."
+    with pytest.raises(ValueError, match="3 edits"):
+        apply_subset(SRC, chain, [True])
+
+
+def test_as_chain_forms_agree():
+    chain = infer_text_edits(SRC, "Tom talks to his brother.")
+    assert as_chain(render_compact(chain), SRC) == (chain, True)
+    assert as_chain(render_readable(chain, SRC), SRC) == (chain, False)
+    assert as_chain([e.to_dict() for e in chain], SRC) == (chain, False)  # type: ignore[arg-type]

@@ -30,8 +30,6 @@ from secondthoughts.realign import (
     Realigner,
     RealignResult,
     _Job,
-    apply_subset,
-    as_chain,
 )
 from secondthoughts.sft import TrainConfig, train
 
@@ -120,17 +118,6 @@ def test_bad_prefix_is_refused_clearly(untrained):
         untrained.realign(CTX, SRC, prefix='replace "kicks" with "talks"')
 
 
-def test_apply_subset():
-    tgt = "Tom talks to his brother when he is calm."
-    chain = infer_text_edits(SRC, tgt)
-    assert len(chain) == 3
-    assert apply_subset(SRC, chain, [True] * 3) == tgt
-    assert apply_subset(SRC, chain, [False] * 3) == SRC
-    assert apply_subset(SRC, render_compact(chain), [False, False, True]) == "Tom hits his brother when he is calm."
-    with pytest.raises(ValueError, match="3 edits"):
-        apply_subset(SRC, chain, [True])
-
-
 def test_generate_mode_reports_disagreement(untrained):
     job = _Job(CTX, SRC, (), False)
     chain = render_compact(infer_text_edits(SRC, "Tom talks to his brother when he is angry."))
@@ -162,13 +149,6 @@ def test_result_round_trips_through_json(untrained):
     r = untrained.realign(CTX, SRC, max_new_tokens=20)
     d = json.loads(json.dumps(r.to_dict()))
     assert RealignResult.from_dict(d) == r and set(d["timings"]) >= {"prompt_s", "generate_s", "total_s", "new_tokens"}
-
-
-def test_as_chain_forms_agree():
-    chain = infer_text_edits(SRC, "Tom talks to his brother.")
-    assert as_chain(render_compact(chain), SRC) == (chain, True)
-    assert as_chain(render_readable(chain, SRC), SRC) == (chain, False)
-    assert as_chain([e.to_dict() for e in chain], SRC) == (chain, False)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- a trained run, CLI and demo
@@ -234,6 +214,7 @@ def test_cli_single_text(coe_run, capsys):
     assert main(["realign", "--model", str(coe_run), "--context", CTX, SRC, "--json", "--max-new-tokens", "30"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["valid"] and out["source"] == SRC and apply_text_edits(SRC, [Edit.from_dict(e) for e in out["chain"]]) == out["text"]
+    assert out["candidates"] == 17  # the default: best of the greedy chain and 16 samples, by the shipped rewrite likelihood
     prefix = 'replace "hits" with "hugs"'
     assert main(["realign", "--model", str(coe_run), SRC, "--prefix", prefix, "--max-new-tokens", "20", "--mode", "generate"]) == 0
     shown = capsys.readouterr().out
@@ -246,7 +227,7 @@ def test_cli_batch_and_errors(coe_run, tmp_path, capsys):
     rows.append({"source": SRC, "prefix": "<|del|>0<|old|>Tom"})
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
-    cmd = ["realign", "--model", str(coe_run), "--input", str(inp), "--output", str(out)]
+    cmd = ["realign", "--model", str(coe_run), "--input", str(inp), "--output", str(out), "--best-of", "1"]
     assert main([*cmd, "--batch-size", "2", "--max-new-tokens", "24"]) == 0
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g.get("id") for g in got] == ["r0", "r1", "r2", None] and all(g["valid"] for g in got)

@@ -319,7 +319,7 @@ def _plain_logprobs(model, rows, allow, temperature):
 def _whole_batch_update(r, batch):
     """The update as one forward and one backward over all samples and AIL rows (the code before
     per-prompt groups), on the straightforward log-probs; returns its statistics."""
-    from secondthoughts.constrained import completion_masks
+    from secondthoughts.constraint_sets import completion_masks
 
     cfg = r.config
     n, k, p = len(batch), batch.k, len(batch.examples)

@@ -22,7 +22,8 @@ import pytest
 from secondthoughts.cli import main
 from secondthoughts.data import Example, read_examples, write_examples
 from secondthoughts.edits import infer_text_edits
-from secondthoughts.realign import Realigner, apply_subset
+from secondthoughts.readable import apply_subset
+from secondthoughts.realign import Realigner
 from secondthoughts.server import MAX_BODY, EditorServer, make_server
 
 CONTEXT = "Be kind to family."

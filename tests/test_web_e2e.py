@@ -20,7 +20,7 @@ from test_server import CONTEXT, SOURCE, serving
 from secondthoughts.cli import main
 from secondthoughts.data import read_examples
 from secondthoughts.edits import Edit
-from secondthoughts.realign import apply_subset
+from secondthoughts.readable import apply_subset
 
 # test_server's fixtures, used here too (the memorized run is built once per session)
 memorized_run = test_server.memorized_run

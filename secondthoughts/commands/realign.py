@@ -97,7 +97,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 def read_items(path: str) -> list[dict[str, Any]]:
     """Rows with a string ``source``; ``context`` and ``prefix`` optional. Errors name file and line."""
     from secondthoughts.edits import EditError
-    from secondthoughts.realign import as_chain
+    from secondthoughts.readable import as_chain
 
     rows = []
     for line, row in jsonl_rows(Path(path)):

@@ -1,0 +1,30 @@
+"""Best-of-N's choice: of a text's candidate re-alignments (the greedy chain and sampled ones),
+the one a reranker scores highest (``Realigner.realign_many(best_of=N, rerank=...)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secondthoughts.realign import RealignResult
+
+# Scores texts in their contexts, higher = better: a reward model, or coherence.Reranker.
+Reranker = Callable[[list[str], list[str]], list[float]]
+
+
+def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
+    """The candidate whose text ``rerank`` scores highest. Invalid chains and texts identical to
+    the source are chosen only when no candidate is valid and changed (a reranker may well score
+    the unchanged source high); ties go to the first. Each distinct text is scored once."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    texts = list(dict.fromkeys(r.text for r in candidates))
+    context = candidates[0].context
+    # A scorer that takes sources (a rewrite model's likelihood of the text) gets them.
+    extra = {"sources": [candidates[0].source] * len(texts)} if getattr(rerank, "takes_sources", False) else {}
+    scores = dict(zip(texts, rerank([context] * len(texts), texts, **extra)))
+    useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
+    best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
+    best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
+    return best
