@@ -180,7 +180,8 @@ def run_trl(args: argparse.Namespace, examples: list[Any], tmp: Path) -> dict[st
     from trl import SFTConfig, SFTTrainer
 
     from secondthoughts import models
-    from secondthoughts.edits import augment_chains, render_compact, tokenize
+    from secondthoughts.chain_text import render_compact
+    from secondthoughts.edits import augment_chains, tokenize
     from secondthoughts.models import SEP, SRC
 
     model, tok = models.load(args.model, dtype=torch.float32)

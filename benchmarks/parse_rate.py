@@ -20,7 +20,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from secondthoughts.edits import EditError, parse_compact, tokenize
+from secondthoughts.chain_text import parse_compact
+from secondthoughts.edits import EditError, tokenize
 
 
 def span_positions(rows: list[dict]) -> tuple[int, int, int, int]:

@@ -1,7 +1,7 @@
 """Edit-consistent decoding: a logits processor that lets a model write only chains of edits
 that parse and apply to their source.
 
-The grammar (``edits.render_compact``), checked token by token on the bytes generated so far::
+The grammar (``chain_text.render_compact``), checked token by token on the bytes generated so far::
 
     chain := edit* <|eoc|>
     edit  := <|ins|> POS <|new|> TEXT | <|del|> POS <|old|> SPAN | <|rep|> POS <|old|> SPAN <|new|> TEXT
@@ -21,12 +21,12 @@ The grammar (``edits.render_compact``), checked token by token on the bytes gene
   edit (the renderer writes positions only there); its ``SPAN`` is then exactly the escaped source
   text from ``POS`` to an edit-token boundary, at least one token long (so ``parse_compact`` reads
   back the source tokens themselves).
-- ``TEXT`` is any non-empty text as ``edits.escape`` writes it (no ``<|``; a backslash only
+- ``TEXT`` is any non-empty text as ``chain_text.escape`` writes it (no ``<|``; a backslash only
   before a backslash, or before ``|`` after ``<``), ending on a whole UTF-8 character. So the
   chain is in canonical form: ``render_compact(parse_compact(chain, source), source) == chain``.
 - Markers are only the special-token ids; a text token can never spell one.
 
-Inline chains (``edits.render_inline``) write the kept source text instead of positions or anchors::
+Inline chains (``chain_text.render_inline``) write the kept source text instead of positions or anchors::
 
     chain := (<|keep|> SPAN)? (edit (<|keep|> SPAN)?)* <|eoc|>      (no <|keep|> right before <|eoc|>)
     edit  := <|ins|> <|new|> TEXT | <|del|> <|old|> SPAN | <|rep|> <|old|> SPAN <|new|> TEXT
@@ -55,17 +55,16 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import LogitsProcessor
 
-from secondthoughts.edit_vocab import EditVocab, scan_text
-from secondthoughts.edits import (
+from secondthoughts.chain_text import (
     CHAIN_FORMATS,
     KEEP,
-    detokenize,
     escape,
     insert_here,
     lowest_start,
     resolve_anchor,
-    tokenize,
 )
+from secondthoughts.edit_vocab import EditVocab, scan_text
+from secondthoughts.edits import detokenize, tokenize
 
 # Phases of a chain being written.
 OP, POS, SPAN, TEXT, DONE, BAD = range(6)
@@ -111,7 +110,7 @@ def start_state(cursor: int = 0, closed: bool = False, prev: str = "") -> ChainS
 
 class SourceIndex:
     """A source's edit tokens and, per position, the escaped text a span may copy, for chains in
-    ``chain_format`` (``edits.render_chain``): "anchored" (positions only where needed),
+    ``chain_format`` (``chain_text.render_chain``): "anchored" (positions only where needed),
     "positional" (every edit with its position, as models trained before anchoring) or "inline"
     (the kept text written out: every span stands where the chain has got to)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from secondthoughts.edits import DEL, EOC, INS, KEEP, NEW, OLD, REP
+from secondthoughts.chain_text import DEL, EOC, INS, KEEP, NEW, OLD, REP
 from secondthoughts.models import edit_token_ids
 
 _BSL, _PIPE, _LT = ord("\\"), ord("|"), ord("<")
@@ -75,7 +75,7 @@ def token_pieces(tokenizer: Any) -> list[bytes | None]:
 
 
 def scan_text(b: bytes, pending: bool = False, after_lt: bool = False) -> tuple[bool, bool] | None:
-    """Read bytes of escaped text the way ``edits.escape`` writes it; None if it never would.
+    """Read bytes of escaped text the way ``chain_text.escape`` writes it; None if it never would.
 
     The context is (a backslash is pending, the last character written was ``<``): a backslash
     only ever precedes ``\\`` or, right after ``<``, ``|``; a bare ``|`` never follows ``<``.

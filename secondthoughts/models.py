@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from secondthoughts.edits import KEEP, SPECIAL_TOKENS
+from secondthoughts.chain_text import KEEP, SPECIAL_TOKENS
 from secondthoughts.runs import write_dir
 
 EMBEDDED = "embedded"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from secondthoughts import models
-from secondthoughts.edits import SPECIAL_TOKENS
+from secondthoughts.chain_text import SPECIAL_TOKENS
 
 
 @dataclass

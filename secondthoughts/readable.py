@@ -11,16 +11,13 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from secondthoughts.chain_text import EOC, MARKERS, find_span, parse_compact
 from secondthoughts.edits import (
-    EOC,
-    MARKERS,
     Edit,
     EditError,
     apply_edits,
     apply_text_edits,
     detokenize,
-    find_span,
-    parse_compact,
     tokenize,
 )
 

@@ -48,6 +48,15 @@ import torch
 
 from secondthoughts import decoding, models
 from secondthoughts.best_of import Reranker, choose_best
+from secondthoughts.chain_text import (
+    CHAIN_FORMATS,
+    EOC,
+    KEEP,
+    SPECIAL_TOKENS,
+    parse_chain,
+    render_chain,
+    render_compact,
+)
 from secondthoughts.constrained import ChainConstraint, start_state
 from secondthoughts.decoding import (
     BEST_OF_TEMPERATURE,
@@ -64,18 +73,11 @@ from secondthoughts.drafting import (
 )
 from secondthoughts.edit_vocab import EditVocab
 from secondthoughts.edits import (
-    CHAIN_FORMATS,
-    EOC,
-    KEEP,
-    SPECIAL_TOKENS,
     Edit,
     EditError,
     apply_edits,
     detokenize,
     infer_text_edits,
-    parse_chain,
-    render_chain,
-    render_compact,
     tokenize,
 )
 from secondthoughts.readable import ChainLike, as_chain, render_readable

@@ -56,16 +56,10 @@ import torch
 import torch.nn.functional as F
 
 from secondthoughts import behaviour, decoding, models, settings
+from secondthoughts.chain_text import EOC, render_chain
 from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example
-from secondthoughts.edits import (
-    EOC,
-    Edit,
-    infer_edits,
-    merge_close_edits,
-    render_chain,
-    tokenize,
-)
+from secondthoughts.edits import Edit, infer_edits, merge_close_edits, tokenize
 from secondthoughts.policy import load_policy
 from secondthoughts.rl_loss import (
     ail_hinge,
@@ -219,8 +213,8 @@ class Refiner:
         from accelerate import Accelerator
         from transformers import get_scheduler
 
-        from secondthoughts.edit_vocab import EditVocab
         from secondthoughts.decoding import chain_format, run_info
+        from secondthoughts.edit_vocab import EditVocab
 
         self.config = config
         cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and config.dtype == "auto"

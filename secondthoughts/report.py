@@ -148,7 +148,8 @@ def _shown_indices(n: int, k: int) -> list[int]:
 
 
 def _example_rows(ev: Evaluation, shown: int) -> list[str]:
-    from secondthoughts.edits import EditError, parse_compact
+    from secondthoughts.chain_text import parse_compact
+    from secondthoughts.edits import EditError
 
     idx = _shown_indices(len(ev.rows), shown)
     if not idx:

@@ -10,18 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from secondthoughts.data import Example
-from secondthoughts.edits import (
-    EOC,
-    Edit,
-    EditError,
-    apply_edits,
-    detokenize,
-    parse_chain,
-    tokenize,
-)
-from secondthoughts.sequences import split_completion
+from secondthoughts.chain_text import EOC, parse_chain
 from secondthoughts.completion_loss import token_logprobs
+from secondthoughts.data import Example
+from secondthoughts.edits import Edit, EditError, apply_edits, detokenize, tokenize
+from secondthoughts.sequences import split_completion
 
 
 @dataclass

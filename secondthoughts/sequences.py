@@ -5,7 +5,7 @@ The format, token by token (``[BOS]`` only for tokenizers that add one by defaul
     CoE:    [BOS] context <|src|> source <|sep|> chain target <eos>
     direct: [BOS] context <|src|> source <|sep|> target <eos>
 
-``chain`` is ``edits.render_chain`` of the edits from source to target: anchored by default,
+``chain`` is ``chain_text.render_chain`` of the edits from source to target: anchored by default,
 e.g. ``<|rep|><|old|> hits<|new|> talks<|ins|><|new|> to<|eoc|>`` (spans copied from
 the source), positional, ``<|rep|>1<|old|> hits<|new|> talks<|ins|>2<|new|> to<|eoc|>``
 (positions index ``edits.tokenize(source)``), or inline, ``<|keep|>Tom<|rep|><|old|> hits<|new|>
@@ -34,15 +34,13 @@ from typing import Any, Literal
 
 import torch
 
+from secondthoughts.chain_text import CHAIN_FORMATS, EOC, render_chain
 from secondthoughts.data import Example
 from secondthoughts.edits import (
-    CHAIN_FORMATS,
     DEFAULT_COST_SETS,
-    EOC,
     Costs,
     Edit,
     augment_chains,
-    render_chain,
     tokenize,
 )
 from secondthoughts.models import SEP, SRC
@@ -138,7 +136,7 @@ def split_completion(text: str) -> tuple[str, str]:
 
 
 def encode_completion(tokenizer: Any, edits: Sequence[Edit] | None, target: str, source: str, chain_format: str = "anchored") -> list[int]:
-    """Completion ids: the chain in ``chain_format`` (``edits.render_chain``), target, EOS."""
+    """Completion ids: the chain in ``chain_format`` (``chain_text.render_chain``), target, EOS."""
     chain = list(tokenizer(render_chain(edits, source, chain_format), add_special_tokens=False)["input_ids"]) if edits is not None else []
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token")

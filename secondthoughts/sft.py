@@ -41,9 +41,10 @@ import torch
 from torch import nn
 
 from secondthoughts import models, runs, settings
+from secondthoughts.chain_text import CHAIN_FORMATS
 from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.data import Example, read_examples, split_examples
-from secondthoughts.edits import CHAIN_FORMATS, DEFAULT_COST_SETS
+from secondthoughts.edits import DEFAULT_COST_SETS
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     MODES,

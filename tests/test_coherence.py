@@ -195,7 +195,7 @@ def bert_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: Path, tmp_path: Path) -> None:
     from secondthoughts import reward as R
-    from secondthoughts import reward_train
+    from secondthoughts import reward_eval, reward_train
 
     labelled = tmp_path / "labels.jsonl"
     labelled.write_text("".join(json.dumps({"context": e.context, "text": e.target, "label": 1}) + "\n" for e in tiny.EXAMPLES[:3]))
@@ -207,8 +207,8 @@ def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: P
     assert model.encoder.config.id2label == {0: "broken", 1: "coherent"}
     path = model.save(tmp_path / "coh", {"dev": {}})
     loaded = R.load(path)
-    assert R.objective_of(loaded) == "coherence"
-    m = R.evaluate_model(loaded, tiny.EXAMPLES)
+    assert reward_eval.objective_of(loaded) == "coherence"
+    m = reward_eval.evaluate_model(loaded, tiny.EXAMPLES)
     assert {"auc", "pairwise_accuracy", "accuracy_target", "accuracy_splice"} <= set(m) and 0 <= m["auc"] <= 1
     rr = C.load_reranker([str(path)], 2.0)
     assert rr.coherence and not rr.alignment and rr.coherence_weight == 2.0

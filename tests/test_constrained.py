@@ -9,6 +9,13 @@ import random
 import pytest
 import torch
 
+from secondthoughts.chain_text import (
+    CHAIN_FORMATS,
+    EOC,
+    parse_chain,
+    parse_compact,
+    render_chain,
+)
 from secondthoughts.constrained import (
     BAD,
     DONE,
@@ -23,14 +30,9 @@ from secondthoughts.constrained import (
 )
 from secondthoughts.edit_vocab import EditVocab, token_pieces
 from secondthoughts.edits import (
-    CHAIN_FORMATS,
     DEFAULT_COST_SETS,
-    EOC,
     apply_edits,
     infer_text_edits,
-    parse_chain,
-    parse_compact,
-    render_chain,
     tokenize,
 )
 

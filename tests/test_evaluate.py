@@ -17,9 +17,10 @@ import torch
 
 from secondthoughts import evaluate as E
 from secondthoughts import models
+from secondthoughts.chain_text import render_compact
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
-from secondthoughts.edits import infer_text_edits, render_compact
+from secondthoughts.edits import infer_text_edits
 from secondthoughts.readable import render_readable
 from secondthoughts.realign import RealignResult
 from secondthoughts.sari import Sari, corpus_sari, sentence_sari, tokenize_13a

@@ -9,7 +9,7 @@ import tiny
 import torch
 
 from secondthoughts import models
-from secondthoughts.edits import KEEP, SPECIAL_TOKENS
+from secondthoughts.chain_text import KEEP, SPECIAL_TOKENS
 
 
 def test_edit_tokens_are_single_special_tokens(tiny_tok, tiny_lm):

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from secondthoughts.edits import (
-    Edit,
-    EditError,
-    apply_text_edits,
-    infer_text_edits,
-    render_compact,
-)
+from secondthoughts.chain_text import render_compact
+from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits
 from secondthoughts.readable import (
     apply_subset,
     as_chain,

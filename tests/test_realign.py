@@ -15,16 +15,9 @@ import tiny
 import torch
 
 from secondthoughts import models
+from secondthoughts.chain_text import parse_compact, render_chain, render_compact
 from secondthoughts.cli import main
-from secondthoughts.edits import (
-    Edit,
-    EditError,
-    apply_text_edits,
-    infer_text_edits,
-    parse_compact,
-    render_chain,
-    render_compact,
-)
+from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits
 from secondthoughts.readable import render_readable
 from secondthoughts.realign import (
     Realigner,

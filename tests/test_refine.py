@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from secondthoughts import models
+from secondthoughts.chain_text import parse_chain
 from secondthoughts.cli import main
 from secondthoughts.constrained import ChainConstraint
 from secondthoughts.data import read_examples
-from secondthoughts.edits import parse_chain
 from secondthoughts.realign import Realigner
 from secondthoughts.refine import RefineConfig, Refiner, refine
 from secondthoughts.rl_loss import (

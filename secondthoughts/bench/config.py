@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from secondthoughts.edits import CHAIN_FORMATS
+from secondthoughts.chain_text import CHAIN_FORMATS
 
 METHODS: tuple[str, ...] = ("direct", "dpo", "aem", "aem_rl")
 METHOD_NAMES = {"direct": "direct fine-tuning", "dpo": "DPO (from direct)", "aem": "AEM (chains of edits)", "aem_rl": "AEM + RL"}

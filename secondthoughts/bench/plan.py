@@ -211,12 +211,8 @@ class DataStats:
 
 
 def data_stats(examples: Sequence[Example], cost_sets: Sequence[Sequence[float]] | None = None) -> DataStats:
-    from secondthoughts.edits import (
-        DEFAULT_COST_SETS,
-        augment_chains,
-        render_compact,
-        tokenize,
-    )
+    from secondthoughts.chain_text import render_compact
+    from secondthoughts.edits import DEFAULT_COST_SETS, augment_chains, tokenize
 
     sample = list(examples[:200])
     sets = [tuple(c) for c in (cost_sets or DEFAULT_COST_SETS)]

@@ -150,14 +150,14 @@ class Bench:
     # ---- the kinds of cell
 
     def _scorer(self, cell: Cell, folder: Path) -> dict[str, Any]:
-        from secondthoughts import reward, reward_train
+        from secondthoughts import reward, reward_eval, reward_train
 
         split = self.split(cell.dataset)
         seed = self.cfg.scorer_seeds[SCORERS.index(cell.role)]
         examples = split.reward[cell.role]
         config = reward.RewardConfig(**{**self.cfg.reward, "seed": seed})
         model, stats = reward_train.train(config, examples, progress=self.progress)
-        test = reward.evaluate(model, split.test)
+        test = reward_eval.evaluate(model, split.test)
         model.save(folder / "run", {"train": stats, "test": test})
         return {"seed": seed, "pairs": len(examples), "test": test}
 

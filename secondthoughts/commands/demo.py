@@ -28,10 +28,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.rule import Rule
 
+from secondthoughts.chain_text import render_compact
 from secondthoughts.commands.edits import parse_costs
 from secondthoughts.data import Example, read_examples
 from secondthoughts.diffview import chain_stats, inline_diff
-from secondthoughts.edits import apply_text_edits, infer_text_edits, render_compact, tokenize
+from secondthoughts.edits import apply_text_edits, infer_text_edits, tokenize
 from secondthoughts.readable import render_readable
 
 # The on-the-spot run: one chain per example (cost set 1,1,2), 6 epochs at a high LoRA learning

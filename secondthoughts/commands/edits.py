@@ -8,8 +8,14 @@ import math
 
 from rich.console import Console
 
+from secondthoughts.chain_text import CHAIN_FORMATS, render_chain
 from secondthoughts.diffview import chain_stats, inline_diff
-from secondthoughts.edits import CHAIN_FORMATS, apply_text_edits, chain_cost, infer_text_edits, render_chain, tokenize
+from secondthoughts.edits import (
+    apply_text_edits,
+    chain_cost,
+    infer_text_edits,
+    tokenize,
+)
 from secondthoughts.readable import render_readable
 
 

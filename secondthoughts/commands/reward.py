@@ -228,7 +228,7 @@ def _finished(folder: Path, config: RewardConfig, data: dict[str, Any], examples
 
 def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Train one model; its metrics (held-out ones when ``dev`` is given)."""
-    from secondthoughts import reward, reward_train
+    from secondthoughts import reward_eval, reward_train
 
     t0 = time.perf_counter()
     model, stats = reward_train.train(config, train)
@@ -238,7 +238,7 @@ def _train_one(config: RewardConfig, train: list[Example], dev: list[Example], d
     metrics: dict[str, Any] = {"data": data, "train": stats, "dev": {"examples": 0}, "timing": {"train_s": round(train_s, 1)}}
     if dev:
         t0 = time.perf_counter()
-        metrics["dev"] = reward.evaluate_model(model, dev, hard_negatives=config.hard_negatives != 0, progress=True)
+        metrics["dev"] = reward_eval.evaluate_model(model, dev, hard_negatives=config.hard_negatives != 0, progress=True)
         metrics["timing"].update(_rate(metrics["dev"], time.perf_counter() - t0))
     return model, metrics
 
@@ -252,7 +252,7 @@ def _save_ensemble(ens: Any, out: Path, member_metrics: list[dict[str, Any]], de
     """Evaluate the members and the ensemble on ``dev`` (each member scores it once), then save."""
     import torch
 
-    from secondthoughts import reward
+    from secondthoughts import reward_eval
 
     timing: dict[str, float] = {}
     dev_metrics: dict[str, Any] = {"examples": 0}
@@ -267,8 +267,8 @@ def _save_ensemble(ens: Any, out: Path, member_metrics: list[dict[str, Any]], de
             return fn
 
         # Every member on the same texts (all context sentences), so their rows compare.
-        member_metrics = [{**mm, "dev": reward.evaluate(member(m), dev)} for m, mm in zip(ens.members, member_metrics)]
-        dev_metrics = reward.evaluate(lambda c, t: torch.sigmoid(torch.stack(odds).mean(0)).tolist(), dev)
+        member_metrics = [{**mm, "dev": reward_eval.evaluate(member(m), dev)} for m, mm in zip(ens.members, member_metrics)]
+        dev_metrics = reward_eval.evaluate(lambda c, t: torch.sigmoid(torch.stack(odds).mean(0)).tolist(), dev)
         timing = _rate(dev_metrics, time.perf_counter() - t0)
         for k, mm in enumerate(member_metrics):
             print(f"member {k}: pairwise accuracy {mm['dev']['pairwise_accuracy']:.4f}")
@@ -334,14 +334,14 @@ def _held_out(path: str, max_dev: int | None) -> list[Example]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from secondthoughts import reward
+    from secondthoughts import reward, reward_eval
 
     model = reward.load(args.model, views=args.views, dtype=args.dtype)
     dev = _held_out(args.data, args.max_dev)
     if not dev:
         raise ValueError(f"{args.data}: no examples")
     t0 = time.perf_counter()
-    m = reward.evaluate_model(model, dev, progress=True)
+    m = reward_eval.evaluate_model(model, dev, progress=True)
     views = sorted({m.config.views for m in (model.members if isinstance(model, reward.RewardEnsemble) else [model])})
     print(f"{args.model} (views: {', '.join(views)}; {model.precision}) on {args.data}")
     print(format_metrics(m))
