@@ -108,7 +108,7 @@ def measure_phases(r: Any) -> Any:
     run inside the policy phases, beside the samples'."""
     from bench_train import PhasePeaks
 
-    from secondthoughts import constrained, refine
+    from secondthoughts import constraint_sets, refine
 
     peaks = PhasePeaks()
     for owner, attr, name in (
@@ -116,8 +116,8 @@ def measure_phases(r: Any) -> Any:
         (refine.Refiner, "score", "score (reward callable)"),
         (refine.Refiner, "update", "update (everything below)"),
         (refine.Refiner, "_ail_rows", "AIL rows (expert chains, tokenized)"),
-        (constrained, "completion_masks", "constraint masks (allowed tokens per position, dense)"),
-        (constrained, "completion_sets", "constraint sets (allowed tokens per position, index sets)"),
+        (constraint_sets, "completion_masks", "constraint masks (allowed tokens per position, dense)"),
+        (constraint_sets, "completion_sets", "constraint sets (allowed tokens per position, index sets)"),
         (refine.Refiner, "reference_logprobs", "reference log-probs (no grad)"),
         (r, "ddp", "policy log-probs (forward with grad, samples + AIL rows)"),
         (r.accelerator, "backward", "backward"),

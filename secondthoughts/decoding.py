@@ -38,8 +38,8 @@ LEGACY_CHAIN_FORMAT = "positional"  # runs saved before chains were anchored
 # nothing (docs/coherence.md).
 NO_REPEAT = 4
 # The commands' default decoding (realign, evaluate, serve): the greedy chain and 16 chains sampled at
-# 0.7, the text the shipped rewrite model finds likeliest kept. Read blind in two rounds on new
-# stories it beat greedy on coherence (+0.70 [+0.22, +1.19] and +0.52 [+0.13, +0.92]), alignment no
+# 0.7, the text the shipped rewrite model finds likeliest kept. Read blind in two rounds by new
+# raters it beat greedy on coherence (+0.70 [+0.22, +1.19] and +0.52 [+0.13, +0.92]), alignment no
 # worse (docs/coherence.md); it costs 6-8x greedy's time on a CPU. The Python API
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
@@ -185,9 +185,11 @@ def generate(
             ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
         elif repeats > 1:
             search["num_return_sequences"] = repeats
+        if cache is not None:
+            search["past_key_values"] = cache
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=budget, eos_token_id=list(stops), pad_token_id=pad_id,
-            logits_processor=list(processors) or None, use_cache=True, past_key_values=cache, **search,
+            logits_processor=list(processors) or None, use_cache=True, **search,
         )  # fmt: skip
     return out[:, ids.shape[1] :].tolist()
 

@@ -22,10 +22,11 @@ masks every token that would break the chain, so every chain parses and applies.
 ``max_new_tokens`` is closed after its last complete edit (``truncated=True``).
 
 Best of N (``best_of``, ``rerank``): the greedy chain and N constrained chains sampled in one
-batch, the text a reranker (e.g. ``coherence.Reranker``) scores highest kept (:func:`choose_best`).
-Read blind, alignment and coherence scorers made text worse than greedy; a rewrite model's
-likelihood (``likelihood.RewriteLikelihood``) made it a little more coherent at 5x the latency
-(docs/coherence.md), so it is an option, not a default.
+batch sharing the prompt's prefill, the text a reranker scores highest kept
+(:func:`~secondthoughts.best_of.choose_best`). Read blind, alignment and coherence scorers made
+text worse than greedy; a rewrite model's likelihood (``likelihood.RewriteLikelihood``) made it
+more coherent at 6-8x the latency (docs/coherence.md): the commands' default (``decoding.BEST_OF``),
+while this API decodes greedily unless ``best_of`` and ``rerank`` are given.
 
 Repeats (``no_repeat``, default 4): a constrained chain never writes a token 4-gram twice in the
 text it adds (:class:`~secondthoughts.repeats.RepeatGuard`), the model's most visible slip.
@@ -321,8 +322,8 @@ class Realigner:
         if best_of > 1:
             if rerank is None:
                 raise ValueError("best_of > 1 needs a reranker (rerank=): a callable scoring (contexts, texts)")
-            if num_beams > 1 or prompt_lookup_num_tokens:
-                raise ValueError("best_of samples chains: no beams or prompt lookup")
+            if num_beams > 1 or prompt_lookup_num_tokens or draft == "chain":
+                raise ValueError("best_of samples chains: no beams, prompt lookup or chain drafting")
         if prompt_lookup_num_tokens:
             if num_beams > 1:
                 raise ValueError("prompt lookup drafting works with num_beams=1 only")
@@ -465,7 +466,7 @@ class Realigner:
         results = [self._result(jobs[k // repeats], k // repeats, g, mode, processor, budget) for k, g in enumerate(new)]
         total_s = time.perf_counter() - t0 + prompt_s
         for r, g in zip(results, new):
-            r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(new), "new_tokens": len(g)}
+            r.timings = {"prompt_s": prompt_s, "generate_s": generate_s, "total_s": total_s, "batch_size": len(jobs), "new_tokens": len(g)}
             if forwards is not None:  # drafting: tokens per forward pass is its gain
                 r.timings["forwards"] = forwards
         return results

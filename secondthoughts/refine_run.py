@@ -92,7 +92,7 @@ def run(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
     ckpt = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        runs.check_same_settings(out, "refine", asdict(cfg))
+        runs.check_same_settings(out, "refine", cfg)
     acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
     if not cfg.data:

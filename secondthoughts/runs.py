@@ -511,11 +511,15 @@ def restore_training(ckpt: PathLike, model: Any, optimizer: Any, scheduler: Any,
     return ck["state"]
 
 
-def check_same_settings(out: PathLike, section: str, given: dict[str, Any], ignore: tuple[str, ...] = ("progress",)) -> None:
-    """A resumed run must have the settings it started with: ``config.json[section]`` against
-    ``given`` (a settings dataclass as a dict), keys in ``ignore`` aside."""
+def check_same_settings(out: PathLike, section: str, config: Any, ignore: tuple[str, ...] = ("progress",)) -> None:
+    """A resumed run must have the settings it started with: ``config.json[section]``, read as
+    ``type(config).from_dict`` reads it (settings it lacks take their defaults), against the
+    settings dataclass ``config``, keys in ``ignore`` aside."""
+    from dataclasses import asdict
+
     saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))[section]
-    given = json.loads(json.dumps(given))  # as config.json holds it: tuples are lists
+    # Both as config.json holds them: tuples are lists.
+    saved, given = (json.loads(json.dumps(asdict(c))) for c in (type(config).from_dict(saved), config))
     diff = {k: (v, given.get(k)) for k, v in saved.items() if k not in ignore and given.get(k) != v}
     if diff:
         raise ValueError(f"resume: settings differ from the run's config.json (saved, given): {diff}")

@@ -439,7 +439,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     check_init_from(config)
     ckpt_dir = runs.run_start(out, resume)  # the verified checkpoint, or None for a new run
     if resume:
-        runs.check_same_settings(out, "train", asdict(config))
+        runs.check_same_settings(out, "train", config)
 
     accelerator = _accelerator(config.dtype)
     main = accelerator.is_main_process

@@ -146,6 +146,9 @@ def test_best_of_samples_and_picks_the_reranked_text(untrained: Any) -> None:
         untrained.realign(ctx, src, best_of=2)
     with pytest.raises(ValueError, match="best_of must be >= 1"):
         untrained.realign(ctx, src, best_of=0)
+    for plain in ({"num_beams": 2}, {"prompt_lookup_num_tokens": 3}, {"draft": "chain"}):
+        with pytest.raises(ValueError, match="best_of samples chains: no beams, prompt lookup or chain drafting"):
+            untrained.realign(ctx, src, best_of=2, rerank=longest, **plain)
 
 
 def test_lm_measures_on_a_tiny_lm(tiny_tok: Any, tiny_lm: Any) -> None:

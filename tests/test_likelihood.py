@@ -32,12 +32,13 @@ def direct_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, e
 
 def test_scores_are_the_mean_token_logprob_of_a_plain_forward(direct_run: Path) -> None:
     scorer = RewriteLikelihood(direct_run, batch_size=2)
-    texts = ["Tom talks to his brother.", "Tom calmly talks to his brother about what made him angry.", "Tom.", "Sam."]
-    # Texts of one (context, source) share its prompt's pass, in groups of batch_size: interleave two.
-    sources = [SRC, SRC, SRC, "Sam hides the ladder."]
-    got = scorer([CTX, CTX, CTX, ""], texts, sources)
+    texts = ["Tom talks to his brother.", "Sam.", "Tom calmly talks to his brother about what made him angry.", "Tom."]
+    # Texts of one (context, source) share its prompt's pass, in groups of batch_size: two stories interleaved.
+    sources = [SRC, "Sam hides the ladder.", SRC, SRC]
+    contexts = [CTX, "", CTX, CTX]
+    got = scorer(contexts, texts, sources)
     model, tok = Realigner(direct_run).model, scorer.tokenizer
-    for text, score, ctx, src in zip(texts, got, [CTX, CTX, CTX, ""], sources):
+    for text, score, ctx, src in zip(texts, got, contexts, sources):
         prompt = prompt_ids(tok, ctx, src, scorer.max_length)
         completion = encode_completion(tok, None, text, src)
         with torch.no_grad():

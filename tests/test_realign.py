@@ -336,10 +336,10 @@ def test_a_plain_search_decodes_without_best_of_and_says_so(capsys):
     args = parse(["realign", "Tom hits his brother."])
     check_best_of(args)
     assert args.best_of == 16 and args.rerank == ["likelihood"] and args.temperature == 0.7 and capsys.readouterr().err == ""
-    for flags in (["--beams", "3"], ["--sample"], ["--prompt-lookup", "4"]):
+    for flags, name in ((["--beams", "3"], "--beams"), (["--sample"], "--sample"), (["--prompt-lookup", "4"], "--prompt-lookup"), (["--draft", "chain"], "--draft chain")):
         args = parse(["realign", "Tom hits his brother.", *flags])
         check_best_of(args)
-        assert args.best_of == 1 and f"note: {flags[0]}: decoding without best-of (--best-of 1)" in capsys.readouterr().err
+        assert args.best_of == 1 and f"note: {name}: decoding without best-of (--best-of 1)" in capsys.readouterr().err
 
 
 def test_no_default_run_is_a_one_line_error(monkeypatch, capsys):

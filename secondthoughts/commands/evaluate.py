@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coherence", help="coherence scorer (a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
                                        "or module:function); without it coherence is not measured")
     p.add_argument("--limit", type=int, help="evaluate the first N examples of --data")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8); with --best-of N it counts rows: a text takes N + 1, at least one text a batch")
     p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
     p.add_argument("--score-generated", action="store_true",
                    help="with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied")

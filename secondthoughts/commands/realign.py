@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input", help="JSONL of rows with source (and optional context, prefix) to re-align in batches")
     p.add_argument("--output", help="where --input's rows go, with the result fields added")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8); with --best-of N it counts rows: a text takes N + 1, at least one text a batch")
     add_decoding_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_dtype_argument(p)
@@ -64,11 +64,13 @@ def add_decoding_arguments(p: argparse.ArgumentParser, only: Collection[str] | N
 
 def check_best_of(args: argparse.Namespace) -> None:
     """Fail before any model loads on a bad --best-of / --rerank. Best-of (the default) samples:
-    a plain search asked for (--beams, --sample, --prompt-lookup) decodes without it, and says so."""
+    a plain search asked for (--beams, --sample, --prompt-lookup, --draft chain) decodes without it,
+    and says so."""
     if args.best_of < 1:
         raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
     plain = [f for f, on in (("--beams", getattr(args, "num_beams", 1) > 1), ("--sample", getattr(args, "do_sample", False)),
-                             ("--prompt-lookup", bool(getattr(args, "prompt_lookup_num_tokens", None)))) if on]  # fmt: skip
+                             ("--prompt-lookup", bool(getattr(args, "prompt_lookup_num_tokens", None))),
+                             ("--draft chain", getattr(args, "draft", "auto") == "chain")) if on]  # fmt: skip
     if args.best_of > 1 and plain:
         print(f"note: {' and '.join(plain)}: decoding without best-of (--best-of 1)", file=sys.stderr)
         args.best_of = 1
