@@ -48,8 +48,6 @@ i-th 1); ``pairing="product"`` pairs every 0 with every 1 instead.
 
 from __future__ import annotations
 
-import csv
-import importlib
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -67,12 +65,10 @@ from secondthoughts.data import (
     RowStream,
     clean_text,
     jsonl_rows,
-    open_text,
     pair_problem,
-    text_lines,
-    utf8_problem,
 )
 from secondthoughts.settings import setting
+from secondthoughts.table_rows import csv_rows, hub_rows, tsv_rows
 
 # ---------------------------------------------------------------- results
 
@@ -160,80 +156,6 @@ def parse_columns(spec: str) -> dict[str, str]:
     return cols
 
 
-def _check_header(path: Path, header: list[str], required: Sequence[str]) -> None:
-    missing = [c for c in required if c not in header]
-    if missing:  # every row would fail the same way: a file error, never skipped
-        raise DataError(f"{path}:1: field {missing[0]!r}: column missing from the header {header}")
-
-
-def _record(header: list[str], values: list[str]) -> Row | RowError:
-    if len(values) != len(header):
-        return RowError(ROW, f"{len(values)} fields where the header has {len(header)}")
-    for name, value in zip(header, values):
-        if problem := utf8_problem(value):
-            return RowError(name, problem)
-    return dict(zip(header, values))
-
-
-def _header(path: Path, names: list[str], required: Sequence[str]) -> list[str]:
-    header = [h.strip() for h in names]
-    for name in header:
-        if problem := utf8_problem(name):
-            raise DataError(f"{path}:1: header: {problem}")
-    _check_header(path, header, required)
-    return header
-
-
-def _csv_rows(path: Path, required: Sequence[str]) -> RowStream:
-    """RFC 4180 CSV: quoted fields may span lines; a record's line is where it starts."""
-    with open_text(path) as f:
-        reader = csv.reader(text_lines(f, path), strict=True)
-        try:
-            header = _header(path, next(reader, []), required)
-            end = reader.line_num
-            for values in reader:
-                start, end = end + 1, reader.line_num
-                if values:  # a blank line is no record
-                    yield start, _record(header, values)
-        except csv.Error as e:  # broken quoting desynchronizes the rest of the file
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
-
-
-def _tsv_rows(path: Path, required: Sequence[str]) -> RowStream:
-    """One record per line (ParaDetox's layout); a field may be wrapped in CSV-style quotes.
-
-    Parsing line by line keeps one broken quote from swallowing the lines after it.
-    """
-    with open_text(path) as f:
-        lines = enumerate((t.rstrip("\r\n") for t in text_lines(f, path)), 1)
-        _, first = next(lines, (1, ""))
-        header = _header(path, first.split("\t"), required)
-        for line, text in lines:
-            if not text.strip():
-                continue
-            try:
-                values = next(csv.reader([text], delimiter="\t", strict=True))
-            except csv.Error as e:
-                yield line, RowError(ROW, f"malformed quoting ({e})")
-                continue
-            yield line, _record(header, values)
-
-
-def _hub_rows(dataset_id: str, opts: _Options) -> RowStream:
-    split = opts.split or "train"
-    try:  # imported here: datasets is slow to import and only this path needs it
-        datasets = importlib.import_module("datasets")
-        ds = datasets.load_dataset(dataset_id, opts.hub_config, split=split)
-    except Exception as e:
-        raise DataError(
-            f"could not load Hugging Face dataset {dataset_id!r} (config {opts.hub_config!r}, split {split!r}): "
-            f"{type(e).__name__}: {e}. Without network access, export it to JSONL or CSV where the network "
-            f"allows and read that file with --format {opts.hub_format}."
-        ) from e
-    for i, row in enumerate(ds, 1):
-        yield i, dict(row)
-
-
 # ---------------------------------------------------------------- fields
 
 
@@ -293,13 +215,13 @@ class _Reader:
         """Rows from the hub, or from the file: the generic formats name their container, the
         others go by the file's extension (``container`` when it has no known one)."""
         if self.fmt == "hub":
-            return _hub_rows(self.path, self.opts)
+            return hub_rows(self.path, self.opts.split or "train", self.opts.hub_config, self.opts.hub_format)
         path = Path(self.path)
         suffixes = [s.lower().lstrip(".") for s in path.suffixes if s.lower() != ".gz"]
         ext = next((s for s in reversed(suffixes) if s in ("jsonl", "json", "csv", "tsv")), container)
         if self.fmt == "jsonl" or (self.fmt != "csv" and ext in ("jsonl", "json")):
             return jsonl_rows(path)
-        return _tsv_rows(path, required) if ext == "tsv" else _csv_rows(path, required)
+        return tsv_rows(path, required) if ext == "tsv" else csv_rows(path, required)
 
     def invalid(self, line: int, e: RowError) -> None:
         if not self.opts.skip_invalid:
