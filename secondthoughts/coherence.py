@@ -40,8 +40,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows
-from secondthoughts.reward import Item
-from secondthoughts.edits import DEFAULT_COST_SETS, Edit, apply_text_edits, infer_text_edits, tokenize
+from secondthoughts.edits import (
+    DEFAULT_COST_SETS,
+    Edit,
+    apply_text_edits,
+    infer_text_edits,
+    tokenize,
+)
+from secondthoughts.reward_data import Item
 
 COHERENT, BROKEN = 1, 0
 # Kinds of training texts: the two complete ones of an example, then the synthetic failures.

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from secondthoughts.data import Example
-from secondthoughts.reward import ALIGNED, RewardEnsemble, RewardFn, RewardModel, kind_counts, labelled_items
+from secondthoughts.reward import ALIGNED, RewardEnsemble, RewardFn, RewardModel
+from secondthoughts.reward_data import kind_counts, labelled_items
 
 
 def objective_of(model: RewardModel | RewardEnsemble) -> str:

@@ -17,15 +17,12 @@ from secondthoughts.reward import (
     ALIGNED,
     PAIR_KINDS,
     UNALIGNED,
-    Item,
     RewardConfig,
     RewardModel,
     grouped_batches,
-    kind_counts,
-    labelled_texts,
     progress_bar,
-    training_items,
 )
+from secondthoughts.reward_data import Item, kind_counts, labelled_texts, training_items
 
 
 def reward_loss(logits: torch.Tensor, items: Sequence[Item], pairwise_weight: float = 1.0,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from secondthoughts import reward as R
-from secondthoughts import reward_eval, reward_train
+from secondthoughts import reward_data, reward_eval, reward_train
 from secondthoughts.cli import main
 from secondthoughts.data import Example, write_examples
 from secondthoughts.precision import cpu_has_native_bf16, resolve_precision
@@ -76,23 +76,23 @@ def trained(tiny_bert: Path) -> tuple[R.RewardModel, dict[str, object]]:
 
 def test_hard_negatives_are_the_context_sentences() -> None:
     ex = TRAIN[0]
-    items = R.labelled_items([ex])  # all context sentences
+    items = reward_data.labelled_items([ex])  # all context sentences
     assert [(it.kind, it.label) for it in items] == [("target", 1), ("source", 0)] + [("context", 0)] * 3
     assert [it.text for it in items[2:]] == [ex.meta["norm"], ex.meta["situation"], ex.meta["intention"]]
     assert all(it.context == ex.context for it in items)
-    assert len(R.labelled_items([ex], hard_negatives=0)) == 2
+    assert len(reward_data.labelled_items([ex], hard_negatives=0)) == 2
     # A cap draws that many per example, seeded; over many draws every sentence comes up.
     gen = torch.Generator().manual_seed(0)
-    draws = [R.labelled_items([ex], 1, gen)[2:] for _ in range(12)]
+    draws = [reward_data.labelled_items([ex], 1, gen)[2:] for _ in range(12)]
     assert all(len(d) == 1 for d in draws) and {d[0].text for d in draws} == {it.text for it in items[2:]}
     again = torch.Generator().manual_seed(0)
-    assert [R.labelled_items([ex], 1, again)[2:] for _ in range(12)] == draws
+    assert [reward_data.labelled_items([ex], 1, again)[2:] for _ in range(12)] == draws
     # Without Moral Stories' parts the context is split into sentences; one equal to the
     # target would carry two labels and is left out; an empty context gives none.
     plain = Example("Be kind! Tom is kind.\nIs he?", "Tom is rude.", "Tom is kind.")
-    assert R.context_sentences(plain) == ["Be kind!", "Tom is kind.", "Is he?"]
-    assert [it.text for it in R.labelled_items([plain]) if it.kind == "context"] == ["Be kind!", "Is he?"]
-    assert len(R.labelled_items([Example("", "a", "b")])) == 2
+    assert reward_data.context_sentences(plain) == ["Be kind!", "Tom is kind.", "Is he?"]
+    assert [it.text for it in reward_data.labelled_items([plain]) if it.kind == "context"] == ["Be kind!", "Is he?"]
+    assert len(reward_data.labelled_items([Example("", "a", "b")])) == 2
 
 
 def test_training_counts_hard_negatives(tiny_bert: Path, trained: tuple[R.RewardModel, dict[str, object]]) -> None:
@@ -126,7 +126,7 @@ def test_batching_helpers() -> None:
 
 
 def test_reward_loss_matches_hand_computed_values() -> None:
-    items = [R.Item("", "good", 1, "target", 0), R.Item("", "bad", 0, "source", 0), R.Item("", "ctx", 0, "context", 0)]
+    items = [reward_data.Item("", "good", 1, "target", 0), reward_data.Item("", "bad", 0, "source", 0), reward_data.Item("", "ctx", 0, "context", 0)]
     logits = torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, -1.0]])
     ce = math.log(1 + math.exp(-1))  # each text: log-odds 1 toward its own label
     pair = math.log(1 + math.exp(-2))  # -log sigmoid(m_target - m_source) = -log sigmoid(1 - (-1))
