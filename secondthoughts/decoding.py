@@ -15,7 +15,8 @@ that both decode exactly as training encoded.
   a prompt's samples sharing its prefill (:func:`generate`); a greedy row beside a prompt's
   samples (:class:`GreedyRows`).
 
-Torch-free but for :func:`left_padded`, :func:`generate` and :class:`GreedyRows`.
+Torch-free but for :func:`left_padded`, :func:`generate`, :func:`repeated_prompt_cache` and
+:class:`GreedyRows`.
 """
 
 from __future__ import annotations
@@ -169,19 +170,14 @@ def generate(
     repeated (transformers' own ``num_return_sequences`` runs every copy of the prompt, which on a
     CPU cost as much as 40 decoding steps of the whole batch at best-of-8)."""
     import torch
-    from transformers import DynamicCache
 
     repeats = int(search.pop("num_return_sequences", 1) or 1)
     ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.inference_mode():
         cache = None
         if repeats > 1 and ids.shape[1] > 1 and search.get("num_beams", 1) == 1:
-            cache = DynamicCache(config=model.config)
-            # All but the last prompt token: generate runs the uncached rest and takes the logits from
-            # there. Positions count from each row's first real token, as generate counts them.
-            head = mask[:, :-1]
-            model(input_ids=ids[:, :-1], attention_mask=head, position_ids=(head.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(repeats)
+            # All but the last prompt token: generate runs the uncached rest and takes the logits from there.
+            cache = repeated_prompt_cache(model, ids[:, :-1], mask[:, :-1], repeats)
             ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
         elif repeats > 1:
             search["num_return_sequences"] = repeats
@@ -192,6 +188,20 @@ def generate(
             logits_processor=list(processors) or None, use_cache=True, **search,
         )  # fmt: skip
     return out[:, ids.shape[1] :].tolist()
+
+
+def repeated_prompt_cache(model: Any, ids: Any, mask: Any, repeats: int) -> Any:
+    """A ``DynamicCache`` of the (left-padded) prompts ``ids`` run once through ``model``'s decoder
+    (no vocabulary projection), each row repeated ``repeats`` times as ``repeat_interleave``
+    repeats rows: the prefill that a prompt's samples, or the candidates scored after it, share.
+    Positions count from each row's first real token, as ``generate`` counts them."""
+    from transformers import DynamicCache
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's LoRA-wrapped LM
+    cache = DynamicCache(config=lm.config)
+    lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(repeats)
+    return cache
 
 
 class GreedyRows:

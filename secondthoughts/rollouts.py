@@ -13,6 +13,7 @@ from torch import nn
 from secondthoughts.chain_text import EOC, parse_chain
 from secondthoughts.completion_loss import token_logprobs
 from secondthoughts.data import Example
+from secondthoughts.decoding import repeated_prompt_cache
 from secondthoughts.edits import Edit, EditError, apply_edits, detokenize, tokenize
 from secondthoughts.sequences import split_completion
 
@@ -117,16 +118,13 @@ class CompletionLogProbs(nn.Module):
         """:meth:`forward`'s result, (N, T), for N completions of one prompt (no constraint): the
         prompt runs through the model once and its cache is repeated for the N rows, as a
         best-of-N reranker's candidates of one text share their prompt (``likelihood``)."""
-        from transformers import DynamicCache
-
         if len(prompt) < 2 or not completions:
             raise ValueError("one_prompt needs a prompt of two or more tokens and at least one completion")
         lm = self.causal_lm()
         decoder, device = lm.get_decoder(), next(lm.parameters()).device
         n, wp, wc = len(completions), len(prompt), max(1, max(map(len, completions)))
-        cache = DynamicCache(config=lm.config)
-        decoder(input_ids=torch.tensor([list(prompt[:-1])], device=device), past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(n)
+        head = torch.tensor([list(prompt[:-1])], device=device)
+        cache = repeated_prompt_cache(lm, head, torch.ones_like(head), n)
         # The prompt's last token starts every row: its output predicts the completion's first.
         tail = torch.full((n, 1 + wc), pad_id, dtype=torch.long)
         tail[:, 0] = prompt[-1]
