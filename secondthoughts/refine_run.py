@@ -48,10 +48,10 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _step_prompts(examples: list[Any], seed: int, step: int, steps_per_epoch: int, per_step: int) -> list[Any]:
-    """The prompts of a step, all processes': a pure function of the step (each epoch its own shuffle)."""
+    """The prompts of a step, all processes': the step's slice of its epoch's order
+    (``runs.epoch_order``), wrapping around at the epoch's end."""
     epoch, index = divmod(step, steps_per_epoch)
-    order = list(range(len(examples)))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    order = runs.epoch_order(len(examples), seed, epoch)
     return [examples[order[(index * per_step + j) % len(order)]] for j in range(per_step)]
 
 

@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -37,7 +38,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -515,8 +516,6 @@ def check_same_settings(out: PathLike, section: str, config: Any, ignore: tuple[
     """A resumed run must have the settings it started with: ``config.json[section]``, read as
     ``type(config).from_dict`` reads it (settings it lacks take their defaults), against the
     settings dataclass ``config``, keys in ``ignore`` aside."""
-    from dataclasses import asdict
-
     saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))[section]
     # Both as config.json holds them: tuples are lists.
     saved, given = (json.loads(json.dumps(asdict(c))) for c in (type(config).from_dict(saved), config))
@@ -544,3 +543,11 @@ def begin_training(
         write_atomic(out / "config.json", json.dumps(info(), indent=2))
         write_atomic(out / "metrics.jsonl", "")
     return None
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of ``n`` training items in an epoch: its own shuffle, a pure function of (seed,
+    epoch), so that a resumed run takes the items the uninterrupted one would have."""
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order

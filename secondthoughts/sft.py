@@ -391,11 +391,9 @@ def _optimizer_step(accelerator: Any, params: list[nn.Parameter], optimizer: Any
 
 
 def _step_rows(rows: Sequence[Row], seed: int, step: int, steps_per_epoch: int, global_rows: int) -> list[Row]:
-    """The rows of a step: a pure function of the step (each epoch its own shuffle), so a resumed
-    run continues exactly where it stopped."""
+    """The rows of a step: the step's slice of its epoch's order (``runs.epoch_order``)."""
     epoch, index = divmod(step, steps_per_epoch)
-    order = list(range(len(rows)))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    order = runs.epoch_order(len(rows), seed, epoch)
     return [rows[i] for i in order[index * global_rows : (index + 1) * global_rows]]
 
 
@@ -508,9 +506,9 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     bar.close()
 
     finished = state.step >= total_steps or state.stopped_early
+    if finished and not eval_rows:  # nothing chose a best model: keep the last one
+        save_model_now()
     if finished and main:
-        if not eval_rows:  # nothing chose a best model: keep the last one
-            runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
         write_model_card(out)
     accelerator.wait_for_everyone()
     return TrainResult(out, state, total_steps, report, history, main)
