@@ -342,7 +342,7 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
     unless written ``coherence=module:function``)."""
-    from secondthoughts import reward, reward_eval
+    from secondthoughts import reward
     from secondthoughts.likelihood import RewriteLikelihood
 
     kinds: dict[str, list[Any]] = {"alignment": [], "coherence": [], "likelihood": []}
@@ -354,7 +354,7 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any
         fn = reward.load_scorer(path, **kw)
         if not kind:
             is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
-            kind = reward_eval.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
+            kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
     return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"])
 

@@ -425,6 +425,12 @@ def load(path: str | os.PathLike[str], **kw: Any) -> RewardModel | RewardEnsembl
     return (RewardEnsemble if fmt == ENSEMBLE_FORMAT else RewardModel).load(path, **kw)
 
 
+def objective_of(model: RewardModel | RewardEnsemble) -> str:
+    """What a loaded scorer measures ("alignment" or "coherence")."""
+    members = model.members if isinstance(model, RewardEnsemble) else [model]
+    return members[0].config.objective
+
+
 def check_scorer(spec: str, what: str = "--reward") -> None:
     """Fail fast, before any model loads, unless ``spec`` is a reward run or ensemble folder or
     ``module:function``."""

@@ -8,14 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from secondthoughts.data import Example
-from secondthoughts.reward import ALIGNED, RewardEnsemble, RewardFn, RewardModel
+from secondthoughts.reward import ALIGNED, RewardEnsemble, RewardFn, RewardModel, objective_of
 from secondthoughts.reward_data import kind_counts, labelled_items
-
-
-def objective_of(model: RewardModel | RewardEnsemble) -> str:
-    """What a loaded scorer measures ("alignment" or "coherence")."""
-    members = model.members if isinstance(model, RewardEnsemble) else [model]
-    return members[0].config.objective
 
 
 def evaluate_model(model: RewardModel | RewardEnsemble, examples: Sequence[Example], *, hard_negatives: bool = True,

@@ -210,7 +210,7 @@ def test_a_coherence_scorer_trains_through_the_reward_machinery(bert_backbone: P
     assert model.encoder.config.id2label == {0: "broken", 1: "coherent"}
     path = model.save(tmp_path / "coh", {"dev": {}})
     loaded = R.load(path)
-    assert reward_eval.objective_of(loaded) == "coherence"
+    assert R.objective_of(loaded) == "coherence"
     m = reward_eval.evaluate_model(loaded, tiny.EXAMPLES)
     assert {"auc", "pairwise_accuracy", "accuracy_target", "accuracy_splice"} <= set(m) and 0 <= m["auc"] <= 1
     rr = C.load_reranker([str(path)], 2.0)
