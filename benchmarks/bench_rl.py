@@ -115,7 +115,7 @@ def measure_phases(r: Any) -> Any:
         (refine.Refiner, "rollout", "rollout (generate k chains per prompt)"),
         (refine.Refiner, "score", "score (reward callable)"),
         (refine.Refiner, "update", "update (everything below)"),
-        (refine.Refiner, "_ail_rows", "AIL rows (expert chains, tokenized)"),
+        (refine.Refiner, "ail_rows", "AIL rows (expert chains, tokenized)"),
         (constraint_sets, "completion_masks", "constraint masks (allowed tokens per position, dense)"),
         (constraint_sets, "completion_sets", "constraint sets (allowed tokens per position, index sets)"),
         (refine.Refiner, "reference_logprobs", "reference log-probs (no grad)"),

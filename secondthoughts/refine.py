@@ -56,19 +56,16 @@ import torch
 import torch.nn.functional as F
 
 from secondthoughts import behaviour, decoding, models, settings
+from secondthoughts.ail import NEGATIVES, AilRows, ail_rows, ail_terms, prompt_ail_rows
 from secondthoughts.chain_text import EOC, render_chain
-from secondthoughts.coherence import combined_reward
 from secondthoughts.data import Example
-from secondthoughts.edits import Edit, infer_edits, merge_close_edits, tokenize
+from secondthoughts.edits import Edit
 from secondthoughts.policy import load_policy
 from secondthoughts.rl_loss import (
-    ail_hinge,
     clipped_policy_loss,
     greedy_advantages,
-    mean_token_logp,
     rloo_advantages,
     sequence_kl,
-    total_rewards,
 )
 from secondthoughts.rollouts import (
     CompletionLogProbs,
@@ -76,11 +73,11 @@ from secondthoughts.rollouts import (
     batch_rows,
     read_chain,
     row_slice,
+    score_rollout,
 )
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 BASELINES: tuple[str, ...] = ("rloo", "greedy")
-NEGATIVES: tuple[str, ...] = ("sample", "reverse", "both")
 
 
 _f = settings.setting
@@ -299,26 +296,8 @@ class Refiner:
     def score(self, batch: Rollout) -> torch.Tensor:
         """Alignment score of each valid re-aligned text plus the validity term (sets
         ``batch.scores`` and ``batch.rewards``; the greedy decode too). Returns ``batch.rewards``."""
-        parts = [batch] + ([batch.greedy] if batch.greedy is not None else [])
-        todo = [(b, i) for b in parts for i in range(len(b)) if b.valid[i]]
-        contexts, texts = [b.contexts[i] for b, i in todo], [b.texts[i] for b, i in todo]
-        got = self.reward_fn(contexts, texts) if todo else []
-        if len(got) != len(todo):
-            raise ValueError(f"the reward function returned {len(got)} scores for {len(todo)} texts")
-        coh = self.coherence_fn(contexts, texts) if todo and self.coherence_fn is not None else None
-        if coh is not None:
-            if len(coh) != len(todo):
-                raise ValueError(f"the coherence function returned {len(coh)} scores for {len(todo)} texts")
-            got_a, got_c = iter(float(x) for x in got), iter(float(x) for x in coh)
-            for b in parts:
-                b.alignment = torch.tensor([next(got_a) if v else 0.0 for v in b.valid], dtype=torch.float32)
-                b.coherence = torch.tensor([next(got_c) if v else 0.0 for v in b.valid], dtype=torch.float32)
-            got = combined_reward([float(x) for x in got], [float(x) for x in coh], self.config.coherence_weight)
-        values = iter(float(x) for x in got)
-        for b in parts:
-            b.scores = torch.tensor([next(values) if v else 0.0 for v in b.valid], dtype=torch.float32)
-            b.rewards = total_rewards(b.scores, torch.tensor(b.valid), self.config.invalid_penalty)
-        return batch.rewards  # type: ignore[return-value]
+        cfg = self.config
+        return score_rollout(batch, self.reward_fn, self.coherence_fn, cfg.coherence_weight, cfg.invalid_penalty)
 
     # ------------------------------------------------------------ update
 
@@ -363,38 +342,20 @@ class Refiner:
         with torch.no_grad(), self.accelerator.autocast():
             return self._by_rows(lambda r: self.logprobs(**r).float(), rows)
 
-    def _ail_rows(self, batch: Rollout) -> tuple[list[list[int]], list[list[int]], list[str]]:
-        """Expert chains (gold, source -> target) and, for ``reverse`` negatives, the chain built the
-        same way toward the unaligned text (target -> source) after a prompt holding the target."""
-        prompts: list[list[int]] = []
-        comps: list[list[int]] = []
-        sources: list[str] = []
-        costs = self.config.costs
-        for ex, p in zip(batch.examples, batch.prompt_ids):
-            prompts.append(p)
-            comps.append(self._chain_ids(self._expert(ex.source, ex.target, costs), ex.source))
-            sources.append(ex.source)
-        if self.config.ail_negative in ("reverse", "both"):
-            for ex in batch.examples:
-                prompts.append(self.prompt_ids(Example(ex.context, ex.target, ex.source, ex.id)))
-                comps.append(self._chain_ids(self._expert(ex.target, ex.source, costs), ex.target))
-                sources.append(ex.target)
-        return prompts, comps, sources
-
-    def _expert(self, source: str, target: str, costs: tuple[float, float, float]) -> list[Edit]:
-        tokens = tokenize(source)
-        chain = infer_edits(tokens, tokenize(target), *costs)
-        return chain if self.merge_gap is None else merge_close_edits(tokens, chain, self.merge_gap)
+    def ail_rows(self, batch: Rollout) -> AilRows:
+        """The AIL rows of ``batch``'s prompts (:func:`~secondthoughts.ail.ail_rows`), chains as the policy learned them."""
+        cfg = self.config
+        return ail_rows(batch.examples, batch.prompt_ids, self.prompt_ids, self._chain_ids, cfg.costs, self.merge_gap, cfg.ail_negative)
 
     def _chain_ids(self, chain: list[Edit], source: str) -> list[int]:
         # Tokenized as sequences.encode_completion tokenizes training chains.
         return list(self.tokenizer(render_chain(chain, source, self.chain_format), add_special_tokens=False)["input_ids"])
 
-    def _group_rows(self, batch: Rollout, g: int, ail: tuple[list[list[int]], list[list[int]], list[str]]) -> tuple[dict[str, Any], int]:
+    def _group_rows(self, batch: Rollout, g: int, ail: AilRows) -> tuple[dict[str, Any], int]:
         """Model inputs of prompt ``g``'s ``k`` samples followed by its AIL rows (the expert chain,
         then the reverse chain when used), and the tokens outside the constraint's sets."""
-        k, p = batch.k, len(batch.examples)
-        mine = [g, p + g][: len(ail[0]) // p] if ail[0] else []
+        k = batch.k
+        mine = prompt_ail_rows(ail, g, len(batch.examples))
         return self._rows(
             [batch.prompt_ids[g]] * k + [ail[0][j] for j in mine],
             batch.completion_ids[g * k : (g + 1) * k] + [ail[1][j] for j in mine],
@@ -412,19 +373,13 @@ class Refiner:
         finally:
             self.policy.eval()
 
-    def _ail_terms(self, logps: torch.Tensor, mask: torch.Tensor, k: int, lowest: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One prompt's AIL hinge (rows: its ``k`` samples, the expert chain, the reversed one),
-        the expert's mean log-prob minus the negatives' (mean), and the expert's: the negatives
-        are the lowest-reward sample (``lowest``) and / or the reversed chain (``ail_negative``)."""
-        cfg = self.config
-        expert_ll = mean_token_logp(logps[k : k + 1], mask[k : k + 1])
-        negatives = []
-        if cfg.ail_negative in ("sample", "both"):
-            negatives.append(mean_token_logp(logps[lowest : lowest + 1], mask[lowest : lowest + 1]))
-        if cfg.ail_negative in ("reverse", "both"):
-            negatives.append(mean_token_logp(logps[k + 1 : k + 2], mask[k + 1 : k + 2]))
-        ail_loss = torch.stack([ail_hinge(expert_ll, neg, cfg.ail_margin) for neg in negatives]).mean()
-        return ail_loss, torch.stack([expert_ll - neg for neg in negatives]).mean(), expert_ll
+    def _greedy_totals(self, batch: Rollout) -> torch.Tensor | None:
+        """The greedy baseline's KL-penalized rewards (the LaMer baseline), or None for RLOO."""
+        if batch.greedy is None:
+            return None
+        g_rows, _ = self.sample_rows(batch.greedy)
+        g_kl = sequence_kl(self.policy_logprobs(g_rows), self.reference_logprobs(g_rows), g_rows["completion_mask"])
+        return batch.greedy.rewards.to(self.device) - self.config.beta * g_kl  # type: ignore[union-attr]
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """KL-penalized rewards, advantages, and ``ppo_epochs`` optimizer steps on this batch
@@ -439,17 +394,12 @@ class Refiner:
         cfg = self.config
         n, k, p = len(batch), batch.k, len(batch.examples)
         use_ail = cfg.ail_weight > 0
-        ail = self._ail_rows(batch) if use_ail else ([], [], [])
+        ail = self.ail_rows(batch) if use_ail else ([], [], [])
         groups = [self._group_rows(batch, g, ail) for g in range(p)]
         outside = sum(o for _, o in groups)
         refs = [F.pad(self.reference_logprobs(row_slice(rows, 0, k)), (0, rows["completion_ids"].shape[1])) for rows, _ in groups]
         rewards = batch.rewards.to(self.device)
-        g_total = None
-        if batch.greedy is not None:
-            g = batch.greedy
-            g_rows, _ = self.sample_rows(g)
-            g_kl = sequence_kl(self.policy_logprobs(g_rows), self.reference_logprobs(g_rows), g_rows["completion_mask"])
-            g_total = g.rewards.to(self.device) - cfg.beta * g_kl  # type: ignore[union-attr]
+        g_total = self._greedy_totals(batch)
         lowest = batch.rewards.view(p, k).argmin(1).tolist()  # each prompt's lowest-reward sample
         olds: list[torch.Tensor] = []
         kls: list[torch.Tensor] = []
@@ -478,7 +428,7 @@ class Refiner:
                         policy_loss, clip_frac = clipped_policy_loss(logps[:k], olds[g], advantages[g], mask, cfg.clip_eps)
                         loss = policy_loss * (k / n)  # clipped_policy_loss averages over its k chains; the batch's over n
                         if use_ail:
-                            ail_loss, gap, expert_ll = self._ail_terms(logps, rows["completion_mask"], k, lowest[g])
+                            ail_loss, gap, expert_ll = ail_terms(logps, rows["completion_mask"], k, lowest[g], cfg.ail_negative, cfg.ail_margin)
                             loss = loss + cfg.ail_weight * ail_loss / p  # the hinge is averaged over prompts
                             if epoch == 0:
                                 sums["ail_loss"] += ail_loss.item() / p

@@ -3,7 +3,7 @@ generated ids, prompt + completion rows, and the completion log-probabilities th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from secondthoughts.completion_loss import token_logprobs
 from secondthoughts.data import Example
 from secondthoughts.decoding import repeated_prompt_cache
 from secondthoughts.edits import Edit, EditError, apply_edits, detokenize, tokenize
+from secondthoughts.rl_loss import total_rewards
 from secondthoughts.sequences import split_completion
 
 
@@ -46,6 +47,38 @@ class Rollout:
     @property
     def sources(self) -> list[str]:
         return [self.examples[i // self.k].source for i in range(len(self))]
+
+
+def score_rollout(
+    batch: Rollout, reward_fn: Callable[[list[str], list[str]], Sequence[float]], coherence_fn: Callable[[list[str], list[str]], Sequence[float]] | None,
+    coherence_weight: float, invalid_penalty: float,
+) -> torch.Tensor:  # fmt: skip
+    """Score each valid text of ``batch`` (and of its greedy decode) with ``reward_fn`` (with a
+    ``coherence_fn``: ``coherence.combined_reward`` of the two); invalid chains get
+    ``-invalid_penalty``. Sets ``scores`` and ``rewards`` (and ``alignment`` / ``coherence``);
+    returns ``batch.rewards``."""
+    from secondthoughts.coherence import combined_reward
+
+    parts = [batch] + ([batch.greedy] if batch.greedy is not None else [])
+    todo = [(b, i) for b in parts for i in range(len(b)) if b.valid[i]]
+    contexts, texts = [b.contexts[i] for b, i in todo], [b.texts[i] for b, i in todo]
+    got = reward_fn(contexts, texts) if todo else []
+    if len(got) != len(todo):
+        raise ValueError(f"the reward function returned {len(got)} scores for {len(todo)} texts")
+    coh = coherence_fn(contexts, texts) if todo and coherence_fn is not None else None
+    if coh is not None:
+        if len(coh) != len(todo):
+            raise ValueError(f"the coherence function returned {len(coh)} scores for {len(todo)} texts")
+        got_a, got_c = iter(float(x) for x in got), iter(float(x) for x in coh)
+        for b in parts:
+            b.alignment = torch.tensor([next(got_a) if v else 0.0 for v in b.valid], dtype=torch.float32)
+            b.coherence = torch.tensor([next(got_c) if v else 0.0 for v in b.valid], dtype=torch.float32)
+        got = combined_reward([float(x) for x in got], [float(x) for x in coh], coherence_weight)
+    values = iter(float(x) for x in got)
+    for b in parts:
+        b.scores = torch.tensor([next(values) if v else 0.0 for v in b.valid], dtype=torch.float32)
+        b.rewards = total_rewards(b.scores, torch.tensor(b.valid), invalid_penalty)
+    return batch.rewards  # type: ignore[return-value]
 
 
 def read_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool, chain_format: str) -> tuple[list[Edit], str, str | None]:

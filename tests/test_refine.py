@@ -220,7 +220,7 @@ def test_an_inline_policy_samples_and_imitates_inline_chains(tmp_path, tiny_mode
             assert parse_chain(split_completion(r.vocab.decode(ids))[0], source, "inline") == chain
     _, outside = r.sample_rows(batch)
     assert outside == 0
-    _, gold, _ = r._ail_rows(batch)
+    _, gold, _ = r.ail_rows(batch)
     assert all(r.vocab.keep in ids for ids in gold[: len(exs)])  # gold chains as the policy writes them: inline, merged
     for ex, ids in zip(exs, gold):
         chain = parse_chain(r.vocab.decode(ids), ex.source, "inline")
@@ -323,7 +323,7 @@ def _whole_batch_update(r, batch):
 
     cfg = r.config
     n, k, p = len(batch), batch.k, len(batch.examples)
-    ail_prompts, ail_comps, ail_sources = r._ail_rows(batch)
+    ail_prompts, ail_comps, ail_sources = r.ail_rows(batch)
     rows = batch_rows([batch.prompt_ids[i // k] for i in range(n)] + ail_prompts, batch.completion_ids + ail_comps, r.pad_id)
     size = r.policy.get_output_embeddings().weight.shape[0]
     allow, outside = completion_masks(r.vocab, batch.sources + ail_sources, batch.completion_ids + ail_comps, size, chain_format=r.chain_format)
