@@ -179,92 +179,109 @@ def parse_compact(
         inline = KEEP in text
     if inline and tokens is None:
         raise EditError("an inline chain is read against its source: none given")
-    pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
-    pos = 0
-    for m in _SPECIAL_RE.finditer(text):
-        if m.start() > pos:
-            pieces.append((text[pos : m.start()], pos))
-        pieces.append((m.group(), m.start()))
-        pos = m.end()
-    if pos < len(text):
-        pieces.append((text[pos:], pos))
-
-    edits: list[Edit] = []
-    k = 0
-
-    def fail(msg: str, offset: int) -> EditError:
-        return EditError(f"compact chain, edit {len(edits)} at character {offset}: {msg}")
-
-    def content(marker: str) -> str:
-        nonlocal k
-        if k >= len(pieces) or pieces[k][0] != marker:
-            got = pieces[k][0] if k < len(pieces) else "end of text"
-            raise fail(f"expected {marker}, got {got!r}", pieces[k][1] if k < len(pieces) else len(text))
-        k += 1
-        if k >= len(pieces) or pieces[k][0] in MARKERS:
-            raise fail(f"empty content after {marker}", pieces[k - 1][1])
-        k += 1
-        try:
-            return unescape(pieces[k - 1][0])
-        except EditError as e:
-            raise fail(str(e), pieces[k - 1][1]) from None
-
+    r = _ChainReader(text, tokens)
     cursor, kept = 0, False  # inline: where the next edit stands; whether kept text led there
-    while k < len(pieces):
-        piece, off = pieces[k]
+    while r.k < len(r.pieces):
+        piece, off = r.pieces[r.k]
         if piece == EOC:
-            if k != len(pieces) - 1:
-                raise fail(f"text after {EOC}: {pieces[k + 1][0]!r}", pieces[k + 1][1])
-            return edits
+            if r.k != len(r.pieces) - 1:
+                raise r.fail(f"text after {EOC}: {r.pieces[r.k + 1][0]!r}", r.pieces[r.k + 1][1])
+            return r.edits
         if inline and piece == KEEP and not kept:
-            span = tokenize(content(KEEP))
-            if tokens[cursor : cursor + len(span)] != span:  # type: ignore[index]
-                raise fail(f"kept text {detokenize(span)!r} is not the source's text from token {cursor}", off)
-            cursor, kept = cursor + len(span), True
+            cursor, kept = r.kept_text(cursor, off), True
             continue
         if piece not in _MARK_OP:
-            raise fail(f"expected an edit marker{f', {KEEP}' if inline and not kept else ''} or {EOC}, got {piece!r}", off)
+            raise r.fail(f"expected an edit marker{f', {KEEP}' if inline and not kept else ''} or {EOC}, got {piece!r}", off)
         op = _MARK_OP[piece]
-        k += 1
+        r.k += 1
         if inline:
-            edits.append(_inline_edit(op, cursor, kept, edits, tokens, content, fail, off))  # type: ignore[arg-type]
-            cursor, kept = edits[-1].end, False
-            continue
+            r.edits.append(r.inline_edit(op, cursor, kept, off))
+            cursor, kept = r.edits[-1].end, False
+        else:
+            r.edits.append(r.placed_edit(piece, op, off))
+    if require_end:
+        raise EditError(f"compact chain ends without {EOC} after {len(r.edits)} edits")
+    return r.edits
+
+
+class _ChainReader:
+    """Reading one compact chain: its pieces (markers and the text between them, each with its
+    character offset), the next piece ``k``, the edits read so far and the source's tokens."""
+
+    def __init__(self, text: str, tokens: list[str] | None):
+        self.text, self.tokens, self.k = text, tokens, 0
+        self.edits: list[Edit] = []
+        self.pieces: list[tuple[str, int]] = []  # (marker or text, char offset)
+        pos = 0
+        for m in _SPECIAL_RE.finditer(text):
+            if m.start() > pos:
+                self.pieces.append((text[pos : m.start()], pos))
+            self.pieces.append((m.group(), m.start()))
+            pos = m.end()
+        if pos < len(text):
+            self.pieces.append((text[pos:], pos))
+
+    def fail(self, msg: str, offset: int) -> EditError:
+        return EditError(f"compact chain, edit {len(self.edits)} at character {offset}: {msg}")
+
+    def content(self, marker: str) -> str:
+        """The text after ``marker``, which must be the next piece; both are read."""
+        pieces, k = self.pieces, self.k
+        if k >= len(pieces) or pieces[k][0] != marker:
+            got = pieces[k][0] if k < len(pieces) else "end of text"
+            raise self.fail(f"expected {marker}, got {got!r}", pieces[k][1] if k < len(pieces) else len(self.text))
+        if k + 1 >= len(pieces) or pieces[k + 1][0] in MARKERS:
+            raise self.fail(f"empty content after {marker}", pieces[k][1])
+        self.k = k + 2
+        try:
+            return unescape(pieces[k + 1][0])
+        except EditError as e:
+            raise self.fail(str(e), pieces[k + 1][1]) from None
+
+    def kept_text(self, cursor: int, off: int) -> int:
+        """An inline chain's kept text (its ``<|keep|>`` next), checked against the source at
+        ``cursor``; returns where the next edit stands."""
+        span = tokenize(self.content(KEEP))
+        if self.tokens[cursor : cursor + len(span)] != span:  # type: ignore[index]
+            raise self.fail(f"kept text {detokenize(span)!r} is not the source's text from token {cursor}", off)
+        return cursor + len(span)
+
+    def inline_edit(self, op: Op, cursor: int, kept: bool, off: int) -> Edit:
+        """One edit of an inline chain, its marker read: it stands at ``cursor``."""
+        prev = "" if kept or not self.edits else self.edits[-1].op
+        if lowest_start(op, cursor, prev) > cursor:
+            raise self.fail(f"{op} right after {prev}: an edit there needs kept text before it ({KEEP})", off)
+        old = tokenize(self.content(OLD)) if op != "insert" else []
+        if old and self.tokens[cursor : cursor + len(old)] != old:  # type: ignore[index]
+            raise self.fail(f"{detokenize(old)!r} is not the source's text from token {cursor}", off)
+        new = tokenize(self.content(NEW)) if op != "delete" else []
+        return Edit(op, cursor, tuple(old), tuple(new)).check()
+
+    def placed_edit(self, marker: str, op: Op, off: int) -> Edit:
+        """One edit of a positional or anchored chain, its marker read: at the position written
+        after it, right where the previous edit ends (``<|ins|><|new|>``), or where its anchor (an
+        insert's) or old text (a delete's or replace's) first occurs after the previous edit."""
+        pieces, edits = self.pieces, self.edits
         start: int | None = None
-        if k < len(pieces) and re.fullmatch(r"\d+", pieces[k][0]):
-            start = int(pieces[k][0])
-            k += 1
-        elif op == "insert" and k < len(pieces) and pieces[k][0] == NEW:
+        if self.k < len(pieces) and re.fullmatch(r"\d+", pieces[self.k][0]):
+            start = int(pieces[self.k][0])
+            self.k += 1
+        elif op == "insert" and self.k < len(pieces) and pieces[self.k][0] == NEW:
             prev = edits[-1] if edits else None
             if prev is not None and not insert_here(prev.op):
-                raise fail(f"{INS}{NEW} (right where the previous edit ends) cannot follow an insert", off)
+                raise self.fail(f"{INS}{NEW} (right where the previous edit ends) cannot follow an insert", off)
             start = prev.end if prev else 0
-        elif k < len(pieces) and pieces[k][0] != OLD:
-            raise fail(f"{piece} must be followed by a position or {OLD}" + (f" or {NEW}" if op == "insert" else ""), off)
-        anchor = tokenize(content(OLD)) if op == "insert" and start is None else []
-        old = tokenize(content(OLD)) if op != "insert" else []
-        new = tokenize(content(NEW)) if op != "delete" else []
+        elif self.k < len(pieces) and pieces[self.k][0] != OLD:
+            raise self.fail(f"{marker} must be followed by a position or {OLD}" + (f" or {NEW}" if op == "insert" else ""), off)
+        anchor = tokenize(self.content(OLD)) if op == "insert" and start is None else []
+        old = tokenize(self.content(OLD)) if op != "insert" else []
+        new = tokenize(self.content(NEW)) if op != "delete" else []
         if start is None:
-            if tokens is None:
-                raise fail(f"{piece} without a position: reading it needs the source", off)
+            if self.tokens is None:
+                raise self.fail(f"{marker} without a position: reading it needs the source", off)
             prev = edits[-1] if edits else None
             lo = lowest_start(op, prev.end, prev.op) if prev else 0
-            start = resolve_anchor(tokens, op, anchor or old, lo)
+            start = resolve_anchor(self.tokens, op, anchor or old, lo)
             if start is None:
-                raise fail(f"{detokenize(anchor or old)!r} does not occur in the source after token {lo}", off)
-        edits.append(Edit(op, start, tuple(old), tuple(new)).check())
-    if require_end:
-        raise EditError(f"compact chain ends without {EOC} after {len(edits)} edits")
-    return edits
-
-
-def _inline_edit(op: Op, cursor: int, kept: bool, edits: list[Edit], tokens: list[str], content: Any, fail: Any, off: int) -> Edit:
-    """One edit of an inline chain, its marker read: it stands at ``cursor``."""
-    prev = "" if kept or not edits else edits[-1].op
-    if lowest_start(op, cursor, prev) > cursor:
-        raise fail(f"{op} right after {prev}: an edit there needs kept text before it ({KEEP})", off)
-    old = tokenize(content(OLD)) if op != "insert" else []
-    if old and tokens[cursor : cursor + len(old)] != old:
-        raise fail(f"{detokenize(old)!r} is not the source's text from token {cursor}", off)
-    new = tokenize(content(NEW)) if op != "delete" else []
-    return Edit(op, cursor, tuple(old), tuple(new)).check()
+                raise self.fail(f"{detokenize(anchor or old)!r} does not occur in the source after token {lo}", off)
+        return Edit(op, start, tuple(old), tuple(new)).check()
