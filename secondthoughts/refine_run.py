@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from secondthoughts import models, plots, runs
-from secondthoughts.data import read_examples
+from secondthoughts.data import Example, read_examples
 from secondthoughts.policy import save_policy
-from secondthoughts.refine import GUARDS, RefineResult, RefineState, Refiner
+from secondthoughts.refine import GUARDS, RefineConfig, RefineResult, RefineState, Refiner
 
 
 def _per_sample(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -83,6 +83,30 @@ def _step(r: Refiner, mine: list[Any], state: RefineState) -> dict[str, Any]:
     return row
 
 
+def _prompts(cfg: RefineConfig) -> tuple[list[Example], list[Example]]:
+    """The training prompts (at least one) and the held-out ones (at most ``eval_max``)."""
+    if not cfg.data:
+        raise ValueError("no prompts: pass --data examples.jsonl")
+    train_ex = list(read_examples(cfg.data))
+    if not train_ex:
+        raise ValueError(f"{cfg.data} holds no examples")
+    return train_ex, list(read_examples(cfg.eval_data))[: cfg.eval_max] if cfg.eval_data else []
+
+
+def _run_info(r: Refiner, data: dict[str, int], plan: dict[str, int]) -> dict[str, Any]:
+    """config.json of a refinement run (see the ``refine`` module docstring)."""
+    cfg = r.config
+    return {
+        "train": r.aem_info or {"mode": "coe"},
+        "refine": asdict(cfg),
+        "policy": {"source": cfg.policy, "aem_lora_base": r.aem.base if r.aem else None, "reference": "frozen copy" if r.reference is not None else "adapter disabled"},
+        "data": data,
+        "plan": plan,
+        "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(r.policy))),
+        "env": runs.environment(),
+    }  # fmt: skip
+
+
 def run(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     """``Refiner.train``: see the module docstring of ``refine`` for the run folder."""
     from tqdm.auto import tqdm
@@ -95,27 +119,12 @@ def run(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         runs.check_same_settings(out, "refine", cfg)
     acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
-    if not cfg.data:
-        raise ValueError("no prompts: pass --data examples.jsonl")
-    train_ex = list(read_examples(cfg.data))
-    if not train_ex:
-        raise ValueError(f"{cfg.data} holds no examples")
-    eval_ex = list(read_examples(cfg.eval_data))[: cfg.eval_max] if cfg.eval_data else []
+    train_ex, eval_ex = _prompts(cfg)
     per_step = cfg.prompts_per_step * world
     steps_per_epoch = max(1, math.ceil(len(train_ex) / per_step))
-
-    def info() -> dict[str, Any]:
-        return {
-            "train": r.aem_info or {"mode": "coe"},
-            "refine": asdict(cfg),
-            "policy": {"source": cfg.policy, "aem_lora_base": r.aem.base if r.aem else None, "reference": "frozen copy" if r.reference is not None else "adapter disabled"},
-            "data": {"train_examples": len(train_ex), "eval_examples": len(eval_ex)},
-            "plan": {"world_size": world, "prompts_per_step": per_step, "samples_per_step": per_step * cfg.k, "steps_per_epoch": steps_per_epoch},
-            "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(r.policy))),
-            "env": runs.environment(),
-        }  # fmt: skip
-
-    saved = runs.begin_training(out, ckpt, (r.policy, r.optimizer, r.scheduler), world, rank, main, info, cfg.steps)
+    plan = {"world_size": world, "prompts_per_step": per_step, "samples_per_step": per_step * cfg.k, "steps_per_epoch": steps_per_epoch}
+    data = {"train_examples": len(train_ex), "eval_examples": len(eval_ex)}
+    saved = runs.begin_training(out, ckpt, (r.policy, r.optimizer, r.scheduler), world, rank, main, lambda: _run_info(r, data, plan), cfg.steps)
     state = RefineState(**saved) if saved is not None else RefineState()
     if saved is None:  # sampling is seeded per step (_step_seed); these seed the rest
         random.seed(cfg.seed)

@@ -424,6 +424,25 @@ def _accelerator(dtype: str) -> Any:
     return Accelerator(mixed_precision="bf16" if cuda_bf16 else "no", cpu=not torch.cuda.is_available())
 
 
+def _optimizer(loss_module: Any, config: TrainConfig, total_steps: int) -> tuple[list[torch.nn.Parameter], Any, Any]:
+    """The trainable parameters, AdamW over them and the learning-rate schedule."""
+    from transformers import get_scheduler
+
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
+    return params, optimizer, get_scheduler(config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+
+
+def _train_step(ddp_module: Any, accelerator: Any, step_rows: Sequence[Row], config: TrainConfig, pad_id: int, opt: tuple[Any, Any, Any]) -> tuple[float, int]:
+    """One optimizer step on a step's rows: the mean loss over their completion tokens (all
+    processes') and this process's tokens."""
+    params, optimizer, scheduler = opt
+    n_loss, n_tokens = _rows_tokens(step_rows)
+    loss_sum = _accumulate_gradients(ddp_module, accelerator, step_rows, config, pad_id, n_loss)
+    _optimizer_step(accelerator, params, optimizer, scheduler, config.max_grad_norm)
+    return float(accelerator.reduce(loss_sum, "sum")) / max(n_loss, 1), n_tokens
+
+
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
     """Run AEM fine-tuning as configured; see the module docstring for the run folder.
 
@@ -431,7 +450,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     ends the run after that many steps as if killed (for tests of resume).
     """
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     out = Path(config.out)
     check_init_from(config)
@@ -453,9 +471,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     loss_module = CompletionLoss(model)
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.scheduler, optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    params, optimizer, scheduler = _optimizer(loss_module, config, total_steps)
 
     plan = {"world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
     state = _begin(config, ckpt_dir, (model, optimizer, scheduler), world, rank, main, lambda: _run_info(config, counts, report, plan, model), total_steps)
@@ -480,11 +496,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     checkpoint_every = config.checkpoint_every or config.eval_every
     while state.step < total_steps and not state.stopped_early:
         step_rows = _step_rows(rows, config.seed, state.step, steps_per_epoch, global_rows)
-        n_loss, n_tokens = _rows_tokens(step_rows)
         t0 = time.perf_counter()
-        loss_sum = _accumulate_gradients(ddp_module, accelerator, step_rows, config, pad_id, n_loss)
-        _optimizer_step(accelerator, params, optimizer, scheduler, config.max_grad_norm)
-        step_loss = float(accelerator.reduce(loss_sum, "sum")) / max(n_loss, 1)
+        step_loss, n_tokens = _train_step(ddp_module, accelerator, step_rows, config, pad_id, (params, optimizer, scheduler))
         dt = time.perf_counter() - t0
         state.step += 1
         state.tokens += n_tokens
