@@ -1,7 +1,9 @@
 """One entry point: ``secondthoughts <command>``.
 
 Each command lives in ``secondthoughts.commands.<module>`` with ``add_arguments(parser)`` and
-``run(args) -> int``. Only the chosen command's module is imported, so ``edits`` and
+``run(args) -> int``; a command whose flags come from settings dataclasses names them in
+``settings_parts(args)``, and its settings are read by one rule (``settings.resolve``: defaults,
+then ``--config`` YAML, then the flags given) before ``run``. Only the chosen command's module is imported, so ``edits`` and
 ``prepare`` start without loading torch. A module may name the flags that hold example files
 (``EXAMPLE_FLAGS``): those files are read and checked before the full parser (and torch) loads,
 so a bad ``--data`` fails in well under a second; and the flags that name a file to write
@@ -80,6 +82,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             importlib.import_module(f"secondthoughts.commands.{module}").add_arguments(p)
+            parser.set_defaults(command_parser=p)
     _add_debug(parser, top=True)
     return parser
 
@@ -107,14 +110,26 @@ def precheck(module: Any, argv: list[str]) -> None:
             count_examples(path)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as the chosen command reads it: parsed, then (a command with
+    ``settings_parts``) every setting filled in by one rule, ``settings.resolve``: the defaults,
+    then ``--config``, then the flags given."""
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(f"secondthoughts.commands.{COMMANDS[args.command][0]}") if args.command else None
+    if hasattr(module, "settings_parts"):
+        from secondthoughts.settings import resolve
+
+        resolve(args, module.settings_parts(args), f"{args.command} settings", args.command_parser.error)  # type: ignore[union-attr]
+    return args
+
+
 def _run(argv: list[str]) -> int:
     chosen = _chosen(argv)
     if chosen in COMMANDS:
         precheck(importlib.import_module(f"secondthoughts.commands.{COMMANDS[chosen][0]}"), argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if not args.command:
-        parser.print_help()
+        build_parser(argv).print_help()
         return 2
     module = importlib.import_module(f"secondthoughts.commands.{COMMANDS[args.command][0]}")
     return int(module.run(args) or 0)

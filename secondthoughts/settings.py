@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, field, fields
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -40,8 +40,8 @@ def add_flags(
         quiet = default is None or default == [] or ("flag" in meta and (isinstance(default, bool) or "const" in meta))  # the help says it
         shown = "" if quiet else f" (default: {json.dumps(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
-        if meta.get("required"):  # a flag every use must give (an input file)
-            kw["required"], kw["help"] = True, meta.get("help", "")
+        if meta.get("required"):  # a setting every use must give (an input file): flag, or --config (resolve checks)
+            kw["required"], kw["help"] = not given_only, meta.get("help", "") + (" (required)" if given_only else "")
         if isinstance(default, bool):
             action = ("store_false" if default else "store_true") if "flag" in meta else argparse.BooleanOptionalAction
             p.add_argument(flag, action=action, **kw)
@@ -115,3 +115,53 @@ def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "
     else:
         base = defaults(chosen) if defaults else {}
     return merged(cls, what, base, from_file, given)
+
+
+# A command's settings: a dataclass and the fields it takes of it (None: all).
+Part = tuple[type, Collection[str] | None]
+
+
+def add_config_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``--config FILE``: a YAML file of the command's settings (its flags' names), under the flags."""
+    p.add_argument("--config", dest="config_file", default=None, metavar="FILE", help=f"YAML file of {what} (flags given override it)")
+
+
+def add_parts(p: argparse.ArgumentParser, parts: Sequence[Part], types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
+    """The flags of a command's settings (``add_flags`` with ``given_only``: what is not given
+    is filled in by :func:`resolve`)."""
+    for cls, only in parts:
+        add_flags(p, cls, only=only, types=types)
+
+
+def resolve(args: Any, parts: Sequence[Part], what: str, error: Callable[[str], NoReturn]) -> None:
+    """Set every setting of ``parts`` on ``args`` by :func:`merged`'s rule, as ``train`` and
+    ``refine`` read theirs: the defaults, then ``--config`` (``args.config_file``), then the flags
+    given. A key of the file that is no setting of the command, or a value of the wrong kind:
+    ValueError; a required setting given by neither: ``error`` (argparse's, exit status 2)."""
+    config = getattr(args, "config_file", None)
+    from_file = {k.replace("-", "_"): v for k, v in (read_yaml(config, what) if config else {}).items()}
+    names = {cls: [f.name for f in fields(cls) if only is None or f.name in only] for cls, only in parts}  # type: ignore[arg-type]
+    unknown = sorted(set(from_file) - {n for ns in names.values() for n in ns})
+    if unknown:
+        raise ValueError(f"{config}: unknown {what}: {unknown}")
+    for cls, _ in parts:
+        layer = {f.name: _from_text(f, from_file[f.name], config) for f in fields(cls) if f.name in names[cls] and f.name in from_file}  # type: ignore[arg-type]
+        given = {n: getattr(args, n) for n in names[cls] if hasattr(args, n)}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.metadata.get("required") and f.name in names[cls] and layer.get(f.name, given.get(f.name)) is None:
+                error(f"the following arguments are required: {f.metadata.get('flag') or '--' + f.name.replace('_', '-')}")
+        chosen = merged(cls, what, layer, given)
+        for n in names[cls]:
+            setattr(args, n, getattr(chosen, n))
+
+
+def _from_text(f: Any, value: Any, config: str) -> Any:
+    """A file's value as its flag would read it, where the flag has a parser of its own and the
+    file holds text (``costs: 1,1,3``); YAML's numbers, lists and booleans are taken as they are."""
+    parse = f.metadata.get("type")
+    if not isinstance(value, str) or parse in (None, str):
+        return value
+    try:
+        return parse(value)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"{config}: {f.name}: {e}") from None

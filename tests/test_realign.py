@@ -327,11 +327,8 @@ def test_realign_without_a_model_uses_the_shipped_default(capsys):
 
 
 def test_a_plain_search_decodes_without_best_of_and_says_so(capsys):
-    from secondthoughts.cli import build_parser
+    from secondthoughts.cli import parse_args as parse
     from secondthoughts.commands.realign import check_best_of
-
-    def parse(argv: list[str]) -> Any:
-        return build_parser(argv).parse_args(argv)
 
     args = parse(["realign", "Tom hits his brother."])
     check_best_of(args)

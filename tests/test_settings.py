@@ -44,3 +44,42 @@ def test_given_only_leaves_flags_not_given_out() -> None:
     assert settings.flags_given(Demo, args) == {"data": "x", "fast": False}  # a --config file keeps the rest
     help_text = _parser(True).format_help()
     assert "(default: 3)" in help_text and "input file" in help_text and "--first-only" in help_text
+
+
+def _resolved(argv: list[str], tmp_path, config: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(exit_on_error=False)
+    settings.add_config_flag(p, "demo settings")
+    settings.add_parts(p, [(Demo, None)])
+    args = p.parse_args(argv + (["--config", str(tmp_path / "c.yaml")] if config is not None else []))
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(config, encoding="utf-8")
+
+    def error(message: str):
+        raise SystemExit(f"error: {message}")
+
+    settings.resolve(args, [(Demo, None)], "demo settings", error)
+    return args
+
+
+def test_resolve_reads_defaults_then_the_config_file_then_the_flags_given(tmp_path) -> None:
+    args = _resolved(["--data", "x"], tmp_path)
+    assert (args.data, args.steps, args.names, args.fast, args.limit, args.first) == ("x", 3, ["a"], False, None, "all")
+    args = _resolved(["--steps", "7"], tmp_path, "data: y\nsteps: 5\nfast: true\nfirst: first\n")
+    assert (args.data, args.steps, args.fast, args.first) == ("y", 7, True, "first")  # the flag given wins over the file
+    with pytest.raises(ValueError, match=r"c.yaml: unknown demo settings: \['first_only'\]"):
+        _resolved([], tmp_path, "data: y\nfirst_only: first\n")  # the file uses the settings' names
+    with pytest.raises(SystemExit, match="required: --data"):  # neither the file nor a flag gives it
+        _resolved([], tmp_path, "steps: 5\n")
+
+
+def test_a_file_value_in_text_goes_through_the_flags_parser(tmp_path) -> None:
+    from secondthoughts.cli import parse_args
+
+    (tmp_path / "e.yaml").write_text("costs: 1,1,3\njson: true\n", encoding="utf-8")
+    args = parse_args(["edits", "a b", "a c", "--config", str(tmp_path / "e.yaml")])
+    assert args.costs == (1.0, 1.0, 3.0) and args.json is True
+    args = parse_args(["edits", "a b", "a c", "--config", str(tmp_path / "e.yaml"), "--costs", "1,1,1"])
+    assert args.costs == (1.0, 1.0, 1.0)
+    (tmp_path / "e.yaml").write_text("costs: 1,x,3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="e.yaml: costs: --costs must be three"):
+        parse_args(["edits", "a b", "a c", "--config", str(tmp_path / "e.yaml")])

@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from secondthoughts.data import Example, read_examples
 from secondthoughts.diffview import chain_stats, inline_diff
 from secondthoughts.edits import apply_text_edits, infer_text_edits, tokenize
 from secondthoughts.readable import render_readable
+from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # The on-the-spot run: one chain per example (cost set 1,1,2), 6 epochs at a high LoRA learning
 # rate (24 steps, ~10k tokens): loss 0.57 at the end, against 1.4 after 6 epochs at 1e-3.
@@ -56,13 +58,25 @@ def demo_examples_path() -> str:
     return str(resources.files("secondthoughts") / "examples" / "demo.jsonl")
 
 
+@dataclass
+class DemoOptions:
+    """``demo``'s flags."""
+
+    limit: int = setting(4, "how many examples to show")
+    model: str | None = setting(None, "a trained run to re-align with (default: train a small one here, once, cached)", type=str)
+    no_model: bool = setting(False, "only show the chains inferred between the hand-written pairs", flag="--no-model")
+    retrain: bool = setting(False, "train the cached demo run again", flag="--retrain")
+    max_new_tokens: int | None = setting(None, "generation budget per example (default: enough for the source)", type=int)
+    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "--no-model: insert,delete,replace costs", type=parse_costs, metavar="I,D,R")
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    return [(DemoOptions, None)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=4, help="how many examples to show (default 4)")
-    p.add_argument("--model", help="a trained run to re-align with (default: train a small one here, once, cached)")
-    p.add_argument("--no-model", action="store_true", help="only show the chains inferred between the hand-written pairs")
-    p.add_argument("--retrain", action="store_true", help="train the cached demo run again")
-    p.add_argument("--max-new-tokens", type=int, help="generation budget per example (default: enough for the source)")
-    p.add_argument("--costs", type=parse_costs, default=(1.0, 1.0, 2.0), help="--no-model: insert,delete,replace costs (default 1,1,2)")
+    add_config_flag(p, "demo settings")
+    add_parts(p, settings_parts())
 
 
 # ---------------------------------------------------------------- the demo run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 
 from rich.console import Console
 
@@ -17,6 +18,7 @@ from secondthoughts.edits import (
     tokenize,
 )
 from secondthoughts.readable import render_readable
+from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 
 def parse_costs(text: str) -> tuple[float, float, float]:
@@ -30,12 +32,24 @@ def parse_costs(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+@dataclass
+class EditsOptions:
+    """``edits``'s flags (the two texts are its arguments)."""
+
+    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "insert,delete,replace costs", type=parse_costs, metavar="I,D,R")
+    json: bool = setting(False, "print the edits, total cost and applied target as JSON", flag="--json")
+    chain_format: str = setting("anchored", "how the JSON's compact form is written (as `train --chain-format`)", choices=CHAIN_FORMATS)
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    return [(EditsOptions, None)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="the value-unaligned text")
     p.add_argument("target", help="the value-aligned text")
-    p.add_argument("--costs", type=parse_costs, default=(1.0, 1.0, 2.0), help="insert,delete,replace costs (default 1,1,2)")
-    p.add_argument("--json", action="store_true", help="print the edits, total cost and applied target as JSON")
-    p.add_argument("--chain-format", choices=CHAIN_FORMATS, default="anchored", help="how the JSON's compact form is written (as `train --chain-format`)")
+    add_config_flag(p, "edits settings")
+    add_parts(p, settings_parts())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from secondthoughts.commands.realign import add_decoding_arguments, add_dtype_argument, best_of_settings, check_best_of, torch_dtype
+from secondthoughts.commands.realign import BATCH_HELP, DeviceOptions, best_of_settings, check_best_of, torch_dtype
+from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # The decoding flags evaluate takes (its --seed is the bootstrap's; it decodes in batches, greedy or best-of).
 DECODING = ("mode", "constrained", "num_beams", "temperature", "max_new_tokens", "no_repeat", "best_of", "rerank", "coherence_weight")
@@ -26,26 +28,37 @@ DECODING = ("mode", "constrained", "num_beams", "temperature", "max_new_tokens",
 EXAMPLE_FLAGS = ("--data",)
 
 
+@dataclass
+class EvaluateOptions:
+    """``evaluate``'s own flags (the decoding ones: ``decoding.DecodeSettings``, those in ``DECODING``)."""
+
+    model: str | None = setting(None, "a `secondthoughts train` run folder (or a model folder with edit tokens)", type=str, required=True)
+    data: str | None = setting(None, "examples JSONL with context, source, target (from `secondthoughts prepare`)", type=str, required=True)
+    out: str | None = setting(None, "report folder to write", type=str, required=True)
+    reward: str | None = setting(None, "reward model run folder (`secondthoughts reward train`); without it alignment is not measured", type=str)
+    second_reward: str | None = setting(None, "a second alignment scorer (run folder or module:function), reported beside the first", type=str)
+    coherence: str | None = setting(None, "coherence scorer (a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
+                                          "or module:function); without it coherence is not measured", type=str)  # fmt: skip
+    limit: int | None = setting(None, "evaluate the first N examples of --data", type=int)
+    batch_size: int = setting(8, BATCH_HELP)
+    base_lm: str | None = setting(None, "model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)", type=str)
+    score_generated: bool = setting(False, "with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied",
+                                    flag="--score-generated")  # fmt: skip
+    bootstrap: int = setting(1000, "bootstrap resamples for the 95%% intervals (0: none)")
+    seed: int = setting(0, "seed of the bootstrap resamples")
+    examples: int = setting(6, "example rows with inline diffs in report.md")
+    overwrite: bool = setting(False, "replace an existing report folder", flag="--overwrite")
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    from secondthoughts.decoding import DecodeSettings
+
+    return [(EvaluateOptions, None), (DecodeSettings, DECODING), (DeviceOptions, None)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a `secondthoughts train` run folder (or a model folder with edit tokens)")
-    p.add_argument("--data", required=True, help="examples JSONL with context, source, target (from `secondthoughts prepare`)")
-    p.add_argument("--out", required=True, help="report folder to write")
-    p.add_argument("--reward", help="reward model run folder (`secondthoughts reward train`); without it alignment is not measured")
-    p.add_argument("--second-reward", help="a second alignment scorer (run folder or module:function), reported beside the first")
-    p.add_argument("--coherence", help="coherence scorer (a `reward fit-coherence` folder, a `reward train --objective coherence` run, "
-                                       "or module:function); without it coherence is not measured")
-    p.add_argument("--limit", type=int, help="evaluate the first N examples of --data")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8); with --best-of N it counts rows: a text takes N + 1, at least one text a batch")
-    p.add_argument("--base-lm", help="model to measure fluency with (default: the run's base model: LoRA adapter disabled, or the model in its config.json)")
-    p.add_argument("--score-generated", action="store_true",
-                   help="with --mode generate: measure the target the model wrote after its chain (the paper's decoding), not the chain applied")
-    add_decoding_arguments(p, DECODING)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
-    p.add_argument("--examples", type=int, default=6, help="example rows with inline diffs in report.md (default 6)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add_dtype_argument(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    add_config_flag(p, "evaluate settings")
+    add_parts(p, settings_parts())
 
 
 def _summary(m: dict[str, Any]) -> list[str]:

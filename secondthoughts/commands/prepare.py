@@ -10,11 +10,12 @@ import argparse
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from secondthoughts.data import Example, write_examples
 
 from secondthoughts.dataset_readers import FORMATS, ReadOptions, parse_columns, read_dataset
-from secondthoughts.settings import add_flags, flags_given
+from secondthoughts.settings import Part, add_config_flag, add_parts, flags_given, setting
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
 
@@ -26,12 +27,22 @@ def _columns(spec: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+@dataclass
+class PrepareFiles:
+    """What ``prepare`` reads and writes (how it reads: ``dataset_readers.ReadOptions``)."""
+
+    format: str | None = setting(None, "dataset format", type=str, choices=FORMATS, required=True)
+    input: str | None = setting(None, "dataset file (.jsonl, .jsonl.gz, .csv, .tsv), or a dataset id for --format hub", type=str, required=True)
+    output: str | None = setting(None, "where to write the normalized examples (JSONL)", type=str, required=True)
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    return [(PrepareFiles, None), (ReadOptions, None)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", required=True, choices=FORMATS, help="dataset format")
-    p.add_argument("--input", required=True,
-                   help="dataset file (.jsonl, .jsonl.gz, .csv, .tsv), or a dataset id for --format hub")
-    p.add_argument("--output", required=True, help="where to write the normalized examples (JSONL)")
-    add_flags(p, ReadOptions, given_only=False, types={"columns": _columns})
+    add_config_flag(p, "prepare settings")
+    add_parts(p, settings_parts(), types={"columns": _columns})
 
 
 def _describe(values: Sequence[int]) -> str:

@@ -14,37 +14,54 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secondthoughts.data import DataError, RowError, jsonl_rows
+from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="?", help="the text to re-align (or --input)")
-    p.add_argument("--model", help="a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package")
-    p.add_argument("--context", default="", help="the situation / norm the text responds to")
-    p.add_argument("--prefix", help="first edits to force (compact form or readable lines); the model continues after them")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--input", help="JSONL of rows with source (and optional context, prefix) to re-align in batches")
-    p.add_argument("--output", help="where --input's rows go, with the result fields added")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per generation batch (default 8); with --best-of N it counts rows: a text takes N + 1, at least one text a batch")
-    add_decoding_arguments(p)
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add_dtype_argument(p)
-
-
+BATCH_HELP = "texts per generation batch; with --best-of N it counts rows: a text takes N + 1, at least one text a batch"
 # One meaning of --dtype auto per kind of command (docs/methods.md, "Precision"): commands that load a
 # model to decode (realign, evaluate, serve) hold bf16 weights on a CUDA GPU with bf16, else fp32;
 # training (train, refine) keeps fp32 weights and autocasts to bf16 on such a GPU.
-DTYPE_HELP = "weights dtype: auto (bfloat16 on a CUDA GPU with bf16, else float32), float32, bfloat16 (default auto)"
+DTYPE_HELP = "weights dtype: auto (bfloat16 on a CUDA GPU with bf16, else float32), float32, bfloat16"
 
 
-def add_dtype_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help=DTYPE_HELP)
+@dataclass
+class DeviceOptions:
+    """Where a decoding command's model runs (realign, evaluate, serve)."""
+
+    device: str | None = setting(None, "cpu, cuda, cuda:1, ... (default: cuda if available)", type=str)
+    dtype: str = setting("auto", DTYPE_HELP, choices=("auto", "float32", "bfloat16"))
+
+
+@dataclass
+class RealignOptions:
+    """``realign``'s own flags (the decoding ones: ``decoding.DecodeSettings``)."""
+
+    model: str | None = setting(None, "a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package", type=str)
+    context: str = setting("", "the situation / norm the text responds to")
+    prefix: str | None = setting(None, "first edits to force (compact form or readable lines); the model continues after them", type=str)
+    json: bool = setting(False, "print the result as JSON", flag="--json")
+    input: str | None = setting(None, "JSONL of rows with source (and optional context, prefix) to re-align in batches", type=str)
+    output: str | None = setting(None, "where --input's rows go, with the result fields added", type=str)
+    batch_size: int = setting(8, BATCH_HELP)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="the text to re-align (or --input)")
+    add_config_flag(p, "realign settings")
+    add_parts(p, settings_parts())
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    from secondthoughts.decoding import DecodeSettings
+
+    return [(RealignOptions, None), (DecodeSettings, None), (DeviceOptions, None)]
 
 
 def torch_dtype(name: str) -> Any:
@@ -52,14 +69,6 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def add_decoding_arguments(p: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
-    """The decoding flags (``decoding.DecodeSettings``'s fields; ``only``: those a command takes)."""
-    from secondthoughts.decoding import DecodeSettings
-    from secondthoughts.settings import add_flags
-
-    add_flags(p, DecodeSettings, only=only, given_only=False)
 
 
 def check_best_of(args: argparse.Namespace) -> None:

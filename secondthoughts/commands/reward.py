@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts import settings
-from secondthoughts.commands.train import add_config_arguments
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows, read_examples, shuffled, split_examples
 from secondthoughts.precision import PRECISIONS
 from secondthoughts.reward import VIEWS, RewardConfig
@@ -71,48 +70,83 @@ class ScoreSettings:
     dtype: str = _f("auto", DTYPE_HELP, choices=PRECISIONS)
 
 
+@dataclass
+class TrainOutput:
+    """Where ``reward train`` writes, and how many members."""
+
+    out: str | None = _f(None, "run folder to write (config, weights, tokenizer, metrics, model card)", type=str, required=True)
+    overwrite: bool = _f(False, "replace an existing run folder", flag="--overwrite")
+    members: int = _f(1, "train N models (seeds seed..seed+N-1) and save them as one ensemble scoring their mean log-odds")
+
+
+@dataclass
+class EnsembleOptions:
+    """``reward ensemble``'s flags (and ``views``)."""
+
+    runs: list[str] = _f([], "reward model run folders (single models)", required=True)
+    out: str | None = _f(None, "ensemble folder to write", type=str, required=True)
+    dev: str | None = _f(None, "held-out examples JSONL to report the members' and the ensemble's accuracy on", type=str)
+    max_dev: int | None = _f(None, "evaluate on at most N held-out examples (a seeded sample)", type=int, metavar="N")
+    overwrite: bool = _f(False, "replace an existing folder", flag="--overwrite")
+
+
+@dataclass
+class EvaluateOptions:
+    """``reward evaluate``'s flags (and ``views``)."""
+
+    model: str | None = _f(None, "reward model run folder or ensemble folder", type=str, required=True)
+    data: str | None = _f(None, "held-out examples JSONL (context, source, target)", type=str, required=True)
+    max_dev: int | None = _f(None, "evaluate on at most N examples (a seeded sample)", type=int, metavar="N")
+    output: str | None = _f(None, "also write the metrics to this JSON file", type=str)
+    dtype: str = _f("float32", DTYPE_HELP + " (float32: a report is exact)", choices=PRECISIONS)
+
+
+@dataclass
+class ScoreFiles:
+    """What ``reward score`` reads and writes (how: ``ScoreSettings``)."""
+
+    model: str | None = _f(None, "reward model run folder or ensemble folder", type=str, required=True)
+    input: str | None = _f(None, "JSONL with a context field and a text field per row", type=str, required=True)
+    output: str | None = _f(None, "where to write the rows with the reward added", type=str, required=True)
+
+
+@dataclass
+class FitCoherenceOptions:
+    """``reward fit-coherence``'s flags."""
+
+    labelled: str | None = _f(None, "JSONL of {context, text, label (1 coherent / 0 broken), id (story, optional)}", type=str, required=True)
+    out: str | None = _f(None, "folder to write (config.json with the weights, README.md)", type=str, required=True)
+    lm: str = _f("embedded", "language model whose log-probabilities are features")
+    l2: float = _f(1.0, "L2 penalty on the standardised weights")
+    folds: int = _f(5, "cross-validation folds reported before the final fit (0: none)")
+    overwrite: bool = _f(False, "replace an existing folder", flag="--overwrite")
+
+
+def settings_parts(args: argparse.Namespace) -> list[settings.Part]:
+    """Each action's settings dataclasses (and the fields it takes of them)."""
+    views = ("views",)
+    return {
+        "train": [(RewardSplit, None), (TrainOutput, None), (RewardConfig, None)],
+        "ensemble": [(EnsembleOptions, None), (ScoreSettings, views)],
+        "evaluate": [(EvaluateOptions, None), (ScoreSettings, views)],
+        "score": [(ScoreFiles, None), (ScoreSettings, None)],
+        "fit-coherence": [(FitCoherenceOptions, None)],
+    }[args.action]  # type: ignore[return-value]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="train a reward model on examples", description="train a reward model on (context, source, target) examples")
-    settings.add_flags(t, RewardSplit, given_only=False)
-    t.add_argument("--out", required=True, help="run folder to write (config, weights, tokenizer, metrics, model card)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--members", type=int, default=1,
-                   help="train N models (seeds seed..seed+N-1) and save them as one ensemble scoring their mean log-odds (default 1)")
-    add_config_arguments(t, RewardConfig)
-
-    e = sub.add_parser("ensemble", help="combine trained reward runs into one ensemble",
-                       description="copy reward runs into one ensemble folder that scores their mean log-odds")
-    e.add_argument("--runs", nargs="+", required=True, help="reward model run folders (single models)")
-    e.add_argument("--out", required=True, help="ensemble folder to write")
-    e.add_argument("--dev", help="held-out examples JSONL to report the members' and the ensemble's accuracy on")
-    e.add_argument("--max-dev", type=int, help="evaluate on at most N held-out examples (a seeded sample)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    settings.add_flags(e, ScoreSettings, only=("views",), given_only=False)
-
-    v = sub.add_parser("evaluate", help="held-out accuracy of a reward run or ensemble",
-                       description="accuracy per text, pairwise and echo accuracy of a reward run or ensemble on examples")
-    v.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
-    v.add_argument("--data", required=True, help="held-out examples JSONL (context, source, target)")
-    v.add_argument("--max-dev", type=int, help="evaluate on at most N examples (a seeded sample)")
-    settings.add_flags(v, ScoreSettings, only=("views",), given_only=False)
-    v.add_argument("--output", help="also write the metrics to this JSON file")
-    v.add_argument("--dtype", default="float32", choices=PRECISIONS, help=DTYPE_HELP + " (default: \"float32\": a report is exact)")
-
-    s = sub.add_parser("score", help="score texts in a JSONL", description="append P(aligned) to every row of a JSONL")
-    s.add_argument("--model", required=True, help="reward model run folder or ensemble folder")
-    s.add_argument("--input", required=True, help="JSONL with a context field and a text field per row")
-    s.add_argument("--output", required=True, help="where to write the rows with the reward added")
-    settings.add_flags(s, ScoreSettings, given_only=False)
-
-    f = sub.add_parser("fit-coherence", help="fit the LM-feature coherence measure to hand labels",
-                       description="fit a logistic regression over language-model features to hand-labelled texts (coherence_fit)")
-    f.add_argument("--labelled", required=True, help="JSONL of {context, text, label (1 coherent / 0 broken), id (story, optional)}")
-    f.add_argument("--out", required=True, help="folder to write (config.json with the weights, README.md)")
-    f.add_argument("--lm", default="embedded", help="language model whose log-probabilities are features (default: embedded)")
-    f.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the standardised weights (default 1)")
-    f.add_argument("--folds", type=int, default=5, help="cross-validation folds reported before the final fit (default 5; 0: none)")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    actions = {
+        "train": ("train a reward model on examples", "train a reward model on (context, source, target) examples"),
+        "ensemble": ("combine trained reward runs into one ensemble", "copy reward runs into one ensemble folder that scores their mean log-odds"),
+        "evaluate": ("held-out accuracy of a reward run or ensemble", "accuracy per text, pairwise and echo accuracy of a reward run or ensemble on examples"),
+        "score": ("score texts in a JSONL", "append P(aligned) to every row of a JSONL"),
+        "fit-coherence": ("fit the LM-feature coherence measure to hand labels", "fit a logistic regression over language-model features to hand-labelled texts (coherence_fit)"),
+    }  # fmt: skip
+    for action, (help_text, description) in actions.items():
+        a = sub.add_parser(action, help=help_text, description=description)
+        settings.add_config_flag(a, f"reward {action} settings")
+        settings.add_parts(a, settings_parts(argparse.Namespace(action=action)))
 
 
 def run(args: argparse.Namespace) -> int:

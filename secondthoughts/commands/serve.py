@@ -15,11 +15,13 @@ import math
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secondthoughts.commands.realign import add_decoding_arguments, add_dtype_argument
+from secondthoughts.commands.realign import DeviceOptions
 from secondthoughts.editor_api import Limits
+from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--replay-data",)
@@ -40,24 +42,33 @@ def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str],
     return parse
 
 
+@dataclass
+class ServeOptions:
+    """``serve``'s own flags (also: ``editor_api.Limits``, some of ``decoding.DecodeSettings``)."""
+
+    model: str | None = setting(None, "a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package", type=str)
+    host: str = setting("127.0.0.1", "address to bind (127.0.0.1: this machine only; there is no authentication)")
+    port: int = setting(8000, "port (0: any free port)")
+    corrections: str = setting("corrections.jsonl", "JSONL that saved corrections are appended to")
+    learn_out: str = setting("runs/learned", "learned runs go to PATH-1, PATH-2, ...", metavar="PATH")
+    replay_data: str | None = setting(None, "examples `learn` replays against forgetting (default: the run's own training data, if still there)", type=str, metavar="FILE")
+    learn: bool = setting(True, "no learning from the editor", flag="--no-learn")
+
+
+# The request limits are numbers within bounds, refused by the parser (Limits checks them again).
+LIMIT_TYPES = {"max_source_tokens": positive(int), "max_new_tokens": positive(int), "time_budget": positive(float),
+               "queue": positive(int, 0), "max_connections": positive(int), "read_timeout": positive(float)}  # fmt: skip
+
+
+def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
+    from secondthoughts.decoding import DecodeSettings
+
+    return [(ServeOptions, None), (Limits, None), (DecodeSettings, ("mode", "no_repeat", "best_of", "rerank", "coherence_weight")), (DeviceOptions, None)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="a `secondthoughts train` run folder (or a model folder with edit tokens); default: the run shipped in the package")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; there is no authentication)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--corrections", default="corrections.jsonl", help="JSONL that saved corrections are appended to (default corrections.jsonl)")
-    lim = Limits()
-    p.add_argument("--max-source-tokens", type=positive(int), help="longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)")
-    p.add_argument("--max-new-tokens", type=positive(int), help="token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)")
-    p.add_argument("--time-budget", type=positive(float), default=lim.time_budget, metavar="S", help=f"seconds one request may wait for the model (then 503) and hold it (then 422) (default {lim.time_budget:g})")
-    p.add_argument("--queue", type=positive(int, 0), default=lim.queue, help=f"requests that may wait for the model, shortest source first; more: 503 (default {lim.queue})")
-    p.add_argument("--max-connections", type=positive(int), default=lim.max_connections, help=f"connections handled at once; more: 503 (default {lim.max_connections})")
-    p.add_argument("--read-timeout", type=positive(float), default=lim.read_timeout, metavar="S", help=f"seconds for a request to arrive; longer: 408 (default {lim.read_timeout:g})")
-    add_decoding_arguments(p, ("mode", "no_repeat", "best_of", "rerank", "coherence_weight"))
-    p.add_argument("--learn-out", default="runs/learned", metavar="PATH", help="learned runs go to PATH-1, PATH-2, ... (default runs/learned)")
-    p.add_argument("--replay-data", metavar="FILE", help="examples `learn` replays against forgetting (default: the run's own training data, if still there)")
-    p.add_argument("--no-learn", action="store_true", help="no learning from the editor")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add_dtype_argument(p)
+    add_config_flag(p, "serve settings")
+    add_parts(p, settings_parts(), types=LIMIT_TYPES)
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         check_best_of(args)
         limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
         realigner = load_realigner(args)
-        learn = None if args.no_learn else LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else [])
+        learn = LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else []) if args.learn else None
         server = make_server(
             realigner, args.host, args.port, args.corrections, settings={"mode": args.mode, **best_of_settings(args), "no_repeat": args.no_repeat}, limits=limits,
             learn=learn, load=lambda run: load_realigner(args, run),
