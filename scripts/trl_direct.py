@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from secondthoughts import models, runs
+    from secondthoughts import atomic, models
     from secondthoughts.data import read_examples
     from secondthoughts.models import SEP, SRC
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         tok.save_pretrained(tmp)
 
     out.mkdir(parents=True, exist_ok=True)
-    runs.write_dir(out / "model", write)
+    atomic.write_dir(out / "model", write)
     import peft
     import transformers
     import trl
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "env": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "trl": trl.__version__},
     }  # fmt: skip
-    runs.write_atomic(out / "config.json", json.dumps(info, indent=2))
-    runs.write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
+    atomic.write_atomic(out / "config.json", json.dumps(info, indent=2))
+    atomic.write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
     print(f"{out}: {trainer.state.global_step} steps in {elapsed:.0f} s; model in {out / 'model'}")
     return 0
 

@@ -119,7 +119,7 @@ class FittedCoherence:
         return 1 / (1 + np.exp(-self.logit(X)))
 
     def save(self, path: str | os.PathLike[str], card: str = "") -> None:
-        from secondthoughts.runs import write_atomic
+        from secondthoughts.atomic import write_atomic
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,8 @@ class Example:
 
 
 def write_examples(path: str | os.PathLike[str], examples: Iterable[Example]) -> int:
-    """Write normalized examples as JSONL atomically (:func:`runs.open_atomic`). Returns the count."""
-    from secondthoughts.runs import open_atomic
+    """Write normalized examples as JSONL atomically (:func:`atomic.open_atomic`). Returns the count."""
+    from secondthoughts.atomic import open_atomic
 
     n = 0
     with open_atomic(path) as f:

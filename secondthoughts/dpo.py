@@ -98,7 +98,8 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     from secondthoughts import models
     from secondthoughts.policy import load_policy, save_policy
     from secondthoughts.realign import run_info
-    from secondthoughts.runs import environment, write_atomic, write_dir
+    from secondthoughts.runs import environment
+    from secondthoughts.atomic import write_atomic, write_dir
 
     direct_run, out = Path(direct_run), Path(out)
     info = run_info(direct_run)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from secondthoughts import runs, settings
+from secondthoughts import atomic, runs, settings
 from secondthoughts.data import DataError, Example, read_examples, write_examples
 from secondthoughts.dataset_readers import read_dataset
 
@@ -158,5 +158,5 @@ def learn(config: LearnConfig, *, resume: bool = False, stop_after: int | None =
         out.mkdir(parents=True, exist_ok=True)
         write_examples(data_file, [ex for ex in data.corrections for _ in range(config.repeat)] + data.replay)
         info = {"learn": asdict(config), "corrections": len(data.corrections), "replay": len(data.replay), "skipped": data.skipped}
-        runs.write_atomic(out / INFO_FILE, json.dumps(info, indent=2))
+        atomic.write_atomic(out / INFO_FILE, json.dumps(info, indent=2))
     return sft.train(train_config(config, data_file), resume=resume, stop_after=stop_after)

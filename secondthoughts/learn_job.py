@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from secondthoughts import runs
+from secondthoughts import atomic
 
 LOG_FILE = "learn.log"
 
@@ -58,7 +58,7 @@ class LearnJob:
             out = next_free(self.out_root)
             out.parent.mkdir(parents=True, exist_ok=True)
             log = out.with_name(f"{out.name}.{LOG_FILE}")
-            rows = runs.write_atomic(out.with_name(f"{out.name}.corrections.jsonl"), corrections)
+            rows = atomic.write_atomic(out.with_name(f"{out.name}.corrections.jsonl"), corrections)
             argv = [sys.executable, "-m", "secondthoughts", "learn", "--model", run, "--corrections", str(rows),
                     "--out", str(out), "--no-progress", *self.extra_args]  # fmt: skip
             with open(log, "wb") as f:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from secondthoughts.chain_text import KEEP, SPECIAL_TOKENS
-from secondthoughts.runs import write_dir
+from secondthoughts.atomic import write_dir
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from secondthoughts import runs
-from secondthoughts.runs import open_atomic
+from secondthoughts.atomic import open_atomic
 
 
 def line_plot(
@@ -46,7 +46,7 @@ def line_plot(
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """``fig`` as a PNG at ``path``, written atomically (:func:`runs.open_atomic`)."""
+    """``fig`` as a PNG at ``path``, written atomically (:func:`atomic.open_atomic`)."""
     with open_atomic(path, "wb") as f:
         fig.savefig(f, format="png")
     return Path(path)

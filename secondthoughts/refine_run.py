@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from secondthoughts import models, plots, runs
+from secondthoughts import atomic, models, plots, runs
 from secondthoughts.data import Example, read_examples
 from secondthoughts.policy import save_policy
 from secondthoughts.refine import GUARDS, RefineConfig, RefineResult, RefineState, Refiner
@@ -169,7 +169,7 @@ def run(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
     bar.close()
     if state.step >= cfg.steps and main:
         how: list[str] = []
-        runs.write_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
+        atomic.write_dir(out / "model", lambda p: how.append(save_policy(r.policy, r.tokenizer, p, r.aem, cfg.policy)))
         plots.reward_curve(out)
         print(f"{out / 'model'}: {how[0]}", flush=True)
     acc.wait_for_everyone()

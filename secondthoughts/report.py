@@ -257,9 +257,9 @@ def _json_safe(x: Any) -> Any:
 
 def write_report(ev: Evaluation, out: str | os.PathLike[str], *, shown: int = 6, overwrite: bool = False) -> Path:
     """Write report.md, metrics.json, outputs.jsonl and the plots into ``out``: built in a
-    temporary folder beside it and renamed into place (:func:`runs.write_dir`), so a reader never
+    temporary folder beside it and renamed into place (:func:`atomic.write_dir`), so a reader never
     sees half a report. An existing ``out`` is replaced only with ``overwrite``."""
-    from secondthoughts.runs import write_dir
+    from secondthoughts.atomic import write_dir
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -266,7 +266,7 @@ class RewardModel:
         """Write the run folder atomically (a previous folder at ``path`` is replaced)."""
         from safetensors.torch import save_file
 
-        from secondthoughts.runs import write_dir
+        from secondthoughts.atomic import write_dir
 
         path = Path(path)
         metrics = metrics or {}
@@ -386,7 +386,7 @@ class RewardEnsemble:
     def save(self, path: str | os.PathLike[str], metrics: dict[str, Any] | None = None,
              member_metrics: Sequence[dict[str, Any]] | None = None) -> Path:
         """Write the folder atomically: ``member-K/`` run folders, ``config.json``, ``metrics.json``, ``README.md``."""
-        from secondthoughts.runs import write_dir
+        from secondthoughts.atomic import write_dir
 
         path, metrics = Path(path), metrics or {}
         names = [f"member-{k}" for k in range(len(self.members))]

@@ -1,201 +1,41 @@
-"""Run folders on disk: atomic writes, verified checkpoints and the metrics log.
+"""Run folders on disk: verified checkpoints, the metrics log, and what train and refine share
+(settings checks, RNG state, the epoch order), on top of :mod:`~secondthoughts.atomic`'s writes.
 
-Every write that replaces something goes through here, so that a SIGKILL, a full disk or a power
-loss at any moment leaves either the previous version or the new one, never a mix:
-
-* :func:`open_atomic` / :func:`write_atomic` write a file under a temporary name beside it,
-  fsync it, rename it into place and fsync the directory (without the two syncs a power loss can
-  persist the rename before the data: the new name then points at an empty file).
-* :func:`write_dir` does the same for a folder: written under ``.NAME.tmp``, every file and
-  folder synced, swapped in by two renames (the previous copy waits as ``.NAME.old`` between them).
-* :class:`CheckpointWriter` writes a training checkpoint that way and records the size and
-  sha256 of every file in its ``state.json``; :func:`resume_checkpoint` checks them before a run
-  resumes, falls back to ``.checkpoint.old`` (left by a crash between the two renames), and
-  otherwise refuses with the reason. Checkpoints written before files were recorded are accepted
-  without the check.
+* :class:`CheckpointWriter` writes a training checkpoint as a folder swapped in whole
+  (``atomic.commit_dir``) and records the size and sha256 of every file in its ``state.json``;
+  :func:`resume_checkpoint` checks them before a run resumes, falls back to ``.checkpoint.old``
+  (left by a crash between the two renames), and otherwise refuses with the reason. Checkpoints
+  written before files were recorded are accepted without the check.
 * :func:`append_jsonl` appends a synced line to ``metrics.jsonl``; :func:`read_metrics` tolerates
   and reports a torn last line (a kill in the middle of an append), which
   :func:`truncate_metrics` drops when a run resumes.
-
-Fault hook for tests: ``SECONDTHOUGHTS_FAULT=ACTION@POINT:N`` makes this process ``kill`` itself
-(SIGKILL) or fail with ``enospc`` (disk full) the N-th time it reaches POINT: ``checkpoint-file``
-(a checkpoint file written), ``checkpoint-state`` (its state.json written), ``swap-NAME`` (between
-the two renames of folder NAME), ``swapped-NAME`` (after them, before the old copy is removed),
-``write`` (an atomic file written, before its rename).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import random
 import shutil
-import signal
 import sys
-import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-PathLike = str | os.PathLike[str]
+from secondthoughts.atomic import PathLike, commit_dir, fault_point, fsync_file, write_atomic
+
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_OLD = ".checkpoint.old"
 CHECKPOINT_TMP = ".checkpoint.tmp"
 STATE = "state.json"
-FAULT_ENV = "SECONDTHOUGHTS_FAULT"
 
 
 class CheckpointError(ValueError):
     """No complete checkpoint to resume from; the message says what is wrong with each."""
-
-
-# ---------------------------------------------------------------- fault hook (tests)
-
-_fault_counts: Counter[str] = Counter()
-_fault_spec: list[str | None] = [None]  # the spec the counts belong to
-
-
-def fault_point(point: str) -> None:
-    """Count ``point`` and act when ``SECONDTHOUGHTS_FAULT`` asks for this occurrence."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    if spec != _fault_spec[0]:
-        _fault_counts.clear()
-        _fault_spec[0] = spec
-    action, _, rest = spec.partition("@")
-    where, _, n = rest.rpartition(":")
-    if action not in ("kill", "enospc") or not where or not n.isdecimal():
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill@POINT:N or enospc@POINT:N")
-    if where != point:
-        return
-    _fault_counts[point] += 1
-    if _fault_counts[point] != int(n):
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), point)
-
-
-def reset_fault_counts() -> None:
-    """Start counting fault points from zero (a test that runs several faults in one process)."""
-    _fault_counts.clear()
-
-
-# ---------------------------------------------------------------- atomic files and folders
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Make a folder's entries (a rename into it) durable."""
-    if os.name != "posix":  # Windows cannot open a folder; its renames are journaled
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def open_atomic(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO[Any]]:
-    """A file object whose content replaces ``path`` only when the block ends without an error."""
-    if mode not in ("w", "wb"):
-        raise ValueError(f"open_atomic writes whole files: mode 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("write")
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: PathLike, data: str | bytes) -> Path:
-    """Replace ``path`` with ``data`` (text is written as UTF-8)."""
-    with open_atomic(path, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    return Path(path)
-
-
-def _sync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root, topdown=False):
-        for name in files:
-            fsync_file(os.path.join(folder, name))
-        fsync_dir(folder)
-
-
-def commit_dir(tmp: PathLike, final: PathLike, *, replace: bool = True) -> None:
-    """Sync the finished folder ``tmp`` and rename it to ``final``.
-
-    ``replace``: an existing ``final`` is swapped out (it waits as ``.NAME.old`` between the two
-    renames, then is removed). Otherwise an existing ``final`` wins and ``tmp`` is dropped: for
-    caches that several processes may fill at once, where any complete copy will do.
-    """
-    tmp, final = Path(tmp), Path(final)
-    _sync_tree(tmp)
-    if not replace:
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another writer's complete copy is in place
-            return
-        fsync_dir(final.parent)
-        return
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    fault_point(f"swap-{final.name}")
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
-    fault_point(f"swapped-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_dir(final: PathLike, write: Callable[[Path], None], *, replace: bool = True) -> Path:
-    """Call ``write(tmp_folder)``, then :func:`commit_dir` it to ``final``.
-
-    The temporary folder is ``.NAME.tmp`` (a leftover of a killed writer is removed first) when
-    ``replace``; a unique name otherwise, since several writers may then race.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if replace:
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    else:
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        commit_dir(tmp, final, replace=replace)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from secondthoughts import models, runs, settings
+from secondthoughts import atomic, models, runs, settings
 from secondthoughts.chain_text import CHAIN_FORMATS
 from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.data import Example, read_examples, split_examples
@@ -489,7 +489,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     def save_model_now() -> None:
         if main:
-            runs.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
+            atomic.write_dir(out / "model", lambda p: save_model(model, tokenizer, p, config.model))
         accelerator.wait_for_everyone()
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and config.progress), desc="train", dynamic_ncols=True)

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from secondthoughts import runs
+from secondthoughts import atomic
 from secondthoughts.plots import loss_curve, read_metrics
 from secondthoughts.runs import find_checkpoint
 
@@ -77,5 +77,5 @@ def write_model_card(out: str | os.PathLike[str]) -> Path:
         "",
     ]
     path = out / "README.md"
-    runs.write_atomic(path, "\n".join(lines))
+    atomic.write_atomic(path, "\n".join(lines))
     return path

@@ -17,7 +17,7 @@ from secondthoughts.cli import build_parser, error_line, main
 from secondthoughts.commands.realign import read_items
 from secondthoughts.data import DataError
 from secondthoughts.dataset_readers import FORMATS
-from secondthoughts.runs import write_atomic
+from secondthoughts.atomic import write_atomic
 from secondthoughts.diffview import chain_stats, inline_diff
 from secondthoughts.edits import apply_text_edits, infer_text_edits, tokenize
 

@@ -1,9 +1,9 @@
-"""Run folders under faults: atomic files and folders, verified checkpoints, the metrics log; then
+"""Run folders under faults: verified checkpoints, the metrics log; then
 tiny ``train`` and ``refine`` runs that are SIGKILLed at each stage of a checkpoint write, hit a
 full disk, or find a torn metrics line, and must resume to exactly the uninterrupted run.
 
 Faults come from the real writer through its hook (``SECONDTHOUGHTS_FAULT``, see
-:mod:`secondthoughts.runs`): a process kills itself with SIGKILL, or gets ENOSPC, at a chosen point.
+:mod:`secondthoughts.atomic`): a process kills itself with SIGKILL, or gets ENOSPC, at a chosen point.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from secondthoughts import runs
+from secondthoughts import atomic, runs
 from secondthoughts.cli import main
 
 HERE = Path(__file__).parent
@@ -28,72 +28,13 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(autouse=True)
 def _no_fault_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(runs.FAULT_ENV, raising=False)
-    runs.reset_fault_counts()
+    monkeypatch.delenv(atomic.FAULT_ENV, raising=False)
+    atomic.reset_fault_counts()
 
 
 def _fault(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
-    monkeypatch.setenv(runs.FAULT_ENV, spec)
-    runs.reset_fault_counts()
-
-
-# ---------------------------------------------------------------- atomic files and folders
-
-
-def test_write_atomic_replaces_whole_files_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "sub" / "f.json"
-    runs.write_atomic(path, "old")
-    runs.write_atomic(path, b"new")
-    assert path.read_bytes() == b"new"
-    _fault(monkeypatch, "enospc@write:1")
-    with pytest.raises(OSError) as e:
-        runs.write_atomic(path, "never")
-    assert e.value.errno == errno.ENOSPC
-    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["f.json"]  # no temp file left
-    with pytest.raises(ZeroDivisionError), runs.open_atomic(path) as f:
-        f.write("half")
-        1 / 0  # noqa: B018
-    assert path.read_text() == "new"
-    with pytest.raises(ValueError, match="whole files"), runs.open_atomic(path, "a"):
-        pass
-
-
-def test_write_dir_swaps_folders_and_keeps_the_old_one_on_failure(tmp_path: Path) -> None:
-    final = tmp_path / "model"
-
-    def write(text: str) -> Any:
-        def fn(p: Path) -> None:
-            (p / "a.txt").write_text(text)
-            (p / "sub").mkdir()
-            (p / "sub" / "b.txt").write_text(text)
-        return fn
-
-    runs.write_dir(final, write("one"))
-    runs.write_dir(final, write("two"))
-    assert (final / "sub" / "b.txt").read_text() == "two"
-
-    def broken(p: Path) -> None:
-        (p / "a.txt").write_text("three")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError):
-        runs.write_dir(final, broken)
-    assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    # replace=False (a shared cache): a complete copy already there wins, ours is dropped
-    runs.write_dir(final, write("four"), replace=False)
-    assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
-def test_fault_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fault(monkeypatch, "explode@write:1")
-    with pytest.raises(ValueError, match="SECONDTHOUGHTS_FAULT"):
-        runs.fault_point("write")
-    _fault(monkeypatch, "enospc@write:2")
-    runs.fault_point("checkpoint-file")  # another point: not counted
-    runs.fault_point("write")
-    with pytest.raises(OSError):
-        runs.fault_point("write")
-    runs.fault_point("write")  # the third time passes again
+    monkeypatch.setenv(atomic.FAULT_ENV, spec)
+    atomic.reset_fault_counts()
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -135,7 +76,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path: Path, capsys: py
     shutil.copytree(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
     _checkpoint(tmp_path, 2)  # removes .checkpoint.old; bring it back as a crash between two renames would leave it
     shutil.copytree(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
-    runs.write_atomic(tmp_path / ".checkpoint.old" / "state.json", json.dumps({**runs.read_checkpoint(tmp_path / "checkpoint"), "state": {"step": 1}}))
+    atomic.write_atomic(tmp_path / ".checkpoint.old" / "state.json", json.dumps({**runs.read_checkpoint(tmp_path / "checkpoint"), "state": {"step": 1}}))
     (tmp_path / "checkpoint" / "weights.bin").write_bytes(b"")
     found = runs.resume_checkpoint(tmp_path)
     assert found.name == ".checkpoint.old" and "checkpoint: weights.bin has 0 bytes" in capsys.readouterr().err
@@ -218,7 +159,7 @@ def _copy_run(src: Path, tmp_path: Path) -> Path:
     shutil.copytree(src, out)
     info = json.loads((out / "config.json").read_text())
     info["train"]["out"] = str(out)
-    runs.write_atomic(out / "config.json", json.dumps(info, indent=2))
+    atomic.write_atomic(out / "config.json", json.dumps(info, indent=2))
     return out
 
 
@@ -230,9 +171,9 @@ def _resume_train(out: Path, tiny_model_dir: Path, data: Path) -> Any:
 
 def _cli(args: list[str], fault: str | None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    env.pop(runs.FAULT_ENV, None)
+    env.pop(atomic.FAULT_ENV, None)
     if fault:
-        env[runs.FAULT_ENV] = fault
+        env[atomic.FAULT_ENV] = fault
     return subprocess.run([sys.executable, "-m", "secondthoughts", *args], env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -286,7 +227,7 @@ def test_train_disk_full_during_a_checkpoint_then_resume(
     assert err[-1] == "error: checkpoint-file: No space left on device"
     assert not (out / ".checkpoint.tmp").exists()
     assert runs.read_checkpoint(runs.resume_checkpoint(out))["state"]["step"] == 4
-    monkeypatch.delenv(runs.FAULT_ENV)
+    monkeypatch.delenv(atomic.FAULT_ENV)
     assert _resume_train(out, tiny_model_dir, examples_jsonl).state.step == 6
     assert _curve(out) == _curve(train_reference)
 
@@ -387,7 +328,7 @@ def test_refine_disk_full_and_torn_metrics_then_resume(
         _refine(out, aem, examples_jsonl)
     assert e.value.errno == errno.ENOSPC and not (out / ".checkpoint.tmp").exists()
     assert runs.read_checkpoint(runs.resume_checkpoint(out))["state"]["step"] == 1
-    monkeypatch.delenv(runs.FAULT_ENV)
+    monkeypatch.delenv(atomic.FAULT_ENV)
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "rew')
     assert _refine(out, aem, examples_jsonl, resume=True).state.step == 4

@@ -39,7 +39,8 @@ from secondthoughts.bench.report import (
     write_plots,
 )
 from secondthoughts.data import Example, few_shot, write_examples
-from secondthoughts.runs import find_checkpoint, write_atomic, write_dir
+from secondthoughts.runs import find_checkpoint
+from secondthoughts.atomic import write_atomic, write_dir
 
 # ---------------------------------------------------------------- running cells
 

@@ -33,7 +33,7 @@ from secondthoughts import settings
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows, read_examples, shuffled, split_examples
 from secondthoughts.precision import PRECISIONS
 from secondthoughts.reward import VIEWS, RewardConfig
-from secondthoughts.runs import write_atomic
+from secondthoughts.atomic import write_atomic
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the model loads
 
@@ -408,7 +408,7 @@ def read_rows(path: str, context_field: str, text_field: str) -> tuple[list[dict
 
 
 def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    """JSONL written atomically (:func:`runs.write_atomic`)."""
+    """JSONL written atomically (:func:`atomic.write_atomic`)."""
     write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 

@@ -1,0 +1,81 @@
+"""Atomic files and folders (secondthoughts.atomic) under faults from its own hook
+(``SECONDTHOUGHTS_FAULT``): a kill or a full disk leaves the old version or the new one."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secondthoughts import atomic
+
+
+@pytest.fixture(autouse=True)
+def _no_fault_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(atomic.FAULT_ENV, raising=False)
+    atomic.reset_fault_counts()
+
+
+def _fault(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    monkeypatch.setenv(atomic.FAULT_ENV, spec)
+    atomic.reset_fault_counts()
+
+
+def test_write_atomic_replaces_whole_files_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sub" / "f.json"
+    atomic.write_atomic(path, "old")
+    atomic.write_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    _fault(monkeypatch, "enospc@write:1")
+    with pytest.raises(OSError) as e:
+        atomic.write_atomic(path, "never")
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_text() == "new" and sorted(p.name for p in path.parent.iterdir()) == ["f.json"]  # no temp file left
+    with pytest.raises(ZeroDivisionError), atomic.open_atomic(path) as f:
+        f.write("half")
+        1 / 0  # noqa: B018
+    assert path.read_text() == "new"
+    with pytest.raises(ValueError, match="whole files"), atomic.open_atomic(path, "a"):
+        pass
+
+
+def test_write_dir_swaps_folders_and_keeps_the_old_one_on_failure(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+
+    def write(text: str) -> Any:
+        def fn(p: Path) -> None:
+            (p / "a.txt").write_text(text)
+            (p / "sub").mkdir()
+            (p / "sub" / "b.txt").write_text(text)
+        return fn
+
+    atomic.write_dir(final, write("one"))
+    atomic.write_dir(final, write("two"))
+    assert (final / "sub" / "b.txt").read_text() == "two"
+
+    def broken(p: Path) -> None:
+        (p / "a.txt").write_text("three")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic.write_dir(final, broken)
+    assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # replace=False (a shared cache): a complete copy already there wins, ours is dropped
+    atomic.write_dir(final, write("four"), replace=False)
+    assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_fault_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fault(monkeypatch, "explode@write:1")
+    with pytest.raises(ValueError, match="SECONDTHOUGHTS_FAULT"):
+        atomic.fault_point("write")
+    _fault(monkeypatch, "enospc@write:2")
+    atomic.fault_point("checkpoint-file")  # another point: not counted
+    atomic.fault_point("write")
+    with pytest.raises(OSError):
+        atomic.fault_point("write")
+    atomic.fault_point("write")  # the third time passes again
+
+
