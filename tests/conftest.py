@@ -73,3 +73,24 @@ def tok_with_edits() -> Any:
     tok = tiny.tiny_tokenizer()
     models.add_edit_tokens(tiny.tiny_model(tok), tok)
     return tok
+
+
+@pytest.fixture(autouse=True)
+def _no_fault_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits the atomic writer's fault hook from the shell or from another test."""
+    from secondthoughts import atomic
+
+    monkeypatch.delenv(atomic.FAULT_ENV, raising=False)
+    atomic.reset_fault_counts()
+
+
+@pytest.fixture
+def fault(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Sets this process's fault hook (``SECONDTHOUGHTS_FAULT``, e.g. ``enospc@write:1``) for the test."""
+    from secondthoughts import atomic
+
+    def set_fault(spec: str) -> None:
+        monkeypatch.setenv(atomic.FAULT_ENV, spec)
+        atomic.reset_fault_counts()
+
+    return set_fault

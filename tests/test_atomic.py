@@ -12,23 +12,12 @@ import pytest
 from secondthoughts import atomic
 
 
-@pytest.fixture(autouse=True)
-def _no_fault_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(atomic.FAULT_ENV, raising=False)
-    atomic.reset_fault_counts()
-
-
-def _fault(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
-    monkeypatch.setenv(atomic.FAULT_ENV, spec)
-    atomic.reset_fault_counts()
-
-
-def test_write_atomic_replaces_whole_files_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_atomic_replaces_whole_files_or_nothing(tmp_path: Path, fault: Any) -> None:
     path = tmp_path / "sub" / "f.json"
     atomic.write_atomic(path, "old")
     atomic.write_atomic(path, b"new")
     assert path.read_bytes() == b"new"
-    _fault(monkeypatch, "enospc@write:1")
+    fault("enospc@write:1")
     with pytest.raises(OSError) as e:
         atomic.write_atomic(path, "never")
     assert e.value.errno == errno.ENOSPC
@@ -67,11 +56,11 @@ def test_write_dir_swaps_folders_and_keeps_the_old_one_on_failure(tmp_path: Path
     assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_fault_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fault(monkeypatch, "explode@write:1")
+def test_fault_hook_spec_is_checked(fault: Any) -> None:
+    fault("explode@write:1")
     with pytest.raises(ValueError, match="SECONDTHOUGHTS_FAULT"):
         atomic.fault_point("write")
-    _fault(monkeypatch, "enospc@write:2")
+    fault("enospc@write:2")
     atomic.fault_point("checkpoint-file")  # another point: not counted
     atomic.fault_point("write")
     with pytest.raises(OSError):

@@ -26,17 +26,6 @@ from secondthoughts.cli import main
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def _no_fault_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(atomic.FAULT_ENV, raising=False)
-    atomic.reset_fault_counts()
-
-
-def _fault(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
-    monkeypatch.setenv(atomic.FAULT_ENV, spec)
-    atomic.reset_fault_counts()
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -216,12 +205,12 @@ def test_train_killed_at_every_stage_of_a_checkpoint_resumes_exactly(
 
 def test_train_disk_full_during_a_checkpoint_then_resume(
     tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path, train_reference: Path,
-    train_stopped: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    train_stopped: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: Any,
 ) -> None:  # fmt: skip
     """ENOSPC while writing the step-5 checkpoint: one error line, exit 1, the step-4 checkpoint
     intact and nothing half-written left; once there is space, the run resumes exactly."""
     out = _copy_run(train_stopped, tmp_path)
-    _fault(monkeypatch, "enospc@checkpoint-file:3")
+    fault("enospc@checkpoint-file:3")
     assert main(["train", "--out", str(out), "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: checkpoint-file: No space left on device"
@@ -320,10 +309,11 @@ def test_refine_killed_during_checkpoints_resumes_exactly(tmp_path: Path, aem: P
 
 
 def test_refine_disk_full_and_torn_metrics_then_resume(
-    tmp_path: Path, aem: Path, examples_jsonl: Path, refine_reference: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, aem: Path, examples_jsonl: Path, refine_reference: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fault: Any,
 ) -> None:
     out = tmp_path / "rl"
-    _fault(monkeypatch, "enospc@checkpoint-file:7")  # the 3rd file of the step-2 checkpoint
+    fault("enospc@checkpoint-file:7")  # the 3rd file of the step-2 checkpoint
     with pytest.raises(OSError) as e:
         _refine(out, aem, examples_jsonl)
     assert e.value.errno == errno.ENOSPC and not (out / ".checkpoint.tmp").exists()
