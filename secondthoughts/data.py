@@ -70,6 +70,17 @@ def read_examples(path: str | os.PathLike[str]) -> Iterator[Example]:
         yield Example(ctx, row["source"], row["target"], ex_id, meta)
 
 
+def read_run_examples(data: str, eval_data: str, eval_max: int, what: str = "training data") -> tuple[list[Example], list[Example]]:
+    """A run's examples (at least one) and its held-out ones (``eval_data``'s first ``eval_max``;
+    none without it). ``what`` names the examples in the error of an empty ``data``."""
+    if not data:
+        raise ValueError(f"no {what}: pass --data examples.jsonl")
+    train = list(read_examples(data))
+    if not train:
+        raise ValueError(f"{data} holds no examples")
+    return train, list(read_examples(eval_data))[:eval_max] if eval_data else []
+
+
 def count_examples(path: str | os.PathLike[str]) -> int:
     """Read every example of ``path`` before anything slow starts: how many there are, or
     DataError naming the first bad line (or saying that there is none)."""

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from secondthoughts import atomic, models, plots, runs
-from secondthoughts.data import Example, read_examples
+from secondthoughts.data import read_run_examples
 from secondthoughts.policy import save_policy
-from secondthoughts.refine import GUARDS, RefineConfig, RefineResult, RefineState, Refiner
+from secondthoughts.refine import GUARDS, RefineResult, RefineState, Refiner
 
 
 def _per_sample(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -83,16 +83,6 @@ def _step(r: Refiner, mine: list[Any], state: RefineState) -> dict[str, Any]:
     return row
 
 
-def _prompts(cfg: RefineConfig) -> tuple[list[Example], list[Example]]:
-    """The training prompts (at least one) and the held-out ones (at most ``eval_max``)."""
-    if not cfg.data:
-        raise ValueError("no prompts: pass --data examples.jsonl")
-    train_ex = list(read_examples(cfg.data))
-    if not train_ex:
-        raise ValueError(f"{cfg.data} holds no examples")
-    return train_ex, list(read_examples(cfg.eval_data))[: cfg.eval_max] if cfg.eval_data else []
-
-
 def _run_info(r: Refiner, data: dict[str, int], plan: dict[str, int]) -> dict[str, Any]:
     """config.json of a refinement run (see the ``refine`` module docstring)."""
     cfg = r.config
@@ -119,7 +109,7 @@ def run(r: Refiner, *, resume: bool, stop_after: int | None) -> RefineResult:
         runs.check_same_settings(out, "refine", cfg)
     acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
 
-    train_ex, eval_ex = _prompts(cfg)
+    train_ex, eval_ex = read_run_examples(cfg.data, cfg.eval_data, cfg.eval_max, "prompts")
     per_step = cfg.prompts_per_step * world
     steps_per_epoch = max(1, math.ceil(len(train_ex) / per_step))
     plan = {"world_size": world, "prompts_per_step": per_step, "samples_per_step": per_step * cfg.k, "steps_per_epoch": steps_per_epoch}

@@ -43,7 +43,7 @@ from torch import nn
 from secondthoughts import atomic, models, runs, settings
 from secondthoughts.chain_text import CHAIN_FORMATS
 from secondthoughts.completion_loss import CompletionLoss
-from secondthoughts.data import Example, read_examples, split_examples
+from secondthoughts.data import Example, read_run_examples, split_examples
 from secondthoughts.edits import DEFAULT_COST_SETS
 from secondthoughts.sequences import (
     IGNORE_INDEX,
@@ -162,14 +162,8 @@ def hold_out(examples: Sequence[Example], fraction: float, max_eval: int, seed: 
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    if not config.data:
-        raise ValueError("no training data: pass --data examples.jsonl")
-    train = list(read_examples(config.data))
-    if not train:
-        raise ValueError(f"{config.data} holds no examples")
-    if config.eval_data:
-        return train, list(read_examples(config.eval_data))[: config.eval_max]
-    return hold_out(train, config.eval_fraction, config.eval_max, config.seed)
+    train, held_out = read_run_examples(config.data, config.eval_data, config.eval_max)
+    return (train, held_out) if config.eval_data else hold_out(train, config.eval_fraction, config.eval_max, config.seed)
 
 
 # What a run started from another (``init_from``) shares with it: the base its adapter sits on,
