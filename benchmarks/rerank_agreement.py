@@ -2,13 +2,14 @@
 question a best-of-N reranker has to answer, asked of the hand labels.
 
     python benchmarks/rerank_agreement.py --labels benchmarks/coherence_labels.jsonl --rated rated.jsonl \
-        [--reward runs/reward-ms] [--second-reward runs/reward-ms-frozen] [--splits blind4 blind5 ...]
+        [--reward runs/reward-ms] [--reward runs/reward-ms-frozen] [--splits blind4 blind5 ...]
 
 ``--rated``: JSONL of the rated texts, one row per (split, id, system) of the labels file with
 ``context``, ``source`` and ``text`` (the texts are model outputs on Moral Stories, which the
 project does not commit; a blind round's packet and key give them). Pairs are two different
 texts of one story in one split (one round of raters), gold and source left out, whose mean
-ratings differ by at least 1; a scorer agrees when it scores the higher-rated text higher.
+ratings differ by at least 1; a scorer agrees when it scores the higher-rated text higher (a tie
+counts half).
 Scorers: the shipped rewrite model's likelihood (``--rerank likelihood``), the reward runs'
 ``log P(aligned)``, and the context's pointwise information: the likelihood minus the same
 likelihood with the context left out (how much the norm and situation raise the text). Prints
@@ -65,7 +66,7 @@ def agreement(items: list[dict], score: Callable[[dict], float], rating: Callabl
         stories[i["story"]].append(i)
     per = [[(a, b) for a, b in itertools.combinations(g, 2) if a["text"] != b["text"] and abs(rating(a) - rating(b)) >= 1] for g in stories.values()]
     per = [p for p in per if p]
-    hits = [sum((score(a) > score(b)) == (rating(a) > rating(b)) for a, b in p) for p in per]
+    hits = [sum(0.5 if score(a) == score(b) else float((score(a) > score(b)) == (rating(a) > rating(b))) for a, b in p) for p in per]
     sizes = [len(p) for p in per]
     rng, draws = random.Random(seed), []
     for _ in range(2000):
@@ -80,10 +81,12 @@ def main() -> None:
     ap.add_argument("--labels", required=True)
     ap.add_argument("--rated", required=True)
     ap.add_argument("--reward", action="append", default=[], help="reward run folder (repeatable)")
-    ap.add_argument("--splits", nargs="*", help="label splits to use (default: all blind rounds)")
+    ap.add_argument("--splits", nargs="*", help="label splits to use (default: every split --rated has texts for)")
     args = ap.parse_args()
-    labels = [r for r in read_jsonl(args.labels) if (r["split"] in args.splits if args.splits else r["split"].startswith("blind"))]
+    labels = [r for r in read_jsonl(args.labels) if not args.splits or r["split"] in args.splits]
     items = scored_items(labels, read_jsonl(args.rated), args.reward)
+    if not items:
+        raise SystemExit("no labelled model output has a text in --rated (same split, id and system)")
     scorers: dict[str, Callable[[dict], float]] = {name: (lambda i, n=name: i[n]) for name in items[0] if name in ("likelihood", "context PMI") or name.startswith("log P")}
     scorers["likelihood + 0.25 context PMI"] = lambda i: i["likelihood"] + 0.25 * i["context PMI"]
     ratings = {"coherence": lambda i: i["coherence"], "align": lambda i: i["align"], "align + coherence": lambda i: i["align"] + i["coherence"]}

@@ -99,14 +99,19 @@ def precheck(module: Any, argv: list[str]) -> None:
     refuse a folder given to one of its ``OUTPUT_FLAGS``."""
     if "-h" in argv or "--help" in argv:
         return
+    _check_paths(module, lambda flag: _flag_values(argv, flag))
+
+
+def _check_paths(module: Any, values: Any) -> None:
+    """``precheck``'s checks on the paths ``values(flag)`` gives for each of the module's flags."""
     for flag in getattr(module, "OUTPUT_FLAGS", ()):
-        for path in _flag_values(argv, flag):
+        for path in values(flag):
             if os.path.isdir(path):
                 raise ValueError(f"{flag} {path}: is a directory; give the file to write")
     for flag in getattr(module, "EXAMPLE_FLAGS", ()):
         from secondthoughts.data import count_examples
 
-        for path in _flag_values(argv, flag):
+        for path in values(flag):
             count_examples(path)
 
 
@@ -120,6 +125,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         from secondthoughts.settings import resolve
 
         resolve(args, module.settings_parts(args), f"{args.command} settings", args.command_parser.error)  # type: ignore[union-attr]
+        if args.config_file:  # the file's paths get the checks the flags' got before the parser
+            _check_paths(module, lambda flag: [v] if isinstance(v := getattr(args, flag[2:].replace("-", "_"), None), str) and v else [])
     return args
 
 

@@ -67,7 +67,7 @@ from secondthoughts.data import (
     jsonl_rows,
     pair_problem,
 )
-from secondthoughts.settings import setting
+from secondthoughts.settings import parsed, setting
 from secondthoughts.table_rows import csv_rows, hub_rows, tsv_rows
 
 # ---------------------------------------------------------------- results
@@ -474,7 +474,7 @@ class ReadOptions:
     skip_invalid: bool = setting(False, "skip malformed rows and report them instead of stopping at the first")
     split: str | None = setting(None, "keep only rows of this split (train, dev); for --format hub, the split to load", type=str)
     limit: int | None = setting(None, "stop after N examples", type=int, metavar="N")
-    columns: Mapping[str, str] | None = setting(None, "generic formats: context=COL,source=COL,target=COL,id=COL,split=COL")
+    columns: Mapping[str, str] | None = setting(None, "generic formats: context=COL,source=COL,target=COL,id=COL,split=COL", type=parsed(parse_columns))
     paradetox_rewrites: str = setting("all", "paradetox: only the first neutral rewrite per row (default: all)",
                                       flag="--first-rewrite", const="first")
     pairing: str = setting("zip", "ETHICS: pair the i-th unacceptable row of a scenario with its i-th acceptable row (zip), "

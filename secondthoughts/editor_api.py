@@ -32,7 +32,7 @@ from secondthoughts.data import pair_problem
 from secondthoughts.decoding import new_token_budget
 from secondthoughts.edits import Edit, EditError
 from secondthoughts.sequences import encode_prompt
-from secondthoughts.settings import setting
+from secondthoughts.settings import positive, setting
 
 if TYPE_CHECKING:
     from secondthoughts.learn_job import LearnJob
@@ -42,13 +42,13 @@ if TYPE_CHECKING:
 class Limits:
     """What one request may take, and how much the server takes at once (each a ``serve`` flag)."""
 
-    max_source_tokens: int | None = setting(None, "longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)", type=int)
-    max_new_tokens: int | None = setting(None, "token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)", type=int)
+    max_source_tokens: int | None = setting(None, "longest source in model tokens; longer: 413 (default: what the run's training length leaves room for)", type=positive(int))
+    max_new_tokens: int | None = setting(None, "token budget of one request; a source that may need more: 422 (default: enough to rewrite every source token)", type=positive(int))
     # The default decoding, best of 16, takes 6-12 s a text on 2 CPU threads.
-    time_budget: float = setting(60.0, "seconds one request may wait for the model (then 503) and hold it (then 422)", metavar="S")
-    queue: int = setting(4, "requests that may wait for the model, shortest source first; more: 503")
-    max_connections: int = setting(128, "connections handled at once; more: 503")
-    read_timeout: float = setting(5.0, "seconds for a request's headers and body to arrive; longer: 408", metavar="S")
+    time_budget: float = setting(60.0, "seconds one request may wait for the model (then 503) and hold it (then 422)", metavar="S", type=positive(float))
+    queue: int = setting(4, "requests that may wait for the model, shortest source first; more: 503", type=positive(int, 0))
+    max_connections: int = setting(128, "connections handled at once; more: 503", type=positive(int))
+    read_timeout: float = setting(5.0, "seconds for a request's headers and body to arrive; longer: 408", metavar="S", type=positive(float))
 
     def __post_init__(self) -> None:
         for name in ("max_source_tokens", "max_new_tokens"):

@@ -1,6 +1,8 @@
-"""Settings dataclasses whose fields become command-line flags (``TrainConfig``, ``RefineConfig``,
-``LearnConfig``, ``RewardConfig``, ``decoding.DecodeSettings``): the field helper, the flags made
-from the fields, and the dict / YAML reader they share."""
+"""Settings dataclasses whose fields become command-line flags (every command's: ``TrainConfig``,
+``RefineConfig``, ``decoding.DecodeSettings``, ``commands.realign.RealignOptions``, ...): the field
+helper, the flags made from the fields, the dict / YAML reader, and the one rule by which a
+command's settings are read (:func:`resolve`, :func:`from_args`: defaults, then ``--config``, then
+the flags given)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def add_flags(
     ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
     opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
-    one that must be given. A list takes one or more values. The type is ``types[name]``, else
+    one that must be given (with ``given_only``: by a flag or the file, checked by :func:`resolve`). A
+list takes one or more values. The type is ``types[name]``, else
     the metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``:
     flags not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
@@ -38,7 +41,7 @@ def add_flags(
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         quiet = default is None or default == [] or ("flag" in meta and (isinstance(default, bool) or "const" in meta))  # the help says it
-        shown = "" if quiet else f" (default: {json.dumps(default)})"
+        shown = "" if quiet else f" (default: {meta.get('shown') or json.dumps(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
         if meta.get("required"):  # a setting every use must give (an input file): flag, or --config (resolve checks)
             kw["required"], kw["help"] = not given_only, meta.get("help", "") + (" (required)" if given_only else "")
@@ -49,10 +52,46 @@ def add_flags(
         if "const" in meta:  # a flag that sets one value (--first-rewrite: "first")
             p.add_argument(flag, action="store_const", const=meta["const"], **kw)
             continue
-        kind = (types or {}).get(f.name) or meta.get("type") or (str if isinstance(default, list) else type(default))
+        kind = flag_parser(f, types)
         if isinstance(default, list) and f.name not in (types or {}):
             kw["nargs"] = "+"
         p.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **kw)
+
+
+def flag_parser(f: Any, types: Mapping[str, Callable[[str], Any]] | None = None) -> Callable[[str], Any]:
+    """What reads a field's flag value (and a ``--config`` file's text for it): ``types[name]``,
+    else the metadata's ``type``, else the default's type (``str`` for a list's items)."""
+    default = f.default if f.default is not MISSING else f.default_factory()
+    return (types or {}).get(f.name) or f.metadata.get("type") or (str if isinstance(default, list) else type(default))
+
+
+def parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as a flag type whose ValueError message argparse shows as it is."""
+
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    read.__name__ = parse.__name__
+    return read
+
+
+def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str], float]:
+    """A flag type: a finite number of ``kind``, at least ``least`` (0 < x for floats)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < least or (kind is float and value <= 0):
+            raise argparse.ArgumentTypeError(f"expected a number >= {least:g}, got {text!r}" if kind is int else f"expected seconds > 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def flags_given(cls: type, args: Any) -> dict[str, Any]:
@@ -122,46 +161,80 @@ Part = tuple[type, Collection[str] | None]
 
 
 def add_config_flag(p: argparse.ArgumentParser, what: str) -> None:
-    """``--config FILE``: a YAML file of the command's settings (its flags' names), under the flags."""
+    """``--config FILE``: a YAML file of the command's settings by their field names
+    (``batch_size: 4``, ``learn: false``), under the flags given."""
     p.add_argument("--config", dest="config_file", default=None, metavar="FILE", help=f"YAML file of {what} (flags given override it)")
 
 
-def add_parts(p: argparse.ArgumentParser, parts: Sequence[Part], types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
+def add_parts(p: argparse.ArgumentParser, parts: Sequence[Part]) -> None:
     """The flags of a command's settings (``add_flags`` with ``given_only``: what is not given
-    is filled in by :func:`resolve`)."""
+    is filled in by :func:`resolve`; a flag's own parser is its field's metadata ``type``)."""
     for cls, only in parts:
-        add_flags(p, cls, only=only, types=types)
+        add_flags(p, cls, only=only)
 
 
 def resolve(args: Any, parts: Sequence[Part], what: str, error: Callable[[str], NoReturn]) -> None:
     """Set every setting of ``parts`` on ``args`` by :func:`merged`'s rule, as ``train`` and
     ``refine`` read theirs: the defaults, then ``--config`` (``args.config_file``), then the flags
-    given. A key of the file that is no setting of the command, or a value of the wrong kind:
-    ValueError; a required setting given by neither: ``error`` (argparse's, exit status 2)."""
+    given. The file's values are read as the flags read theirs (:func:`from_file`); a key that is
+    no setting of the command, or a value its flag would refuse: ValueError. Required settings
+    that neither gives: ``error`` (argparse's, exit status 2), all of them named."""
     config = getattr(args, "config_file", None)
-    from_file = {k.replace("-", "_"): v for k, v in (read_yaml(config, what) if config else {}).items()}
+    raw = {k.replace("-", "_"): v for k, v in (read_yaml(config, what) if config else {}).items()}
     names = {cls: [f.name for f in fields(cls) if only is None or f.name in only] for cls, only in parts}  # type: ignore[arg-type]
-    unknown = sorted(set(from_file) - {n for ns in names.values() for n in ns})
+    unknown = sorted(set(raw) - {n for ns in names.values() for n in ns})
     if unknown:
         raise ValueError(f"{config}: unknown {what}: {unknown}")
+    missing = []
     for cls, _ in parts:
-        layer = {f.name: _from_text(f, from_file[f.name], config) for f in fields(cls) if f.name in names[cls] and f.name in from_file}  # type: ignore[arg-type]
-        given = {n: getattr(args, n) for n in names[cls] if hasattr(args, n)}
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.metadata.get("required") and f.name in names[cls] and layer.get(f.name, given.get(f.name)) is None:
-                error(f"the following arguments are required: {f.metadata.get('flag') or '--' + f.name.replace('_', '-')}")
-        chosen = merged(cls, what, layer, given)
-        for n in names[cls]:
-            setattr(args, n, getattr(chosen, n))
+        mine = [f for f in fields(cls) if f.name in names[cls]]  # type: ignore[arg-type]
+        layer = {f.name: from_file(f, raw[f.name], str(config)) for f in mine if f.name in raw}
+        chosen = merged(cls, what, layer, {f.name: getattr(args, f.name) for f in mine if hasattr(args, f.name)})
+        for f in mine:
+            setattr(args, f.name, getattr(chosen, f.name))
+            if f.metadata.get("required") and getattr(chosen, f.name) in (None, "", []):
+                missing.append(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+    if missing:
+        error(f"the following arguments are required: {', '.join(missing)}")
 
 
-def _from_text(f: Any, value: Any, config: str) -> Any:
-    """A file's value as its flag would read it, where the flag has a parser of its own and the
-    file holds text (``costs: 1,1,3``); YAML's numbers, lists and booleans are taken as they are."""
-    parse = f.metadata.get("type")
-    if not isinstance(value, str) or parse in (None, str):
-        return value
-    try:
-        return parse(value)
-    except (ValueError, argparse.ArgumentTypeError) as e:
-        raise ValueError(f"{config}: {f.name}: {e}") from None
+def from_file(f: Any, value: Any, config: str) -> Any:
+    """A ``--config`` file's value for field ``f``, read and checked as its flag would be: numbers
+    as numbers (``5e-5`` too), text through the flag's own parser (``costs: 1,1,3``; a YAML list or
+    mapping is written out for it first: ``costs: [1, 1, 3]``), one value or a list for a list,
+    true / false for a switch, and the flag's choices."""
+    default = f.default if f.default is not MISSING else f.default_factory()
+
+    def bad(message: str) -> NoReturn:
+        raise ValueError(f"{config}: {f.name}: {message}")
+
+    if value is None:
+        return None if default is None else bad("expected a value, got nothing")
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else bad(f"expected true or false, got {value!r}")
+    parse = flag_parser(f)
+    many = isinstance(default, list)
+    items = [value] if not many or isinstance(value, str) else value
+    if not isinstance(items, list):
+        bad(f"expected a list, got {value!r}")
+    out = []
+    for v in items:
+        if parse in (int, float, str):
+            kinds = {str: (str,), int: (str, int), float: (str, int, float)}[parse]
+            expected = f"expected {dict(int='a whole number', float='a number', str='text')[parse.__name__]}, got {v!r}"
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                bad(expected)
+            try:
+                v = parse(v)
+            except ValueError:
+                bad(expected)
+        elif parse is not type(None):
+            text = ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+            try:
+                v = parse(text)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                bad(str(e))
+        if f.metadata.get("choices") and v not in f.metadata["choices"]:
+            bad(f"expected one of {', '.join(map(str, f.metadata['choices']))}, got {v!r}")
+        out.append(v)
+    return out if many else out[0]

@@ -21,8 +21,8 @@ def test_the_expert_chain_turns_source_into_target_and_merges_as_learned() -> No
 
 def test_reverse_negatives_add_a_row_per_prompt_toward_the_unaligned_text() -> None:
     exs = [Example("ctx a", "Ann lies.", "Ann tells the truth.", "a"), Example("ctx b", "Bo hits.", "Bo helps.", "b")]
-    prompt_of = lambda ex: [len(ex.context), len(ex.source)]  # noqa: E731 - stands in for the tokenizer
-    chain_ids = lambda chain, source: [len(chain), len(source)]  # noqa: E731
+    prompt_of = lambda ex: [len(ex.context), len(ex.source)]
+    chain_ids = lambda chain, source: [len(chain), len(source)]
     prompts, comps, sources = ail_rows(exs, [[1], [2]], prompt_of, chain_ids, COSTS, None, "sample")
     assert prompts == [[1], [2]] and sources == ["Ann lies.", "Bo hits."] and len(comps) == 2
     prompts, comps, sources = ail_rows(exs, [[1], [2]], prompt_of, chain_ids, COSTS, None, "both")

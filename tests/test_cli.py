@@ -204,6 +204,26 @@ def test_output_that_is_a_directory_is_one_line(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().err == f"error: --output {tmp_path / 'out'}: is a directory; give the file to write\n"
 
 
+def test_a_config_file_gets_the_checks_and_the_errors_the_flags_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"context": "c", "source": "a b", "target": "a c"}\n{"context": "c", "source": "d e", "target": "d f"}\n')
+    (tmp_path / "out").mkdir()
+    config = tmp_path / "prepare.yaml"
+    config.write_text(f"format: jsonl\ninput: {src}\noutput: {tmp_path / 'out'}\n")
+    assert main(["prepare", "--config", str(config)]) == 1  # before the dataset is read, as with the flag
+    assert capsys.readouterr().err == f"error: --output {tmp_path / 'out'}: is a directory; give the file to write\n"
+    config.write_text(f"format: jsonl\ninput: {src}\noutput: {tmp_path / 'ok.jsonl'}\nlimit: few\n")
+    assert main(["prepare", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == f"error: {config}: limit: expected a whole number, got 'few'\n"
+    config.write_text(f"format: jsonl\ninput: {src}\noutput: {tmp_path / 'ok.jsonl'}\nlimit: 5\n")
+    assert main(["prepare", "--config", str(config), "--limit", "1"]) == 0  # the flag given wins
+    assert (tmp_path / "ok.jsonl").read_text().count("\n") == 1
+    with pytest.raises(SystemExit) as e:  # every missing required setting named, by the action's own parser
+        main(["reward", "score"])
+    assert e.value.code == 2
+    assert "secondthoughts reward score: error: the following arguments are required: --model, --input, --output" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- fuzzing the command line
 
 

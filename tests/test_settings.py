@@ -83,3 +83,43 @@ def test_a_file_value_in_text_goes_through_the_flags_parser(tmp_path) -> None:
     (tmp_path / "e.yaml").write_text("costs: 1,x,3\n", encoding="utf-8")
     with pytest.raises(ValueError, match="e.yaml: costs: --costs must be three"):
         parse_args(["edits", "a b", "a c", "--config", str(tmp_path / "e.yaml")])
+
+
+@dataclass
+class Typed:
+    rate: float = _f(0.1, "a rate")
+    count: int = _f(2, "a count")
+    mode: str = _f("a", "a mode", choices=("a", "b"))
+    names: list = _f(["x"], "names")  # noqa: RUF009 (setting copies lists)
+    out: str | None = _f(None, "where", type=str, required=True)
+    other: str | None = _f(None, "another", type=str, required=True)
+
+
+def _typed(tmp_path, config: str, argv: list[str] = ()) -> argparse.Namespace:
+    p = argparse.ArgumentParser(exit_on_error=False)
+    settings.add_config_flag(p, "typed settings")
+    settings.add_parts(p, [(Typed, None)])
+    (tmp_path / "t.yaml").write_text(config, encoding="utf-8")
+    args = p.parse_args([*argv, "--config", str(tmp_path / "t.yaml")])
+
+    def error(message: str):
+        raise SystemExit(f"error: {message}")
+
+    settings.resolve(args, [(Typed, None)], "typed settings", error)
+    return args
+
+
+def test_file_values_are_read_and_checked_as_the_flags_would_be(tmp_path) -> None:
+    args = _typed(tmp_path, "rate: 5e-5\ncount: '4'\nnames: y\nout: o\nother: p\n")  # YAML reads 5e-5 as text
+    assert (args.rate, args.count, args.names, args.out) == (5e-5, 4, ["y"], "o")
+    for bad, message in (("count: 2.5", "count: expected a whole number"), ("mode: c", "mode: expected one of a, b"),
+                         ("rate: fast", "rate: expected a number"), ("names: {a: 1}", "names: expected a list"),
+                         ("other: 3", "other: expected text"), ("count: null", "count: expected a value")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _typed(tmp_path, f"out: o\nother: p\n{bad}\n")  # a repeated key: YAML keeps the last
+
+
+def test_required_settings_are_all_named_and_a_flag_beats_a_null_in_the_file(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="required: --out, --other"):
+        _typed(tmp_path, "count: 3\n")
+    assert _typed(tmp_path, "out: null\nother: p\n", ["--out", "o"]).out == "o"

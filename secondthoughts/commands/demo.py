@@ -67,7 +67,7 @@ class DemoOptions:
     no_model: bool = setting(False, "only show the chains inferred between the hand-written pairs", flag="--no-model")
     retrain: bool = setting(False, "train the cached demo run again", flag="--retrain")
     max_new_tokens: int | None = setting(None, "generation budget per example (default: enough for the source)", type=int)
-    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "--no-model: insert,delete,replace costs", type=parse_costs, metavar="I,D,R")
+    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "--no-model: insert,delete,replace costs", type=parse_costs, metavar="I,D,R", shown="1,1,2")
 
 
 def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:

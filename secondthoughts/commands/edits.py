@@ -36,7 +36,7 @@ def parse_costs(text: str) -> tuple[float, float, float]:
 class EditsOptions:
     """``edits``'s flags (the two texts are its arguments)."""
 
-    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "insert,delete,replace costs", type=parse_costs, metavar="I,D,R")
+    costs: tuple[float, float, float] = setting((1.0, 1.0, 2.0), "insert,delete,replace costs", type=parse_costs, metavar="I,D,R", shown="1,1,2")
     json: bool = setting(False, "print the edits, total cost and applied target as JSON", flag="--json")
     chain_format: str = setting("anchored", "how the JSON's compact form is written (as `train --chain-format`)", choices=CHAIN_FORMATS)
 

@@ -14,17 +14,10 @@ from dataclasses import dataclass
 
 from secondthoughts.data import Example, write_examples
 
-from secondthoughts.dataset_readers import FORMATS, ReadOptions, parse_columns, read_dataset
+from secondthoughts.dataset_readers import FORMATS, ReadOptions, read_dataset
 from secondthoughts.settings import Part, add_config_flag, add_parts, flags_given, setting
 
 OUTPUT_FLAGS = ("--output",)  # refused by cli.precheck when a folder, before the dataset is read
-
-
-def _columns(spec: str) -> dict[str, str]:
-    try:
-        return parse_columns(spec)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 @dataclass
@@ -42,7 +35,7 @@ def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flag(p, "prepare settings")
-    add_parts(p, settings_parts(), types={"columns": _columns})
+    add_parts(p, settings_parts())
 
 
 def _describe(values: Sequence[int]) -> str:

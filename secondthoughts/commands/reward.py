@@ -83,7 +83,7 @@ class TrainOutput:
 class EnsembleOptions:
     """``reward ensemble``'s flags (and ``views``)."""
 
-    runs: list[str] = _f([], "reward model run folders (single models)", required=True)
+    runs: list[str] = _f([], "reward model run folders (single models)", required=True)  # noqa: RUF009 (setting copies lists)
     out: str | None = _f(None, "ensemble folder to write", type=str, required=True)
     dev: str | None = _f(None, "held-out examples JSONL to report the members' and the ensemble's accuracy on", type=str)
     max_dev: int | None = _f(None, "evaluate on at most N held-out examples (a seeded sample)", type=int, metavar="N")
@@ -91,7 +91,7 @@ class EnsembleOptions:
 
 
 @dataclass
-class EvaluateOptions:
+class RewardEvaluateOptions:
     """``reward evaluate``'s flags (and ``views``)."""
 
     model: str | None = _f(None, "reward model run folder or ensemble folder", type=str, required=True)
@@ -128,7 +128,7 @@ def settings_parts(args: argparse.Namespace) -> list[settings.Part]:
     return {
         "train": [(RewardSplit, None), (TrainOutput, None), (RewardConfig, None)],
         "ensemble": [(EnsembleOptions, None), (ScoreSettings, views)],
-        "evaluate": [(EvaluateOptions, None), (ScoreSettings, views)],
+        "evaluate": [(RewardEvaluateOptions, None), (ScoreSettings, views)],
         "score": [(ScoreFiles, None), (ScoreSettings, None)],
         "fit-coherence": [(FitCoherenceOptions, None)],
     }[args.action]  # type: ignore[return-value]
@@ -145,6 +145,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     }  # fmt: skip
     for action, (help_text, description) in actions.items():
         a = sub.add_parser(action, help=help_text, description=description)
+        a.set_defaults(command_parser=a)  # its errors name the action and its own --help
         settings.add_config_flag(a, f"reward {action} settings")
         settings.add_parts(a, settings_parts(argparse.Namespace(action=action)))
 

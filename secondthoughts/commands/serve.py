@@ -11,10 +11,8 @@ runs ``secondthoughts learn`` on the saved file in the background (into ``--lear
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +23,6 @@ from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--replay-data",)
-
-
-def positive(kind: type[int] | type[float], least: float = 1) -> Callable[[str], float]:
-    """An argparse type: a finite number of ``kind``, at least ``least`` (0 < x for floats)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < least or (kind is float and value <= 0):
-            raise argparse.ArgumentTypeError(f"expected a number >= {least:g}, got {text!r}" if kind is int else f"expected seconds > 0, got {text!r}")
-        return value
-
-    return parse
 
 
 @dataclass
@@ -55,11 +38,6 @@ class ServeOptions:
     learn: bool = setting(True, "no learning from the editor", flag="--no-learn")
 
 
-# The request limits are numbers within bounds, refused by the parser (Limits checks them again).
-LIMIT_TYPES = {"max_source_tokens": positive(int), "max_new_tokens": positive(int), "time_budget": positive(float),
-               "queue": positive(int, 0), "max_connections": positive(int), "read_timeout": positive(float)}  # fmt: skip
-
-
 def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
     from secondthoughts.decoding import DecodeSettings
 
@@ -68,7 +46,7 @@ def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flag(p, "serve settings")
-    add_parts(p, settings_parts(), types=LIMIT_TYPES)
+    add_parts(p, settings_parts())
 
 
 def _stop(signum: int, frame: Any) -> None:
