@@ -30,8 +30,8 @@ def add_flags(
     ``flag``; its help, choices and metavar from the metadata, its default after the help. A bool is
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
     opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
-    one that must be given (with ``given_only``: by a flag or the file, checked by :func:`resolve`). A
-list takes one or more values. The type is ``types[name]``, else
+    one that must be given (with ``given_only``: by a flag or the file, checked by :func:`resolve`).
+    A list takes one or more values. The type is ``types[name]``, else
     the metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``:
     flags not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
@@ -39,7 +39,7 @@ list takes one or more values. The type is ``types[name]``, else
             continue
         meta = f.metadata
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        default = field_default(f)
         quiet = default is None or default == [] or ("flag" in meta and (isinstance(default, bool) or "const" in meta))  # the help says it
         shown = "" if quiet else f" (default: {meta.get('shown') or json.dumps(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if given_only else default, "help": meta.get("help", "") + shown}
@@ -58,10 +58,15 @@ list takes one or more values. The type is ``types[name]``, else
         p.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **kw)
 
 
+def field_default(f: Any) -> Any:
+    """A dataclass field's default (a fresh one where the field has a factory)."""
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
 def flag_parser(f: Any, types: Mapping[str, Callable[[str], Any]] | None = None) -> Callable[[str], Any]:
     """What reads a field's flag value (and a ``--config`` file's text for it): ``types[name]``,
     else the metadata's ``type``, else the default's type (``str`` for a list's items)."""
-    default = f.default if f.default is not MISSING else f.default_factory()
+    default = field_default(f)
     return (types or {}).get(f.name) or f.metadata.get("type") or (str if isinstance(default, list) else type(default))
 
 
@@ -203,7 +208,7 @@ def from_file(f: Any, value: Any, config: str) -> Any:
     as numbers (``5e-5`` too), text through the flag's own parser (``costs: 1,1,3``; a YAML list or
     mapping is written out for it first: ``costs: [1, 1, 3]``), one value or a list for a list,
     true / false for a switch, and the flag's choices."""
-    default = f.default if f.default is not MISSING else f.default_factory()
+    default = field_default(f)
 
     def bad(message: str) -> NoReturn:
         raise ValueError(f"{config}: {f.name}: {message}")

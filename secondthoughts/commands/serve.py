@@ -19,7 +19,7 @@ from typing import Any
 
 from secondthoughts.commands.realign import DeviceOptions
 from secondthoughts.editor_api import Limits
-from secondthoughts.settings import Part, add_config_flag, add_parts, setting
+from secondthoughts.settings import Part, add_config_flag, add_parts, flags_given, setting
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--replay-data",)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_corrections_path(Path(args.corrections))  # before the model loads: a bad path fails at once
         check_best_of(args)
-        limits = Limits(args.max_source_tokens, args.max_new_tokens, args.time_budget, args.queue, args.max_connections, args.read_timeout)
+        limits = Limits(**flags_given(Limits, args))
         realigner = load_realigner(args)
         learn = LearnJob(args.learn_out, ["--replay-data", args.replay_data] if args.replay_data else []) if args.learn else None
         server = make_server(
