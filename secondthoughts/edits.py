@@ -38,6 +38,20 @@ DEFAULT_COSTS: Costs = (1.0, 1.0, 2.0)
 DEFAULT_COST_SETS: tuple[Costs, ...] = ((1, 1, 2), (1, 1, 3), (1, 1, 1))
 
 
+def parse_cost_sets(text: str) -> list[list[float]]:
+    """``"1,1,2;1,1,3"`` -> ``[[1, 1, 2], [1, 1, 3]]`` (the ``--cost-sets`` flag and its ``--config``
+    value); ValueError naming the text where a set is not three positive finite numbers."""
+    try:
+        sets = [[float(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise ValueError(f"cost sets look like '1,1,2;1,1,3', got {text!r}") from None
+    if not sets or any(len(s) != 3 for s in sets):
+        raise ValueError(f"each cost set is insert,delete,replace; got {text!r}")
+    if not all(c > 0 and math.isfinite(c) for s in sets for c in s):
+        raise ValueError(f"costs must be positive finite numbers, got {text!r}")
+    return sets
+
+
 class EditError(ValueError):
     """A chain that does not fit its source, or a rendering that cannot be parsed."""
 

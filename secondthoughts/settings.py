@@ -31,7 +31,8 @@ def add_flags(
     ``--x/--no-x``, or with a metadata ``flag`` (``--unconstrained``) that flag alone, which sets the
     opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
     one that must be given (with ``given_only``: by a flag or the file, checked by :func:`resolve`).
-    A list takes one or more values. The type is ``types[name]``, else
+    A list takes one or more values (metadata ``whole``: one value its parser reads as the whole
+    list, ``--cost-sets 1,1,2;1,1,3``). The type is ``types[name]``, else
     the metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``:
     flags not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
@@ -53,7 +54,7 @@ def add_flags(
             p.add_argument(flag, action="store_const", const=meta["const"], **kw)
             continue
         kind = flag_parser(f, types)
-        if isinstance(default, list) and f.name not in (types or {}):
+        if isinstance(default, list) and f.name not in (types or {}) and not meta.get("whole"):
             kw["nargs"] = "+"
         p.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), **kw)
 
@@ -150,15 +151,26 @@ def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "
               defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
     """A command's settings by :func:`merged`'s rule: with ``--resume`` the run's saved
     ``section`` of ``file`` (in ``--out``), else ``defaults(chosen)`` (e.g. what ``--init-from``
-    carries over); then ``--config``; then the flags given."""
+    carries over); then ``--config`` (read and checked by :func:`file_settings`); then the flags given."""
     given = flags_given(cls, args)
-    from_file = read_yaml(args.config_file, what) if args.config_file else {}
+    from_file = file_settings(cls, args.config_file, what) if args.config_file else {}
     chosen = {**from_file, **given}
     if args.resume:
         base = saved_section(chosen.get("out", cls.out), section, file)  # type: ignore[attr-defined]
     else:
         base = defaults(chosen) if defaults else {}
     return merged(cls, what, base, from_file, given)
+
+
+def file_settings(cls: type, config: str, what: str) -> dict[str, Any]:
+    """A ``--config`` file's settings of ``cls``, each value read and checked as its flag reads
+    its own (:func:`from_file`); a key that is no field of ``cls``: ValueError naming the file."""
+    raw = {k.replace("-", "_"): v for k, v in read_yaml(config, what).items()}
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{config}: unknown {what}: {unknown}")
+    return {name: from_file(known[name], v, config) for name, v in raw.items()}
 
 
 # A command's settings: a dataclass and the fields it takes of it (None: all).
@@ -218,7 +230,7 @@ def from_file(f: Any, value: Any, config: str) -> Any:
     if isinstance(default, bool):
         return value if isinstance(value, bool) else bad(f"expected true or false, got {value!r}")
     parse = flag_parser(f)
-    many = isinstance(default, list)
+    many = isinstance(default, list) and not f.metadata.get("whole")
     items = [value] if not many or isinstance(value, str) else value
     if not isinstance(items, list):
         bad(f"expected a list, got {value!r}")
@@ -234,12 +246,21 @@ def from_file(f: Any, value: Any, config: str) -> Any:
             except ValueError:
                 bad(expected)
         elif parse is not type(None):
-            text = ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
             try:
-                v = parse(text)
+                v = parse(_as_flag_text(v))
             except (ValueError, argparse.ArgumentTypeError) as e:
                 bad(str(e))
         if f.metadata.get("choices") and v not in f.metadata["choices"]:
             bad(f"expected one of {', '.join(map(str, f.metadata['choices']))}, got {v!r}")
         out.append(v)
     return out if many else out[0]
+
+
+def _as_flag_text(v: Any) -> str:
+    """A YAML value written as its flag's text: ``{a: 1}`` -> ``a=1``, ``[1, 1, 3]`` -> ``1,1,3``,
+    ``[[1, 1, 2], [1, 1, 3]]`` -> ``1,1,2;1,1,3``."""
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return (";" if any(isinstance(x, (list, tuple)) for x in v) else ",").join(map(_as_flag_text, v))
+    return str(v)

@@ -44,7 +44,7 @@ from secondthoughts import atomic, models, runs, settings
 from secondthoughts.chain_text import CHAIN_FORMATS
 from secondthoughts.completion_loss import CompletionLoss
 from secondthoughts.data import Example, read_run_examples, split_examples
-from secondthoughts.edits import DEFAULT_COST_SETS
+from secondthoughts.edits import DEFAULT_COST_SETS, parse_cost_sets
 from secondthoughts.sequences import (
     IGNORE_INDEX,
     MODES,
@@ -83,7 +83,10 @@ class TrainConfig:
         "or 'inline' (the source text kept between edits written out, so each edit stands where it ends)",
         choices=CHAIN_FORMATS,
     )
-    cost_sets: list = _f([list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'", metavar="I,D,R;...")  # noqa: RUF009 (_f copies lists)
+    cost_sets: list = _f(  # noqa: RUF009 (_f copies lists)
+        [list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'",
+        metavar="I,D,R;...", type=settings.parsed(parse_cost_sets), whole=True, shown="1,1,2;1,1,3;1,1,1",
+    )
     merge_gap: int = _f(
         3,
         "coe chains: edits that at most N kept tokens separate become one replace (fewer, longer edits; "
@@ -145,7 +148,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-        return settings.merged(cls, "training settings", settings.read_yaml(path, "training settings"), overrides)
+        return settings.merged(cls, "training settings", settings.file_settings(cls, str(path), "training settings"), overrides)
 
 
 # ---------------------------------------------------------------- data

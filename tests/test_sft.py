@@ -171,6 +171,36 @@ def test_cli_flags_override_yaml(tmp_path):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
 
 
+def test_a_train_or_refine_config_file_is_read_and_checked_as_the_flags_are(tmp_path):
+    from secondthoughts.commands.refine import config_from_args as refine_config
+
+    def train_cfg(text: str) -> TrainConfig:
+        (tmp_path / "c.yaml").write_text(text)
+        argv = ["train", "--config", str(tmp_path / "c.yaml"), "--data", "x.jsonl"]
+        return config_from_args(build_parser(argv).parse_args(argv))
+
+    # YAML reads 5e-5 as text and a list of lists as lists: both reach the settings as the flags would.
+    cfg = train_cfg("lr: 5e-5\ncost_sets: [[1, 1, 2], [1, 1, 3]]\n")
+    assert cfg.lr == 5e-5 and isinstance(cfg.lr, float) and cfg.cost_sets == [[1, 1, 2], [1, 1, 3]]
+    assert train_cfg("cost_sets: 1,1,2;2,1,1\n").cost_sets == [[1, 1, 2], [2, 1, 1]]
+    for text, message in [("cost_sets: [[1, 1]]\n", "cost_sets: each cost set is insert,delete,replace"),
+                          ("max_length: two\n", "max_length: expected a whole number, got 'two'"),
+                          ("mode: rewrite\n", "mode: expected one of"),
+                          ("packing: 1\n", "packing: expected true or false"),
+                          ("learning_rate: 1\n", "unknown training settings: \\['learning_rate'\\]")]:
+        with pytest.raises(ValueError, match=f"c.yaml: {message}"):
+            train_cfg(text)
+    (tmp_path / "r.yaml").write_text("k: four\n")
+    argv = ["refine", "--config", str(tmp_path / "r.yaml"), "--policy", "p", "--reward", "r", "--data", "x.jsonl"]
+    with pytest.raises(ValueError, match="r.yaml: k: expected a whole number, got 'four'"):
+        refine_config(build_parser(argv).parse_args(argv))
+    # The flag itself takes the whole list in one value, as before.
+    argv = ["train", "--data", "x.jsonl", "--cost-sets", "1,1,2;1,1,3"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).cost_sets == [[1, 1, 2], [1, 1, 3]]
+    with pytest.raises(SystemExit):
+        build_parser(argv).parse_args(["train", "--data", "x.jsonl", "--cost-sets", "1,1"])
+
+
 def test_every_config_field_has_help():
     from dataclasses import fields
 

@@ -9,7 +9,6 @@ from YAML; flags given on the command line override it. Runs under
 from __future__ import annotations
 
 import argparse
-import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.precheck)
@@ -19,19 +18,6 @@ if TYPE_CHECKING:  # torch loads only once the data has been checked (cli.preche
 EXAMPLE_FLAGS = ("--data", "--eval-data")
 
 
-def parse_cost_sets(text: str) -> list[list[float]]:
-    """``"1,1,2;1,1,3"`` -> ``[[1, 1, 2], [1, 1, 3]]``."""
-    try:
-        sets = [[float(x) for x in part.split(",")] for part in text.split(";") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"cost sets look like '1,1,2;1,1,3', got {text!r}") from None
-    if not sets or any(len(s) != 3 for s in sets):
-        raise argparse.ArgumentTypeError(f"each cost set is insert,delete,replace; got {text!r}")
-    if not all(c > 0 and math.isfinite(c) for s in sets for c in s):
-        raise argparse.ArgumentTypeError(f"costs must be positive finite numbers, got {text!r}")
-    return sets
-
-
 def add_config_arguments(p: argparse.ArgumentParser, cls: type | None = None) -> None:
     """One flag per dataclass field (default: TrainConfig's; ``settings.add_flags``). Defaults are
     suppressed so that only flags actually given override the YAML file; the help still shows them."""
@@ -39,7 +25,7 @@ def add_config_arguments(p: argparse.ArgumentParser, cls: type | None = None) ->
 
     if cls is None:
         from secondthoughts.sft import TrainConfig as cls
-    settings.add_flags(p, cls, types={"cost_sets": parse_cost_sets})
+    settings.add_flags(p, cls)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
