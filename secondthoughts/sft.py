@@ -85,7 +85,7 @@ class TrainConfig:
     )
     cost_sets: list = _f(  # noqa: RUF009 (_f copies lists)
         [list(c) for c in DEFAULT_COST_SETS], "CoE augmentation: (insert, delete, replace) cost sets, e.g. '1,1,2;1,1,3'",
-        metavar="I,D,R;...", type=settings.parsed(parse_cost_sets), whole=True, shown="1,1,2;1,1,3;1,1,1",
+        metavar="I,D,R;...", type=settings.parsed(parse_cost_sets), whole=True, shown=";".join(",".join(f"{c:g}" for c in cs) for cs in DEFAULT_COST_SETS),
     )
     merge_gap: int = _f(
         3,
