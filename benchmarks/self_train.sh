@@ -13,7 +13,7 @@ MIN_ALIGN=${MIN_ALIGN:-0.3}; MIN_LIKELIHOOD=${MIN_LIKELIHOOD:--1.12}
 DATA=../shared/data/moral_stories/moral_stories.jsonl
 mkdir -p "$WORK/chunks"
 [ -s "$WORK/complete.jsonl" ] || {
-  secondthoughts prepare --format moral_stories --input $DATA --split train --output "$WORK/all.jsonl"
+  secondthoughts prepare --format moral_stories --input "$DATA" --split train --output "$WORK/all.jsonl"
   python -c "import json,sys; [sys.stdout.write(l) for l in open(sys.argv[1]) if json.loads(l)['meta'].get('situation')]" \
     "$WORK/all.jsonl" > "$WORK/complete.jsonl"
 }

@@ -153,7 +153,7 @@ def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "
     ``section`` of ``file`` (in ``--out``), else ``defaults(chosen)`` (e.g. what ``--init-from``
     carries over); then ``--config`` (read and checked by :func:`file_settings`); then the flags given."""
     given = flags_given(cls, args)
-    from_file = file_settings(cls, args.config_file, what) if args.config_file else {}
+    from_file = file_settings(fields(cls), args.config_file, what) if args.config_file else {}  # type: ignore[arg-type]
     chosen = {**from_file, **given}
     if args.resume:
         base = saved_section(chosen.get("out", cls.out), section, file)  # type: ignore[attr-defined]
@@ -162,11 +162,11 @@ def from_args(cls: type[T], args: Any, what: str, section: str, *, file: str = "
     return merged(cls, what, base, from_file, given)
 
 
-def file_settings(cls: type, config: str, what: str) -> dict[str, Any]:
-    """A ``--config`` file's settings of ``cls``, each value read and checked as its flag reads
-    its own (:func:`from_file`); a key that is no field of ``cls``: ValueError naming the file."""
+def file_settings(known_fields: Sequence[Any], config: str, what: str) -> dict[str, Any]:
+    """A ``--config`` file's settings, each value read and checked as its flag reads its own
+    (:func:`from_file`); a key that is none of ``known_fields``: ValueError naming the file."""
     raw = {k.replace("-", "_"): v for k, v in read_yaml(config, what).items()}
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name: f for f in known_fields}
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ValueError(f"{config}: unknown {what}: {unknown}")
@@ -197,15 +197,11 @@ def resolve(args: Any, parts: Sequence[Part], what: str, error: Callable[[str], 
     no setting of the command, or a value its flag would refuse: ValueError. Required settings
     that neither gives: ``error`` (argparse's, exit status 2), all of them named."""
     config = getattr(args, "config_file", None)
-    raw = {k.replace("-", "_"): v for k, v in (read_yaml(config, what) if config else {}).items()}
-    names = {cls: [f.name for f in fields(cls) if only is None or f.name in only] for cls, only in parts}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - {n for ns in names.values() for n in ns})
-    if unknown:
-        raise ValueError(f"{config}: unknown {what}: {unknown}")
+    taken = {cls: [f for f in fields(cls) if only is None or f.name in only] for cls, only in parts}  # type: ignore[arg-type]
+    in_file = file_settings([f for fs in taken.values() for f in fs], config, what) if config else {}
     missing = []
-    for cls, _ in parts:
-        mine = [f for f in fields(cls) if f.name in names[cls]]  # type: ignore[arg-type]
-        layer = {f.name: from_file(f, raw[f.name], str(config)) for f in mine if f.name in raw}
+    for cls, mine in taken.items():
+        layer = {f.name: in_file[f.name] for f in mine if f.name in in_file}
         chosen = merged(cls, what, layer, {f.name: getattr(args, f.name) for f in mine if hasattr(args, f.name)})
         for f in mine:
             setattr(args, f.name, getattr(chosen, f.name))

@@ -32,7 +32,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-        return settings.merged(cls, "training settings", settings.file_settings(cls, str(path), "training settings"), overrides)
+        return settings.merged(cls, "training settings", settings.file_settings(fields(cls), str(path), "training settings"), overrides)
 
 
 # ---------------------------------------------------------------- data
