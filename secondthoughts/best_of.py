@@ -16,7 +16,8 @@ Reranker = Callable[[list[str], list[str]], list[float]]
 def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
     """The candidate whose text ``rerank`` scores highest. Invalid chains and texts identical to
     the source are chosen only when no candidate is valid and changed (a reranker may well score
-    the unchanged source high); ties go to the first. Each distinct text is scored once."""
+    the unchanged source high); ties go to the first. Each distinct text is scored once; the chosen
+    result's ``alternatives`` lists them all with their scores."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
@@ -27,4 +28,6 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
+    valid = {r.text: r.valid for r in reversed(candidates)}  # a text's first candidate says
+    best.alternatives = [{"text": t, "valid": valid[t], "score": float(scores[t])} for t in texts]
     return best

@@ -119,10 +119,15 @@ class RealignResult:
     timings: dict[str, float] = field(default_factory=dict)
     candidates: int = 1  # best-of-N: how many chains (the greedy one and the samples) this one was chosen from
     rerank_score: float | None = None  # best-of-N: its score under the reranker
+    # best-of-N: every distinct candidate text once, in decoding order (the greedy chain's first),
+    # as {"text", "valid", "score"}; written out only when asked (realign --keep-candidates).
+    alternatives: list[dict[str, Any]] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, alternatives: bool = False) -> dict[str, Any]:
         d = asdict(self)
         d["chain"] = [e.to_dict() for e in self.chain]
+        if not alternatives:
+            del d["alternatives"]
         return d
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from secondthoughts import coherence as C
 from secondthoughts.best_of import choose_best
+from secondthoughts.cli import main
 from secondthoughts.decoding import prompt_ids
 from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
 from secondthoughts.realign import Realigner, RealignResult
@@ -82,6 +84,18 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     res = Realigner(coe).realign(CTX, SRC, best_of=3, rerank=rerank, temperature=1.5, seed=2, max_new_tokens=24)
     assert res.candidates == 4 and res.rerank_score <= 0
     assert res.rerank_score == pytest.approx(RewriteLikelihood(direct_run)([CTX], [res.text], [SRC])[0], abs=1e-5)
+    # the command writes every candidate with its score when asked
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"context": CTX, "source": SRC}) + "\n")
+    cmd = ["realign", "--model", str(coe), "--input", str(inp), "--output", str(out), "--best-of", "3", "--rerank", str(direct_run),
+           "--temperature", "1.5", "--seed", "2", "--max-new-tokens", "24"]  # fmt: skip
+    assert main([*cmd, "--keep-candidates"]) == 0
+    row = json.loads(out.read_text())
+    alts = row["alternatives"]
+    assert 1 <= len(alts) <= 4 and len({a["text"] for a in alts}) == len(alts) and row["text"] in {a["text"] for a in alts}
+    assert row["rerank_score"] == max(a["score"] for a in alts if a["valid"] and a["text"] != SRC)
+    assert [a["score"] for a in alts] == pytest.approx(RewriteLikelihood(direct_run)([CTX] * len(alts), [a["text"] for a in alts], [SRC] * len(alts)), abs=1e-5)
+    assert main(cmd) == 0 and "alternatives" not in json.loads(out.read_text())
 
 
 def test_likelihood_alone_names_the_shipped_rewrite_model() -> None:

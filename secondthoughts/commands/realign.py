@@ -49,6 +49,7 @@ class RealignOptions:
     json: bool = setting(False, "print the result as JSON", flag="--json")
     input: str | None = setting(None, "JSONL of rows with source (and optional context, prefix) to re-align in batches", type=str)
     output: str | None = setting(None, "where --input's rows go, with the result fields added", type=str)
+    keep_candidates: bool = setting(False, "best-of-N: also write every distinct candidate text with its validity and rerank score (field alternatives)", flag="--keep-candidates")
     batch_size: int = setting(8, BATCH_HELP)
 
 
@@ -208,13 +209,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if items is None:
         if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+            print(json.dumps(result.to_dict(args.keep_candidates), ensure_ascii=False, indent=2))
         else:
             show(Console(highlight=False), result)
         return 0 if result.valid else 1
     from secondthoughts.commands.reward import write_rows
 
-    write_rows(args.output, [{**row, **r.to_dict()} for row, r in zip(items, results)])
+    write_rows(args.output, [{**row, **r.to_dict(args.keep_candidates)} for row, r in zip(items, results)])
     valid = sum(r.valid for r in results)
     parts = [f"{valid} valid", f"{sum(r.truncated for r in results)} truncated"]
     if any(r.disagrees is not None for r in results):
