@@ -29,6 +29,7 @@ fresh stories read by fresh raters: neither sees this model's failures well).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import random
@@ -285,25 +286,32 @@ def combined_scores(alignment: Sequence[float], coherence: Sequence[float], cohe
     return [math.log(max(a, tiny)) + coherence_weight * math.log(max(c, tiny)) for a, c in zip(alignment, coherence)]
 
 
+def source_similarity(text: str, source: str) -> float:
+    """How much of its source a text keeps: difflib's ratio of matching characters, 0-1, case folded."""
+    return difflib.SequenceMatcher(None, text.lower(), source.lower()).ratio()
+
+
 class Reranker:
     """Scores texts for best-of-N decoding: the mean over ``alignment`` scorers of
     ``log P(aligned)`` plus ``coherence_weight`` times the mean over ``coherence`` scorers of
     ``log P(coherent)`` (:func:`combined_scores`), plus the mean over ``likelihood`` scorers
     (``likelihood.RewriteLikelihood``: a rewrite model's mean token log-probability of the text
-    given its context and source). Any callable ``(contexts, texts) -> [0, 1] scores`` can stand
-    for alignment or coherence."""
+    given its context and source), minus ``source_penalty`` times :func:`source_similarity` and
+    ``length_penalty`` times the log of the text's word count. Any callable ``(contexts, texts)
+    -> [0, 1] scores`` can stand for alignment or coherence."""
 
     def __init__(
-        self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0, likelihood: Sequence[Any] = ()
-    ):
+        self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0, likelihood: Sequence[Any] = (),
+        source_penalty: float = 0.0, length_penalty: float = 0.0,
+    ):  # fmt: skip
         if not alignment and not coherence and not likelihood:
             raise ValueError("a reranker needs at least one scorer")
         self.alignment, self.coherence, self.coherence_weight = list(alignment), list(coherence), coherence_weight
-        self.likelihood = list(likelihood)
+        self.likelihood, self.source_penalty, self.length_penalty = list(likelihood), source_penalty, length_penalty
 
     @property
     def takes_sources(self) -> bool:  # best_of.choose_best passes the sources when asked
-        return bool(self.likelihood)
+        return bool(self.likelihood) or self.source_penalty > 0
 
     @staticmethod
     def _mean(scorers: Sequence[ScoreFn], contexts: list[str], texts: list[str]) -> list[float]:
@@ -316,11 +324,15 @@ class Reranker:
         a = self._mean(self.alignment, contexts, texts)
         c = self._mean(self.coherence, contexts, texts)
         total = combined_scores(a, c, self.coherence_weight)
+        if self.takes_sources and sources is None:
+            raise ValueError("a likelihood scorer or a source penalty needs the sources")
         if self.likelihood:
-            if sources is None:
-                raise ValueError("a likelihood scorer needs the sources")
             lik = np.mean([fn(contexts, texts, sources) for fn in self.likelihood], axis=0)
             total = (np.asarray(total) + lik).tolist()
+        if self.source_penalty:
+            total = [t - self.source_penalty * source_similarity(x, s) for t, x, s in zip(total, texts, sources)]  # type: ignore[arg-type]
+        if self.length_penalty:
+            total = [t - self.length_penalty * math.log(max(1, len(x.split()))) for t, x in zip(total, texts)]
         return total
 
 
@@ -338,7 +350,7 @@ def _kind_and_path(spec: str) -> tuple[str, str]:
     return ("likelihood" if is_rewrite_run(spec) else ""), spec
 
 
-def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any) -> Reranker:
+def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0, **kw: Any) -> Reranker:
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
     unless written ``coherence=module:function``)."""
@@ -356,10 +368,10 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, **kw: Any
             is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
             kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
-    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"])
+    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty)
 
 
-def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0) -> None:
+def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0) -> None:
     """Fail fast, before any model loads, on a spec that is neither a reward run folder, a
     direct-mode run folder nor ``module:function``, or a negative weight."""
     from secondthoughts import reward
@@ -369,8 +381,9 @@ def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0) -> None:
         raise ValueError(
             "--best-of above 1 needs --rerank: reward run folders (alignment and/or coherence), direct-mode run folders (likelihood) or module:function"
         )
-    if coherence_weight < 0:
-        raise ValueError(f"--coherence-weight must be >= 0, got {coherence_weight}")
+    for flag, weight in (("coherence-weight", coherence_weight), ("source-penalty", source_penalty), ("length-penalty", length_penalty)):
+        if weight < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {weight}")
     for spec in specs:
         kind, path = _kind_and_path(spec)
         if kind == "likelihood":

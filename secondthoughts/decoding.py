@@ -44,6 +44,9 @@ NO_REPEAT = 4
 # worse; 32 candidates read no better (docs/coherence.md). It costs 6-8x greedy's time on a CPU. The Python API
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
+SOURCE_PENALTY, LENGTH_PENALTY = 0.0, 0.0
+# DecodeSettings' weights of the best-of score (coherence.load_reranker's keyword arguments).
+RERANK_WEIGHTS = ("coherence_weight", "source_penalty", "length_penalty")
 
 
 @dataclass
@@ -75,6 +78,9 @@ class DecodeSettings:
                                                  "as each run's config says) or module:function (alignment; write "
                                                  "coherence=module:function for a coherence callable)", metavar="SCORER")
     coherence_weight: float = setting(1.0, "best-of score: log P(aligned) + W * log P(coherent)", metavar="W")
+    source_penalty: float = setting(SOURCE_PENALTY, "best-of score minus W x the share of its source a text keeps (0-1): "
+                                                    "a candidate that keeps the unaligned act reads less aligned", metavar="W")
+    length_penalty: float = setting(LENGTH_PENALTY, "best-of score minus W x log(words): long candidates drift", metavar="W")
 
     @classmethod
     def from_args(cls, args: Any) -> DecodeSettings:
@@ -85,7 +91,7 @@ class DecodeSettings:
         """Keyword arguments for ``realign`` / ``realign_many``, but ``best_of`` and ``rerank``:
         those need the scorers loaded (``commands.realign.best_of_settings``)."""
         d = asdict(self)
-        for k in ("best_of", "rerank", "coherence_weight"):
+        for k in ("best_of", "rerank", *RERANK_WEIGHTS):
             del d[k]
         return d
 

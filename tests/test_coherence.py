@@ -108,6 +108,24 @@ def test_combined_scores_and_reranker() -> None:
         C.Reranker([], [])
 
 
+def test_the_source_and_length_penalties() -> None:
+    src = "Rose keeps the money she owes."
+    assert C.source_similarity(src.upper(), src) == 1.0 and C.source_similarity("xyz", "abc") == 0.0
+    texts = ["Rose keeps the money she owes.", "Rose pays her friend back.", "Rose pays her friend back the money today, as promised."]
+    flat = lambda c, t: [0.5] * len(t)  # noqa: E731
+    plain = C.Reranker([flat])
+    assert not plain.takes_sources and len(set(plain(["c"] * 3, texts))) == 1
+    r = C.Reranker([flat], source_penalty=2.0, length_penalty=0.5)
+    assert r.takes_sources
+    want = [math.log(0.5) - 2.0 * C.source_similarity(t, src) - 0.5 * math.log(len(t.split())) for t in texts]
+    assert r(["c"] * 3, texts, [src] * 3) == pytest.approx(want)
+    assert max(range(3), key=r(["c"] * 3, texts, [src] * 3).__getitem__) == 1  # not the source's act, not the long one
+    with pytest.raises(ValueError, match="needs the sources"):
+        r(["c"] * 3, texts)
+    short = C.Reranker([flat], length_penalty=1.0)  # a length penalty alone needs no sources
+    assert not short.takes_sources and short(["c"] * 2, ["a b", "a b c d"]) == pytest.approx([math.log(0.5) - math.log(2), math.log(0.5) - math.log(4)])
+
+
 def _result(text: str, valid: bool = True, source: str = "src") -> RealignResult:
     return RealignResult("ctx", source, "apply", text=text, valid=valid)
 
@@ -232,4 +250,8 @@ def test_check_reranker_fails_before_any_model_loads(tmp_path: Path) -> None:
         C.check_reranker([str(tmp_path)])
     with pytest.raises(ValueError, match="coherence-weight"):
         C.check_reranker(["m:f"], -1)
+    with pytest.raises(ValueError, match="--source-penalty must be >= 0, got -0.5"):
+        C.check_reranker(["m:f"], source_penalty=-0.5)
+    with pytest.raises(ValueError, match="--length-penalty must be >= 0"):
+        C.check_reranker(["m:f"], length_penalty=-1)
     C.check_reranker(["coherence=pkg.mod:fn", "pkg.mod:other"])

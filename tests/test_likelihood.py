@@ -96,6 +96,7 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     assert row["rerank_score"] == max(a["score"] for a in alts if a["valid"] and a["text"] != SRC)
     assert [a["score"] for a in alts] == pytest.approx(RewriteLikelihood(direct_run)([CTX] * len(alts), [a["text"] for a in alts], [SRC] * len(alts)), abs=1e-5)
     assert main(cmd) == 0 and "alternatives" not in json.loads(out.read_text())
+    assert main([*cmd, "--source-penalty", "-1"]) == 1  # refused before any model loads
 
 
 def test_likelihood_alone_names_the_shipped_rewrite_model() -> None:

@@ -1,0 +1,144 @@
+"""How well does a best-of-N reranker choose among one story's candidates, against people's ratings
+of every candidate? And how much better could it choose?
+
+    secondthoughts realign --input stories.jsonl --output cands.jsonl --seed 0 --batch-size 17 --keep-candidates
+    python benchmarks/candidate_choice.py --candidates cands.jsonl --labels benchmarks/coherence_labels.jsonl \
+        --split cands13 [--reward RUN ...]
+
+``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
+``alternatives``: every distinct candidate text with its validity and the default reranker's
+score, the rewrite likelihood). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
+"align", "coherence", "text_sha1"}`` rating the j-th alternative of a story (the texts are model
+outputs on Moral Stories, which the project does not commit; ``text_sha1`` checks that the
+candidates are the ones rated). Candidates are those a reranker may choose: valid and changed.
+
+Prints, for every story with rated candidates: the mean rating of the candidate each reranker
+keeps (Align, Coherence, share at coherence >= 5, their sum), the best candidate by the ratings
+(what a perfect reranker would keep) and a random one, each reranker's pick against the
+likelihood's (paired, 95% bootstrap intervals over stories), and a linear reranker over the
+features below fitted on the other stories (leave one story out: its numbers are out of sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import statistics as st
+from collections.abc import Callable
+
+import numpy as np
+
+from secondthoughts.coherence import source_similarity
+
+Candidate = dict  # text, valid, score (likelihood), align, coh, and the features below
+
+FEATURES: dict[str, Callable[[Candidate], float]] = {
+    "likelihood": lambda c: c["score"],
+    "similarity to the source": lambda c: c["src_sim"],
+    "log words": lambda c: math.log(max(1, len(c["text"].split()))),
+}
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sha1(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def rated_stories(rows: list[dict], labels: list[dict], split: str) -> list[list[Candidate]]:
+    """Each story's rated, valid, changed candidates with their mean ratings and features."""
+    lab = {(r["id"], r["system"]): r for r in labels if r["split"] == split}
+    stories = []
+    for line, row in enumerate(rows, 1):
+        if "alternatives" not in row:
+            raise ValueError(f"--candidates line {line}: field 'alternatives' missing (realign --keep-candidates writes it)")
+        cands = []
+        for j, alt in enumerate(row["alternatives"]):
+            r = lab.get((row["id"], f"alt{j}"))
+            if r is None or not alt["valid"] or alt["text"] == row["source"]:
+                continue
+            if r["text_sha1"] != sha1(alt["text"]):
+                raise ValueError(f"--candidates line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
+            sim = source_similarity(alt["text"], row["source"])
+            cands.append({**alt, "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
+        if cands:
+            stories.append(cands)
+    return stories
+
+
+def features(cands: list[Candidate], names: list[str]) -> np.ndarray:
+    """Each feature centred on its story's mean: a reranker only compares within a story."""
+    m = np.array([[FEATURES[n](c) for n in names] for c in cands])
+    return m - m.mean(0)
+
+
+def fit_pairwise(stories: list[list[Candidate]], names: list[str], l2: float = 1.0, margin: float = 1.5) -> np.ndarray:
+    """Logistic regression on within-story pairs rated at least ``margin`` apart (Align + Coherence):
+    P(a above b) = sigmoid(w . (x_a - x_b)). Newton's method; no intercept, the pairs are symmetric."""
+    diffs, ys = [], []
+    for cands in stories:
+        x, q = features(cands, names), [c["align"] + c["coh"] for c in cands]
+        for i in range(len(cands)):
+            for j in range(len(cands)):
+                if q[i] - q[j] >= margin:
+                    diffs += [x[i] - x[j], x[j] - x[i]]
+                    ys += [1.0, 0.0]
+    a, y, w = np.array(diffs), np.array(ys), np.zeros(len(names))
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-a @ w))
+        hess = (a * (p * (1 - p))[:, None]).T @ a + l2 * np.eye(len(w))
+        w -= np.linalg.solve(hess, a.T @ (p - y) + l2 * w)
+    return w
+
+
+def summary(picks: list[Candidate]) -> str:
+    a, c = [p["align"] for p in picks], [p["coh"] for p in picks]
+    return f"Align {st.mean(a):.2f}  Coherence {st.mean(c):.2f}  coherence >= 5 {sum(x >= 5 for x in c) / len(c):4.0%}  sum {st.mean(a) + st.mean(c):.2f}"
+
+
+def paired(picks: list[Candidate], base: list[Candidate], seed: int = 0, n: int = 2000) -> str:
+    out = []
+    for name, f in (("sum", lambda p: p["align"] + p["coh"]), ("align", lambda p: p["align"]), ("coherence", lambda p: p["coh"])):
+        d = [f(a) - f(b) for a, b in zip(picks, base)]
+        rng = random.Random(seed)
+        means = sorted(st.mean(rng.choice(d) for _ in d) for _ in range(n))
+        out.append(f"{name} {st.mean(d):+.2f} [{means[int(0.025 * n)]:+.2f}, {means[int(0.975 * n)]:+.2f}]")
+    return ", ".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL")
+    ap.add_argument("--labels", required=True)
+    ap.add_argument("--split", required=True, help="the labels' split that rated these candidates")
+    ap.add_argument("--penalties", nargs=2, type=float, action="append", default=[], metavar=("SOURCE", "LENGTH"),
+                    help="also the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
+                         "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable")
+    args = ap.parse_args()
+    rows = [r for path in args.candidates for r in read_jsonl(path)]
+    stories = rated_stories(rows, read_jsonl(args.labels), args.split)
+    print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
+    lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
+    print(f"{'best by the ratings (a perfect reranker)':44s} {summary([max(s, key=lambda c: c['align'] + c['coh']) for s in stories])}")
+    print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
+    print(f"{'the rewrite likelihood (the default)':44s} {summary(lik)}")
+    for a, b in args.penalties:
+        picks = [max(s, key=lambda c: c["score"] - a * c["src_sim"] - b * math.log(max(1, len(c["text"].split())))) for s in stories]
+        print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
+    names = list(FEATURES)
+    for k in range(2, len(names) + 1):
+        use = names[:k]
+        loo = [stories[i][int(np.argmax(features(stories[i], use) @ fit_pairwise(stories[:i] + stories[i + 1 :], use)))] for i in range(len(stories))]
+        w = fit_pairwise(stories, use)
+        terms = " ".join(f"{'-' if x < 0 else '+'} {abs(x):.2f} x {n}" for x, n in zip(w[1:] / w[0], use[1:]))
+        print(f"fitted, left out: likelihood {terms}\n{'':44s} {summary(loo)}\n{'':44s} minus the likelihood's: {paired(loo, lik)}")
+
+
+if __name__ == "__main__":
+    main()
