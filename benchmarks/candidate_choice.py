@@ -1,13 +1,14 @@
 """How well does a best-of-N reranker choose among one story's candidates, against people's ratings
 of every candidate? And how much better could it choose?
 
-    secondthoughts realign --input stories.jsonl --output cands.jsonl --seed 0 --batch-size 17 --keep-candidates
+    secondthoughts realign --input stories.jsonl --output cands.jsonl --seed 0 --batch-size 17 --keep-candidates \
+        --source-penalty 0 --length-penalty 0
     python benchmarks/candidate_choice.py --candidates cands.jsonl --labels benchmarks/coherence_labels.jsonl \
         --split cands13 [--reward RUN ...]
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
-``alternatives``: every distinct candidate text with its validity and the default reranker's
-score, the rewrite likelihood). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
+``alternatives``: every distinct candidate text with its validity and its score, with the
+penalties at 0 the rewrite likelihood alone). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
 "align", "coherence", "text_sha1"}`` rating the j-th alternative of a story (the texts are model
 outputs on Moral Stories, which the project does not commit; ``text_sha1`` checks that the
 candidates are the ones rated). Candidates are those a reranker may choose: valid and changed.
@@ -32,6 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 from secondthoughts.coherence import source_similarity
+from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
 
 Candidate = dict  # text, valid, score (likelihood), align, coh, and the features below
 
@@ -117,17 +119,19 @@ def main() -> None:
     ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL")
     ap.add_argument("--labels", required=True)
     ap.add_argument("--split", required=True, help="the labels' split that rated these candidates")
-    ap.add_argument("--penalties", nargs=2, type=float, action="append", default=[], metavar=("SOURCE", "LENGTH"),
-                    help="also the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
-                         "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable")
+    ap.add_argument("--penalties", nargs=2, type=float, action="append", metavar=("SOURCE", "LENGTH"),
+                    help="the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
+                         "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable "
+                         "(default: the commands' own)")
     args = ap.parse_args()
+    args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]
     rows = [r for path in args.candidates for r in read_jsonl(path)]
     stories = rated_stories(rows, read_jsonl(args.labels), args.split)
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     print(f"{'best by the ratings (a perfect reranker)':44s} {summary([max(s, key=lambda c: c['align'] + c['coh']) for s in stories])}")
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
-    print(f"{'the rewrite likelihood (the default)':44s} {summary(lik)}")
+    print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
     for a, b in args.penalties:
         picks = [max(s, key=lambda c: c["score"] - a * c["src_sim"] - b * math.log(max(1, len(c["text"].split())))) for s in stories]
         print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from secondthoughts import coherence as C
 from secondthoughts.best_of import choose_best
 from secondthoughts.cli import main
-from secondthoughts.decoding import prompt_ids
+from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY, prompt_ids
 from secondthoughts.likelihood import RewriteLikelihood, is_rewrite_run
 from secondthoughts.realign import Realigner, RealignResult
 from secondthoughts.sequences import encode_completion
@@ -94,7 +95,10 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     alts = row["alternatives"]
     assert 1 <= len(alts) <= 4 and len({a["text"] for a in alts}) == len(alts) and row["text"] in {a["text"] for a in alts}
     assert row["rerank_score"] == max(a["score"] for a in alts if a["valid"] and a["text"] != SRC)
-    assert [a["score"] for a in alts] == pytest.approx(RewriteLikelihood(direct_run)([CTX] * len(alts), [a["text"] for a in alts], [SRC] * len(alts)), abs=1e-5)
+    lik = RewriteLikelihood(direct_run)([CTX] * len(alts), [a["text"] for a in alts], [SRC] * len(alts))
+    penalties = [SOURCE_PENALTY * C.source_similarity(a["text"], SRC) + LENGTH_PENALTY * math.log(len(a["text"].split())) for a in alts]
+    assert SOURCE_PENALTY > 0 and LENGTH_PENALTY > 0  # the command's default best-of score has both
+    assert [a["score"] for a in alts] == pytest.approx([x - p for x, p in zip(lik, penalties)], abs=1e-5)
     assert main(cmd) == 0 and "alternatives" not in json.loads(out.read_text())
     assert main([*cmd, "--source-penalty", "-1"]) == 1  # refused before any model loads
 
