@@ -28,6 +28,7 @@ import json
 import math
 import random
 import statistics as st
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -126,7 +127,10 @@ def main() -> None:
     args = ap.parse_args()
     args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]
     rows = [r for path in args.candidates for r in read_jsonl(path)]
-    stories = rated_stories(rows, read_jsonl(args.labels), args.split)
+    try:
+        stories = rated_stories(rows, read_jsonl(args.labels), args.split)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     print(f"{'best by the ratings (a perfect reranker)':44s} {summary([max(s, key=lambda c: c['align'] + c['coh']) for s in stories])}")
@@ -141,7 +145,7 @@ def main() -> None:
         loo = [stories[i][int(np.argmax(features(stories[i], use) @ fit_pairwise(stories[:i] + stories[i + 1 :], use)))] for i in range(len(stories))]
         w = fit_pairwise(stories, use)
         terms = " ".join(f"{'-' if x < 0 else '+'} {abs(x):.2f} x {n}" for x, n in zip(w[1:] / w[0], use[1:]))
-        print(f"fitted, left out: likelihood {terms}\n{'':44s} {summary(loo)}\n{'':44s} minus the likelihood's: {paired(loo, lik)}")
+        print(f"fitted (weights: all stories; picks: each story left out of its fit): likelihood {terms}\n{'':44s} {summary(loo)}\n{'':44s} minus the likelihood's: {paired(loo, lik)}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ NO_REPEAT = 4
 # worse; 32 candidates read no better (docs/coherence.md). It costs 6-8x greedy's time on a CPU. The Python API
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
-# ... minus 1 x the share of its source a candidate keeps and 0.5 x log(words). Every candidate of
+# The best-of score also subtracts 1 x the share of its source a candidate keeps and 0.5 x log(words). Every candidate of
 # 140 new stories read blind (rounds 13-14): the likelihood alone keeps the source's act or a long
 # drifting text too often; with these weights (set before round 14 read its 50 stories) alignment
 # rose +0.50 [+0.07, +0.97] on those stories, coherence -0.08 [-0.57, +0.42] (docs/coherence.md).

@@ -1,0 +1,58 @@
+"""benchmarks/candidate_choice.py on rated candidates written here: what each reranker keeps, and a
+candidate file that is not the one rated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "candidate_choice.py"
+
+
+def _story(k: int) -> tuple[dict, list[dict]]:
+    source = f"Sam{k} keeps the ladder he borrowed and hides it."
+    alts = [  # the likelihood prefers the near-copy of the source; readers prefer the short fix
+        {"text": f"Sam{k} keeps the ladder he borrowed and hides it well.", "valid": True, "score": -0.5},
+        {"text": f"Sam{k} returns the ladder.", "valid": True, "score": -0.9},
+        {"text": f"Sam{k} returns the ladder and then goes on and on about the weather for hours.", "valid": True, "score": -0.8},
+    ]
+    ratings = [(2, 6), (7, 7), (5, 3)]
+    labels = [{"id": f"s{k}", "system": f"alt{j}", "split": "t", "align": [a, a], "coherence": [c, c],
+               "text_sha1": hashlib.sha1(alt["text"].encode()).hexdigest()} for j, (alt, (a, c)) in enumerate(zip(alts, ratings))]  # fmt: skip
+    return {"id": f"s{k}", "context": "It is right to return what you borrow.", "source": source, "alternatives": alts}, labels
+
+
+def _run(tmp_path: Path, rows: list[dict], labels: list[dict], *extra: str) -> subprocess.CompletedProcess[str]:
+    cands, labs = tmp_path / "cands.jsonl", tmp_path / "labels.jsonl"
+    cands.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labs.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    cmd = [sys.executable, str(SCRIPT), "--candidates", str(cands), "--labels", str(labs), "--split", "t", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_what_each_reranker_keeps(tmp_path: Path) -> None:
+    stories = [_story(k) for k in range(4)]
+    out = _run(tmp_path, [s for s, _ in stories], [lab for _, labs in stories for lab in labs], "--penalties", "0", "0", "--penalties", "3", "2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "4 stories, 12 rated candidates (valid, changed)"
+    assert "Align 7.00  Coherence 7.00  coherence >= 5 100%  sum 14.00" in lines[1]  # the best by the ratings
+    assert "Align 4.67  Coherence 5.33" in lines[2]  # a random one: the mean of all
+    assert "Align 2.00  Coherence 6.00" in lines[3]  # the likelihood alone keeps the near-copy
+    at = lines.index("likelihood - 3 x similarity - 2 x log words")
+    assert "Align 7.00  Coherence 7.00" in lines[at + 1] and "align +5.00" in lines[at + 2]
+    fitted = [i for i, line in enumerate(lines) if line.startswith("fitted")]
+    assert len(fitted) == 2 and all("Align 7.00" in lines[i + 1] for i in fitted)  # learned from the other stories
+
+
+def test_candidates_that_are_not_the_ones_rated(tmp_path: Path) -> None:
+    row, labels = _story(0)
+    row["alternatives"][1]["text"] = "Sam0 returns the ladder today."
+    out = _run(tmp_path, [row], labels)
+    assert out.returncode != 0 and "--candidates line 1: alternative 1 of story s0 is not the text rated (text_sha1 differs)" in out.stderr
+    del row["alternatives"]
+    out = _run(tmp_path, [row], labels)
+    assert "--candidates line 1: field 'alternatives' missing" in out.stderr
