@@ -4,7 +4,7 @@ of every candidate? And how much better could it choose?
     secondthoughts realign --input stories.jsonl --output cands.jsonl --seed 0 --batch-size 17 --keep-candidates \
         --source-penalty 0 --length-penalty 0
     python benchmarks/candidate_choice.py --candidates cands.jsonl --labels benchmarks/coherence_labels.jsonl \
-        --split cands13 [--reward RUN ...]
+        --split cands13 [--penalties SOURCE LENGTH ...]
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its score, with the
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import statistics as st
 import sys
@@ -33,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from secondthoughts.coherence import source_similarity
+from secondthoughts.coherence import log_words, source_similarity
 from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
 
 Candidate = dict  # text, valid, score (likelihood), align, coh, and the features below
@@ -41,7 +40,7 @@ Candidate = dict  # text, valid, score (likelihood), align, coh, and the feature
 FEATURES: dict[str, Callable[[Candidate], float]] = {
     "likelihood": lambda c: c["score"],
     "similarity to the source": lambda c: c["src_sim"],
-    "log words": lambda c: math.log(max(1, len(c["text"].split()))),
+    "log words": lambda c: log_words(c["text"]),
 }
 
 
@@ -136,10 +135,10 @@ def main() -> None:
     print(f"{'best by the ratings (a perfect reranker)':44s} {summary([max(s, key=lambda c: c['align'] + c['coh']) for s in stories])}")
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
     print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
-    for a, b in args.penalties:
-        picks = [max(s, key=lambda c: c["score"] - a * c["src_sim"] - b * math.log(max(1, len(c["text"].split())))) for s in stories]
-        print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
     names = list(FEATURES)
+    for a, b in args.penalties:  # the best-of score: the features weighted 1, -a, -b (argmax keeps the first of ties)
+        picks = [s[int(np.argmax(features(s, names) @ np.array([1.0, -a, -b])))] for s in stories]
+        print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
     for k in range(2, len(names) + 1):
         use = names[:k]
         loo = [stories[i][int(np.argmax(features(stories[i], use) @ fit_pairwise(stories[:i] + stories[i + 1 :], use)))] for i in range(len(stories))]

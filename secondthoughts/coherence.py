@@ -291,6 +291,11 @@ def source_similarity(text: str, source: str) -> float:
     return difflib.SequenceMatcher(None, text.lower(), source.lower()).ratio()
 
 
+def log_words(text: str) -> float:
+    """The log of a text's word count (at least one word): what the length penalty weighs."""
+    return math.log(max(1, len(text.split())))
+
+
 class Reranker:
     """Scores texts for best-of-N decoding: the mean over ``alignment`` scorers of
     ``log P(aligned)`` plus ``coherence_weight`` times the mean over ``coherence`` scorers of
@@ -332,7 +337,7 @@ class Reranker:
         if self.source_penalty:
             total = [t - self.source_penalty * source_similarity(x, s) for t, x, s in zip(total, texts, sources)]  # type: ignore[arg-type]
         if self.length_penalty:
-            total = [t - self.length_penalty * math.log(max(1, len(x.split()))) for t, x in zip(total, texts)]
+            total = [t - self.length_penalty * log_words(x) for t, x in zip(total, texts)]
         return total
 
 
