@@ -6,6 +6,8 @@ of every candidate? And how much better could it choose?
     python benchmarks/candidate_choice.py --candidates cands.jsonl --labels benchmarks/coherence_labels.jsonl \
         --split cands13 [--penalties SOURCE LENGTH ...]
 
+(several rounds pooled: every round's candidates files and ``--split cands14 cands15 cands16``.)
+
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its score, with the
 penalties at 0 the rewrite likelihood alone). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
@@ -53,9 +55,10 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def rated_stories(rows: list[dict], labels: list[dict], split: str) -> list[list[Candidate]]:
-    """Each story's rated, valid, changed candidates with their mean ratings and features."""
-    lab = {(r["id"], r["system"]): r for r in labels if r["split"] == split}
+def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> list[list[Candidate]]:
+    """Each story's rated, valid, changed candidates with their mean ratings and features (labels
+    of any of ``splits``: story ids differ between rounds)."""
+    lab = {(r["id"], r["system"]): r for r in labels if r["split"] in splits}
     stories = []
     for line, row in enumerate(rows, 1):
         if "alternatives" not in row:
@@ -118,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL")
     ap.add_argument("--labels", required=True)
-    ap.add_argument("--split", required=True, help="the labels' split that rated these candidates")
+    ap.add_argument("--split", required=True, nargs="+", help="the labels' split(s) that rated these candidates (several: pooled)")
     ap.add_argument("--penalties", nargs=2, type=float, action="append", metavar=("SOURCE", "LENGTH"),
                     help="the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
                          "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable "

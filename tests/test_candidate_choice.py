@@ -12,7 +12,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "candidate_choice.py"
 
 
-def _story(k: int) -> tuple[dict, list[dict]]:
+def _story(k: int, split: str = "t") -> tuple[dict, list[dict]]:
     source = f"Sam{k} keeps the ladder he borrowed and hides it."
     alts = [  # the likelihood prefers the near-copy of the source; readers prefer the short fix
         {"text": f"Sam{k} keeps the ladder he borrowed and hides it well.", "valid": True, "score": -0.5},
@@ -20,16 +20,16 @@ def _story(k: int) -> tuple[dict, list[dict]]:
         {"text": f"Sam{k} returns the ladder and then goes on and on about the weather for hours.", "valid": True, "score": -0.8},
     ]
     ratings = [(2, 6), (7, 7), (5, 3)]
-    labels = [{"id": f"s{k}", "system": f"alt{j}", "split": "t", "align": [a, a], "coherence": [c, c],
+    labels = [{"id": f"s{k}", "system": f"alt{j}", "split": split, "align": [a, a], "coherence": [c, c],
                "text_sha1": hashlib.sha1(alt["text"].encode()).hexdigest()} for j, (alt, (a, c)) in enumerate(zip(alts, ratings))]  # fmt: skip
     return {"id": f"s{k}", "context": "It is right to return what you borrow.", "source": source, "alternatives": alts}, labels
 
 
-def _run(tmp_path: Path, rows: list[dict], labels: list[dict], *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, rows: list[dict], labels: list[dict], *extra: str, splits: tuple[str, ...] = ("t",)) -> subprocess.CompletedProcess[str]:
     cands, labs = tmp_path / "cands.jsonl", tmp_path / "labels.jsonl"
     cands.write_text("".join(json.dumps(r) + "\n" for r in rows))
     labs.write_text("".join(json.dumps(r) + "\n" for r in labels))
-    cmd = [sys.executable, str(SCRIPT), "--candidates", str(cands), "--labels", str(labs), "--split", "t", *extra]
+    cmd = [sys.executable, str(SCRIPT), "--candidates", str(cands), "--labels", str(labs), "--split", *splits, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -46,6 +46,13 @@ def test_what_each_reranker_keeps(tmp_path: Path) -> None:
     assert "Align 7.00  Coherence 7.00" in lines[at + 1] and "align +5.00" in lines[at + 2]
     fitted = [i for i, line in enumerate(lines) if line.startswith("fitted")]
     assert len(fitted) == 2 and all("Align 7.00" in lines[i + 1] for i in fitted)  # learned from the other stories
+
+
+def test_rounds_pooled(tmp_path: Path) -> None:
+    stories = [_story(k, split="r1") for k in range(2)] + [_story(k, split="r2") for k in range(2, 5)]
+    rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]
+    assert _run(tmp_path, rows, labels, splits=("r2",)).stdout.startswith("3 stories, 9 rated")  # one round's labels only
+    assert _run(tmp_path, rows, labels, splits=("r1", "r2")).stdout.startswith("5 stories, 15 rated")
 
 
 def test_candidates_that_are_not_the_ones_rated(tmp_path: Path) -> None:
