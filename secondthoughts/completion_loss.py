@@ -1,34 +1,75 @@
 """Log-probabilities of completion tokens and the fine-tuning loss over them, projecting the
 vocabulary only where a token is scored: ``token_logprobs`` (chunked, checkpointed under
-autograd), ``head_parameters`` (the matrix a head multiplies by, built once a call) and
+autograd; with a frozen head each chunk's derivatives are formed in its forward) and
 ``CompletionLoss`` (what ``sft.train`` runs). Below training: the RL rollouts and the rewrite
 likelihood score completions with the same function."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from secondthoughts.sequences import IGNORE_INDEX
+from secondthoughts.token_rows import HeadWeights, head_parameters, lean_token_rows
 
 LOGITS_PER_CHUNK = 2**23  # vocabulary logits projected at once (32 MB in fp32: ~170 positions on SmolLM2)
 
 
-def head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) that ``head`` multiplies by, or None where only calling it tells. PEFT's
-    trainable token rows build their (vocab, d) matrix by copying the whole base matrix at every
-    call; built here once per ``token_logprobs`` call, not per chunk and again in its backward."""
-    layer = getattr(head, "token_adapter", head)  # peft's TrainableTokensWrapper holds the layer
-    if hasattr(layer, "get_merged_weights") and hasattr(layer, "base_layer"):  # peft's TrainableTokensLayer
-        base = layer.base_layer
-        if layer.disable_adapters or not layer.active_adapters or layer.merged:
-            return base.weight, getattr(base, "bias", None)
-        return layer.get_merged_weights(layer.active_adapters), getattr(base, "bias", None)
-    if isinstance(head, nn.Linear):
-        return head.weight, head.bias
-    return None  # another wrapper (e.g. LoRA on the head): call it
+def _masked_logits(logits: torch.Tensor, temperature: float, allowed: torch.Tensor | None) -> torch.Tensor:
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits if allowed is None else logits.masked_fill(~allowed.to(logits.device), -float("inf"))
+
+
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """Log-probabilities through a head whose base matrix is frozen, each chunk's derivatives
+    formed in the forward: ``d lp_i / d h_i`` and ``d lp_i / d logits_i`` on the replaced rows,
+    which the backward only scales by each position's incoming gradient (``lp_i`` depends on
+    ``h_i`` alone). The logits are thus computed once, where a checkpointed chunk computes them
+    again in its backward, and never more than one chunk's are alive."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, row_weight: torch.Tensor | None, head: HeadWeights, targets: torch.Tensor,
+                temperature: float, allowed: Callable[[int, int], torch.Tensor] | None, size: int) -> torch.Tensor:  # fmt: skip
+        n = hidden.shape[0]
+        out = hidden.new_empty(n, dtype=torch.float32)
+        d_hidden = torch.empty_like(hidden)
+        d_rows = hidden.new_empty((n, 0 if head.rows is None else len(head.rows)), dtype=torch.float32)
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            h, t = hidden[start:stop], targets[start:stop]
+            logits = _masked_logits(head.logits(h), temperature, None if allowed is None else allowed(start, stop))
+            logp = logits.log_softmax(-1)
+            out[start:stop] = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            # d lp / d logits = (onehot(target) - softmax) / temperature
+            g = logp.exp_().neg_()
+            g[torch.arange(stop - start, device=g.device), t] += 1
+            if temperature != 1.0:
+                g /= temperature
+            if head.rows is not None:
+                d_rows[start:stop] = g[:, head.rows]
+                g[:, head.rows] = 0
+                d_h = g.to(head.weight.dtype) @ head.weight + d_rows[start:stop].to(row_weight.dtype) @ row_weight
+            else:
+                d_h = g.to(head.weight.dtype) @ head.weight
+            d_hidden[start:stop] = d_h
+        ctx.save_for_backward(hidden, d_hidden, d_rows)
+        ctx.has_rows = row_weight is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, d_hidden, d_rows = ctx.saved_tensors
+        grad_hidden = (grad.unsqueeze(-1) * d_hidden).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_rows = None
+        if ctx.has_rows and ctx.needs_input_grad[1]:
+            grad_rows = (grad.unsqueeze(-1) * d_rows).t() @ hidden.float()
+        return grad_hidden, grad_rows, None, None, None, None, None
 
 
 def token_logprobs(
@@ -44,26 +85,27 @@ def token_logprobs(
     ``chunk`` positions at a time (default: ``LOGITS_PER_CHUNK`` logits).
 
     ``allowed(start, stop)``: the (stop - start, vocab) mask of the tokens positions
-    ``start:stop`` may take; the softmax is then over those alone. Under autograd each chunk is
-    checkpointed, so its logits are recomputed in the backward rather than kept: at most one
+    ``start:stop`` may take; the softmax is then over those alone. Under autograd at most one
     chunk of (positions, vocab) logits is ever alive, where the whole batch's logits, log-softmax
-    and their gradients took ~0.8 GB per thousand positions of a 49k vocabulary in fp32.
+    and their gradients took ~0.8 GB per thousand positions of a 49k vocabulary in fp32: with a
+    frozen base matrix (LoRA, trainable token rows) each chunk's derivatives are formed in the
+    forward (``_FrozenHeadLogProbs``); otherwise each chunk is checkpointed and recomputed in
+    the backward.
     """
     from torch.utils.checkpoint import checkpoint
 
     params = head_parameters(head)
-    vocab = int(params[0].shape[0]) if params else int(head(hidden[:1].detach()).shape[-1])
+    vocab = int(params.weight.shape[0]) if params else int(head(hidden[:1].detach()).shape[-1])
     size = chunk or max(1, LOGITS_PER_CHUNK // vocab)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    frozen = params is not None and not params.weight.requires_grad and (params.bias is None or not params.bias.requires_grad)
+    if grad and frozen:
+        return _FrozenHeadLogProbs.apply(hidden, params.row_weight, params, targets, temperature, allowed, size)
 
     def piece(h: torch.Tensor, t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        logits = (nn.functional.linear(h, *params) if params else head(h)).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed(start, stop).to(logits.device), -float("inf"))
+        logits = _masked_logits(params.logits(h) if params else head(h), temperature, None if allowed is None else allowed(start, stop))
         return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     out = []
     for start in range(0, hidden.shape[0], size):
         stop = min(start + size, hidden.shape[0])
@@ -88,6 +130,7 @@ class CompletionLoss(nn.Module):
         from secondthoughts.lora_dropout import lean_lora_dropout
 
         lean_lora_dropout(lm)
+        lean_token_rows(lm)
         self.lm = lm
 
     def causal_lm(self) -> nn.Module:

@@ -1,13 +1,13 @@
-"""LoRA dropout that keeps one bit of state instead of two copies of the input.
+"""LoRA dropout that keeps a one-byte mask instead of two float copies of the input.
 
 PEFT computes a LoRA branch as ``lora_B(lora_A(dropout(x)))``. On CPU, ``dropout`` keeps its
 noise tensor (input-sized, float32) for the backward and ``lora_A`` keeps its input, the dropped
 copy (float32 again): with dropout on every linear projection that was half of all the
 activations training kept (1.2 of 2.2 MB per token on SmolLM2-135M). :class:`DropoutLoRAA` does
 the dropout and the ``lora_A`` projection in one autograd function that keeps ``x`` itself (often
-shared: q, k and v read the same input) and a seed, and draws the same mask again in the
-backward. The values and gradients are those of ``lora_A(x * mask / keep)`` with that mask
-(``keep``: 1 - p to 1/65536);
+shared: q, k and v read the same input) and its boolean mask (a quarter of a float copy; drawing
+the mask again in the backward instead cost more time than the bytes were worth). The values and
+gradients are those of ``lora_A(x * mask / keep)`` with that mask (``keep``: 1 - p to 1/65536);
 only which mask is drawn differs from ``nn.Dropout`` (a seed from torch's generator, so a seeded
 run is repeatable and resumes exactly).
 """
@@ -46,23 +46,22 @@ class _DropoutLinear(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-        dropped = x * _mask(x.shape, p, seed, x.device) / keep_probability(p)
-        ctx.save_for_backward(x, weight)
-        ctx.p, ctx.seed = p, seed
-        return dropped @ weight.t()
+        keep = _mask(x.shape, p, seed, x.device)
+        # The scale 1 / keep goes on the (r, d) weight, not on the input-sized tensor.
+        ctx.save_for_backward(x, weight, keep)
+        ctx.scale = 1 / keep_probability(p)
+        return torch.where(keep, x, 0) @ (weight.t() * ctx.scale)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        keep = _mask(x.shape, ctx.p, ctx.seed, x.device)
-        scale = 1 / keep_probability(ctx.p)
+        x, weight, keep = ctx.saved_tensors
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = ((grad @ weight.to(grad.dtype)) * keep * scale).to(x.dtype)
+            grad_x = torch.where(keep, grad @ (weight.to(grad.dtype) * ctx.scale), 0).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = (x * keep * scale).reshape(-1, x.shape[-1])
-            grad_w = (grad.reshape(-1, grad.shape[-1]).t() @ dropped.to(grad.dtype)).to(weight.dtype)
+            dropped = torch.where(keep, x, 0).reshape(-1, x.shape[-1])
+            grad_w = ((grad.reshape(-1, grad.shape[-1]).t() @ dropped.to(grad.dtype)) * ctx.scale).to(weight.dtype)
         return grad_x, grad_w, None, None
 
 

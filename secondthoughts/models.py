@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from secondthoughts.chain_text import KEEP, SPECIAL_TOKENS
+from secondthoughts.token_rows import lean_token_rows
 from secondthoughts.atomic import write_dir
 
 EMBEDDED = "embedded"
@@ -237,6 +238,7 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(path)
         add_edit_tokens(model, tokenizer)
         model = PeftModel.from_pretrained(model, path, is_trainable=trainable)
+        lean_token_rows(model)
         return model.eval(), tokenizer
     src = resolve(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
@@ -322,7 +324,9 @@ def apply_lora(
         trainable_token_indices=list(token_ids) or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    lean_token_rows(model)  # PEFT would copy the whole embedding table at every call
+    return model
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

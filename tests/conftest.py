@@ -31,6 +31,23 @@ def tiny_lm(tiny_tok: Any) -> Any:
     return tiny.tiny_model(tiny_tok)
 
 
+@pytest.fixture
+def lora_rows(tiny_tok: Any, tiny_lm: Any) -> tuple[Any, list[int]]:
+    """(tiny LoRA model with trainable edit-token rows, those token ids); rows and B matrices
+    moved off their initial values, so every path changes the output."""
+    import torch
+
+    from secondthoughts import models
+
+    ids = models.add_edit_tokens(tiny_lm, tiny_tok)
+    model = models.apply_lora(tiny_lm, ids, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "trainable_tokens_delta" in n or "lora_B" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    return model, ids
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama + tokenizer saved as a local model folder (a stand-in for a hub id)."""
