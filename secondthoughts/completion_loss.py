@@ -58,7 +58,7 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
                 d_h = g.to(head.weight.dtype) @ head.weight
             d_hidden[start:stop] = d_h
         ctx.save_for_backward(hidden, d_hidden, d_rows)
-        ctx.has_rows = row_weight is not None
+        ctx.row_dtype = None if row_weight is None else row_weight.dtype
         return out
 
     @staticmethod
@@ -67,8 +67,8 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
         hidden, d_hidden, d_rows = ctx.saved_tensors
         grad_hidden = (grad.unsqueeze(-1) * d_hidden).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_rows = None
-        if ctx.has_rows and ctx.needs_input_grad[1]:
-            grad_rows = (grad.unsqueeze(-1) * d_rows).t() @ hidden.float()
+        if ctx.row_dtype is not None and ctx.needs_input_grad[1]:
+            grad_rows = ((grad.unsqueeze(-1) * d_rows).t() @ hidden.float()).to(ctx.row_dtype)
         return grad_hidden, grad_rows, None, None, None, None, None
 
 

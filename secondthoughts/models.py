@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from secondthoughts.atomic import write_dir
 from secondthoughts.chain_text import KEEP, SPECIAL_TOKENS
 from secondthoughts.token_rows import lean_token_rows
-from secondthoughts.atomic import write_dir
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

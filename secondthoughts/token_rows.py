@@ -61,12 +61,13 @@ def head_parameters(head: nn.Module) -> HeadWeights | None:
 
 
 def _embed(layer: Any, base: nn.Embedding, ids: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    out = base(x)
+    # PEFT's own call: the plain lookup (a scaled embedding's forward would scale twice), then its scale
+    out = nn.functional.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
     slot = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=x.device)
     slot[ids] = torch.arange(len(ids), device=x.device)
     where = slot[x]
     out = torch.where((where >= 0).unsqueeze(-1), rows[where.clamp(min=0)], out)
-    scale = layer._get_embed_scale() if hasattr(layer, "_get_embed_scale") else None  # e.g. Gemma 3's scaled embedding
+    scale = layer._get_embed_scale() if hasattr(layer, "_get_embed_scale") else None
     return out if scale is None else out * scale.to(out.dtype)
 
 

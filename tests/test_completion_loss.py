@@ -7,8 +7,6 @@ import contextlib
 
 import torch
 
-from secondthoughts import models
-
 
 def test_chunked_token_logprobs_match_the_whole_projection():
     """Chunked, checkpointed log-probs give the values and gradients of the whole (positions,
@@ -66,11 +64,10 @@ def test_token_logprobs_through_trainable_token_rows_are_pefts(lora_rows):
 
 
 def test_a_head_known_only_by_calling_it_is_called():
-    from secondthoughts.completion_loss import HeadWeights, head_parameters, token_logprobs
+    from secondthoughts.completion_loss import token_logprobs
 
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Linear(8, 30), torch.nn.Tanh())  # not a plain projection
-    assert head_parameters(head) is None and head_parameters(head[0]) == HeadWeights(head[0].weight, head[0].bias)
     hidden, targets = torch.randn(7, 8), torch.randint(0, 30, (7,))
     want = head(hidden).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
     assert torch.allclose(token_logprobs(head, hidden, targets, chunk=3), want, atol=1e-6)
@@ -79,8 +76,8 @@ def test_a_head_known_only_by_calling_it_is_called():
 def test_completion_loss_matches_the_full_logits(tiny_tok, tiny_lm):
     import torch.nn.functional as F
 
-    from secondthoughts.sequences import IGNORE_INDEX
     from secondthoughts.completion_loss import CompletionLoss
+    from secondthoughts.sequences import IGNORE_INDEX
 
     torch.manual_seed(1)
     ids = torch.randint(3, len(tiny_tok), (2, 12))
@@ -103,7 +100,6 @@ def test_completion_loss_with_trainable_rows_matches_peft_forward(lora_rows):
     derivatives formed in the forward): the loss and every trainable gradient of PEFT's own
     forward, which the model computes with its rows restored to PEFT's."""
     import torch.nn.functional as F
-
     from tiny import peft_forwards
 
     from secondthoughts.completion_loss import CompletionLoss
