@@ -45,10 +45,10 @@ NO_REPEAT = 4
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # The best-of score also subtracts 1 x the share of its source a candidate keeps and 0.5 x log(words).
-# Every candidate of 240 new stories read blind (rounds 13-16): the likelihood alone keeps the
-# source's act or a long drifting text too often; with these weights (set before rounds 14-16
-# read their 150 stories) alignment rose +0.40 [+0.19, +0.62] on those stories, coherence +0.13
-# [-0.07, +0.33] (docs/coherence.md).
+# Every candidate of 290 new stories read blind (rounds 13-17): the likelihood alone keeps the
+# source's act or a long drifting text too often; with these weights (set before rounds 14-17
+# read their 200 stories) alignment rose +0.33 [+0.15, +0.52] on those stories, coherence +0.08
+# [-0.09, +0.25] (docs/coherence.md).
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # DecodeSettings' weights of the best-of score (coherence.load_reranker's keyword arguments).
 RERANK_WEIGHTS = ("coherence_weight", "source_penalty", "length_penalty")
