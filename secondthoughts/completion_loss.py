@@ -36,36 +36,41 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, row_weight: torch.Tensor | None, head: HeadWeights, targets: torch.Tensor,
                 temperature: float, allowed: Callable[[int, int], torch.Tensor] | None, size: int) -> torch.Tensor:  # fmt: skip
         n = hidden.shape[0]
+        want_h = hidden.requires_grad
+        want_rows = row_weight is not None and row_weight.requires_grad
         out = hidden.new_empty(n, dtype=torch.float32)
-        d_hidden = torch.empty_like(hidden)
-        d_rows = hidden.new_empty((n, 0 if head.rows is None else len(head.rows)), dtype=torch.float32)
+        d_hidden = torch.empty_like(hidden) if want_h else hidden.new_empty(0)
+        d_rows = hidden.new_empty((n, len(head.rows) if head.rows is not None else 0), dtype=torch.float32)
         for start in range(0, n, size):
             stop = min(start + size, n)
             h, t = hidden[start:stop], targets[start:stop]
-            logits = _masked_logits(head.logits(h), temperature, None if allowed is None else allowed(start, stop))
-            logp = logits.log_softmax(-1)
+            mask = None if allowed is None else allowed(start, stop).to(h.device)
+            logp = _masked_logits(head.logits(h), temperature, mask).log_softmax(-1)
             out[start:stop] = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
-            # d lp / d logits = (onehot(target) - softmax) / temperature
+            # d lp / d logits = (onehot(target) - softmax) / temperature, zero where the mask rules a token out
             g = logp.exp_().neg_()
             g[torch.arange(stop - start, device=g.device), t] += 1
+            if mask is not None:
+                g.masked_fill_(~mask, 0)
             if temperature != 1.0:
                 g /= temperature
             if head.rows is not None:
                 d_rows[start:stop] = g[:, head.rows]
                 g[:, head.rows] = 0
-                d_h = g.to(head.weight.dtype) @ head.weight + d_rows[start:stop].to(row_weight.dtype) @ row_weight
-            else:
+            if want_h:
                 d_h = g.to(head.weight.dtype) @ head.weight
-            d_hidden[start:stop] = d_h
-        ctx.save_for_backward(hidden, d_hidden, d_rows)
-        ctx.row_dtype = None if row_weight is None else row_weight.dtype
+                if head.rows is not None:
+                    d_h = d_h + d_rows[start:stop].to(row_weight.dtype) @ row_weight
+                d_hidden[start:stop] = d_h
+        ctx.save_for_backward(hidden if want_rows else hidden.new_empty(0), d_hidden, d_rows)
+        ctx.row_dtype = row_weight.dtype if want_rows else None
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, d_hidden, d_rows = ctx.saved_tensors
-        grad_hidden = (grad.unsqueeze(-1) * d_hidden).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_hidden = (grad.unsqueeze(-1) * d_hidden).to(d_hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_rows = None
         if ctx.row_dtype is not None and ctx.needs_input_grad[1]:
             grad_rows = ((grad.unsqueeze(-1) * d_rows).t() @ hidden.float()).to(ctx.row_dtype)
@@ -119,9 +124,9 @@ class CompletionLoss(nn.Module):
 
     Runs the decoder on every position but the vocabulary projection only where a label is set
     (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
-    in checkpointed chunks (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
-    which keeps each projection's input and a seed where PEFT kept two float copies (half of
-    the activations on CPU). How many rows run at once is the caller's choice (``train`` runs
+    a chunk at a time (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
+    which keeps each projection's input and a boolean mask where PEFT kept two float copies (half
+    of the activations on CPU); PEFT's trainable token rows by ``token_rows``. How many rows run at once is the caller's choice (``train`` runs
     ``rows_per_pass`` rows per forward and backward). Being a module, it is what DDP wraps.
     """
 

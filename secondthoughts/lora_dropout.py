@@ -35,7 +35,7 @@ def keep_probability(p: float) -> float:
 
 def _mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
     # Four 16-bit lanes per 64-bit draw: a quarter of the generator calls of bernoulli_, which took
-    # 14% of a training step on CPU (a mask is drawn in the forward and again in the backward).
+    # 14% of a training step on CPU.
     g = torch.Generator(device=device).manual_seed(seed)
     n = math.prod(shape)
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=g)

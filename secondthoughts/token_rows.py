@@ -23,7 +23,8 @@ from torch import nn
 @dataclass(frozen=True)
 class HeadWeights:
     """What a head multiplies by: ``weight`` (vocab, d) and ``bias``, with the rows of token ids
-    ``rows`` replaced by ``row_weight`` (None: no rows replaced)."""
+    ``rows`` replaced by ``row_weight`` (None: no rows replaced). A bias is kept, as in the merged
+    model (PEFT's own unmerged forward of a tied head drops it; tied heads have none)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
@@ -35,7 +36,8 @@ class HeadWeights:
         if self.rows is None:
             return out
         row_bias = None if self.bias is None else self.bias[self.rows]
-        return out.index_copy(-1, self.rows, nn.functional.linear(hidden, self.row_weight, row_bias))
+        # in place: the projection's backward does not need its output, and the logits may be large
+        return out.index_copy_(-1, self.rows, nn.functional.linear(hidden, self.row_weight, row_bias))
 
 
 def replaced_rows(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -43,6 +45,8 @@ def replaced_rows(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     rows now; None when its adapters are off or merged."""
     if layer.disable_adapters or not layer.active_adapters or layer.merged:
         return None
+    if len(layer.active_adapters) > 1:
+        layer._check_overlapping_tokens(layer.active_adapters)  # PEFT's own check: two adapters, one row
     weight = layer.base_layer.weight
     ids = [torch.tensor(layer.token_indices[a], device=weight.device) for a in layer.active_adapters]
     rows = [layer.trainable_tokens_delta[a].to(weight) for a in layer.active_adapters]
@@ -62,7 +66,7 @@ def head_parameters(head: nn.Module) -> HeadWeights | None:
 
 def _embed(layer: Any, base: nn.Embedding, ids: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     # PEFT's own call: the plain lookup (a scaled embedding's forward would scale twice), then its scale
-    out = nn.functional.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
+    out = nn.functional.embedding(x, base.weight, base.padding_idx, sparse=base.sparse)
     slot = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=x.device)
     slot[ids] = torch.arange(len(ids), device=x.device)
     where = slot[x]
@@ -77,6 +81,8 @@ def _lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     if replaced is None or args or kwargs or not isinstance(base, (nn.Embedding, nn.Linear)):
         return type(layer).forward(layer, x, *args, **kwargs)  # PEFT's own (it also unmerges when off)
     if isinstance(base, nn.Embedding):
+        if base.max_norm is not None or base.scale_grad_by_freq or base.padding_idx in replaced[0].tolist():
+            return type(layer).forward(layer, x)  # lookups that renormalize or reweigh whole-table rows
         return _embed(layer, base, *replaced, x)
     return HeadWeights(base.weight, base.bias, *replaced).logits(x)
 

@@ -150,3 +150,5 @@ def test_a_frozen_head_gives_the_whole_projections_numbers_and_gradients():
         (got_grad,) = torch.autograd.grad((got * weights).sum(), [hidden])
         assert torch.allclose(got, want, atol=1e-6)
         assert torch.allclose(got_grad, want_grad, atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(token_logprobs(head, hidden, targets, temperature=temperature, allowed=allowed, chunk=4), want, atol=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import tiny
 import torch
 from tiny import peft_forwards
 
@@ -53,20 +54,34 @@ def test_head_weights_are_what_the_head_multiplies_by(lora_rows):
         assert torch.allclose(w.logits(hidden), head(hidden), atol=1e-6)
     plain = torch.nn.Linear(3, 5)
     assert head_parameters(plain) == HeadWeights(plain.weight, plain.bias)
+    rows, row_weight = torch.tensor([4, 1]), torch.randn(2, 3)
+    merged = plain.weight.detach().clone()
+    merged[rows] = row_weight
+    h = torch.randn(6, 3)
+    assert torch.allclose(HeadWeights(plain.weight, plain.bias, rows, row_weight).logits(h), h @ merged.t() + plain.bias, atol=1e-6)
     assert head_parameters(torch.nn.Sequential(plain)) is None  # known only by calling it
 
 
-def test_keys_merging_and_copies_are_unchanged(lora_rows):
+def test_keys_merging_and_copies_are_unchanged(lora_rows, tiny_tok):
+    from peft import get_peft_model
+
+    from secondthoughts import models
+
     model, ids = lora_rows
     assert lean_token_rows(model) == 0  # done once by apply_lora
     x = torch.tensor([[3, ids[0], 5, ids[1], 9]])
     model.eval()
     lean_logits = model(input_ids=x).logits
     with peft_forwards(model):
-        keys = sorted(model.state_dict())
         assert torch.allclose(model(input_ids=x).logits, lean_logits, atol=1e-5)
-    assert sorted(model.state_dict()) == keys
+    plain = tiny.tiny_model(tiny_tok)  # the same adapter made by PEFT alone, never made lean
+    models.add_edit_tokens(plain, tiny_tok)
+    plain = get_peft_model(plain, model.peft_config["default"])
+    assert not any("forward" in vars(m) for m in plain.modules())
+    assert sorted(model.state_dict()) == sorted(plain.state_dict())
     twin = copy.deepcopy(model)  # refinement deep-copies its policy to merge it
+    lean = [m for m in twin.modules() if "forward" in vars(m)]
+    assert len(lean) == 2 and all(m.forward.args[0] is m for m in lean)  # bound to the copy's own layers
     assert torch.allclose(twin(input_ids=x).logits, lean_logits, atol=1e-5)
     merged = twin.merge_and_unload()
     assert torch.allclose(merged(input_ids=x).logits, lean_logits, atol=1e-4)
