@@ -126,8 +126,9 @@ class CompletionLoss(nn.Module):
     (on SmolLM2 the projection is ~20% of the forward FLOPs, and half the tokens are prompt),
     a chunk at a time (``token_logprobs``). LoRA dropout is done by ``lora_dropout.DropoutLoRAA``,
     which keeps each projection's input and a boolean mask where PEFT kept two float copies (half
-    of the activations on CPU); PEFT's trainable token rows by ``token_rows``. How many rows run at once is the caller's choice (``train`` runs
-    ``rows_per_pass`` rows per forward and backward). Being a module, it is what DDP wraps.
+    of the activations on CPU); PEFT's trainable token rows by ``token_rows``. How many rows run at
+    once is the caller's choice (``train`` runs ``rows_per_pass`` rows per forward and backward).
+    Being a module, it is what DDP wraps.
     """
 
     def __init__(self, lm: nn.Module):

@@ -81,8 +81,6 @@ def _lean_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     if replaced is None or args or kwargs or not isinstance(base, (nn.Embedding, nn.Linear)):
         return type(layer).forward(layer, x, *args, **kwargs)  # PEFT's own (it also unmerges when off)
     if isinstance(base, nn.Embedding):
-        if base.max_norm is not None or base.scale_grad_by_freq or base.padding_idx in replaced[0].tolist():
-            return type(layer).forward(layer, x)  # lookups that renormalize or reweigh whole-table rows
         return _embed(layer, base, *replaced, x)
     return HeadWeights(base.weight, base.bias, *replaced).logits(x)
 
@@ -93,7 +91,18 @@ def lean_token_rows(model: nn.Module) -> int:
     layers changed (0 when there are none or it was done before)."""
     n = 0
     for module in model.modules():
-        if hasattr(module, "trainable_tokens_delta") and hasattr(module, "base_layer") and "forward" not in vars(module):
+        if hasattr(module, "trainable_tokens_delta") and hasattr(module, "base_layer") and "forward" not in vars(module) and _leanable(module):
             module.forward = functools.partial(_lean_forward, module)
             n += 1
     return n
+
+
+def _leanable(layer: Any) -> bool:
+    """False for lookups that renormalize or reweigh whole-table rows (``max_norm``,
+    ``scale_grad_by_freq``) or a trained padding row (its gradient is zero in PEFT's): those keep
+    PEFT's forward. Decided once, when the layer is made lean, not at every call."""
+    base = layer.base_layer
+    if not isinstance(base, nn.Embedding):
+        return True
+    trained = {i for ids in layer.token_indices.values() for i in ids}
+    return base.max_norm is None and not base.scale_grad_by_freq and base.padding_idx not in trained
