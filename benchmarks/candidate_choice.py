@@ -6,7 +6,9 @@ of every candidate? And how much better could it choose?
     python benchmarks/candidate_choice.py --candidates cands.jsonl --labels benchmarks/coherence_labels.jsonl \
         --split cands13 [--penalties SOURCE LENGTH ...]
 
-(several rounds pooled: every round's candidates files and ``--split cands14 cands15 cands16``.)
+(several rounds pooled: every round's candidates files and ``--split cands14 cands15 cands16``.
+Another model's candidates of the same stories, rated in their own split: ``--versus FILE ...
+--versus-split SPLIT ...`` compares the two models' picks under each weighting, paired by story.)
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its score, with the
@@ -71,7 +73,7 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
             if r["text_sha1"] != sha1(alt["text"]):
                 raise ValueError(f"--candidates line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
             sim = source_similarity(alt["text"], row["source"])
-            cands.append({**alt, "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
+            cands.append({**alt, "id": row["id"], "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
         if cands:
             stories.append(cands)
     return stories
@@ -117,6 +119,12 @@ def paired(picks: list[Candidate], base: list[Candidate], seed: int = 0, n: int 
     return ", ".join(out)
 
 
+def pick(stories: list[list[Candidate]], source: float, length: float) -> list[Candidate]:
+    """Each story's candidate under the best-of score: the features weighted 1, -source, -length
+    (argmax keeps the first of ties, as ``choose_best`` does)."""
+    return [s[int(np.argmax(features(s, list(FEATURES)) @ np.array([1.0, -source, -length])))] for s in stories]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL")
@@ -126,11 +134,17 @@ def main() -> None:
                     help="the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
                          "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable "
                          "(default: the commands' own)")
+    ap.add_argument("--versus", nargs="+", default=[], metavar="FILE", help="another model's candidates of the same stories")
+    ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
     args = ap.parse_args()
+    if bool(args.versus) != bool(args.versus_split):
+        sys.exit("error: --versus and --versus-split go together")
     args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]
     rows = [r for path in args.candidates for r in read_jsonl(path)]
+    labels = read_jsonl(args.labels)
     try:
-        stories = rated_stories(rows, read_jsonl(args.labels), args.split)
+        stories = rated_stories(rows, labels, args.split)
+        other = rated_stories([r for path in args.versus for r in read_jsonl(path)], labels, args.versus_split)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
@@ -139,9 +153,14 @@ def main() -> None:
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
     print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
     names = list(FEATURES)
-    for a, b in args.penalties:  # the best-of score: the features weighted 1, -a, -b (argmax keeps the first of ties)
-        picks = [s[int(np.argmax(features(s, names) @ np.array([1.0, -a, -b])))] for s in stories]
+    for a, b in args.penalties:
+        picks = pick(stories, a, b)
         print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
+        if other:  # the same weighting over the other model's candidates, on the stories both have
+            theirs = {p["id"]: p for p in pick(other, a, b)}
+            both = [(theirs[p["id"]], p) for p in picks if p["id"] in theirs]
+            print(f"{'--versus, the same weighting':44s} {summary([t for t, _ in both])} ({len(both)} stories)\n"
+                  f"{'':44s} minus this model's: {paired([t for t, _ in both], [p for _, p in both])}")
     for k in range(2, len(names) + 1):
         use = names[:k]
         loo = [stories[i][int(np.argmax(features(stories[i], use) @ fit_pairwise(stories[:i] + stories[i + 1 :], use)))] for i in range(len(stories))]

@@ -19,6 +19,7 @@ the two renames of folder NAME), ``swapped-NAME`` (after them, before the old co
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -88,6 +89,24 @@ def fsync_file(path: PathLike) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: setting it is the only way to read it before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open`` would give a new file (0o666 less the umask), or the replaced file's own:
+    mkstemp's temporary files are 0o600, which would leave saved runs and outputs unreadable to
+    anyone else (a run folder copied into a package, a server's corrections)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextmanager
 def open_atomic(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO[Any]]:
     """A file object whose content replaces ``path`` only when the block ends without an error."""
@@ -97,6 +116,8 @@ def open_atomic(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX (Windows files have no such bits)
+            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
             yield f
             f.flush()
@@ -167,6 +188,7 @@ def write_dir(final: PathLike, write: Callable[[Path], None], *, replace: bool =
         tmp.mkdir()
     else:
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700, as for files above
     try:
         write(tmp)
         commit_dir(tmp, final, replace=replace)

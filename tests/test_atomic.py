@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,23 @@ def test_write_dir_swaps_folders_and_keeps_the_old_one_on_failure(tmp_path: Path
     # replace=False (a shared cache): a complete copy already there wins, ours is dropped
     atomic.write_dir(final, write("four"), replace=False)
     assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_new_files_get_the_mode_open_would_give_and_replaced_ones_keep_theirs(tmp_path: Path) -> None:
+    umask = os.umask(0o027)  # a umask other than the usual 0o022, so the mode is the umask's doing
+    try:
+        atomic._umask.cache_clear()
+        new = atomic.write_atomic(tmp_path / "new.txt", "x")
+        assert new.stat().st_mode & 0o777 == 0o640  # mkstemp alone: 0o600
+        new.chmod(0o604)
+        atomic.write_atomic(new, "y")
+        assert new.stat().st_mode & 0o777 == 0o604
+        cache = atomic.write_dir(tmp_path / "cache", lambda p: (p / "a.txt").write_text("a"), replace=False)
+        assert cache.stat().st_mode & 0o777 == 0o750  # mkdtemp alone: 0o700
+    finally:
+        os.umask(umask)
+        atomic._umask.cache_clear()
 
 
 def test_fault_hook_spec_is_checked(fault: Any) -> None:

@@ -63,3 +63,21 @@ def test_candidates_that_are_not_the_ones_rated(tmp_path: Path) -> None:
     del row["alternatives"]
     out = _run(tmp_path, [row], labels)
     assert "--candidates line 1: field 'alternatives' missing" in out.stderr
+
+
+def test_versus_another_models_candidates(tmp_path: Path) -> None:
+    ours = [_story(k) for k in range(3)]
+    theirs = [_story(k, split="v") for k in range(1, 4)]  # stories 1-2 shared; 3 only theirs
+    for row, _ in theirs:
+        row["alternatives"][1]["score"] = 0.0  # their likelihood prefers the short fix
+    versus = tmp_path / "versus.jsonl"
+    versus.write_text("".join(json.dumps(r) + "\n" for r, _ in theirs))
+    labels = [lab for _, labs in ours + theirs for lab in labs]
+    out = _run(tmp_path, [r for r, _ in ours], labels, "--penalties", "0", "0", "--versus", str(versus), "--versus-split", "v")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index("likelihood - 0 x similarity - 0 x log words")
+    assert "Align 7.00  Coherence 7.00" in lines[at + 3] and "(2 stories)" in lines[at + 3]
+    assert "align +5.00" in lines[at + 4] and "coherence +1.00" in lines[at + 4]
+    half = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus))
+    assert half.returncode != 0 and "--versus and --versus-split go together" in half.stderr
