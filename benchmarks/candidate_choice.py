@@ -9,6 +9,9 @@ of every candidate? And how much better could it choose?
 (several rounds pooled: every round's candidates files and ``--split cands14 cands15 cands16``.
 Another model's candidates of the same stories, rated in their own split: ``--versus FILE ...
 --versus-split SPLIT ...`` compares the two models' picks under each weighting, paired by story.)
+``--write-best FILE [--floor F]`` writes, of each story's candidates whose mean ratings are both at
+least F, the best by the ratings, as a corrections file for ``secondthoughts learn`` (context, source,
+target): how the shipped default learned from its readers' picks (docs/coherence.md).
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its score, with the
@@ -73,7 +76,7 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
             if r["text_sha1"] != sha1(alt["text"]):
                 raise ValueError(f"--candidates line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
             sim = source_similarity(alt["text"], row["source"])
-            cands.append({**alt, "id": row["id"], "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
+            cands.append({**alt, "id": row["id"], "context": row["context"], "source": row["source"], "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
         if cands:
             stories.append(cands)
     return stories
@@ -104,18 +107,26 @@ def fit_pairwise(stories: list[list[Candidate]], names: list[str], l2: float = 1
     return w
 
 
+def interval(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of the mean over stories."""
+    rng = random.Random(seed)
+    means = sorted(st.mean(rng.choice(values) for _ in values) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n)]
+
+
 def summary(picks: list[Candidate]) -> str:
     a, c = [p["align"] for p in picks], [p["coh"] for p in picks]
-    return f"Align {st.mean(a):.2f}  Coherence {st.mean(c):.2f}  coherence >= 5 {sum(x >= 5 for x in c) / len(c):4.0%}  sum {st.mean(a) + st.mean(c):.2f}"
+    ok = [float(x >= 5) for x in c]
+    cis = ", ".join(f"{name} [{lo:.2f}, {hi:.2f}]" for name, (lo, hi) in (("align", interval(a)), ("coherence", interval(c)), (">= 5", interval(ok))))
+    return f"Align {st.mean(a):.2f}  Coherence {st.mean(c):.2f}  coherence >= 5 {st.mean(ok):4.0%}  sum {st.mean(a) + st.mean(c):.2f}  ({cis})"
 
 
 def paired(picks: list[Candidate], base: list[Candidate], seed: int = 0, n: int = 2000) -> str:
     out = []
     for name, f in (("sum", lambda p: p["align"] + p["coh"]), ("align", lambda p: p["align"]), ("coherence", lambda p: p["coh"])):
         d = [f(a) - f(b) for a, b in zip(picks, base)]
-        rng = random.Random(seed)
-        means = sorted(st.mean(rng.choice(d) for _ in d) for _ in range(n))
-        out.append(f"{name} {st.mean(d):+.2f} [{means[int(0.025 * n)]:+.2f}, {means[int(0.975 * n)]:+.2f}]")
+        lo, hi = interval(d, seed, n)
+        out.append(f"{name} {st.mean(d):+.2f} [{lo:+.2f}, {hi:+.2f}]")
     return ", ".join(out)
 
 
@@ -136,6 +147,8 @@ def main() -> None:
                          "(default: the commands' own)")
     ap.add_argument("--versus", nargs="+", default=[], metavar="FILE", help="another model's candidates of the same stories")
     ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
+    ap.add_argument("--write-best", metavar="FILE", help="write each story's best candidate by the ratings as a corrections file")
+    ap.add_argument("--floor", type=float, default=6.0, help="--write-best keeps a story's best only when its mean Align and Coherence are both >= this")
     args = ap.parse_args()
     if bool(args.versus) != bool(args.versus_split):
         sys.exit("error: --versus and --versus-split go together")
@@ -148,8 +161,15 @@ def main() -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
+    best = [max(s, key=lambda c: c["align"] + c["coh"]) for s in stories]  # max keeps the first of ties
+    if args.write_best:  # of the candidates rated >= floor on both scales, the best by the ratings
+        good = [[c for c in s if min(c["align"], c["coh"]) >= args.floor] for s in stories]
+        kept = [max(g, key=lambda c: c["align"] + c["coh"]) for g in good if g]
+        with open(args.write_best, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": b["id"], "context": b["context"], "source": b["source"], "target": b["text"]}) + "\n" for b in kept)
+        print(f"wrote {len(kept)} corrections to {args.write_best} (a story's best candidate of those rated >= {args.floor:g} on both scales)")
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
-    print(f"{'best by the ratings (a perfect reranker)':44s} {summary([max(s, key=lambda c: c['align'] + c['coh']) for s in stories])}")
+    print(f"{'best by the ratings (a perfect reranker)':44s} {summary(best)}")
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
     print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
     names = list(FEATURES)

@@ -81,3 +81,18 @@ def test_versus_another_models_candidates(tmp_path: Path) -> None:
     assert "align +5.00" in lines[at + 4] and "coherence +1.00" in lines[at + 4]
     half = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus))
     assert half.returncode != 0 and "--versus and --versus-split go together" in half.stderr
+
+
+def test_write_best_rated_candidates_as_corrections(tmp_path: Path) -> None:
+    stories = [_story(k) for k in range(2)]
+    rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]
+    labels[0]["align"], labels[0]["coherence"] = [5, 6], [7, 7]  # story 0's near-copy: the best sum (12.5) but Align 5.5
+    labels[1]["align"], labels[1]["coherence"] = [6, 6], [6, 6]  # its fix: 12, both at the floor
+    out_file = tmp_path / "best.jsonl"
+    out = _run(tmp_path, rows, labels, "--write-best", str(out_file), "--floor", "6")
+    assert out.returncode == 0, out.stderr
+    written = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(w["id"], w["target"]) for w in written] == [("s0", "Sam0 returns the ladder."), ("s1", "Sam1 returns the ladder.")]
+    assert written[0]["source"] == rows[0]["source"] and written[0]["context"] == rows[0]["context"]
+    _run(tmp_path, rows, labels, "--write-best", str(out_file), "--floor", "7.5")
+    assert out_file.read_text() == ""
