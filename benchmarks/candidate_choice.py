@@ -76,7 +76,8 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
             if r["text_sha1"] != sha1(alt["text"]):
                 raise ValueError(f"--candidates line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
             sim = source_similarity(alt["text"], row["source"])
-            cands.append({**alt, "id": row["id"], "context": row["context"], "source": row["source"], "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
+            story = {"id": row["id"], "context": row["context"], "source": row["source"]}
+            cands.append({**alt, **story, "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
         if cands:
             stories.append(cands)
     return stories
@@ -108,7 +109,8 @@ def fit_pairwise(stories: list[list[Candidate]], names: list[str], l2: float = 1
 
 
 def interval(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
-    """95% bootstrap interval of the mean over stories."""
+    """95% bootstrap interval of the mean, resampling the values (a story's pick each; for the
+    mean of all candidates, candidates)."""
     rng = random.Random(seed)
     means = sorted(st.mean(rng.choice(values) for _ in values) for _ in range(n))
     return means[int(0.025 * n)], means[int(0.975 * n)]
@@ -147,8 +149,8 @@ def main() -> None:
                          "(default: the commands' own)")
     ap.add_argument("--versus", nargs="+", default=[], metavar="FILE", help="another model's candidates of the same stories")
     ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
-    ap.add_argument("--write-best", metavar="FILE", help="write each story's best candidate by the ratings as a corrections file")
-    ap.add_argument("--floor", type=float, default=6.0, help="--write-best keeps a story's best only when its mean Align and Coherence are both >= this")
+    ap.add_argument("--write-best", metavar="FILE", help="write, of each story's candidates rated >= --floor on both scales, the best by the ratings as a corrections file")
+    ap.add_argument("--floor", type=float, default=6.0, help="--write-best considers candidates whose mean Align and Coherence are both >= this")
     args = ap.parse_args()
     if bool(args.versus) != bool(args.versus_split):
         sys.exit("error: --versus and --versus-split go together")

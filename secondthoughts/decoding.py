@@ -48,7 +48,8 @@ BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # Every candidate of 290 new stories read blind (rounds 13-17): the likelihood alone keeps the
 # source's act or a long drifting text too often; with these weights (set before rounds 14-17
 # read their 200 stories) alignment rose +0.33 [+0.15, +0.52] on those stories, coherence +0.08
-# [-0.09, +0.25] (docs/coherence.md).
+# [-0.09, +0.25] (docs/coherence.md). On rounds 18-19 they read level with the likelihood alone, for
+# the previous model and for the one shipped now (which learned to leave the source's act): kept.
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # DecodeSettings' weights of the best-of score (coherence.load_reranker's keyword arguments).
 RERANK_WEIGHTS = ("coherence_weight", "source_penalty", "length_penalty")

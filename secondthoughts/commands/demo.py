@@ -187,7 +187,9 @@ def shipped_summary(run: Path) -> str:
     info = run_info(run) or {}
     data = json.loads((run / "config.json").read_text(encoding="utf-8")).get("data", {}) if (run / "config.json").is_file() else {}
     gap = info.get("merge_gap", -1)
-    return (f"SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on {data.get('train_examples', '?'):,} Moral Stories "
+    # A run continued from another (``learn``, ``train --init-from``) says so: its pairs are the last stage's only.
+    how = f"continued from `{info['init_from']}`" if info.get("init_from") else "trained by `secondthoughts train`"
+    return (f"SmolLM2-135M with a LoRA adapter {how} on {data.get('train_examples', '?'):,} Moral Stories "
             f"pairs, {info.get('epochs', '?'):g} epoch(s), {info.get('chain_format', 'positional')} chains"
             + (f" merged at gap {gap}" if gap >= 0 else ""))
 
