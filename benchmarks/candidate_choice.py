@@ -64,17 +64,20 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
     """Each story's rated, valid, changed candidates with their mean ratings and features (labels
     of any of ``splits``: story ids differ between rounds)."""
     lab = {(r["id"], r["system"]): r for r in labels if r["split"] in splits}
-    stories = []
+    stories, seen = [], set()
     for line, row in enumerate(rows, 1):
+        if row["id"] in seen:
+            raise ValueError(f"line {line}: story {row['id']} appears twice")
+        seen.add(row["id"])
         if "alternatives" not in row:
-            raise ValueError(f"--candidates line {line}: field 'alternatives' missing (realign --keep-candidates writes it)")
+            raise ValueError(f"line {line}: field 'alternatives' missing (realign --keep-candidates writes it)")
         cands = []
         for j, alt in enumerate(row["alternatives"]):
             r = lab.get((row["id"], f"alt{j}"))
             if r is None or not alt["valid"] or alt["text"] == row["source"]:
                 continue
             if r["text_sha1"] != sha1(alt["text"]):
-                raise ValueError(f"--candidates line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
+                raise ValueError(f"line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
             sim = source_similarity(alt["text"], row["source"])
             story = {"id": row["id"], "context": row["context"], "source": row["source"]}
             cands.append({**alt, **story, "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
@@ -157,11 +160,14 @@ def main() -> None:
     args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]
     rows = [r for path in args.candidates for r in read_jsonl(path)]
     labels = read_jsonl(args.labels)
-    try:
-        stories = rated_stories(rows, labels, args.split)
-        other = rated_stories([r for path in args.versus for r in read_jsonl(path)], labels, args.versus_split)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    for flag, files, splits in (("--candidates", args.candidates, args.split), ("--versus", args.versus, args.versus_split)):
+        try:
+            rated = rated_stories([r for path in files for r in read_jsonl(path)], labels, splits)
+        except ValueError as e:
+            sys.exit(f"error: {flag} {e}")
+        stories, other = (rated, []) if flag == "--candidates" else (stories, rated)
+    if args.versus and not {c["id"] for s in other for c in s} & {c["id"] for s in stories for c in s}:
+        sys.exit("error: --versus: no story with rated candidates in both (are --versus-split the labels' splits of those files?)")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
     best = [max(s, key=lambda c: c["align"] + c["coh"]) for s in stories]  # max keeps the first of ties
     if args.write_best:  # of the candidates rated >= floor on both scales, the best by the ratings
@@ -181,6 +187,8 @@ def main() -> None:
         if other:  # the same weighting over the other model's candidates, on the stories both have
             theirs = {p["id"]: p for p in pick(other, a, b)}
             both = [(theirs[p["id"]], p) for p in picks if p["id"] in theirs]
+            if len(both) < max(len(picks), len(theirs)):  # a story without a rated candidate on one side: compare like with like
+                print(f"{'this model, the stories both have':44s} {summary([p for _, p in both])}")
             print(f"{'--versus, the same weighting':44s} {summary([t for t, _ in both])} ({len(both)} stories)\n"
                   f"{'':44s} minus this model's: {paired([t for t, _ in both], [p for _, p in both])}")
     for k in range(2, len(names) + 1):

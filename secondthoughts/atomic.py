@@ -91,20 +91,37 @@ def fsync_file(path: PathLike) -> None:
 
 @functools.cache
 def _umask() -> int:
-    """The process's umask (read once: setting it is the only way to read it before Python 3.13)."""
-    mask = os.umask(0o022)
+    """The process's umask: from /proc where Linux has it, else by setting it and back (briefly
+    0o077, so a file another thread makes meanwhile is private rather than open)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
 
-def _new_file_mode(path: Path) -> int:
-    """The mode ``open`` would give a new file (0o666 less the umask), or the replaced file's own:
-    mkstemp's temporary files are 0o600, which would leave saved runs and outputs unreadable to
-    anyone else (a run folder copied into a package, a server's corrections)."""
+def _set_default_mode(fd_or_path: int | Path, path: Path, folder: bool = False) -> None:
+    """Give a mkstemp file (0o600) or mkdtemp folder (0o700) the mode ``open`` / ``mkdir`` would
+    have given it (0o666 / 0o777 less the umask), or a replaced file's own permission bits (of its
+    target, for a symlink): else saved runs and outputs are unreadable to anyone else. POSIX only,
+    and best effort: a file system without modes (vfat, some network mounts) keeps its own."""
+    if os.name != "posix":
+        return
     try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = (0o777 if folder else 0o666) & ~_umask()
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, mode)
+        else:
+            fd_or_path.chmod(mode)
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -116,9 +133,8 @@ def open_atomic(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if hasattr(os, "fchmod"):  # POSIX (Windows files have no such bits)
-            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, mode, encoding=None if mode == "wb" else encoding) as f:
+            _set_default_mode(f.fileno(), path)
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -188,8 +204,9 @@ def write_dir(final: PathLike, write: Callable[[Path], None], *, replace: bool =
         tmp.mkdir()
     else:
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700, as for files above
     try:
+        if not replace:
+            _set_default_mode(tmp, final, folder=True)
         write(tmp)
         commit_dir(tmp, final, replace=replace)
     except BaseException:

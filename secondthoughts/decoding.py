@@ -41,7 +41,7 @@ NO_REPEAT = 4
 # The commands' default decoding (realign, evaluate, serve): the greedy chain and 16 chains sampled at
 # 0.7, the text the shipped rewrite model finds likeliest kept. Read blind in three rounds by new
 # raters it beat greedy on coherence (+0.70, +0.52, +0.51, each interval above zero), alignment no
-# worse; 32 candidates read no better (docs/coherence.md). It costs 6-8x greedy's time on a CPU. The Python API
+# worse; 32 candidates read no better (docs/coherence.md). It costs 6-10x greedy's time on a CPU. The Python API
 # (``Realigner.realign``) stays greedy unless asked (``best_of``, ``rerank``).
 BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # The best-of score also subtracts 1 x the share of its source a candidate keeps and 0.5 x log(words).
@@ -77,7 +77,7 @@ class DecodeSettings:
     no_repeat: int = setting(NO_REPEAT, "the text a constrained chain writes never repeats one of its own N-token sequences (0: off)",
                              metavar="N")
     best_of: int = setting(BEST_OF, "the greedy chain and N sampled ones per text (one batch): keep the one the --rerank "
-                                    "scorers like best; 1: greedy alone, 6-8x faster on a CPU", metavar="N")
+                                    "scorers like best; 1: greedy alone, 6-10x faster on a CPU", metavar="N")
     rerank: list = setting(list(BEST_OF_RERANK), "scorers for --best-of: 'likelihood' (the rewrite model shipped in the package: "
                                                  "a text's mean token log-likelihood as the rewrite of its source), direct-mode run "
                                                  "folders (the same with that model), reward run folders (alignment or coherence, "

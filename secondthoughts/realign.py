@@ -25,7 +25,7 @@ Best of N (``best_of``, ``rerank``): the greedy chain and N constrained chains s
 batch sharing the prompt's prefill, the text a reranker scores highest kept
 (:func:`~secondthoughts.best_of.choose_best`). Read blind, alignment and coherence scorers made
 text worse than greedy; a rewrite model's likelihood (``likelihood.RewriteLikelihood``) made it
-more coherent at 6-8x the latency, and subtracting the share of the source a text keeps and its
+more coherent at 6-10x the latency, and subtracting the share of the source a text keeps and its
 log word count made it more aligned (docs/coherence.md): the commands' default
 (``decoding.BEST_OF``, ``SOURCE_PENALTY``, ``LENGTH_PENALTY``), while this API decodes greedily
 unless ``best_of`` and ``rerank`` are given.

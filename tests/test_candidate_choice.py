@@ -77,10 +77,15 @@ def test_versus_another_models_candidates(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     at = lines.index("likelihood - 0 x similarity - 0 x log words")
-    assert "Align 7.00  Coherence 7.00" in lines[at + 3] and "(2 stories)" in lines[at + 3]
-    assert "align +5.00" in lines[at + 4] and "coherence +1.00" in lines[at + 4]
+    assert lines[at + 3].startswith("this model, the stories both have") and "Align 2.00  Coherence 6.00" in lines[at + 3]
+    assert "Align 7.00  Coherence 7.00" in lines[at + 4] and "(2 stories)" in lines[at + 4]
+    assert "align +5.00" in lines[at + 5] and "coherence +1.00" in lines[at + 5]
     half = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus))
     assert half.returncode != 0 and "--versus and --versus-split go together" in half.stderr
+    wrong = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus), "--versus-split", "nope")  # their labels are split v
+    assert wrong.returncode != 0 and "--versus: no story with rated candidates in both" in wrong.stderr
+    twice = _run(tmp_path, [ours[0][0], ours[0][0]], labels)
+    assert twice.returncode != 0 and "--candidates line 2: story s0 appears twice" in twice.stderr
 
 
 def test_write_best_rated_candidates_as_corrections(tmp_path: Path) -> None:
