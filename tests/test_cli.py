@@ -59,6 +59,21 @@ def test_demo_shows_every_chain(capsys):
     assert out.count("demo-0") == 3 and "every chain applied back to its target exactly" in " ".join(out.split())
 
 
+def test_demo_says_how_the_shipped_run_was_trained(tmp_path: Path) -> None:
+    from secondthoughts.commands.demo import shipped_summary
+    from secondthoughts.realign import default_run
+
+    run = default_run()
+    assert run is not None
+    info = json.loads((run / "config.json").read_text())
+    line = shipped_summary(run)
+    assert f"on {info['data']['train_examples']:,} Moral Stories pairs" in line
+    assert line.startswith("SmolLM2-135M with a LoRA adapter continued from" if info["train"].get("init_from") else "SmolLM2-135M with a LoRA adapter trained by")
+    info["train"].pop("init_from", None)  # a run trained from the base model says so
+    (tmp_path / "config.json").write_text(json.dumps(info))
+    assert shipped_summary(tmp_path).startswith("SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on")
+
+
 def test_console_script_starts_without_torch():
     code = "import sys; from secondthoughts.cli import main; main(['edits', 'a b', 'a c', '--json']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
