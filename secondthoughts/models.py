@@ -207,6 +207,15 @@ def resolve(name_or_path: str) -> str:
     return str(embedded_dir()) if name_or_path == EMBEDDED else name_or_path
 
 
+def _is_run_config(path: Path) -> bool:
+    """A ``secondthoughts train`` run's config.json (its ``train`` section): a run folder copied
+    without its metrics.jsonl is still a run, not a Hugging Face model folder."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("train"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load(
     name_or_path: str = EMBEDDED,
     *,
@@ -227,7 +236,7 @@ def load(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = Path(name_or_path)
-    if (path / "model").is_dir() and (path / "metrics.jsonl").is_file():  # a `secondthoughts train` run
+    if (path / "model").is_dir() and ((path / "metrics.jsonl").is_file() or _is_run_config(path / "config.json")):  # a train run
         path = path / "model"
         name_or_path = str(path)
     if (path / "adapter_config.json").is_file():

@@ -172,6 +172,8 @@ def test_the_run_says_which_chain_format_its_model_writes(coe_run, tmp_path):
     (old / "config.json").write_text(json.dumps(info))
     positional = Realigner(old)
     assert positional.chain_format == "positional"
+    (old / "metrics.jsonl").unlink()  # a run copied without its metrics is still a run (its config says so)
+    assert Realigner(old).chain_format == "positional"
     res = positional.realign(CTX, SRC, max_new_tokens=30)
     _consistent(res)
     assert res.compact == render_compact(res.chain)  # every edit with its position
