@@ -86,6 +86,11 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
     return stories
 
 
+def rated(c: Candidate) -> float:
+    """A candidate's quality by the ratings: mean Align + mean Coherence."""
+    return c["align"] + c["coh"]
+
+
 def features(cands: list[Candidate], names: list[str]) -> np.ndarray:
     """Each feature centred on its story's mean: a reranker only compares within a story."""
     m = np.array([[FEATURES[n](c) for n in names] for c in cands])
@@ -97,7 +102,7 @@ def fit_pairwise(stories: list[list[Candidate]], names: list[str], l2: float = 1
     P(a above b) = sigmoid(w . (x_a - x_b)). Newton's method; no intercept, the pairs are symmetric."""
     diffs, ys = [], []
     for cands in stories:
-        x, q = features(cands, names), [c["align"] + c["coh"] for c in cands]
+        x, q = features(cands, names), [rated(c) for c in cands]
         for i in range(len(cands)):
             for j in range(len(cands)):
                 if q[i] - q[j] >= margin:
@@ -128,7 +133,7 @@ def summary(picks: list[Candidate]) -> str:
 
 def paired(picks: list[Candidate], base: list[Candidate], seed: int = 0, n: int = 2000) -> str:
     out = []
-    for name, f in (("sum", lambda p: p["align"] + p["coh"]), ("align", lambda p: p["align"]), ("coherence", lambda p: p["coh"])):
+    for name, f in (("sum", rated), ("align", lambda p: p["align"]), ("coherence", lambda p: p["coh"])):
         d = [f(a) - f(b) for a, b in zip(picks, base)]
         lo, hi = interval(d, seed, n)
         out.append(f"{name} {st.mean(d):+.2f} [{lo:+.2f}, {hi:+.2f}]")
@@ -158,21 +163,22 @@ def main() -> None:
     if bool(args.versus) != bool(args.versus_split):
         sys.exit("error: --versus and --versus-split go together")
     args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]
-    rows = [r for path in args.candidates for r in read_jsonl(path)]
     labels = read_jsonl(args.labels)
-    for flag, files, splits in (("--candidates", args.candidates, args.split), ("--versus", args.versus, args.versus_split)):
+
+    def read_rated(flag: str, files: list[str], splits: list[str]) -> list[list[Candidate]]:
         try:
-            rated = rated_stories([r for path in files for r in read_jsonl(path)], labels, splits)
+            return rated_stories([r for path in files for r in read_jsonl(path)], labels, splits)
         except ValueError as e:
             sys.exit(f"error: {flag} {e}")
-        stories, other = (rated, []) if flag == "--candidates" else (stories, rated)
+
+    stories, other = read_rated("--candidates", args.candidates, args.split), read_rated("--versus", args.versus, args.versus_split)
     if args.versus and not {c["id"] for s in other for c in s} & {c["id"] for s in stories for c in s}:
         sys.exit("error: --versus: no story with rated candidates in both (are --versus-split the labels' splits of those files?)")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
-    best = [max(s, key=lambda c: c["align"] + c["coh"]) for s in stories]  # max keeps the first of ties
+    best = [max(s, key=rated) for s in stories]  # max keeps the first of ties
     if args.write_best:  # of the candidates rated >= floor on both scales, the best by the ratings
         good = [[c for c in s if min(c["align"], c["coh"]) >= args.floor] for s in stories]
-        kept = [max(g, key=lambda c: c["align"] + c["coh"]) for g in good if g]
+        kept = [max(g, key=rated) for g in good if g]
         with open(args.write_best, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"id": b["id"], "context": b["context"], "source": b["source"], "target": b["text"]}) + "\n" for b in kept)
         print(f"wrote {len(kept)} corrections to {args.write_best} (a story's best candidate of those rated >= {args.floor:g} on both scales)")

@@ -106,14 +106,20 @@ def run_info(run: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The training settings of a ``secondthoughts train`` run (folder or its ``model/``)."""
     path = Path(run)
     for cand in (path / "config.json", path.parent / "config.json"):
-        if cand.is_file():
-            try:
-                info = json.loads(cand.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(info, dict) and isinstance(info.get("train"), dict):
-                return info["train"]
+        info = train_settings(cand)
+        if info is not None:
+            return info
     return None
+
+
+def train_settings(config: Path) -> dict[str, Any] | None:
+    """The ``train`` section of a run's config.json; None when the file is missing, unreadable or
+    not a run's (a Hugging Face model's config.json has none)."""
+    try:
+        info = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return info["train"] if isinstance(info, dict) and isinstance(info.get("train"), dict) else None
 
 
 def chain_format(info: dict[str, Any] | None) -> str:

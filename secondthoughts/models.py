@@ -207,15 +207,6 @@ def resolve(name_or_path: str) -> str:
     return str(embedded_dir()) if name_or_path == EMBEDDED else name_or_path
 
 
-def _is_run_config(path: Path) -> bool:
-    """A ``secondthoughts train`` run's config.json (its ``train`` section): a run folder copied
-    without its metrics.jsonl is still a run, not a Hugging Face model folder."""
-    try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("train"), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def load(
     name_or_path: str = EMBEDDED,
     *,
@@ -233,10 +224,14 @@ def load(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Imported here: decoding imports sequences, which imports this module.
+    from secondthoughts.decoding import train_settings
+
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = Path(name_or_path)
-    if (path / "model").is_dir() and ((path / "metrics.jsonl").is_file() or _is_run_config(path / "config.json")):  # a train run
+    # A `secondthoughts train` run: its config.json has a train section (a run copied without its metrics.jsonl is still one).
+    if (path / "model").is_dir() and ((path / "metrics.jsonl").is_file() or train_settings(path / "config.json") is not None):
         path = path / "model"
         name_or_path = str(path)
     if (path / "adapter_config.json").is_file():
