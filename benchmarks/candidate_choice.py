@@ -11,7 +11,8 @@ Another model's candidates of the same stories, rated in their own split: ``--ve
 --versus-split SPLIT ...`` compares the two models' picks under each weighting, paired by story.)
 ``--write-best FILE [--floor F]`` writes, of each story's candidates whose mean ratings are both at
 least F, the best by the ratings, as a corrections file for ``secondthoughts learn`` (context, source,
-target): how the shipped default learned from its readers' picks (docs/coherence.md).
+target; with ``--versus``, the best of both models' candidates of a story, rated in one round): how the
+shipped default learned from its readers' picks (docs/coherence.md).
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its score, with the
@@ -108,7 +109,7 @@ def fit_pairwise(stories: list[list[Candidate]], names: list[str], l2: float = 1
                 if q[i] - q[j] >= margin:
                     diffs += [x[i] - x[j], x[j] - x[i]]
                     ys += [1.0, 0.0]
-    a, y, w = np.array(diffs), np.array(ys), np.zeros(len(names))
+    a, y, w = np.array(diffs).reshape(-1, len(names)), np.array(ys), np.zeros(len(names))  # no pairs: zero weights
     for _ in range(50):
         p = 1 / (1 + np.exp(-a @ w))
         hess = (a * (p * (1 - p))[:, None]).T @ a + l2 * np.eye(len(w))
@@ -157,7 +158,7 @@ def main() -> None:
                          "(default: the commands' own)")
     ap.add_argument("--versus", nargs="+", default=[], metavar="FILE", help="another model's candidates of the same stories")
     ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
-    ap.add_argument("--write-best", metavar="FILE", help="write, of each story's candidates rated >= --floor on both scales, the best by the ratings as a corrections file")
+    ap.add_argument("--write-best", metavar="FILE", help="write, of each story's candidates rated >= --floor on both scales (with --versus, both models'), the best by the ratings as a corrections file")
     ap.add_argument("--floor", type=float, default=6.0, help="--write-best considers candidates whose mean Align and Coherence are both >= this")
     args = ap.parse_args()
     if bool(args.versus) != bool(args.versus_split):
@@ -176,8 +177,11 @@ def main() -> None:
         sys.exit("error: --versus: no story with rated candidates in both (are --versus-split the labels' splits of those files?)")
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates (valid, changed)")
     best = [max(s, key=rated) for s in stories]  # max keeps the first of ties
-    if args.write_best:  # of the candidates rated >= floor on both scales, the best by the ratings
-        good = [[c for c in s if min(c["align"], c["coh"]) >= args.floor] for s in stories]
+    if args.write_best:  # of a story's candidates rated >= floor on both scales (both models' with --versus), the best by the ratings
+        pooled: dict[str, list[Candidate]] = {}
+        for c in (c for s in stories + other for c in s):
+            pooled.setdefault(c["id"], []).append(c)
+        good = [[c for c in s if min(c["align"], c["coh"]) >= args.floor] for s in pooled.values()]
         kept = [max(g, key=rated) for g in good if g]
         with open(args.write_best, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"id": b["id"], "context": b["context"], "source": b["source"], "target": b["text"]}) + "\n" for b in kept)
@@ -197,7 +201,7 @@ def main() -> None:
                 print(f"{'this model, the stories both have':44s} {summary([p for _, p in both])}")
             print(f"{'--versus, the same weighting':44s} {summary([t for t, _ in both])} ({len(both)} stories)\n"
                   f"{'':44s} minus this model's: {paired([t for t, _ in both], [p for _, p in both])}")
-    for k in range(2, len(names) + 1):
+    for k in range(2, len(names) + 1) if len(stories) > 1 else ():  # leaving a story out needs another to fit on
         use = names[:k]
         loo = [stories[i][int(np.argmax(features(stories[i], use) @ fit_pairwise(stories[:i] + stories[i + 1 :], use)))] for i in range(len(stories))]
         w = fit_pairwise(stories, use)

@@ -101,3 +101,22 @@ def test_write_best_rated_candidates_as_corrections(tmp_path: Path) -> None:
     assert written[0]["source"] == rows[0]["source"] and written[0]["context"] == rows[0]["context"]
     _run(tmp_path, rows, labels, "--write-best", str(out_file), "--floor", "7.5")
     assert out_file.read_text() == ""
+
+
+def test_write_best_pools_both_models_of_a_story(tmp_path: Path) -> None:
+    ours, theirs = _story(0), _story(0, split="v")
+    theirs[0]["alternatives"][1]["text"] = "Sam0 gives the ladder back with thanks."
+    theirs[1][1]["text_sha1"] = hashlib.sha1(b"Sam0 gives the ladder back with thanks.").hexdigest()
+    theirs[1][1]["align"] = [7, 6]  # rated 13, below our fix's 14: ours is kept
+    only_theirs = _story(1, split="v")
+    versus = tmp_path / "versus.jsonl"
+    versus.write_text("".join(json.dumps(r) + "\n" for r in (theirs[0], only_theirs[0])))
+    out_file = tmp_path / "best.jsonl"
+    labels = ours[1] + theirs[1] + only_theirs[1]
+    out = _run(tmp_path, [ours[0]], labels, "--versus", str(versus), "--versus-split", "v", "--write-best", str(out_file))
+    assert out.returncode == 0, out.stderr
+    assert [(w["id"], w["target"]) for w in map(json.loads, out_file.read_text().splitlines())] == [("s0", "Sam0 returns the ladder."), ("s1", "Sam1 returns the ladder.")]
+    theirs[1][2]["align"] = [7, 7]
+    theirs[1][2]["coherence"] = [7, 7.5]  # their third text now the best of the story
+    _run(tmp_path, [ours[0]], ours[1] + theirs[1] + only_theirs[1], "--versus", str(versus), "--versus-split", "v", "--write-best", str(out_file))
+    assert json.loads(out_file.read_text().splitlines()[0])["target"].startswith("Sam0 returns the ladder and then goes on")
