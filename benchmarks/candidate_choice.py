@@ -9,6 +9,8 @@ of every candidate? And how much better could it choose?
 (several rounds pooled: every round's candidates files and ``--split cands14 cands15 cands16``.
 Another model's candidates of the same stories, rated in their own split: ``--versus FILE ...
 --versus-split SPLIT ...`` compares the two models' picks under each weighting, paired by story.)
+``--skip-unrated``: candidates decoded again on another machine may differ in a few sampled texts;
+drop those (and stories that keep under 80% of their texts) rather than stop.
 ``--write-best FILE [--floor F]`` writes, of each story's candidates whose mean ratings are both at
 least F, the best by the ratings, as a corrections file for ``secondthoughts learn`` (context, source,
 target; with ``--versus``, the best of both models' candidates of a story, rated in one round): how the
@@ -87,6 +89,28 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
     return stories
 
 
+def keep_rated(rows: list[dict], labels: list[dict], splits: list[str], share: float = 0.8) -> tuple[list[dict], list[dict], int, int]:
+    """Candidates decoded again elsewhere can differ from the rated ones in a few sampled texts (another
+    CPU's float rounding flips a sample): keep each story's alternatives whose text is one rated for it
+    (matched by ``text_sha1``, not by index), numbered and labelled anew; a story keeping under ``share``
+    of them is dropped whole (its samples are not the ones read). Returns the rows, their labels, and
+    how many alternatives and stories were dropped."""
+    by_text = {(r["id"], r["text_sha1"]): r for r in labels if r["split"] in splits and r["system"].startswith("alt")}
+    kept_rows, kept_labels, alts_dropped, stories_dropped = [], [], 0, 0
+    for row in rows:
+        if "alternatives" not in row:  # left for rated_stories to report
+            kept_rows.append(row)
+            continue
+        alts = row["alternatives"]
+        keep = [a for a in alts if (row["id"], sha1(a["text"])) in by_text]
+        if len(keep) < share * len(alts):
+            keep, stories_dropped = [], stories_dropped + 1
+        alts_dropped += len(alts) - len(keep)
+        kept_rows.append({**row, "alternatives": keep})
+        kept_labels += [{**by_text[(row["id"], sha1(a["text"]))], "system": f"alt{j}"} for j, a in enumerate(keep)]
+    return kept_rows, kept_labels, alts_dropped, stories_dropped
+
+
 def rated(c: Candidate) -> float:
     """A candidate's quality by the ratings: mean Align + mean Coherence."""
     return c["align"] + c["coh"]
@@ -160,6 +184,9 @@ def main() -> None:
     ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
     ap.add_argument("--write-best", metavar="FILE", help="write, of each story's candidates rated >= --floor on both scales (with --versus, both models'), the best by the ratings as a corrections file")
     ap.add_argument("--floor", type=float, default=6.0, help="--write-best considers candidates whose mean Align and Coherence are both >= this")
+    ap.add_argument("--skip-unrated", action="store_true",
+                    help="candidates decoded again on another machine: drop alternatives that are not a rated text of their story "
+                         "(and stories that keep under 80%% of theirs) instead of stopping")
     args = ap.parse_args()
     if bool(args.versus) != bool(args.versus_split):
         sys.exit("error: --versus and --versus-split go together")
@@ -167,8 +194,12 @@ def main() -> None:
     labels = read_jsonl(args.labels)
 
     def read_rated(flag: str, files: list[str], splits: list[str]) -> list[list[Candidate]]:
+        rows, labs = [r for path in files for r in read_jsonl(path)], labels
+        if args.skip_unrated and rows:
+            rows, labs, alts, n = keep_rated(rows, labels, splits)
+            print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under 80% rated")
         try:
-            return rated_stories([r for path in files for r in read_jsonl(path)], labels, splits)
+            return rated_stories(rows, labs, splits)
         except ValueError as e:
             sys.exit(f"error: {flag} {e}")
 

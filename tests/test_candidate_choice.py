@@ -120,3 +120,23 @@ def test_write_best_pools_both_models_of_a_story(tmp_path: Path) -> None:
     theirs[1][2]["coherence"] = [7, 7.5]  # their third text now the best of the story
     _run(tmp_path, [ours[0]], ours[1] + theirs[1] + only_theirs[1], "--versus", str(versus), "--versus-split", "v", "--write-best", str(out_file))
     assert json.loads(out_file.read_text().splitlines()[0])["target"].startswith("Sam0 returns the ladder and then goes on")
+
+
+
+def test_skip_unrated_candidates_decoded_again(tmp_path: Path) -> None:
+    stories = [_story(k) for k in range(3)]
+    rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]
+    rows[0]["alternatives"][0]["text"] = "Sam0 keeps the ladder and hides it."  # came out otherwise: 2 of 3 rated, the story is dropped
+    extra = [f"Sam1 returns the ladder {w}." for w in ("now", "today")]  # story 1: two more rated texts ...
+    rows[1]["alternatives"] += [{"text": t, "valid": True, "score": -2.0} for t in extra]
+    labels += [{"id": "s1", "system": f"alt{3 + j}", "split": "t", "align": [6, 6], "coherence": [6, 6],
+                "text_sha1": hashlib.sha1(t.encode()).hexdigest()} for j, t in enumerate(extra)]  # fmt: skip
+    rows[1]["alternatives"].insert(0, {"text": "Sam1 buys a ladder.", "valid": True, "score": 0.0})  # ... and one unrated first: 5 of 6 kept
+    out = _run(tmp_path, rows, labels)
+    assert out.returncode != 0 and "alternative 0 of story s0 is not the text rated" in out.stderr  # without the flag: stop
+    out = _run(tmp_path, rows, labels, "--skip-unrated", "--penalties", "0", "0")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "--candidates: dropped 4 alternatives that are not a rated text, 1 stories with under 80% rated"
+    assert lines[1] == "2 stories, 8 rated candidates (valid, changed)"
+    assert "Align 2.00  Coherence 6.00" in lines[4]  # the likelihood's pick in both: the near-copy, rated by its text, not its index

@@ -1,0 +1,82 @@
+"""Would a consensus term help the best-of-N chooser? Minimum Bayes risk decoding keeps the candidate
+most like the others; here its score is added to the default's, against people's ratings of every
+candidate (as ``candidate_choice.py`` reads them).
+
+    python benchmarks/consensus_choice.py --candidates r18.jsonl r20.jsonl --labels benchmarks/coherence_labels.jsonl \\
+        --split cands18-learn cands20-learn [--weights 0.5 1 2 4 8] [--skip-unrated]
+
+A candidate's *consensus*: the mean cosine similarity of its all-MiniLM-L6-v2 embedding (the embedded
+encoder, mean-pooled) to every other distinct text of its story, centred per story. Each weighting keeps
+argmax(default score + W x consensus), the default score being the commands' (the likelihood minus the
+source and length penalties). Prints, per candidates file and pooled, the mean rated sum (Align +
+Coherence) of what each keeps minus the default's, and pooled summaries with paired 95% bootstrap
+intervals. ``--weights 1e6``: consensus alone (the MBR pick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics as st
+import sys
+
+import candidate_choice as cc
+import numpy as np
+import torch
+
+from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
+from secondthoughts.reward import RewardConfig, RewardModel
+
+
+def add_consensus(stories: list[list[cc.Candidate]], alternatives: dict[str, list[str]], encoder: RewardModel) -> None:
+    """Set each candidate's ``consensus``: its embedding's mean cosine similarity to the story's other texts."""
+    for cands in stories:
+        texts = alternatives[cands[0]["id"]]
+        dim = encoder.encoder.config.hidden_size
+        with torch.inference_mode():
+            emb = encoder.features(texts, texts)[:, :dim].numpy()  # [u, v, u*v, |u-v|]: u, normalized
+        sim = emb @ emb.T
+        where = {t: i for i, t in enumerate(texts)}
+        for c in cands:
+            c["consensus"] = float((sim[where[c["text"]]].sum() - 1.0) / max(1, len(texts) - 1))
+
+
+def keep(cands: list[cc.Candidate], weight: float) -> cc.Candidate:
+    score = cc.features(cands, list(cc.FEATURES)) @ np.array([1.0, -SOURCE_PENALTY, -LENGTH_PENALTY])
+    consensus = np.array([c["consensus"] for c in cands])
+    return cands[int(np.argmax(score + weight * (consensus - consensus.mean())))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL, one file per round")
+    ap.add_argument("--labels", required=True)
+    ap.add_argument("--split", required=True, nargs="+", help="the labels' split of each candidates file, in the same order")
+    ap.add_argument("--weights", nargs="+", type=float, default=[0.5, 1, 2, 4, 8])
+    ap.add_argument("--skip-unrated", action="store_true", help="as candidate_choice.py's: drop texts decoded again that are not the rated ones")
+    args = ap.parse_args()
+    if len(args.split) != len(args.candidates):
+        sys.exit("error: give one --split per --candidates file")
+    labels = cc.read_jsonl(args.labels)
+    encoder = RewardModel.create(RewardConfig(head="frozen"))
+    rounds: dict[str, list[list[cc.Candidate]]] = {}
+    for path, split in zip(args.candidates, args.split):
+        rows, labs = cc.read_jsonl(path), labels
+        if args.skip_unrated:
+            rows, labs, _, _ = cc.keep_rated(rows, labels, [split])
+        try:
+            stories = cc.rated_stories(rows, labs, [split])
+        except ValueError as e:
+            sys.exit(f"error: --candidates {path}: {e}")
+        add_consensus(stories, {r["id"]: [a["text"] for a in r["alternatives"]] for r in rows}, encoder)
+        rounds[path] = stories
+    pooled = [s for stories in rounds.values() for s in stories]
+    base = [keep(s, 0.0) for s in pooled]
+    print(f"{len(pooled)} stories; the default: {cc.summary(base)}")
+    for w in args.weights:
+        per = " ".join(f"{path}: {st.mean(cc.rated(keep(s, w)) - cc.rated(keep(s, 0.0)) for s in stories):+.2f}" for path, stories in rounds.items())
+        picks = [keep(s, w) for s in pooled]
+        print(f"+ {w:g} x consensus  {cc.summary(picks)}\n  minus the default's: {cc.paired(picks, base)}; sum by file: {per}")
+
+
+if __name__ == "__main__":
+    main()
