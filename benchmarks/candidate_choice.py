@@ -38,6 +38,7 @@ import json
 import random
 import statistics as st
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -89,21 +90,26 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
     return stories
 
 
-def keep_rated(rows: list[dict], labels: list[dict], splits: list[str], share: float = 0.8) -> tuple[list[dict], list[dict], int, int]:
+SHARE = 0.8  # --skip-unrated keeps a story only if this share of its texts is the rated ones
+
+
+def keep_rated(rows: list[dict], labels: list[dict], splits: list[str], share: float = SHARE) -> tuple[list[dict], list[dict], int, int]:
     """Candidates decoded again elsewhere can differ from the rated ones in a few sampled texts (another
     CPU's float rounding flips a sample): keep each story's alternatives whose text is one rated for it
     (matched by ``text_sha1``, not by index), numbered and labelled anew; a story keeping under ``share``
-    of them is dropped whole (its samples are not the ones read). Returns the rows, their labels, and
-    how many alternatives and stories were dropped."""
+    of its texts (of those decoded or those rated, whichever are more) is dropped whole: its samples
+    are not the ones read. Stories with no rated text are left as they are (``rated_stories`` skips
+    them). Returns the rows, their labels, and how many alternatives and stories were dropped."""
     by_text = {(r["id"], r["text_sha1"]): r for r in labels if r["split"] in splits and r["system"].startswith("alt")}
+    rated_per_story = Counter(i for i, _ in by_text)
     kept_rows, kept_labels, alts_dropped, stories_dropped = [], [], 0, 0
     for row in rows:
-        if "alternatives" not in row:  # left for rated_stories to report
+        if "alternatives" not in row or not rated_per_story[row["id"]]:  # left for rated_stories to report or skip
             kept_rows.append(row)
             continue
         alts = row["alternatives"]
         keep = [a for a in alts if (row["id"], sha1(a["text"])) in by_text]
-        if len(keep) < share * len(alts):
+        if len(keep) < share * max(len(alts), rated_per_story[row["id"]]):
             keep, stories_dropped = [], stories_dropped + 1
         alts_dropped += len(alts) - len(keep)
         kept_rows.append({**row, "alternatives": keep})
@@ -165,10 +171,14 @@ def paired(picks: list[Candidate], base: list[Candidate], seed: int = 0, n: int 
     return ", ".join(out)
 
 
+def best_of_scores(cands: list[Candidate], source: float, length: float) -> np.ndarray:
+    """The best-of score of a story's candidates, centred: the features weighted 1, -source, -length."""
+    return features(cands, list(FEATURES)) @ np.array([1.0, -source, -length])
+
+
 def pick(stories: list[list[Candidate]], source: float, length: float) -> list[Candidate]:
-    """Each story's candidate under the best-of score: the features weighted 1, -source, -length
-    (argmax keeps the first of ties, as ``choose_best`` does)."""
-    return [s[int(np.argmax(features(s, list(FEATURES)) @ np.array([1.0, -source, -length])))] for s in stories]
+    """Each story's candidate under the best-of score (argmax keeps the first of ties, as ``choose_best`` does)."""
+    return [s[int(np.argmax(best_of_scores(s, source, length)))] for s in stories]
 
 
 def main() -> None:
@@ -197,11 +207,14 @@ def main() -> None:
         rows, labs = [r for path in files for r in read_jsonl(path)], labels
         if args.skip_unrated and rows:
             rows, labs, alts, n = keep_rated(rows, labels, splits)
-            print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under 80% rated")
+            print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under {SHARE:.0%} rated")
         try:
-            return rated_stories(rows, labs, splits)
+            stories = rated_stories(rows, labs, splits)
         except ValueError as e:
             sys.exit(f"error: {flag} {e}")
+        if files and not stories:
+            sys.exit(f"error: {flag}: no story with rated candidates (are {' '.join(splits)} the labels' splits of those files?)")
+        return stories
 
     stories, other = read_rated("--candidates", args.candidates, args.split), read_rated("--versus", args.versus, args.versus_split)
     if args.versus and not {c["id"] for s in other for c in s} & {c["id"] for s in stories for c in s}:

@@ -6,7 +6,8 @@ candidate (as ``candidate_choice.py`` reads them).
         --split cands18-learn cands20-learn [--weights 0.5 1 2 4 8] [--skip-unrated]
 
 A candidate's *consensus*: the mean cosine similarity of its all-MiniLM-L6-v2 embedding (the embedded
-encoder, mean-pooled) to every other distinct text of its story, centred per story. Each weighting keeps
+encoder, mean-pooled) to every other distinct text of its story (with ``--skip-unrated``, of those
+kept), centred per story. Each weighting keeps
 argmax(default score + W x consensus), the default score being the commands' (the likelihood minus the
 source and length penalties). Prints, per candidates file and pooled, the mean rated sum (Align +
 Coherence) of what each keeps minus the default's, and pooled summaries with paired 95% bootstrap
@@ -33,15 +34,16 @@ def add_consensus(stories: list[list[cc.Candidate]], alternatives: dict[str, lis
         texts = alternatives[cands[0]["id"]]
         dim = encoder.encoder.config.hidden_size
         with torch.inference_mode():
-            emb = encoder.features(texts, texts)[:, :dim].numpy()  # [u, v, u*v, |u-v|]: u, normalized
+            emb = encoder.features(texts, texts)[:, :dim].cpu().numpy()  # [u, v, u*v, |u-v|]: u, normalized
         sim = emb @ emb.T
         where = {t: i for i, t in enumerate(texts)}
         for c in cands:
-            c["consensus"] = float((sim[where[c["text"]]].sum() - 1.0) / max(1, len(texts) - 1))
+            i = where[c["text"]]
+            c["consensus"] = float((sim[i].sum() - sim[i, i]) / max(1, len(texts) - 1))
 
 
 def keep(cands: list[cc.Candidate], weight: float) -> cc.Candidate:
-    score = cc.features(cands, list(cc.FEATURES)) @ np.array([1.0, -SOURCE_PENALTY, -LENGTH_PENALTY])
+    score = cc.best_of_scores(cands, SOURCE_PENALTY, LENGTH_PENALTY)
     consensus = np.array([c["consensus"] for c in cands])
     return cands[int(np.argmax(score + weight * (consensus - consensus.mean())))]
 
@@ -57,23 +59,32 @@ def main() -> None:
     if len(args.split) != len(args.candidates):
         sys.exit("error: give one --split per --candidates file")
     labels = cc.read_jsonl(args.labels)
-    encoder = RewardModel.create(RewardConfig(head="frozen"))
-    rounds: dict[str, list[list[cc.Candidate]]] = {}
+    rounds: list[tuple[str, list[list[cc.Candidate]], dict[str, list[str]]]] = []
+    seen: set[str] = set()
     for path, split in zip(args.candidates, args.split):
         rows, labs = cc.read_jsonl(path), labels
         if args.skip_unrated:
-            rows, labs, _, _ = cc.keep_rated(rows, labels, [split])
+            rows, labs, alts, n = cc.keep_rated(rows, labels, [split])
+            print(f"{path}: dropped {alts} alternatives that are not a rated text, {n} stories with under {cc.SHARE:.0%} rated")
         try:
             stories = cc.rated_stories(rows, labs, [split])
         except ValueError as e:
             sys.exit(f"error: --candidates {path}: {e}")
-        add_consensus(stories, {r["id"]: [a["text"] for a in r["alternatives"]] for r in rows}, encoder)
-        rounds[path] = stories
-    pooled = [s for stories in rounds.values() for s in stories]
+        if not stories:
+            sys.exit(f"error: --candidates {path}: no story with rated candidates (is {split} the labels' split of that file?)")
+        for i in (s[0]["id"] for s in stories):  # one story twice would count as two independent ones
+            if i in seen:
+                sys.exit(f"error: --candidates {path}: story {i} appears in two files (pool one model's candidates only)")
+            seen.add(i)
+        rounds.append((path, stories, {r["id"]: [a["text"] for a in r["alternatives"]] for r in rows if "alternatives" in r}))
+    encoder = RewardModel.create(RewardConfig(head="frozen"), device="cpu")
+    for _, stories, alternatives in rounds:
+        add_consensus(stories, alternatives, encoder)
+    pooled = [s for _, stories, _ in rounds for s in stories]
     base = [keep(s, 0.0) for s in pooled]
     print(f"{len(pooled)} stories; the default: {cc.summary(base)}")
     for w in args.weights:
-        per = " ".join(f"{path}: {st.mean(cc.rated(keep(s, w)) - cc.rated(keep(s, 0.0)) for s in stories):+.2f}" for path, stories in rounds.items())
+        per = " ".join(f"{path}: {st.mean(cc.rated(keep(s, w)) - cc.rated(keep(s, 0.0)) for s in stories):+.2f}" for path, stories, _ in rounds)
         picks = [keep(s, w) for s in pooled]
         print(f"+ {w:g} x consensus  {cc.summary(picks)}\n  minus the default's: {cc.paired(picks, base)}; sum by file: {per}")
 

@@ -83,7 +83,7 @@ def test_versus_another_models_candidates(tmp_path: Path) -> None:
     half = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus))
     assert half.returncode != 0 and "--versus and --versus-split go together" in half.stderr
     wrong = _run(tmp_path, [r for r, _ in ours], labels, "--versus", str(versus), "--versus-split", "nope")  # their labels are split v
-    assert wrong.returncode != 0 and "--versus: no story with rated candidates in both" in wrong.stderr
+    assert wrong.returncode != 0 and "--versus: no story with rated candidates (are nope the labels' splits" in wrong.stderr
     twice = _run(tmp_path, [ours[0][0], ours[0][0]], labels)
     assert twice.returncode != 0 and "--candidates line 2: story s0 appears twice" in twice.stderr
 
@@ -122,7 +122,6 @@ def test_write_best_pools_both_models_of_a_story(tmp_path: Path) -> None:
     assert json.loads(out_file.read_text().splitlines()[0])["target"].startswith("Sam0 returns the ladder and then goes on")
 
 
-
 def test_skip_unrated_candidates_decoded_again(tmp_path: Path) -> None:
     stories = [_story(k) for k in range(3)]
     rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]
@@ -131,7 +130,8 @@ def test_skip_unrated_candidates_decoded_again(tmp_path: Path) -> None:
     rows[1]["alternatives"] += [{"text": t, "valid": True, "score": -2.0} for t in extra]
     labels += [{"id": "s1", "system": f"alt{3 + j}", "split": "t", "align": [6, 6], "coherence": [6, 6],
                 "text_sha1": hashlib.sha1(t.encode()).hexdigest()} for j, t in enumerate(extra)]  # fmt: skip
-    rows[1]["alternatives"].insert(0, {"text": "Sam1 buys a ladder.", "valid": True, "score": 0.0})  # ... and one unrated first: 5 of 6 kept
+    rows[1]["alternatives"].reverse()  # decoded in another order than rated: labels must follow the text
+    rows[1]["alternatives"].insert(2, {"text": "Sam1 buys a ladder.", "valid": True, "score": 0.0})  # ... and one unrated: 5 of 6 kept
     out = _run(tmp_path, rows, labels)
     assert out.returncode != 0 and "alternative 0 of story s0 is not the text rated" in out.stderr  # without the flag: stop
     out = _run(tmp_path, rows, labels, "--skip-unrated", "--penalties", "0", "0")
@@ -140,3 +140,7 @@ def test_skip_unrated_candidates_decoded_again(tmp_path: Path) -> None:
     assert lines[0] == "--candidates: dropped 4 alternatives that are not a rated text, 1 stories with under 80% rated"
     assert lines[1] == "2 stories, 8 rated candidates (valid, changed)"
     assert "Align 2.00  Coherence 6.00" in lines[4]  # the likelihood's pick in both: the near-copy, rated by its text, not its index
+    unrated = [{**rows[2], "id": "s9"}]  # a story no label rates is skipped, not counted as dropped
+    assert _run(tmp_path, rows + unrated, labels, "--skip-unrated").stdout.splitlines()[0] == lines[0]
+    wrong = _run(tmp_path, rows, labels, "--skip-unrated", splits=("nope",))
+    assert wrong.returncode != 0 and "--candidates: no story with rated candidates (are nope the labels' splits" in wrong.stderr

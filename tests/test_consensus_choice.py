@@ -31,12 +31,22 @@ def _write(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.slow  # the embedded MiniLM
 def test_consensus_moves_the_pick_to_the_texts_that_agree(tmp_path: Path) -> None:
     cands, labs = _write(tmp_path)
-    cmd = [sys.executable, str(SCRIPT), "--candidates", str(cands), "--labels", str(labs), "--split", "t", "--weights", "0", "1e6"]
+    cmd = [sys.executable, str(SCRIPT), "--candidates", str(cands), "--labels", str(labs), "--split", "t", "--weights", "1e6"]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("1 stories; the default: Align 1.00  Coherence 1.00")
-    assert lines[1].startswith("+ 0 x consensus  Align 1.00") and "sum +0.00" in lines[2]
-    assert lines[3].startswith("+ 1e+06 x consensus  Align 7.00") and "sum +12.00" in lines[4]
-    one = subprocess.run([*cmd[:6], "--split", "t", "u"], check=False, capture_output=True, text=True, timeout=300)
-    assert one.returncode != 0 and "give one --split per --candidates file" in one.stderr
+    assert lines[0].startswith("1 stories; the default: Align 1.00  Coherence 1.00")  # the outlier
+    assert lines[1].startswith("+ 1e+06 x consensus  Align 7.00") and "sum +12.00" in lines[2]
+
+
+def test_bad_input_stops_before_the_encoder_loads(tmp_path: Path) -> None:
+    cands, labs = _write(tmp_path)
+    base = [sys.executable, str(SCRIPT), "--labels", str(labs)]
+    runs = {
+        "give one --split per --candidates file": ["--candidates", str(cands), "--split", "t", "u"],
+        "story s0 appears in two files": ["--candidates", str(cands), str(cands), "--split", "t", "t"],
+        "no story with rated candidates (is u the labels' split": ["--candidates", str(cands), "--split", "u"],
+    }
+    for message, args in runs.items():
+        out = subprocess.run([*base, *args], check=False, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
