@@ -117,6 +117,21 @@ def keep_rated(rows: list[dict], labels: list[dict], splits: list[str], share: f
     return kept_rows, kept_labels, alts_dropped, stories_dropped
 
 
+def load_rated(flag: str, rows: list[dict], labels: list[dict], splits: list[str], skip_unrated: bool) -> list[list[Candidate]]:
+    """``rated_stories`` for a command line: with ``skip_unrated`` through ``keep_rated`` (saying what it
+    dropped); a bad row, or no story with rated candidates, stops with one line naming ``flag``."""
+    if skip_unrated:
+        rows, labels, alts, n = keep_rated(rows, labels, splits)
+        print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under {SHARE:.0%} rated")
+    try:
+        stories = rated_stories(rows, labels, splits)
+    except ValueError as e:
+        sys.exit(f"error: {flag} {e}")
+    if not stories:
+        sys.exit(f"error: {flag}: no story with rated candidates (are {' '.join(splits)} the labels' splits of those files?)")
+    return stories
+
+
 def rated(c: Candidate) -> float:
     """A candidate's quality by the ratings: mean Align + mean Coherence."""
     return c["align"] + c["coh"]
@@ -204,17 +219,8 @@ def main() -> None:
     labels = read_jsonl(args.labels)
 
     def read_rated(flag: str, files: list[str], splits: list[str]) -> list[list[Candidate]]:
-        rows, labs = [r for path in files for r in read_jsonl(path)], labels
-        if args.skip_unrated and rows:
-            rows, labs, alts, n = keep_rated(rows, labels, splits)
-            print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under {SHARE:.0%} rated")
-        try:
-            stories = rated_stories(rows, labs, splits)
-        except ValueError as e:
-            sys.exit(f"error: {flag} {e}")
-        if files and not stories:
-            sys.exit(f"error: {flag}: no story with rated candidates (are {' '.join(splits)} the labels' splits of those files?)")
-        return stories
+        rows = [r for path in files for r in read_jsonl(path)]
+        return load_rated(flag, rows, labels, splits, args.skip_unrated) if files else []
 
     stories, other = read_rated("--candidates", args.candidates, args.split), read_rated("--versus", args.versus, args.versus_split)
     if args.versus and not {c["id"] for s in other for c in s} & {c["id"] for s in stories for c in s}:

@@ -30,9 +30,9 @@ from secondthoughts.reward import RewardConfig, RewardModel
 
 def add_consensus(stories: list[list[cc.Candidate]], alternatives: dict[str, list[str]], encoder: RewardModel) -> None:
     """Set each candidate's ``consensus``: its embedding's mean cosine similarity to the story's other texts."""
+    dim = encoder.encoder.config.hidden_size
     for cands in stories:
         texts = alternatives[cands[0]["id"]]
-        dim = encoder.encoder.config.hidden_size
         with torch.inference_mode():
             emb = encoder.features(texts, texts)[:, :dim].cpu().numpy()  # [u, v, u*v, |u-v|]: u, normalized
         sim = emb @ emb.T
@@ -62,16 +62,8 @@ def main() -> None:
     rounds: list[tuple[str, list[list[cc.Candidate]], dict[str, list[str]]]] = []
     seen: set[str] = set()
     for path, split in zip(args.candidates, args.split):
-        rows, labs = cc.read_jsonl(path), labels
-        if args.skip_unrated:
-            rows, labs, alts, n = cc.keep_rated(rows, labels, [split])
-            print(f"{path}: dropped {alts} alternatives that are not a rated text, {n} stories with under {cc.SHARE:.0%} rated")
-        try:
-            stories = cc.rated_stories(rows, labs, [split])
-        except ValueError as e:
-            sys.exit(f"error: --candidates {path}: {e}")
-        if not stories:
-            sys.exit(f"error: --candidates {path}: no story with rated candidates (is {split} the labels' split of that file?)")
+        rows = cc.read_jsonl(path)
+        stories = cc.load_rated(f"--candidates {path}", rows, labels, [split], args.skip_unrated)
         for i in (s[0]["id"] for s in stories):  # one story twice would count as two independent ones
             if i in seen:
                 sys.exit(f"error: --candidates {path}: story {i} appears in two files (pool one model's candidates only)")
@@ -81,11 +73,13 @@ def main() -> None:
     for _, stories, alternatives in rounds:
         add_consensus(stories, alternatives, encoder)
     pooled = [s for _, stories, _ in rounds for s in stories]
+    files = [path for path, stories, _ in rounds for _ in stories]  # each pooled story's file
     base = [keep(s, 0.0) for s in pooled]
     print(f"{len(pooled)} stories; the default: {cc.summary(base)}")
     for w in args.weights:
-        per = " ".join(f"{path}: {st.mean(cc.rated(keep(s, w)) - cc.rated(keep(s, 0.0)) for s in stories):+.2f}" for path, stories, _ in rounds)
         picks = [keep(s, w) for s in pooled]
+        gain = [cc.rated(p) - cc.rated(b) for p, b in zip(picks, base)]
+        per = " ".join(f"{path}: {st.mean(g for g, f in zip(gain, files) if f == path):+.2f}" for path, _, _ in rounds)
         print(f"+ {w:g} x consensus  {cc.summary(picks)}\n  minus the default's: {cc.paired(picks, base)}; sum by file: {per}")
 
 

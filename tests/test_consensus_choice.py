@@ -45,7 +45,7 @@ def test_bad_input_stops_before_the_encoder_loads(tmp_path: Path) -> None:
     runs = {
         "give one --split per --candidates file": ["--candidates", str(cands), "--split", "t", "u"],
         "story s0 appears in two files": ["--candidates", str(cands), str(cands), "--split", "t", "t"],
-        "no story with rated candidates (is u the labels' split": ["--candidates", str(cands), "--split", "u"],
+        "no story with rated candidates (are u the labels' splits": ["--candidates", str(cands), "--split", "u"],
     }
     for message, args in runs.items():
         out = subprocess.run([*base, *args], check=False, capture_output=True, text=True, timeout=120)
