@@ -1,0 +1,204 @@
+"""Would a scorer trained on people's ratings of a model's own candidates choose better than the default?
+Two heads (Align, Coherence) on the embedded SmolLM2's first layers with LoRA, trained on the rated
+candidates of earlier rounds (as ``candidate_choice.py`` reads them), then added to the best-of score.
+
+    python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
+        --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated]
+    python benchmarks/learned_heads.py choose --heads heads --candidates r24.jsonl --split cands24 \\
+        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1]
+
+``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the end-of-text
+token, and scored by a linear layer over that token's hidden state; per story and scale, every pair
+of candidates rated at least one point apart adds -log sigmoid(better - worse) (Bradley-Terry, as
+reward models are trained);
+AdamW, linear warm-up over 5% of the steps then decay, ``--per-step`` stories a step. On a GPU (bf16
+autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran out of
+memory). ``choose``: each head's scores standardised within a story; the kept candidate is
+argmax(default score + WA x align head + WC x coherence head), the default score being the commands'
+(the likelihood minus the source and length penalties). Prints the rated means of what the default,
+the heads alone and the weighted sum keep, paired by story, and each head's within-story agreement
+with the readers (pairs rated at least one point apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import candidate_choice as cc
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer
+
+from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
+from secondthoughts.models import default_device, embedded_dir
+
+SCALES = ("align", "coh")
+
+
+class Heads(torch.nn.Module):
+    """The embedded SmolLM2's first ``layers`` decoder layers, LoRA r16 on every linear layer, a 2-output head."""
+
+    def __init__(self, body: torch.nn.Module, layers: int):
+        super().__init__()
+        self.body, self.layers = body, layers
+        self.head = torch.nn.Linear(body.config.hidden_size, len(SCALES))
+        torch.nn.init.zeros_(self.head.weight), torch.nn.init.zeros_(self.head.bias)
+        self.tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
+
+    @staticmethod
+    def base(layers: int) -> torch.nn.Module:
+        transformers.logging.set_verbosity_error()  # the layers left out and the LM head are meant to go unused
+        return AutoModel.from_pretrained(str(embedded_dir()), num_hidden_layers=layers, dtype=torch.float32)
+
+    @classmethod
+    def new(cls, layers: int) -> Heads:
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        return cls(get_peft_model(cls.base(layers), lora), layers)
+
+    def forward(self, cands: list[cc.Candidate]) -> torch.Tensor:
+        ids = [self.tok(f"{c['context']}\nOriginal: {c['source']}\nRewrite: {c['text']}")["input_ids"] + [self.tok.eos_token_id] for c in cands]
+        dev = self.head.weight.device
+        batch = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for i, row in enumerate(ids):  # right padding: the last real token is at len - 1
+            batch[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        batch, mask = batch.to(dev), mask.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            hidden = self.body(input_ids=batch, attention_mask=mask).last_hidden_state
+        return self.head(hidden[torch.arange(len(ids), device=dev), mask.sum(1) - 1].float())
+
+    def save(self, out: Path, meta: dict) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.body.save_pretrained(out / "lora")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, out / "head.safetensors")
+        (out / "heads.json").write_text(json.dumps({"layers": self.layers, **meta}, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> Heads:
+        layers = json.loads((folder / "heads.json").read_text())["layers"]
+        heads = cls(PeftModel.from_pretrained(cls.base(layers), str(folder / "lora")), layers)
+        heads.head.load_state_dict(load_file(folder / "head.safetensors"))
+        return heads.eval()
+
+
+def pair_loss(scores: torch.Tensor, cands: list[cc.Candidate]) -> tuple[torch.Tensor, int]:
+    """Sum of -log sigmoid(better - worse) over a story's pairs rated >= 1 apart, per scale; and their count."""
+    total, n = scores.new_zeros(()), 0
+    for k, scale in enumerate(SCALES):
+        y = torch.tensor([c[scale] for c in cands], device=scores.device)
+        better = (y[:, None] - y[None, :]) >= 1.0
+        if better.any():
+            total = total + F.softplus(-(scores[:, k][:, None] - scores[:, k][None, :])[better]).sum()
+            n += int(better.sum())
+    return total, n
+
+
+def train(stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float, seed: int = 0, per_step: int = 8) -> Heads:
+    torch.manual_seed(seed)
+    model = Heads.new(layers).to(default_device()).train()
+    groups = [{"params": [p for p in model.body.parameters() if p.requires_grad], "lr": lr}, {"params": model.head.parameters(), "lr": 1e-3}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    steps = epochs * -(-len(stories) // per_step)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / max(1, steps // 20)) * max(0.0, 1 - t / steps))
+    order, rng = list(range(len(stories))), random.Random(seed)
+    for epoch in range(epochs):
+        rng.shuffle(order)
+        losses = []
+        for b in range(0, len(order), per_step):
+            batch = [stories[i] for i in order[b : b + per_step]]
+            scores = model([c for s in batch for c in s])
+            parts, at = [], 0
+            for s in batch:
+                parts.append(pair_loss(scores[at : at + len(s)], s))
+                at += len(s)
+            n = sum(k for _, k in parts)
+            if n:  # a batch whose stories have no pair rated apart teaches nothing
+                loss = sum(v for v, _ in parts) / n
+                opt.zero_grad(), loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step(), sched.step(), losses.append(loss.item())
+        print(f"epoch {epoch + 1}: mean pair loss {np.mean(losses) if losses else float('nan'):.4f}", flush=True)
+    return model.eval()
+
+
+@torch.inference_mode()
+def head_scores(model: Heads, stories: list[list[cc.Candidate]]) -> list[np.ndarray]:
+    """Each story's candidates' two head scores, standardised within the story."""
+    out = []
+    for s in stories:
+        x = model(s).cpu().numpy()
+        sd = x.std(0)
+        out.append((x - x.mean(0)) / np.where(sd > 0, sd, 1.0))
+    return out
+
+
+def agreement(stories: list[list[cc.Candidate]], scores: list[np.ndarray], scale: str, k: int) -> float:
+    ok = total = 0.0
+    for s, x in zip(stories, scores):
+        for i, a in enumerate(s):
+            for j, b in enumerate(s):
+                if a[scale] - b[scale] >= 1.0:
+                    total += 1
+                    ok += float(x[i, k] > x[j, k]) + 0.5 * float(x[i, k] == x[j, k])
+    return ok / total if total else float("nan")
+
+
+def read(args: argparse.Namespace) -> list[list[cc.Candidate]]:
+    """Each file's stories rated in its own split; one line and exit on bad input, before any model loads."""
+    if len(args.split) != len(args.candidates):
+        sys.exit("error: give one --split per --candidates file")
+    labels = cc.read_jsonl(args.labels)
+    return [s for path, split in zip(args.candidates, args.split) for s in cc.load_rated(f"--candidates {path}", cc.read_jsonl(path), labels, [split], args.skip_unrated)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("train", "choose"):
+        p = sub.add_parser(name)
+        p.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL, one file per round")
+        p.add_argument("--split", required=True, nargs="+", help="the labels' split of each candidates file, in the same order")
+        p.add_argument("--labels", required=True)
+        p.add_argument("--skip-unrated", action="store_true", help="as candidate_choice.py's: drop texts decoded again that are not the rated ones")
+    t, c = sub.choices["train"], sub.choices["choose"]
+    t.add_argument("--out", required=True, type=Path)
+    t.add_argument("--layers", type=int, default=24, help="decoder layers of the embedded SmolLM2 kept (of 30)")
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--lr", type=float, default=5e-4, help="LoRA's learning rate (the head's: 1e-3)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--per-step", type=int, default=8, help="stories a step (each brings all its rated candidates)")
+    c.add_argument("--heads", required=True, type=Path, help="a folder written by train")
+    c.add_argument("--weights", nargs=2, type=float, default=[0.25, 1.0], metavar=("WA", "WC"))
+    args = ap.parse_args()
+    if args.cmd == "choose" and not (args.heads / "heads.json").is_file():
+        sys.exit(f"error: --heads {args.heads}: no heads.json (a folder written by `train`)")
+    stories = read(args)
+    print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates")
+    if args.cmd == "train":
+        model = train(stories, args.layers, args.epochs, args.lr, args.seed, args.per_step)
+        model.save(args.out, {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained_on": dict(zip(args.candidates, args.split))})
+        print(f"wrote {args.out}")
+        return
+    scores = head_scores(Heads.load(args.heads).to(default_device()), stories)
+    wa, wc = args.weights
+    base = cc.pick(stories, SOURCE_PENALTY, LENGTH_PENALTY)
+    alone = [s[int(np.argmax(x.sum(1)))] for s, x in zip(stories, scores)]
+    kept = [s[int(np.argmax(cc.best_of_scores(s, SOURCE_PENALTY, LENGTH_PENALTY) + x @ np.array([wa, wc])))] for s, x in zip(stories, scores)]
+    print(f"{'the default':36s} {cc.summary(base)}")
+    print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
+    print(f"{f'default + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the default's: {cc.paired(kept, base)}")
+    print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
+    for k, scale in enumerate(SCALES):
+        print(f"{scale} head: agrees with the readers on {agreement(stories, scores, scale, k):.3f} of pairs rated >= 1 apart")
+
+
+if __name__ == "__main__":
+    main()

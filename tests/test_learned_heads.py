@@ -1,0 +1,64 @@
+"""benchmarks/learned_heads.py with the embedded SmolLM2 (two of its layers): the heads learn to rank a
+story's rated candidates, survive a save and a load, and bad input stops before a model loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+STORIES = [
+    ("It is right to return what you borrow.", "Sam keeps the ladder he borrowed.",
+     ["Sam returns the ladder to his neighbor.", "Sam gives the ladder back and thanks him.", "Sam ladder the keeps ladder the.", "Sam hides the ladder in his shed."]),
+    ("You should be kind to your sister.", "Ann mocks her sister's drawing.",
+     ["Ann praises her sister's drawing.", "Ann tells her sister the drawing is lovely.", "Ann drawing her the mocks sister.", "Ann tears up her sister's drawing."]),
+    ("It's good to tell the truth.", "Joe lies about breaking the vase.",
+     ["Joe admits that he broke the vase.", "Joe tells his mom he broke the vase.", "Joe vase the about broke.", "Joe blames his dog for the vase."]),
+]  # fmt: skip
+RATINGS = [(7, 7), (6, 6), (3, 1), (1, 6)]  # (align, coherence) of each story's candidates, in order
+
+
+def _candidates() -> list[list[dict]]:
+    return [[{"id": f"s{i}", "context": ctx, "source": src, "text": t, "align": a, "coh": c}
+             for t, (a, c) in zip(texts, RATINGS)] for i, (ctx, src, texts) in enumerate(STORIES)]  # fmt: skip
+
+
+@pytest.mark.slow  # the embedded SmolLM2
+def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
+    import learned_heads as lh
+
+    stories = _candidates()
+    model = lh.train(stories, layers=2, epochs=20, lr=5e-3)
+    scores = lh.head_scores(model, stories)
+    assert lh.agreement(stories, scores, "align", 0) >= 0.8 and lh.agreement(stories, scores, "coh", 1) >= 0.8  # untrained: 0.5 (all tied)
+    model.save(tmp_path / "heads", {"epochs": 20})
+    again = lh.head_scores(lh.Heads.load(tmp_path / "heads"), stories)
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(scores, again))
+
+
+def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
+    ctx, src, texts = STORIES[0]
+    row = {"id": "s0", "context": ctx, "source": src, "alternatives": [{"text": t, "valid": True, "score": -1.0} for t in texts]}
+    labels = [{"id": "s0", "system": f"alt{j}", "split": "t", "align": [a, a], "coherence": [c, c], "text_sha1": hashlib.sha1(t.encode()).hexdigest()}
+              for j, (t, (a, c)) in enumerate(zip(texts, RATINGS))]  # fmt: skip
+    cands, labs = tmp_path / "cands.jsonl", tmp_path / "labels.jsonl"
+    cands.write_text(json.dumps(row) + "\n")
+    labs.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    common = ["--candidates", str(cands), "--labels", str(labs)]
+    runs = {
+        "give one --split per --candidates file": ["train", *common, "--split", "t", "u", "--out", str(tmp_path / "h")],
+        "no story with rated candidates (are u the labels' splits": ["train", *common, "--split", "u", "--out", str(tmp_path / "h")],
+        "no heads.json (a folder written by `train`)": ["choose", *common, "--split", "t", "--heads", str(tmp_path)],
+    }
+    for message, args in runs.items():
+        out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=False, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
