@@ -7,17 +7,18 @@ candidates of earlier rounds (as ``candidate_choice.py`` reads them), then added
     python benchmarks/learned_heads.py choose --heads heads --candidates r24.jsonl --split cands24 \\
         --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1]
 
-``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the end-of-text
-token, and scored by a linear layer over that token's hidden state; per story and scale, every pair
+``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the tokenizer's
+end-of-sequence token (``<|im_end|>``), and scored by a linear layer over that token's hidden state; per story and scale, every pair
 of candidates rated at least one point apart adds -log sigmoid(better - worse) (Bradley-Terry, as
 reward models are trained);
-AdamW, linear warm-up over 5% of the steps then decay, ``--per-step`` stories a step. On a GPU (bf16
+AdamW, ``--per-step`` stories a step, the learning rate times min(1, step / (5% of the steps)) x (1 -
+step / steps). On a GPU (bf16
 autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran out of
 memory). ``choose``: each head's scores standardised within a story; the kept candidate is
 argmax(default score + WA x align head + WC x coherence head), the default score being the commands'
 (the likelihood minus the source and length penalties). Prints the rated means of what the default,
-the heads alone and the weighted sum keep, paired by story, and each head's within-story agreement
-with the readers (pairs rated at least one point apart).
+the likelihood alone, the heads alone and the weighted sum keep, paired by story, and the within-story
+agreement of each head and of the default score with the readers (``rerank_agreement.py``'s).
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from pathlib import Path
 
 import candidate_choice as cc
 import numpy as np
+import rerank_agreement as ra
 import torch
 import torch.nn.functional as F
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from secondthoughts.atomic import write_dir
 from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
-from secondthoughts.models import default_device, embedded_dir
+from secondthoughts.models import default_device, embedded_dir, embedded_gguf_path
 
 SCALES = ("align", "coh")
 
@@ -60,6 +63,7 @@ class Heads(torch.nn.Module):
 
     @classmethod
     def new(cls, layers: int) -> Heads:
+        # models.apply_lora's settings; not that function, whose CAUSAL_LM task wraps a model with an LM head
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         return cls(get_peft_model(cls.base(layers), lora), layers)
 
@@ -76,17 +80,28 @@ class Heads(torch.nn.Module):
         return self.head(hidden[torch.arange(len(ids), device=dev), mask.sum(1) - 1].float())
 
     def save(self, out: Path, meta: dict) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.body.save_pretrained(out / "lora")
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, out / "head.safetensors")
-        (out / "heads.json").write_text(json.dumps({"layers": self.layers, **meta}, indent=1))
+        def write(tmp: Path) -> None:
+            self.body.save_pretrained(tmp / "lora")
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, tmp / "head.safetensors")
+            (tmp / "heads.json").write_text(json.dumps({"layers": self.layers, "base": base_stamp(), **meta}, indent=1))
+
+        write_dir(out, write)  # a crash leaves no half-written folder
 
     @classmethod
     def load(cls, folder: Path) -> Heads:
-        layers = json.loads((folder / "heads.json").read_text())["layers"]
+        meta = json.loads((folder / "heads.json").read_text())
+        if meta.get("base", base_stamp()) != base_stamp():
+            raise ValueError(f"{folder}: trained on another embedded model ({meta['base']}), not {base_stamp()}")
+        layers = meta["layers"]
         heads = cls(PeftModel.from_pretrained(cls.base(layers), str(folder / "lora")), layers)
         heads.head.load_state_dict(load_file(folder / "head.safetensors"))
         return heads.eval()
+
+
+def base_stamp() -> dict:
+    """Which embedded model heads are trained on: their LoRA only fits that one."""
+    gguf = embedded_gguf_path()
+    return {"gguf": gguf.name, "bytes": gguf.stat().st_size}
 
 
 def pair_loss(scores: torch.Tensor, cands: list[cc.Candidate]) -> tuple[torch.Tensor, int]:
@@ -140,15 +155,11 @@ def head_scores(model: Heads, stories: list[list[cc.Candidate]]) -> list[np.ndar
     return out
 
 
-def agreement(stories: list[list[cc.Candidate]], scores: list[np.ndarray], scale: str, k: int) -> float:
-    ok = total = 0.0
-    for s, x in zip(stories, scores):
-        for i, a in enumerate(s):
-            for j, b in enumerate(s):
-                if a[scale] - b[scale] >= 1.0:
-                    total += 1
-                    ok += float(x[i, k] > x[j, k]) + 0.5 * float(x[i, k] == x[j, k])
-    return ok / total if total else float("nan")
+def agreement(stories: list[list[cc.Candidate]], scores: list[np.ndarray], k: int, scale: str) -> tuple[float, float, float, int]:
+    """Score column ``k``'s within-story agreement with the readers on ``scale`` (rerank_agreement.py's: pairs
+    rated >= 1 apart): the share, its 95% interval over resampled stories, and the pairs."""
+    items = [{"story": c["id"], "text": c["text"], "s": float(x[i, k]), "y": c[scale]} for s, x in zip(stories, scores) for i, c in enumerate(s)]
+    return ra.agreement(items, lambda i: i["s"], lambda i: i["y"])
 
 
 def read(args: argparse.Namespace) -> list[list[cc.Candidate]]:
@@ -180,6 +191,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "choose" and not (args.heads / "heads.json").is_file():
         sys.exit(f"error: --heads {args.heads}: no heads.json (a folder written by `train`)")
+    if args.cmd == "train":
+        n = AutoConfig.from_pretrained(str(embedded_dir())).num_hidden_layers
+        checks = [("--epochs", args.epochs >= 1, "at least 1"), ("--per-step", args.per_step >= 1, "at least 1"), ("--lr", args.lr > 0, "above 0"),
+                  ("--layers", 1 <= args.layers <= n, f"1 to {n}, the embedded model's layers"), ("--out", not args.out.is_file(), "a folder, not a file")]  # fmt: skip
+        for flag, ok, want in checks:
+            if not ok:
+                sys.exit(f"error: {flag} must be {want}")
     stories = read(args)
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates")
     if args.cmd == "train":
@@ -187,18 +205,21 @@ def main() -> None:
         model.save(args.out, {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained_on": dict(zip(args.candidates, args.split))})
         print(f"wrote {args.out}")
         return
-    scores = head_scores(Heads.load(args.heads).to(default_device()), stories)
+    heads = head_scores(Heads.load(args.heads).to(default_device()), stories)
+    scores = [np.column_stack([x, cc.best_of_scores(s, SOURCE_PENALTY, LENGTH_PENALTY)]) for s, x in zip(stories, heads)]
     wa, wc = args.weights
     base = cc.pick(stories, SOURCE_PENALTY, LENGTH_PENALTY)
-    alone = [s[int(np.argmax(x.sum(1)))] for s, x in zip(stories, scores)]
-    kept = [s[int(np.argmax(cc.best_of_scores(s, SOURCE_PENALTY, LENGTH_PENALTY) + x @ np.array([wa, wc])))] for s, x in zip(stories, scores)]
+    lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
+    alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
+    kept = [s[int(np.argmax(x @ np.array([wa, wc, 1.0])))] for s, x in zip(stories, scores)]
+    print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
     print(f"{'the default':36s} {cc.summary(base)}")
     print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
     print(f"{f'default + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the default's: {cc.paired(kept, base)}")
     print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
-    for k, scale in enumerate(SCALES):
-        print(f"{scale} head: agrees with the readers on {agreement(stories, scores, scale, k):.3f} of pairs rated >= 1 apart")
-
+    for scale, name in (("align", "Align"), ("coh", "Coherence")):
+        (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, SCALES.index(scale), scale), agreement(stories, scores, 2, scale)
+        print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}], the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")
 
 if __name__ == "__main__":
     main()

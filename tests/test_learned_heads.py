@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 BENCH = Path(__file__).parent.parent / "benchmarks"
@@ -34,14 +33,20 @@ def _candidates() -> list[list[dict]]:
 @pytest.mark.slow  # the embedded SmolLM2
 def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
     import learned_heads as lh
+    import torch
 
     stories = _candidates()
     model = lh.train(stories, layers=2, epochs=20, lr=5e-3)
     scores = lh.head_scores(model, stories)
-    assert lh.agreement(stories, scores, "align", 0) >= 0.8 and lh.agreement(stories, scores, "coh", 1) >= 0.8  # untrained: 0.5 (all tied)
-    model.save(tmp_path / "heads", {"epochs": 20})
-    again = lh.head_scores(lh.Heads.load(tmp_path / "heads"), stories)
-    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(scores, again))
+    for k, scale in enumerate(lh.SCALES):  # untrained: 0.5 (the zeroed head ties every pair)
+        assert lh.agreement(stories, scores, k, scale)[0] >= 0.8
+    with torch.inference_mode():
+        together = model(stories[0])
+        assert torch.allclose(together, torch.cat([model([c]) for c in stories[0]]), atol=1e-4)  # padding changes no score
+        model.save(tmp_path / "heads", {"epochs": 20})
+        again = lh.Heads.load(tmp_path / "heads").to(model.head.weight.device)
+        assert torch.allclose(together, again(stories[0]), atol=1e-4)  # the raw scores: the head's bias too
+    assert json.loads((tmp_path / "heads" / "heads.json").read_text())["base"] == lh.base_stamp()
 
 
 def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
@@ -57,6 +62,9 @@ def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
         "give one --split per --candidates file": ["train", *common, "--split", "t", "u", "--out", str(tmp_path / "h")],
         "no story with rated candidates (are u the labels' splits": ["train", *common, "--split", "u", "--out", str(tmp_path / "h")],
         "no heads.json (a folder written by `train`)": ["choose", *common, "--split", "t", "--heads", str(tmp_path)],
+        "--layers must be 1 to 30": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--layers", "31"],
+        "--per-step must be at least 1": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--per-step", "0"],
+        "--out must be a folder, not a file": ["train", *common, "--split", "t", "--out", str(cands)],
     }
     for message, args in runs.items():
         out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=False, capture_output=True, text=True, timeout=120)
