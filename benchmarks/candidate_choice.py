@@ -132,6 +132,18 @@ def load_rated(flag: str, rows: list[dict], labels: list[dict], splits: list[str
     return stories
 
 
+def load_files(files: list[str], splits: list[str], labels: list[dict], skip_unrated: bool) -> list[tuple[str, list[dict], list[list[Candidate]]]]:
+    """Candidates files rated in a split each (one round a file), read apart: each file's path, rows and
+    ``load_rated`` stories. A count of splits other than of files stops with one line."""
+    if len(splits) != len(files):
+        sys.exit("error: give one --split per --candidates file")
+    out = []
+    for path, split in zip(files, splits):
+        rows = read_jsonl(path)
+        out.append((path, rows, load_rated(f"--candidates {path}", rows, labels, [split], skip_unrated)))
+    return out
+
+
 def rated(c: Candidate) -> float:
     """A candidate's quality by the ratings: mean Align + mean Coherence."""
     return c["align"] + c["coh"]

@@ -56,14 +56,9 @@ def main() -> None:
     ap.add_argument("--weights", nargs="+", type=float, default=[0.5, 1, 2, 4, 8])
     ap.add_argument("--skip-unrated", action="store_true", help="as candidate_choice.py's: drop texts decoded again that are not the rated ones")
     args = ap.parse_args()
-    if len(args.split) != len(args.candidates):
-        sys.exit("error: give one --split per --candidates file")
-    labels = cc.read_jsonl(args.labels)
     rounds: list[tuple[str, list[list[cc.Candidate]], dict[str, list[str]]]] = []
     seen: set[str] = set()
-    for path, split in zip(args.candidates, args.split):
-        rows = cc.read_jsonl(path)
-        stories = cc.load_rated(f"--candidates {path}", rows, labels, [split], args.skip_unrated)
+    for path, rows, stories in cc.load_files(args.candidates, args.split, cc.read_jsonl(args.labels), args.skip_unrated):
         for i in (s[0]["id"] for s in stories):  # one story twice would count as two independent ones
             if i in seen:
                 sys.exit(f"error: --candidates {path}: story {i} appears in two files (pool one model's candidates only)")

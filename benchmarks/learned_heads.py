@@ -164,10 +164,7 @@ def agreement(stories: list[list[cc.Candidate]], scores: list[np.ndarray], k: in
 
 def read(args: argparse.Namespace) -> list[list[cc.Candidate]]:
     """Each file's stories rated in its own split; one line and exit on bad input, before any model loads."""
-    if len(args.split) != len(args.candidates):
-        sys.exit("error: give one --split per --candidates file")
-    labels = cc.read_jsonl(args.labels)
-    return [s for path, split in zip(args.candidates, args.split) for s in cc.load_rated(f"--candidates {path}", cc.read_jsonl(path), labels, [split], args.skip_unrated)]
+    return [s for _, _, stories in cc.load_files(args.candidates, args.split, cc.read_jsonl(args.labels), args.skip_unrated) for s in stories]
 
 
 def main() -> None:
@@ -220,6 +217,7 @@ def main() -> None:
     for scale, name in (("align", "Align"), ("coh", "Coherence")):
         (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, SCALES.index(scale), scale), agreement(stories, scores, 2, scale)
         print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}], the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")
+
 
 if __name__ == "__main__":
     main()
