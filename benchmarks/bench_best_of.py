@@ -1,12 +1,15 @@
 """Latency of best-of-N against greedy decoding, one text at a time, as an editor or server calls it.
 
-    python benchmarks/bench_best_of.py [--model RUN] [--rerank likelihood] [--n 10] [--best-of 8 16]
+    python benchmarks/bench_best_of.py [--model RUN] [--rerank likelihood] [--n 10] [--best-of 8 16] [--heads shipped]
 
 Greedy is single-text decoding with chain drafting (``--best-of 1``); best-of-N (the commands'
-default at N = 16, reranked by the shipped rewrite likelihood) decodes the greedy chain and N
-sampled ones in one batch and reranks their texts. Prints the median and p90 seconds per
-text and the ratio of medians to greedy, measured in this one run on the first ``--n`` Moral
-Stories dev examples (each text: greedy, then every N, in turn, so load changes hit all alike).
+default at N = 16: reranked by the shipped rewrite likelihood less the source and length
+penalties) decodes the greedy chain and N sampled ones in one batch and reranks their texts;
+"+ heads" is the same with the rating heads choosing among the top 5 (the commands' default;
+the same seed, so the same candidates: the difference is the heads' pass). Prints the median and
+p90 seconds per text and the ratio of medians to greedy, measured in this one run on the first
+``--n`` Moral Stories dev examples (each text: greedy, then every decoding, in turn, so load
+changes hit all alike).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from secondthoughts.coherence import load_reranker
 from secondthoughts.dataset_readers import read_dataset
+from secondthoughts.decoding import HEADS, LENGTH_PENALTY, SOURCE_PENALTY
 from secondthoughts.realign import Realigner, default_run
 
 
@@ -29,28 +33,32 @@ def main() -> int:
     ap.add_argument("--coherence-weight", type=float, default=1.0)
     ap.add_argument("--best-of", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--heads", default=HEADS, help="rating heads timed beside plain best-of-N ('none': not timed)")
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--data", default="../shared/data/moral_stories/moral_stories.jsonl")
     args = ap.parse_args()
 
     dev = [e for e in read_dataset("moral_stories", args.data).examples if e.meta.get("split") == "dev"][: args.n]
     r = Realigner(args.model or default_run())
-    rerank = load_reranker(args.rerank, args.coherence_weight)
+    rerankers = {"": load_reranker(args.rerank, args.coherence_weight, SOURCE_PENALTY, LENGTH_PENALTY)}
+    if args.heads != "none":
+        rerankers[" + heads"] = load_reranker(args.rerank, args.coherence_weight, SOURCE_PENALTY, LENGTH_PENALTY, heads=args.heads)
     r.realign(dev[0].context, dev[0].source)  # warm-up: first-call allocations
-    times: dict[str, list[float]] = {"greedy": [], **{f"best-of-{n}": [] for n in args.best_of}}
+    times: dict[str, list[float]] = {"greedy": [], **{f"best-of-{n}{h}": [] for n in args.best_of for h in rerankers}}
     for k, ex in enumerate(dev):
         t0 = time.perf_counter()
         r.realign(ex.context, ex.source)
         times["greedy"].append(time.perf_counter() - t0)
         for n in args.best_of:
-            t0 = time.perf_counter()
-            r.realign(ex.context, ex.source, best_of=n, rerank=rerank, temperature=args.temperature, seed=k)
-            times[f"best-of-{n}"].append(time.perf_counter() - t0)
+            for h, rerank in rerankers.items():
+                t0 = time.perf_counter()
+                r.realign(ex.context, ex.source, best_of=n, rerank=rerank, temperature=args.temperature, seed=k)
+                times[f"best-of-{n}{h}"].append(time.perf_counter() - t0)
     base = statistics.median(times["greedy"])
     print(f"{len(dev)} Moral Stories dev texts, one at a time ({args.model or 'the shipped run'}; rerank {' '.join(args.rerank)})")
-    print(f"{'decoding':<12} {'median s':>9} {'p90 s':>7} {'x greedy':>9}")
+    print(f"{'decoding':<20} {'median s':>9} {'p90 s':>7} {'x greedy':>9}")
     for name, ts in times.items():
-        print(f"{name:<12} {statistics.median(ts):9.2f} {float(np.percentile(ts, 90)):7.2f} {statistics.median(ts) / base:9.2f}")
+        print(f"{name:<20} {statistics.median(ts):9.2f} {float(np.percentile(ts, 90)):7.2f} {statistics.median(ts) / base:9.2f}")
     return 0
 
 

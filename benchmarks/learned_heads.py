@@ -1,24 +1,25 @@
-"""Would a scorer trained on people's ratings of a model's own candidates choose better than the default?
-Two heads (Align, Coherence) on the embedded SmolLM2's first layers with LoRA, trained on the rated
-candidates of earlier rounds (as ``candidate_choice.py`` reads them), then added to the best-of score.
+"""Rating heads (``secondthoughts.rating_heads``) trained on people's ratings of a model's own
+best-of candidates; what they would choose against the default; and shipping them.
 
     python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
         --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated]
     python benchmarks/learned_heads.py choose --heads heads --candidates r24.jsonl --split cands24 \\
-        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1]
+        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1] [--top 5]
+    python benchmarks/learned_heads.py ship --heads heads --card card.md   # -> secondthoughts/examples/rating-heads
 
 ``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the tokenizer's
-end-of-sequence token (``<|im_end|>``), and scored by a linear layer over that token's hidden state; per story and scale, every pair
-of candidates rated at least one point apart adds -log sigmoid(better - worse) (Bradley-Terry, as
-reward models are trained);
-AdamW, ``--per-step`` stories a step, the learning rate times min(1, step / (5% of the steps)) x (1 -
-step / steps). On a GPU (bf16
-autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran out of
-memory). ``choose``: each head's scores standardised within a story; the kept candidate is
-argmax(default score + WA x align head + WC x coherence head), the default score being the commands'
-(the likelihood minus the source and length penalties). Prints the rated means of what the default,
-the likelihood alone, the heads alone and the weighted sum keep, paired by story, and the within-story
-agreement of each head and of the default score with the readers (``rerank_agreement.py``'s).
+end-of-sequence token (``<|im_end|>``), and scored by a linear layer over that token's hidden state;
+per story and scale, every pair of candidates rated at least one point apart adds -log
+sigmoid(better - worse) (Bradley-Terry, as reward models are trained); AdamW, ``--per-step``
+stories a step, the learning rate times min(1, step / (5% of the steps)) x (1 - step / steps). On a
+GPU (bf16 autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran
+out of memory). ``choose``: each head's scores standardised within a story; prints the rated means
+of what the default (the likelihood minus the source and length penalties), the likelihood alone,
+the heads alone, argmax(default score + WA x align head + WC x coherence head) and the commands'
+choice (the heads among the default's top ``--top``: ``rating_heads.top_then_heads``) keep, paired
+by story, and the within-story agreement of each head and of the default score with the readers
+(``rerank_agreement.py``'s). ``ship``: the heads into the package with their LoRA as float16, the
+commands' ``--heads shipped``.
 """
 
 from __future__ import annotations
@@ -34,74 +35,17 @@ import numpy as np
 import rerank_agreement as ra
 import torch
 import torch.nn.functional as F
-import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig
 
-from secondthoughts.atomic import write_dir
-from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
-from secondthoughts.models import default_device, embedded_dir, embedded_gguf_path
-
-SCALES = ("align", "coh")
-
-
-class Heads(torch.nn.Module):
-    """The embedded SmolLM2's first ``layers`` decoder layers, LoRA r16 on every linear layer, a 2-output head."""
-
-    def __init__(self, body: torch.nn.Module, layers: int):
-        super().__init__()
-        self.body, self.layers = body, layers
-        self.head = torch.nn.Linear(body.config.hidden_size, len(SCALES))
-        torch.nn.init.zeros_(self.head.weight), torch.nn.init.zeros_(self.head.bias)
-        self.tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
-
-    @staticmethod
-    def base(layers: int) -> torch.nn.Module:
-        transformers.logging.set_verbosity_error()  # the layers left out and the LM head are meant to go unused
-        return AutoModel.from_pretrained(str(embedded_dir()), num_hidden_layers=layers, dtype=torch.float32)
-
-    @classmethod
-    def new(cls, layers: int) -> Heads:
-        # models.apply_lora's settings; not that function, whose CAUSAL_LM task wraps a model with an LM head
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-        return cls(get_peft_model(cls.base(layers), lora), layers)
-
-    def forward(self, cands: list[cc.Candidate]) -> torch.Tensor:
-        ids = [self.tok(f"{c['context']}\nOriginal: {c['source']}\nRewrite: {c['text']}")["input_ids"] + [self.tok.eos_token_id] for c in cands]
-        dev = self.head.weight.device
-        batch = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for i, row in enumerate(ids):  # right padding: the last real token is at len - 1
-            batch[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        batch, mask = batch.to(dev), mask.to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            hidden = self.body(input_ids=batch, attention_mask=mask).last_hidden_state
-        return self.head(hidden[torch.arange(len(ids), device=dev), mask.sum(1) - 1].float())
-
-    def save(self, out: Path, meta: dict) -> None:
-        def write(tmp: Path) -> None:
-            self.body.save_pretrained(tmp / "lora")
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, tmp / "head.safetensors")
-            (tmp / "heads.json").write_text(json.dumps({"layers": self.layers, "base": base_stamp(), **meta}, indent=1))
-
-        write_dir(out, write)  # a crash leaves no half-written folder
-
-    @classmethod
-    def load(cls, folder: Path) -> Heads:
-        meta = json.loads((folder / "heads.json").read_text())
-        if meta.get("base", base_stamp()) != base_stamp():
-            raise ValueError(f"{folder}: trained on another embedded model ({meta['base']}), not {base_stamp()}")
-        layers = meta["layers"]
-        heads = cls(PeftModel.from_pretrained(cls.base(layers), str(folder / "lora")), layers)
-        heads.head.load_state_dict(load_file(folder / "head.safetensors"))
-        return heads.eval()
-
-
-def base_stamp() -> dict:
-    """Which embedded model heads are trained on: their LoRA only fits that one."""
-    gguf = embedded_gguf_path()
-    return {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+from secondthoughts.decoding import HEADS_TOP, LENGTH_PENALTY, SOURCE_PENALTY
+from secondthoughts.models import default_device, embedded_dir
+from secondthoughts.rating_heads import (
+    SCALES,
+    SHIPPED,
+    RatingHeads,
+    standardised,
+    top_then_heads,
+)
 
 
 def pair_loss(scores: torch.Tensor, cands: list[cc.Candidate]) -> tuple[torch.Tensor, int]:
@@ -116,9 +60,9 @@ def pair_loss(scores: torch.Tensor, cands: list[cc.Candidate]) -> tuple[torch.Te
     return total, n
 
 
-def train(stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float, seed: int = 0, per_step: int = 8) -> Heads:
+def train(stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float, seed: int = 0, per_step: int = 8) -> RatingHeads:
     torch.manual_seed(seed)
-    model = Heads.new(layers).to(default_device()).train()
+    model = RatingHeads.new(layers).to(default_device()).train()
     groups = [{"params": [p for p in model.body.parameters() if p.requires_grad], "lr": lr}, {"params": model.head.parameters(), "lr": 1e-3}]
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = epochs * -(-len(stories) // per_step)
@@ -145,14 +89,9 @@ def train(stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float
 
 
 @torch.inference_mode()
-def head_scores(model: Heads, stories: list[list[cc.Candidate]]) -> list[np.ndarray]:
+def head_scores(model: RatingHeads, stories: list[list[cc.Candidate]]) -> list[np.ndarray]:
     """Each story's candidates' two head scores, standardised within the story."""
-    out = []
-    for s in stories:
-        x = model(s).cpu().numpy()
-        sd = x.std(0)
-        out.append((x - x.mean(0)) / np.where(sd > 0, sd, 1.0))
-    return out
+    return [standardised(model.score(s[0]["context"], s[0]["source"], [c["text"] for c in s])) for s in stories]
 
 
 def agreement(stories: list[list[cc.Candidate]], scores: list[np.ndarray], k: int, scale: str) -> tuple[float, float, float, int]:
@@ -170,6 +109,9 @@ def read(args: argparse.Namespace) -> list[list[cc.Candidate]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sh = sub.add_parser("ship", help="copy heads into the package as the commands' default (--heads shipped), LoRA stored as float16")
+    sh.add_argument("--heads", required=True, type=Path, help="a folder written by train")
+    sh.add_argument("--card", required=True, type=Path, help="the heads' card (README.md there): data, recipe, figures")
     for name in ("train", "choose"):
         p = sub.add_parser(name)
         p.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL, one file per round")
@@ -185,9 +127,21 @@ def main() -> None:
     t.add_argument("--per-step", type=int, default=8, help="stories a step (each brings all its rated candidates)")
     c.add_argument("--heads", required=True, type=Path, help="a folder written by train")
     c.add_argument("--weights", nargs=2, type=float, default=[0.25, 1.0], metavar=("WA", "WC"))
+    c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the default score's top K (realign --heads-top)")
     args = ap.parse_args()
+    if args.cmd == "ship":
+        for path, want in ((args.heads / "heads.json", "a folder written by `train`"), (args.card, "a model card")):
+            if not path.is_file():
+                sys.exit(f"error: {path}: missing ({want})")
+        heads = RatingHeads.load(args.heads)
+        meta = {k: v for k, v in json.loads((args.heads / "heads.json").read_text()).items() if k not in ("layers", "base")}
+        heads.save(SHIPPED, meta, dtype=torch.float16, card=args.card.read_text(encoding="utf-8"))
+        print(f"wrote {SHIPPED}")
+        return
     if args.cmd == "choose" and not (args.heads / "heads.json").is_file():
         sys.exit(f"error: --heads {args.heads}: no heads.json (a folder written by `train`)")
+    if args.cmd == "choose" and args.top < 1:
+        sys.exit("error: --top must be at least 1")
     if args.cmd == "train":
         n = AutoConfig.from_pretrained(str(embedded_dir())).num_hidden_layers
         checks = [("--epochs", args.epochs >= 1, "at least 1"), ("--per-step", args.per_step >= 1, "at least 1"), ("--lr", args.lr > 0, "above 0"),
@@ -202,18 +156,21 @@ def main() -> None:
         model.save(args.out, {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained_on": dict(zip(args.candidates, args.split))})
         print(f"wrote {args.out}")
         return
-    heads = head_scores(Heads.load(args.heads).to(default_device()), stories)
+    heads = head_scores(RatingHeads.load(args.heads, default_device()), stories)
     scores = [np.column_stack([x, cc.best_of_scores(s, SOURCE_PENALTY, LENGTH_PENALTY)]) for s, x in zip(stories, heads)]
     wa, wc = args.weights
     base = cc.pick(stories, SOURCE_PENALTY, LENGTH_PENALTY)
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
     kept = [s[int(np.argmax(x @ np.array([wa, wc, 1.0])))] for s, x in zip(stories, scores)]
+    top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # the commands' choice
     print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
     print(f"{'the default':36s} {cc.summary(base)}")
     print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
     print(f"{f'default + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the default's: {cc.paired(kept, base)}")
     print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
+    print(f"{f'the heads among the default top {args.top}':36s} {cc.summary(top)}\n{'':36s} minus the default's: {cc.paired(top, base)}")
+    print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(top, base))} of {len(stories)} stories")
     for scale, name in (("align", "Align"), ("coh", "Coherence")):
         (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, SCALES.index(scale), scale), agreement(stories, scores, 2, scale)
         print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}], the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")

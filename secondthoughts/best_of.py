@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from secondthoughts.realign import RealignResult
 
@@ -14,10 +16,12 @@ Reranker = Callable[[list[str], list[str]], list[float]]
 
 
 def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
-    """The candidate whose text ``rerank`` scores highest. Invalid chains and texts identical to
-    the source are chosen only when no candidate is valid and changed (a reranker may well score
-    the unchanged source high); ties go to the first. Each distinct text is scored once; the chosen
-    result's ``alternatives`` lists them all with their scores."""
+    """The candidate whose text ``rerank`` scores highest, or, when ``rerank`` has rating heads
+    (``rerank.heads``, a ``rating_heads.RatingHeads``), the one they rate best among the
+    ``rerank.heads_top`` it scores highest (the heads read the valid, changed candidates). Invalid chains and texts identical to the source are
+    chosen only when no candidate is valid and changed (a reranker may well score the unchanged
+    source high); ties go to the first. Each distinct text is scored once; the chosen result's
+    ``alternatives`` lists them all with their scores (and the heads' raw ratings)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
@@ -27,7 +31,19 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     scores = dict(zip(texts, rerank([context] * len(texts), texts, **extra)))
     useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
+    heads = getattr(rerank, "heads", None)
+    if heads is not None:  # rating heads choose among the score's top candidates (rating_heads.top_then_heads)
+        from secondthoughts.rating_heads import top_then_heads
+
+        kept = list(dict.fromkeys(r.text for r in useful))  # standardised over these, as chosen and read
+        rated = dict(zip(kept, heads.score(context, candidates[0].source, kept).tolist()))
+        pick = kept[top_then_heads([scores[t] for t in kept], np.array(list(rated.values())), rerank.heads_top)]
+        best = next(r for r in useful if r.text == pick)
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
     valid = {r.text: r.valid for r in reversed(candidates)}  # a text's first candidate says
     best.alternatives = [{"text": t, "valid": valid[t], "score": float(scores[t])} for t in texts]
+    if heads is not None:
+        for alt in best.alternatives:
+            if alt["text"] in rated:
+                alt["heads"] = dict(zip(("align", "coherence"), rated[alt["text"]]))
     return best

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows
+from secondthoughts.decoding import HEADS_TOP
 from secondthoughts.edits import (
     DEFAULT_COST_SETS,
     Edit,
@@ -307,12 +308,14 @@ class Reranker:
 
     def __init__(
         self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0, likelihood: Sequence[Any] = (),
-        source_penalty: float = 0.0, length_penalty: float = 0.0,
+        source_penalty: float = 0.0, length_penalty: float = 0.0, heads: Any = None, heads_top: int = HEADS_TOP,
     ):  # fmt: skip
         if not alignment and not coherence and not likelihood:
             raise ValueError("a reranker needs at least one scorer")
         self.alignment, self.coherence, self.coherence_weight = list(alignment), list(coherence), coherence_weight
         self.likelihood, self.source_penalty, self.length_penalty = list(likelihood), source_penalty, length_penalty
+        # rating_heads.RatingHeads: best_of.choose_best lets them choose among the heads_top best scored
+        self.heads, self.heads_top = heads, heads_top
 
     @property
     def takes_sources(self) -> bool:  # best_of.choose_best passes the sources when asked
@@ -355,12 +358,17 @@ def _kind_and_path(spec: str) -> tuple[str, str]:
     return ("likelihood" if is_rewrite_run(spec) else ""), spec
 
 
-def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0, **kw: Any) -> Reranker:
+def load_reranker(
+    specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
+    heads: str = "none", heads_top: int = HEADS_TOP, **kw: Any,
+) -> Reranker:  # fmt: skip
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
-    unless written ``coherence=module:function``)."""
+    unless written ``coherence=module:function``); ``heads``: rating heads (``shipped``, a folder
+    or ``none``) that choose among the ``heads_top`` it scores highest."""
     from secondthoughts import reward
     from secondthoughts.likelihood import RewriteLikelihood
+    from secondthoughts.rating_heads import RatingHeads, heads_path
 
     kinds: dict[str, list[Any]] = {"alignment": [], "coherence": [], "likelihood": []}
     for spec in specs:
@@ -373,14 +381,20 @@ def load_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_pe
             is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
             kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
-    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty)
+    rated = None if heads == "none" else RatingHeads.load(heads_path(heads), device=kw.get("device"))
+    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty, rated, heads_top)
 
 
-def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0) -> None:
+def check_reranker(
+    specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
+    heads: str = "none", heads_top: int = HEADS_TOP,
+) -> None:  # fmt: skip
     """Fail fast, before any model loads, on a spec that is neither a reward run folder, a
-    direct-mode run folder nor ``module:function``, or a negative weight."""
+    direct-mode run folder nor ``module:function``, a negative weight, ``heads`` that is not a
+    folder of rating heads, or ``heads_top`` below 1."""
     from secondthoughts import reward
     from secondthoughts.likelihood import is_rewrite_run
+    from secondthoughts.rating_heads import heads_path
 
     if not specs:
         raise ValueError(
@@ -389,6 +403,10 @@ def check_reranker(specs: Sequence[str], coherence_weight: float = 1.0, source_p
     for flag, weight in (("coherence-weight", coherence_weight), ("source-penalty", source_penalty), ("length-penalty", length_penalty)):
         if weight < 0:
             raise ValueError(f"--{flag} must be >= 0, got {weight}")
+    if heads_top < 1:
+        raise ValueError(f"--heads-top must be >= 1, got {heads_top}")
+    if heads != "none":
+        heads_path(heads)
     for spec in specs:
         kind, path = _kind_and_path(spec)
         if kind == "likelihood":

@@ -51,8 +51,13 @@ BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # [-0.09, +0.25] (docs/coherence.md). On rounds 18-19 they read level with the likelihood alone, for
 # the previous model and for the one shipped now (which learned to leave the source's act): kept.
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
-# DecodeSettings' weights of the best-of score (coherence.load_reranker's keyword arguments).
-RERANK_WEIGHTS = ("coherence_weight", "source_penalty", "length_penalty")
+# Of the 5 candidates that score best, rating heads trained on readers' ratings of this model's
+# candidates keep the one they rate best (rating_heads.py). k = 5 chosen on rounds 21-23; read blind
+# on 300 new stories (rounds 24-26) against the score alone: Align +0.31 [+0.15, +0.48], Coherence
+# +0.08 [-0.07, +0.23] (docs/coherence.md). Alone, the heads cost coherence: keep them to the top few.
+HEADS, HEADS_TOP = "shipped", 5
+# DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
+RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_top")
 
 
 @dataclass
@@ -87,6 +92,11 @@ class DecodeSettings:
     source_penalty: float = setting(SOURCE_PENALTY, "best-of score minus W x the share of its source a text keeps (0-1): "
                                                     "a candidate that keeps the unaligned act reads less aligned", metavar="W")
     length_penalty: float = setting(LENGTH_PENALTY, "best-of score minus W x log(words): long candidates drift", metavar="W")
+    heads: str = setting(HEADS, "rating heads that keep, of the --heads-top candidates the best-of score ranks highest, the one "
+                                "they rate most aligned and coherent: 'shipped' (the package's, trained on readers' ratings of the "
+                                "default model's candidates), a folder of heads (benchmarks/learned_heads.py train) or 'none'",
+                         metavar="DIR")
+    heads_top: int = setting(HEADS_TOP, "how many of the best-scored candidates --heads chooses among", metavar="K")
 
     @classmethod
     def from_args(cls, args: Any) -> DecodeSettings:
@@ -97,7 +107,7 @@ class DecodeSettings:
         """Keyword arguments for ``realign`` / ``realign_many``, but ``best_of`` and ``rerank``:
         those need the scorers loaded (``commands.realign.best_of_settings``)."""
         d = asdict(self)
-        for k in ("best_of", "rerank", *RERANK_WEIGHTS):
+        for k in ("best_of", "rerank", *RERANK_SETTINGS):
             del d[k]
         return d
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from secondthoughts.rating_heads import SHIPPED
+
 BENCH = Path(__file__).parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -35,6 +37,8 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
     import learned_heads as lh
     import torch
 
+    from secondthoughts.rating_heads import RatingHeads, base_stamp
+
     stories = _candidates()
     model = lh.train(stories, layers=2, epochs=20, lr=5e-3)
     scores = lh.head_scores(model, stories)
@@ -44,9 +48,9 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
         together = model(stories[0])
         assert torch.allclose(together, torch.cat([model([c]) for c in stories[0]]), atol=1e-4)  # padding changes no score
         model.save(tmp_path / "heads", {"epochs": 20})
-        again = lh.Heads.load(tmp_path / "heads").to(model.head.weight.device)
+        again = RatingHeads.load(tmp_path / "heads", model.head.weight.device)
         assert torch.allclose(together, again(stories[0]), atol=1e-4)  # the raw scores: the head's bias too
-    assert json.loads((tmp_path / "heads" / "heads.json").read_text())["base"] == lh.base_stamp()
+    assert json.loads((tmp_path / "heads" / "heads.json").read_text())["base"] == base_stamp()
 
 
 def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
@@ -65,6 +69,8 @@ def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
         "--layers must be 1 to 30": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--layers", "31"],
         "--per-step must be at least 1": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--per-step", "0"],
         "--out must be a folder, not a file": ["train", *common, "--split", "t", "--out", str(cands)],
+        "--top must be at least 1": ["choose", *common, "--split", "t", "--heads", str(SHIPPED), "--top", "0"],
+        "missing (a model card)": ["ship", "--heads", str(SHIPPED), "--card", str(tmp_path / "none.md")],
     }
     for message, args in runs.items():
         out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=False, capture_output=True, text=True, timeout=120)

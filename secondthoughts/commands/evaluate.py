@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from secondthoughts.commands.realign import BATCH_HELP, DeviceOptions, best_of_settings, check_best_of, rerank_weights, torch_dtype
+from secondthoughts.commands.realign import BATCH_HELP, DeviceOptions, best_of_settings, check_best_of, rerank_settings, torch_dtype
 from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # The decoding flags evaluate takes (its --seed is the bootstrap's; it decodes in batches, greedy or best-of).
@@ -51,9 +51,9 @@ class EvaluateOptions:
 
 
 def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
-    from secondthoughts.decoding import RERANK_WEIGHTS, DecodeSettings
+    from secondthoughts.decoding import RERANK_SETTINGS, DecodeSettings
 
-    return [(EvaluateOptions, None), (DecodeSettings, (*DECODING, *RERANK_WEIGHTS)), (DeviceOptions, None)]
+    return [(EvaluateOptions, None), (DecodeSettings, (*DECODING, *RERANK_SETTINGS)), (DeviceOptions, None)]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             base_lm=args.base_lm, device=args.device, dtype=dtype,
             mode=args.mode, score_generated=args.score_generated, batch_size=args.batch_size, resamples=args.bootstrap, seed=args.seed, progress=True,
             info={"data": str(args.data), "limit": args.limit, "constrained": args.constrained,
-                  **({"rerank": args.rerank, **rerank_weights(args)} if args.best_of > 1 else {})}, **gen,
+                  **({"rerank": args.rerank, **rerank_settings(args)} if args.best_of > 1 else {})}, **gen,
         )  # fmt: skip
         write_report(ev, out, shown=args.examples, overwrite=args.overwrite)
     except (DataError, EditError, ValueError, FileNotFoundError, FileExistsError, OSError) as e:

@@ -87,7 +87,7 @@ def check_best_of(args: argparse.Namespace) -> None:
     if args.best_of > 1:
         from secondthoughts.coherence import check_reranker
 
-        check_reranker(args.rerank, **rerank_weights(args))
+        check_reranker(args.rerank, **rerank_settings(args))
 
 
 def best_of_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,13 +96,13 @@ def best_of_settings(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     from secondthoughts.coherence import load_reranker
 
-    return {"best_of": args.best_of, "rerank": load_reranker(args.rerank, **rerank_weights(args))}
+    return {"best_of": args.best_of, "rerank": load_reranker(args.rerank, **rerank_settings(args))}
 
 
-def rerank_weights(args: argparse.Namespace) -> dict[str, float]:
-    from secondthoughts.decoding import RERANK_WEIGHTS
+def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from secondthoughts.decoding import RERANK_SETTINGS
 
-    return {k: getattr(args, k) for k in RERANK_WEIGHTS}
+    return {k: getattr(args, k) for k in RERANK_SETTINGS}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

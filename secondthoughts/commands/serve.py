@@ -39,9 +39,9 @@ class ServeOptions:
 
 
 def settings_parts(args: argparse.Namespace | None = None) -> list[Part]:
-    from secondthoughts.decoding import RERANK_WEIGHTS, DecodeSettings
+    from secondthoughts.decoding import RERANK_SETTINGS, DecodeSettings
 
-    return [(ServeOptions, None), (Limits, None), (DecodeSettings, ("mode", "no_repeat", "best_of", "rerank", *RERANK_WEIGHTS)), (DeviceOptions, None)]
+    return [(ServeOptions, None), (Limits, None), (DecodeSettings, ("mode", "no_repeat", "best_of", "rerank", *RERANK_SETTINGS)), (DeviceOptions, None)]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

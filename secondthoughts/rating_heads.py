@@ -1,0 +1,174 @@
+"""Rating heads: the Align and Coherence a reader would give a candidate re-alignment, learned from
+people's ratings of a model's own best-of-N candidates (docs/coherence.md, rounds 18-25).
+
+Two linear heads over the end-of-sequence token of the embedded SmolLM2's first decoder layers
+(LoRA r16 on every linear layer), reading ``CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT``. Within a
+story they rank candidates the way readers do better than anything else the project has (held
+out: 0.70 of Align pairs against the best-of score's 0.61; Coherence 0.76 against 0.74), yet picking
+by them alone trades coherence for alignment. So they choose only among the candidates the best-of
+score ranks highest (:func:`top_then_heads`): read blind on new stories, that kept more aligned texts
+no less coherent (docs/coherence.md, rounds 24-25). ``benchmarks/learned_heads.py`` trains them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SCALES = ("align", "coh")
+from secondthoughts.decoding import HEADS_TOP
+
+# The heads shipped in the package (their card: README.md there).
+SHIPPED = Path(__file__).parent / "examples" / "rating-heads"
+
+
+class RatingHeads(torch.nn.Module):
+    """The embedded SmolLM2's first ``layers`` decoder layers with LoRA, and a 2-output head."""
+
+    def __init__(self, body: torch.nn.Module, layers: int):
+        from transformers import AutoTokenizer
+
+        from secondthoughts.models import embedded_dir
+
+        super().__init__()
+        self.body, self.layers = body, layers
+        self.head = torch.nn.Linear(body.config.hidden_size, len(SCALES))
+        torch.nn.init.zeros_(self.head.weight), torch.nn.init.zeros_(self.head.bias)
+        self.tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
+
+    @staticmethod
+    def base(layers: int) -> torch.nn.Module:
+        import transformers
+        from transformers import AutoModel
+
+        from secondthoughts.models import embedded_dir
+
+        transformers.logging.set_verbosity_error()  # the layers left out and the LM head are meant to go unused
+        return AutoModel.from_pretrained(str(embedded_dir()), num_hidden_layers=layers, dtype=torch.float32)
+
+    @classmethod
+    def new(cls, layers: int) -> RatingHeads:
+        from peft import LoraConfig, get_peft_model
+
+        # models.apply_lora's settings; not that function, whose CAUSAL_LM task wraps a model with an LM head
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        return cls(get_peft_model(cls.base(layers), lora), layers)
+
+    def ids(self, context: str, source: str, text: str) -> list[int]:
+        return self.tok(f"{context}\nOriginal: {source}\nRewrite: {text}")["input_ids"] + [self.tok.eos_token_id]
+
+    def forward(self, cands: list[dict[str, str]]) -> torch.Tensor:
+        """(n, 2) raw scores of candidates given as ``{"context", "source", "text"}``."""
+        ids = [self.ids(c["context"], c["source"], c["text"]) for c in cands]
+        dev = self.head.weight.device
+        batch = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for i, row in enumerate(ids):  # right padding: the last real token is at len - 1
+            batch[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        batch, mask = batch.to(dev), mask.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            hidden = self.body(input_ids=batch, attention_mask=mask).last_hidden_state
+        return self.head(hidden[torch.arange(len(ids), device=dev), mask.sum(1) - 1].float())
+
+    @torch.inference_mode()
+    def score(self, context: str, source: str, texts: list[str]) -> np.ndarray:
+        """One story's texts: (n, 2) raw Align and Coherence scores, as :meth:`forward` gives them.
+        Their shared prompt (context and source) runs through the layers once, its cache repeated
+        for the texts (``decoding.repeated_prompt_cache``): most of each input is that prompt."""
+        from secondthoughts.decoding import repeated_prompt_cache
+
+        prompt = self.tok(f"{context}\nOriginal: {source}\nRewrite:")["input_ids"]
+        rows = [self.ids(context, source, t) for t in texts]
+        if not texts or any(r[: len(prompt)] != prompt for r in rows):  # a text merged into the prompt's last token
+            return self([{"context": context, "source": source, "text": t} for t in texts]).float().cpu().numpy()
+        dev, n, wp = self.head.weight.device, len(rows), len(prompt)
+        head = torch.tensor([prompt], device=dev)
+        cache = repeated_prompt_cache(self.body, head, torch.ones_like(head), n)
+        tails = [r[wp:] for r in rows]  # each at least the end-of-sequence token
+        wt = max(map(len, tails))
+        tail, mask = torch.zeros((n, wt), dtype=torch.long), torch.zeros((n, wt), dtype=torch.long)
+        for i, t in enumerate(tails):
+            tail[i, : len(t)], mask[i, : len(t)] = torch.tensor(t), 1
+        attn = torch.cat([torch.ones((n, wp), dtype=torch.long), mask], 1).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            hidden = self.body(input_ids=tail.to(dev), attention_mask=attn, position_ids=torch.arange(wp, wp + wt, device=dev).expand(n, -1),
+                               past_key_values=cache, use_cache=True).last_hidden_state  # fmt: skip
+        last = hidden[torch.arange(n, device=dev), mask.sum(1).to(dev) - 1].float()
+        return self.head(last).cpu().numpy()
+
+    def save(self, out: Path, meta: dict[str, Any], dtype: torch.dtype = torch.float32, card: str | None = None) -> None:
+        """Atomically: a crash leaves no half-written folder. ``dtype`` float16 halves what ships;
+        ``card``: the heads' README.md."""
+        from safetensors.torch import save_file
+
+        from secondthoughts.atomic import write_dir
+
+        def write(tmp: Path) -> None:
+            state = {k: v.detach().to(dtype) for k, v in self.body.state_dict().items() if "lora_" in k}
+            self.body.save_pretrained(tmp / "lora", state_dict=state)
+            (tmp / "lora" / "README.md").unlink(missing_ok=True)  # PEFT's blank card template; the heads' card is ours
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, tmp / "head.safetensors")
+            (tmp / "heads.json").write_text(json.dumps({"layers": self.layers, "base": base_stamp(), **meta}, indent=1))
+            if card is not None:
+                (tmp / "README.md").write_text(card, encoding="utf-8")
+
+        write_dir(out, write)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], device: torch.device | str | None = None) -> RatingHeads:
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / "heads.json").read_text())
+        if meta.get("base", base_stamp()) != base_stamp():
+            raise ValueError(f"{folder}: trained on another embedded model ({meta['base']}), not {base_stamp()}")
+        heads = cls(PeftModel.from_pretrained(cls.base(meta["layers"]), str(folder / "lora")), meta["layers"])
+        heads.head.load_state_dict(load_file(folder / "head.safetensors"))
+        from secondthoughts.models import default_device
+
+        return heads.to(torch.float32).to(device or default_device()).eval()  # on a GPU where there is one, as the models are
+
+
+def base_stamp() -> dict[str, Any]:
+    """Which embedded model heads are trained on: their LoRA only fits that one."""
+    from secondthoughts.models import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    return {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+
+
+def is_heads_folder(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / "heads.json").is_file()
+
+
+def heads_path(spec: str) -> Path:
+    """``--heads``'s folder: ``shipped`` is the package's. A one-line error for anything else that is
+    not a folder of rating heads (checked before any model loads)."""
+    path = SHIPPED if spec == "shipped" else Path(spec)
+    if not is_heads_folder(path):
+        raise ValueError(f"--heads {spec}: no heads.json in {path} (rating heads written by benchmarks/learned_heads.py train, or 'none')")
+    return path
+
+
+def standardised(x: np.ndarray) -> np.ndarray:
+    """Each column's z-scores within a story (a constant column: zeros)."""
+    sd = x.std(0)
+    return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def top_then_heads(base: list[float] | np.ndarray, heads: np.ndarray, top: int = HEADS_TOP) -> int:
+    """The index kept: of the ``top`` candidates the base score ranks highest, the one with the
+    highest sum of the two heads' scores, each standardised over *all* the story's candidates (as
+    chosen and tested: a head's spread among the few kept would weigh the two otherwise). Ties go to
+    the better base score, then to the first."""
+    if not len(base):
+        raise ValueError("no candidate to choose from")
+    order = sorted(range(len(base)), key=lambda i: -base[i])[:top]  # stable: equal scores keep their order
+    z = standardised(np.asarray(heads, dtype=float)).sum(1)
+    return max(order, key=lambda i: z[i])  # max keeps the first of equal keys: the better base score

@@ -1,0 +1,96 @@
+"""rating_heads: the choice rule, the shipped heads on the embedded SmolLM2, best-of's choice with
+them, and bad --heads / --heads-top stopping before a model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secondthoughts import rating_heads as RH
+
+
+def test_heads_choose_among_the_top_only() -> None:
+    base = [5.0, 4.0, 3.0, 2.0, 1.0]
+    heads = np.array([[0, 0], [1, 0], [0, 1], [9, 9], [9, 9]], dtype=float)
+    assert RH.top_then_heads(base, heads, top=3) in (1, 2)  # 3 and 4 rate best but rank below the top 3
+    assert RH.top_then_heads(base, heads, top=4) == 3
+    assert RH.top_then_heads(base, heads, top=1) == 0  # top 1: the base score's own choice
+
+
+def test_each_head_is_standardised_over_every_candidate() -> None:
+    # Among the top 2 the align head differs by 1 and the coherence head by 2, but over all five
+    # candidates the align head's spread is 10x smaller, so its 1 outweighs coherence's 2.
+    base = [5.0, 4.0, 3.0, 2.0, 1.0]
+    heads = np.array([[1, 0], [0, 2], [0.5, 20], [0.5, -20], [0.5, 0]], dtype=float)
+    assert RH.top_then_heads(base, heads, top=2) == 0
+
+
+def test_ties_and_no_candidates() -> None:
+    same = np.zeros((3, 2))
+    assert RH.top_then_heads([1.0, 3.0, 2.0], same, top=3) == 1  # heads tie: the better base score
+    assert RH.top_then_heads([1.0, 1.0, 1.0], same, top=3) == 0  # all tie: the first
+    with pytest.raises(ValueError, match="no candidate"):
+        RH.top_then_heads([], np.zeros((0, 2)))
+
+
+def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
+    from secondthoughts.coherence import check_reranker
+
+    with pytest.raises(ValueError, match=r"--heads .*: no heads\.json"):
+        check_reranker(["likelihood"], heads=str(tmp_path))
+    with pytest.raises(ValueError, match="--heads-top must be >= 1"):
+        check_reranker(["likelihood"], heads_top=0)
+    check_reranker(["likelihood"], heads="shipped")
+    out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--heads", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode != 0 and "no heads.json" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # the embedded SmolLM2's first 24 layers
+def test_shipped_heads_rate_a_fitting_act_above_a_splice_and_the_act_kept() -> None:
+    heads = RH.RatingHeads.load(RH.heads_path("shipped"))
+    ctx = "It's wrong to take things that are not yours. Sam borrowed his neighbor's ladder. Sam wants to paint his house."
+    src = "Sam keeps the ladder and hides it behind his boxes."
+    texts = ["Sam returns the ladder to his neighbor after painting his house.", "Sam returns the boxes ladder his neighbor behind the.",
+             "Sam keeps the ladder and hides it behind the shed."]  # fmt: skip
+    x = heads.score(ctx, src, texts)
+    assert x.shape == (3, 2) and np.isfinite(x).all()
+    assert x[0, 1] > x[1, 1]  # coherence: a fitting sentence above a splice
+    assert x[0, 0] > x[2, 0]  # align: returning the ladder above keeping it
+    assert np.allclose(x[:1], heads.score(ctx, src, texts[:1]), atol=1e-4)  # padding changes no score
+    import torch
+
+    with torch.inference_mode():  # the shared prompt's cache gives what reading each text whole gives
+        whole = heads([{"context": ctx, "source": src, "text": t} for t in texts]).numpy()
+    assert np.allclose(x, whole, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_best_of_lets_the_heads_choose_among_the_top(tmp_path: Path) -> None:
+    from secondthoughts.best_of import choose_best
+    from secondthoughts.coherence import Reranker
+    from secondthoughts.realign import RealignResult
+
+    ctx = "It's wrong to take things that are not yours. Sam borrowed his neighbor's ladder."
+    src = "Sam keeps the ladder and hides it behind his boxes."
+    texts = ["Sam keeps the ladder.", "Sam returns the ladder to his neighbor.", "Sam ladder the returns neighbor his.", "Sam thanks his neighbor.", src]
+
+    def by_order(contexts: list[str], candidates: list[str]) -> list[float]:  # the first text scores best
+        return [0.9 - 0.1 * texts.index(t) for t in candidates]
+
+    heads = RH.RatingHeads.load(RH.heads_path("shipped"))
+    cands = [RealignResult(context=ctx, source=src, mode="apply", text=t) for t in texts]
+    plain = choose_best(cands, Reranker([by_order]))
+    assert plain.text == texts[0] and "heads" not in plain.alternatives[0]
+    top1 = choose_best(cands, Reranker([by_order], heads=heads, heads_top=1))
+    assert top1.text == texts[0]
+    chosen = choose_best(cands, Reranker([by_order], heads=heads, heads_top=2))
+    rated = heads.score(ctx, src, texts[:4])  # the source, unchanged, is no candidate for the heads
+    assert chosen.text == texts[RH.top_then_heads(np.log(by_order([], texts[:4])), rated, 2)] == texts[1]  # returning, not keeping
+    assert [a["heads"]["align"] for a in chosen.alternatives[:4]] == pytest.approx(rated[:, 0].tolist(), abs=1e-5)
+    assert "heads" not in chosen.alternatives[4]
