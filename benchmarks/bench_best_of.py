@@ -15,6 +15,7 @@ changes hit all alike).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -23,6 +24,7 @@ import numpy as np
 from secondthoughts.coherence import load_reranker
 from secondthoughts.dataset_readers import read_dataset
 from secondthoughts.decoding import HEADS, LENGTH_PENALTY, SOURCE_PENALTY
+from secondthoughts.rating_heads import RatingHeads, heads_path
 from secondthoughts.realign import Realigner, default_run
 
 
@@ -38,11 +40,13 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data/moral_stories/moral_stories.jsonl")
     args = ap.parse_args()
 
+    heads = None if args.heads == "none" else heads_path(args.heads)  # a bad folder stops before any model loads
     dev = [e for e in read_dataset("moral_stories", args.data).examples if e.meta.get("split") == "dev"][: args.n]
     r = Realigner(args.model or default_run())
     rerankers = {"": load_reranker(args.rerank, args.coherence_weight, SOURCE_PENALTY, LENGTH_PENALTY)}
-    if args.heads != "none":
-        rerankers[" + heads"] = load_reranker(args.rerank, args.coherence_weight, SOURCE_PENALTY, LENGTH_PENALTY, heads=args.heads)
+    if heads is not None:  # the same scorers, loaded once, and the heads
+        rerankers[" + heads"] = copy.copy(rerankers[""])
+        rerankers[" + heads"].heads = RatingHeads.load(heads)
     r.realign(dev[0].context, dev[0].source)  # warm-up: first-call allocations
     times: dict[str, list[float]] = {"greedy": [], **{f"best-of-{n}{h}": [] for n in args.best_of for h in rerankers}}
     for k, ex in enumerate(dev):

@@ -43,6 +43,7 @@ from secondthoughts.rating_heads import (
     SCALES,
     SHIPPED,
     RatingHeads,
+    is_heads_folder,
     standardised,
     top_then_heads,
 )
@@ -112,6 +113,7 @@ def main() -> None:
     sh = sub.add_parser("ship", help="copy heads into the package as the commands' default (--heads shipped), LoRA stored as float16")
     sh.add_argument("--heads", required=True, type=Path, help="a folder written by train")
     sh.add_argument("--card", required=True, type=Path, help="the heads' card (README.md there): data, recipe, figures")
+    sh.add_argument("--out", type=Path, default=SHIPPED, help="where (default: the package's own folder, in a source checkout)")
     for name in ("train", "choose"):
         p = sub.add_parser(name)
         p.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL, one file per round")
@@ -130,15 +132,15 @@ def main() -> None:
     c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the default score's top K (realign --heads-top)")
     args = ap.parse_args()
     if args.cmd == "ship":
-        for path, want in ((args.heads / "heads.json", "a folder written by `train`"), (args.card, "a model card")):
-            if not path.is_file():
+        for ok, path, want in ((is_heads_folder(args.heads), args.heads, "a folder written by `train`"), (args.card.is_file(), args.card, "a model card")):
+            if not ok:
                 sys.exit(f"error: {path}: missing ({want})")
-        heads = RatingHeads.load(args.heads)
+        heads = RatingHeads.load(args.heads, "cpu")
         meta = {k: v for k, v in json.loads((args.heads / "heads.json").read_text()).items() if k not in ("layers", "base")}
-        heads.save(SHIPPED, meta, dtype=torch.float16, card=args.card.read_text(encoding="utf-8"))
-        print(f"wrote {SHIPPED}")
+        heads.save(args.out, meta, dtype=torch.float16, card=args.card.read_text(encoding="utf-8"))
+        print(f"wrote {args.out}")
         return
-    if args.cmd == "choose" and not (args.heads / "heads.json").is_file():
+    if args.cmd == "choose" and not is_heads_folder(args.heads):
         sys.exit(f"error: --heads {args.heads}: no heads.json (a folder written by `train`)")
     if args.cmd == "choose" and args.top < 1:
         sys.exit("error: --top must be at least 1")

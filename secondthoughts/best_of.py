@@ -18,10 +18,11 @@ Reranker = Callable[[list[str], list[str]], list[float]]
 def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
     """The candidate whose text ``rerank`` scores highest, or, when ``rerank`` has rating heads
     (``rerank.heads``, a ``rating_heads.RatingHeads``), the one they rate best among the
-    ``rerank.heads_top`` it scores highest (the heads read the valid, changed candidates). Invalid chains and texts identical to the source are
-    chosen only when no candidate is valid and changed (a reranker may well score the unchanged
-    source high); ties go to the first. Each distinct text is scored once; the chosen result's
-    ``alternatives`` lists them all with their scores (and the heads' raw ratings)."""
+    ``rerank.heads_top`` valid, changed candidates it scores highest (ties: the better score, then
+    the first). Invalid chains and texts identical to the source are chosen only when no candidate
+    is valid and changed (a reranker may well score the unchanged source high); ties go to the
+    first. Each distinct text is scored once; the chosen result's ``alternatives`` lists them all
+    with their scores (and the heads' raw ratings of those they read)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
@@ -32,17 +33,18 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
     heads = getattr(rerank, "heads", None)
-    if heads is not None:  # rating heads choose among the score's top candidates (rating_heads.top_then_heads)
+    kept = list(dict.fromkeys(r.text for r in useful if r.valid and r.text != r.source))  # what the heads were trained and read on
+    rated: dict[str, list[float]] = {}
+    if heads is not None and len(kept) > 1:  # rating heads choose among the score's top candidates (rating_heads.top_then_heads)
         from secondthoughts.rating_heads import top_then_heads
 
-        kept = list(dict.fromkeys(r.text for r in useful))  # standardised over these, as chosen and read
-        rated = dict(zip(kept, heads.score(context, candidates[0].source, kept).tolist()))
+        rated = dict(zip(kept, heads.score(context, candidates[0].source, kept).tolist()))  # standardised over these
         pick = kept[top_then_heads([scores[t] for t in kept], np.array(list(rated.values())), rerank.heads_top)]
         best = next(r for r in useful if r.text == pick)
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
-    valid = {r.text: r.valid for r in reversed(candidates)}  # a text's first candidate says
+    valid = {t: any(r.valid for r in candidates if r.text == t) for t in texts}  # one valid chain makes a text valid
     best.alternatives = [{"text": t, "valid": valid[t], "score": float(scores[t])} for t in texts]
-    if heads is not None:
+    if rated:
         for alt in best.alternatives:
             if alt["text"] in rated:
                 alt["heads"] = dict(zip(("align", "coherence"), rated[alt["text"]]))

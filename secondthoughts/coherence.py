@@ -314,6 +314,8 @@ class Reranker:
             raise ValueError("a reranker needs at least one scorer")
         self.alignment, self.coherence, self.coherence_weight = list(alignment), list(coherence), coherence_weight
         self.likelihood, self.source_penalty, self.length_penalty = list(likelihood), source_penalty, length_penalty
+        if heads_top < 1:
+            raise ValueError(f"heads_top must be >= 1, got {heads_top}")
         # rating_heads.RatingHeads: best_of.choose_best lets them choose among the heads_top best scored
         self.heads, self.heads_top = heads, heads_top
 
@@ -360,7 +362,7 @@ def _kind_and_path(spec: str) -> tuple[str, str]:
 
 def load_reranker(
     specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
-    heads: str = "none", heads_top: int = HEADS_TOP, **kw: Any,
+    heads: str | None = "none", heads_top: int = HEADS_TOP, **kw: Any,
 ) -> Reranker:  # fmt: skip
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
@@ -381,13 +383,13 @@ def load_reranker(
             is_run = isinstance(fn, (reward.RewardModel, reward.RewardEnsemble))
             kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
-    rated = None if heads == "none" else RatingHeads.load(heads_path(heads), device=kw.get("device"))
+    rated = None if heads in (None, "none") else RatingHeads.load(heads_path(heads), device=kw.get("device"))
     return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty, rated, heads_top)
 
 
 def check_reranker(
     specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
-    heads: str = "none", heads_top: int = HEADS_TOP,
+    heads: str | None = "none", heads_top: int = HEADS_TOP,
 ) -> None:  # fmt: skip
     """Fail fast, before any model loads, on a spec that is neither a reward run folder, a
     direct-mode run folder nor ``module:function``, a negative weight, ``heads`` that is not a
@@ -405,7 +407,7 @@ def check_reranker(
             raise ValueError(f"--{flag} must be >= 0, got {weight}")
     if heads_top < 1:
         raise ValueError(f"--heads-top must be >= 1, got {heads_top}")
-    if heads != "none":
+    if heads not in (None, "none"):
         heads_path(heads)
     for spec in specs:
         kind, path = _kind_and_path(spec)

@@ -1,5 +1,6 @@
 """Rating heads: the Align and Coherence a reader would give a candidate re-alignment, learned from
-people's ratings of a model's own best-of-N candidates (docs/coherence.md, rounds 18-25).
+people's ratings of a model's own best-of-N candidates (docs/coherence.md: the shipped heads
+learned from rounds 18-23).
 
 Two linear heads over the end-of-sequence token of the embedded SmolLM2's first decoder layers
 (LoRA r16 on every linear layer), reading ``CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT``. Within a
@@ -7,7 +8,7 @@ story they rank candidates the way readers do better than anything else the proj
 out: 0.70 of Align pairs against the best-of score's 0.61; Coherence 0.76 against 0.74), yet picking
 by them alone trades coherence for alignment. So they choose only among the candidates the best-of
 score ranks highest (:func:`top_then_heads`): read blind on new stories, that kept more aligned texts
-no less coherent (docs/coherence.md, rounds 24-25). ``benchmarks/learned_heads.py`` trains them.
+no less coherent (docs/coherence.md, rounds 24-26). ``benchmarks/learned_heads.py`` trains them.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-SCALES = ("align", "coh")
 from secondthoughts.decoding import HEADS_TOP
 
+SCALES = ("align", "coh")
 # The heads shipped in the package (their card: README.md there).
 SHIPPED = Path(__file__).parent / "examples" / "rating-heads"
 
@@ -82,20 +83,22 @@ class RatingHeads(torch.nn.Module):
         for the texts (``decoding.repeated_prompt_cache``): most of each input is that prompt."""
         from secondthoughts.decoding import repeated_prompt_cache
 
+        if not texts:
+            return np.zeros((0, len(SCALES)), dtype=np.float32)
         prompt = self.tok(f"{context}\nOriginal: {source}\nRewrite:")["input_ids"]
         rows = [self.ids(context, source, t) for t in texts]
-        if not texts or any(r[: len(prompt)] != prompt for r in rows):  # a text merged into the prompt's last token
+        if any(r[: len(prompt)] != prompt for r in rows):  # a text merged into the prompt's last token
             return self([{"context": context, "source": source, "text": t} for t in texts]).float().cpu().numpy()
         dev, n, wp = self.head.weight.device, len(rows), len(prompt)
         head = torch.tensor([prompt], device=dev)
-        cache = repeated_prompt_cache(self.body, head, torch.ones_like(head), n)
         tails = [r[wp:] for r in rows]  # each at least the end-of-sequence token
         wt = max(map(len, tails))
         tail, mask = torch.zeros((n, wt), dtype=torch.long), torch.zeros((n, wt), dtype=torch.long)
         for i, t in enumerate(tails):
             tail[i, : len(t)], mask[i, : len(t)] = torch.tensor(t), 1
         attn = torch.cat([torch.ones((n, wp), dtype=torch.long), mask], 1).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # the prompt too, as forward() runs it
+            cache = repeated_prompt_cache(self.body, head, torch.ones_like(head), n)
             hidden = self.body(input_ids=tail.to(dev), attention_mask=attn, position_ids=torch.arange(wp, wp + wt, device=dev).expand(n, -1),
                                past_key_values=cache, use_cache=True).last_hidden_state  # fmt: skip
         last = hidden[torch.arange(n, device=dev), mask.sum(1).to(dev) - 1].float()
@@ -112,6 +115,9 @@ class RatingHeads(torch.nn.Module):
             state = {k: v.detach().to(dtype) for k, v in self.body.state_dict().items() if "lora_" in k}
             self.body.save_pretrained(tmp / "lora", state_dict=state)
             (tmp / "lora" / "README.md").unlink(missing_ok=True)  # PEFT's blank card template; the heads' card is ours
+            config = json.loads((tmp / "lora" / "adapter_config.json").read_text())
+            config["base_model_name_or_path"] = None  # a local cache path; load() always builds on the embedded model
+            (tmp / "lora" / "adapter_config.json").write_text(json.dumps(config, indent=2))
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, tmp / "head.safetensors")
             (tmp / "heads.json").write_text(json.dumps({"layers": self.layers, "base": base_stamp(), **meta}, indent=1))
             if card is not None:
@@ -169,6 +175,8 @@ def top_then_heads(base: list[float] | np.ndarray, heads: np.ndarray, top: int =
     the better base score, then to the first."""
     if not len(base):
         raise ValueError("no candidate to choose from")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
     order = sorted(range(len(base)), key=lambda i: -base[i])[:top]  # stable: equal scores keep their order
     z = standardised(np.asarray(heads, dtype=float)).sum(1)
     return max(order, key=lambda i: z[i])  # max keeps the first of equal keys: the better base score

@@ -26,9 +26,10 @@ batch sharing the prompt's prefill, the text a reranker scores highest kept
 (:func:`~secondthoughts.best_of.choose_best`). Read blind, alignment and coherence scorers made
 text worse than greedy; a rewrite model's likelihood (``likelihood.RewriteLikelihood``) made it
 more coherent at 6-10x the latency, and subtracting the share of the source a text keeps and its
-log word count made it more aligned (docs/coherence.md): the commands' default
-(``decoding.BEST_OF``, ``SOURCE_PENALTY``, ``LENGTH_PENALTY``), while this API decodes greedily
-unless ``best_of`` and ``rerank`` are given.
+log word count made it more aligned, and rating heads choosing among the 5 best-scored more
+aligned still (docs/coherence.md): the commands' default (``decoding.BEST_OF``, ``SOURCE_PENALTY``,
+``LENGTH_PENALTY``, ``HEADS``), while this API decodes greedily unless ``best_of`` and ``rerank``
+are given.
 
 Repeats (``no_repeat``, default 4): a constrained chain never writes a token 4-gram twice in the
 text it adds (:class:`~secondthoughts.repeats.RepeatGuard`), the model's most visible slip.

@@ -391,7 +391,7 @@ def test_cli_best_of_reranks_samples(lora_run: Path, reward_run: Path, tmp_path:
     write_examples(data, tiny.EXAMPLES)
     out = tmp_path / "report"
     args = ["evaluate", "--model", str(lora_run), "--data", str(data), "--limit", "2", "--best-of", "3", "--rerank", str(reward_run),
-            "--coherence", str(reward_run), "--bootstrap", "0", "--max-new-tokens", "16", "--out", str(out), "--device", "cpu"]  # fmt: skip
+            "--coherence", str(reward_run), "--heads", "none", "--bootstrap", "0", "--max-new-tokens", "16", "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["info"]["generation"]["best_of"] == 3 and m["info"]["rerank"] == [str(reward_run)]
@@ -399,4 +399,6 @@ def test_cli_best_of_reranks_samples(lora_run: Path, reward_run: Path, tmp_path:
     assert "--best-of must be >= 1" in capsys.readouterr().err
     assert main([*args[:-4], "--rerank", str(tmp_path / "nope"), "--out", str(tmp_path / "r3")]) == 1
     assert "neither a reward run folder nor module:function" in capsys.readouterr().err
+    assert main([*args[:-4], "--heads", str(tmp_path), "--out", str(tmp_path / "r4")]) == 1
+    assert "--heads " in (err := capsys.readouterr().err) and "no heads.json" in err and not (tmp_path / "r4").exists()
 

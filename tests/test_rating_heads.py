@@ -16,17 +16,19 @@ from secondthoughts import rating_heads as RH
 def test_heads_choose_among_the_top_only() -> None:
     base = [5.0, 4.0, 3.0, 2.0, 1.0]
     heads = np.array([[0, 0], [1, 0], [0, 1], [9, 9], [9, 9]], dtype=float)
-    assert RH.top_then_heads(base, heads, top=3) in (1, 2)  # 3 and 4 rate best but rank below the top 3
+    assert RH.top_then_heads(base, heads, top=3) == 1  # 3 and 4 rate best but rank below the top 3; 1 and 2 tie: the better score
     assert RH.top_then_heads(base, heads, top=4) == 3
     assert RH.top_then_heads(base, heads, top=1) == 0  # top 1: the base score's own choice
 
 
 def test_each_head_is_standardised_over_every_candidate() -> None:
-    # Among the top 2 the align head differs by 1 and the coherence head by 2, but over all five
-    # candidates the align head's spread is 10x smaller, so its 1 outweighs coherence's 2.
+    # Among the top 3 alone, candidate 1's align 0 and coherence 1.2 standardise to the best sum; over
+    # all five, coherence spreads from -20 to 20, so 1.2 is next to nothing and candidate 0's align
+    # lead decides.
     base = [5.0, 4.0, 3.0, 2.0, 1.0]
-    heads = np.array([[1, 0], [0, 2], [0.5, 20], [0.5, -20], [0.5, 0]], dtype=float)
-    assert RH.top_then_heads(base, heads, top=2) == 0
+    heads = np.array([[1, 0], [0, 1.2], [0, 1.1], [0, -20], [0, 20]], dtype=float)
+    assert RH.top_then_heads(base, heads, top=3) == 0
+    assert RH.top_then_heads(base[:3], heads[:3], top=3) == 1  # standardised over the three: another choice
 
 
 def test_ties_and_no_candidates() -> None:
@@ -35,6 +37,8 @@ def test_ties_and_no_candidates() -> None:
     assert RH.top_then_heads([1.0, 1.0, 1.0], same, top=3) == 0  # all tie: the first
     with pytest.raises(ValueError, match="no candidate"):
         RH.top_then_heads([], np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="top must be >= 1"):
+        RH.top_then_heads([1.0], np.zeros((1, 2)), top=0)
 
 
 def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
@@ -49,17 +53,22 @@ def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert out.returncode != 0 and "no heads.json" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+    cfg = tmp_path / "decode.yaml"
+    cfg.write_text("heads_top: 0\n")  # a settings file is checked as the flags are
+    out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode != 0 and "--heads-top must be >= 1" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 @pytest.mark.slow  # the embedded SmolLM2's first 24 layers
 def test_shipped_heads_rate_a_fitting_act_above_a_splice_and_the_act_kept() -> None:
-    heads = RH.RatingHeads.load(RH.heads_path("shipped"))
+    heads = RH.RatingHeads.load(RH.heads_path("shipped"), device="cpu")  # fp32: the tolerances below
     ctx = "It's wrong to take things that are not yours. Sam borrowed his neighbor's ladder. Sam wants to paint his house."
     src = "Sam keeps the ladder and hides it behind his boxes."
     texts = ["Sam returns the ladder to his neighbor after painting his house.", "Sam returns the boxes ladder his neighbor behind the.",
              "Sam keeps the ladder and hides it behind the shed."]  # fmt: skip
     x = heads.score(ctx, src, texts)
-    assert x.shape == (3, 2) and np.isfinite(x).all()
+    assert x.shape == (3, 2) and np.isfinite(x).all() and heads.score(ctx, src, []).shape == (0, 2)
     assert x[0, 1] > x[1, 1]  # coherence: a fitting sentence above a splice
     assert x[0, 0] > x[2, 0]  # align: returning the ladder above keeping it
     assert np.allclose(x[:1], heads.score(ctx, src, texts[:1]), atol=1e-4)  # padding changes no score
@@ -83,7 +92,7 @@ def test_best_of_lets_the_heads_choose_among_the_top(tmp_path: Path) -> None:
     def by_order(contexts: list[str], candidates: list[str]) -> list[float]:  # the first text scores best
         return [0.9 - 0.1 * texts.index(t) for t in candidates]
 
-    heads = RH.RatingHeads.load(RH.heads_path("shipped"))
+    heads = RH.RatingHeads.load(RH.heads_path("shipped"), device="cpu")
     cands = [RealignResult(context=ctx, source=src, mode="apply", text=t) for t in texts]
     plain = choose_best(cands, Reranker([by_order]))
     assert plain.text == texts[0] and "heads" not in plain.alternatives[0]
@@ -94,3 +103,9 @@ def test_best_of_lets_the_heads_choose_among_the_top(tmp_path: Path) -> None:
     assert chosen.text == texts[RH.top_then_heads(np.log(by_order([], texts[:4])), rated, 2)] == texts[1]  # returning, not keeping
     assert [a["heads"]["align"] for a in chosen.alternatives[:4]] == pytest.approx(rated[:, 0].tolist(), abs=1e-5)
     assert "heads" not in chosen.alternatives[4]
+    # No valid changed candidate but one: the heads do not run (nothing to choose between).
+    one = [RealignResult(context=ctx, source=src, mode="apply", text=t, valid=t == texts[1]) for t in texts]
+    alone = choose_best(one, Reranker([by_order], heads=heads, heads_top=5))
+    assert alone.text == texts[1] and all("heads" not in a for a in alone.alternatives)
+    with pytest.raises(ValueError, match="heads_top must be >= 1"):
+        Reranker([by_order], heads=heads, heads_top=0)

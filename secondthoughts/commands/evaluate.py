@@ -22,7 +22,7 @@ from secondthoughts.commands.realign import BATCH_HELP, DeviceOptions, best_of_s
 from secondthoughts.settings import Part, add_config_flag, add_parts, setting
 
 # The decoding flags evaluate takes (its --seed is the bootstrap's; it decodes in batches, greedy or best-of).
-DECODING = ("mode", "constrained", "num_beams", "temperature", "max_new_tokens", "no_repeat", "best_of", "rerank")  # and the rerank weights
+DECODING = ("mode", "constrained", "num_beams", "temperature", "max_new_tokens", "no_repeat", "best_of", "rerank")  # and decoding.RERANK_SETTINGS
 
 # Example files cli.precheck reads before the parser (and torch) loads.
 EXAMPLE_FLAGS = ("--data",)

@@ -96,7 +96,7 @@ def best_of_settings(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     from secondthoughts.coherence import load_reranker
 
-    return {"best_of": args.best_of, "rerank": load_reranker(args.rerank, **rerank_settings(args))}
+    return {"best_of": args.best_of, "rerank": load_reranker(args.rerank, device=getattr(args, "device", None), **rerank_settings(args))}  # --device: the scorers too
 
 
 def rerank_settings(args: argparse.Namespace) -> dict[str, Any]:
