@@ -67,11 +67,7 @@ class RatingHeads(torch.nn.Module):
         """(n, 2) raw scores of candidates given as ``{"context", "source", "text"}``."""
         ids = [self.ids(c["context"], c["source"], c["text"]) for c in cands]
         dev = self.head.weight.device
-        batch = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for i, row in enumerate(ids):  # right padding: the last real token is at len - 1
-            batch[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        batch, mask = batch.to(dev), mask.to(dev)
+        batch, mask = (x.to(dev) for x in right_padded(ids))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             hidden = self.body(input_ids=batch, attention_mask=mask).last_hidden_state
         return self.head(hidden[torch.arange(len(ids), device=dev), mask.sum(1) - 1].float())
@@ -91,11 +87,8 @@ class RatingHeads(torch.nn.Module):
             return self([{"context": context, "source": source, "text": t} for t in texts]).float().cpu().numpy()
         dev, n, wp = self.head.weight.device, len(rows), len(prompt)
         head = torch.tensor([prompt], device=dev)
-        tails = [r[wp:] for r in rows]  # each at least the end-of-sequence token
-        wt = max(map(len, tails))
-        tail, mask = torch.zeros((n, wt), dtype=torch.long), torch.zeros((n, wt), dtype=torch.long)
-        for i, t in enumerate(tails):
-            tail[i, : len(t)], mask[i, : len(t)] = torch.tensor(t), 1
+        tail, mask = right_padded([r[wp:] for r in rows])  # each at least the end-of-sequence token
+        wt = tail.shape[1]
         attn = torch.cat([torch.ones((n, wp), dtype=torch.long), mask], 1).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):  # the prompt too, as forward() runs it
             cache = repeated_prompt_cache(self.body, head, torch.ones_like(head), n)
@@ -130,15 +123,24 @@ class RatingHeads(torch.nn.Module):
         from peft import PeftModel
         from safetensors.torch import load_file
 
+        from secondthoughts.models import default_device
+
         folder = Path(folder)
         meta = json.loads((folder / "heads.json").read_text())
         if meta.get("base", base_stamp()) != base_stamp():
             raise ValueError(f"{folder}: trained on another embedded model ({meta['base']}), not {base_stamp()}")
         heads = cls(PeftModel.from_pretrained(cls.base(meta["layers"]), str(folder / "lora")), meta["layers"])
         heads.head.load_state_dict(load_file(folder / "head.safetensors"))
-        from secondthoughts.models import default_device
-
         return heads.to(torch.float32).to(device or default_device()).eval()  # on a GPU where there is one, as the models are
+
+
+def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded on the right (0s) and their attention mask: a row's last real token is at len - 1."""
+    ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask
 
 
 def base_stamp() -> dict[str, Any]:
