@@ -123,7 +123,8 @@ class RealignResult:
     candidates: int = 1  # best-of-N: how many chains (the greedy one and the samples) this one was chosen from
     rerank_score: float | None = None  # best-of-N: its score under the reranker
     # best-of-N: every distinct candidate text once, in decoding order (the greedy chain's first),
-    # as {"text", "valid", "score"}; written out only when asked (realign --keep-candidates).
+    # as {"text", "valid", "score"} (and "heads": the rating heads' raw {"align", "coherence"} of those they read);
+    # written out only when asked (realign --keep-candidates).
     alternatives: list[dict[str, Any]] | None = None
 
     def to_dict(self, alternatives: bool = False) -> dict[str, Any]:
