@@ -30,10 +30,11 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     # A scorer that takes sources (a rewrite model's likelihood of the text) gets them.
     extra = {"sources": [candidates[0].source] * len(texts)} if getattr(rerank, "takes_sources", False) else {}
     scores = dict(zip(texts, rerank([context] * len(texts), texts, **extra)))
-    useful = [r for r in candidates if r.valid and r.text != r.source] or list(candidates)
+    changed = [r for r in candidates if r.valid and r.text != r.source]
+    useful = changed or list(candidates)
     best = max(useful, key=lambda r: scores[r.text])  # max keeps the first of equal scores
     heads = getattr(rerank, "heads", None)
-    kept = list(dict.fromkeys(r.text for r in useful if r.valid and r.text != r.source))  # what the heads were trained and read on
+    kept = list(dict.fromkeys(r.text for r in changed))  # what the heads were trained and read on
     rated: dict[str, list[float]] = {}
     if heads is not None and len(kept) > 1:  # rating heads choose among the score's top candidates (rating_heads.top_then_heads)
         from secondthoughts.rating_heads import top_then_heads

@@ -60,8 +60,12 @@ class RatingHeads(torch.nn.Module):
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         return cls(get_peft_model(cls.base(layers), lora), layers)
 
+    @staticmethod
+    def prompt(context: str, source: str) -> str:
+        return f"{context}\nOriginal: {source}\nRewrite:"
+
     def ids(self, context: str, source: str, text: str) -> list[int]:
-        return self.tok(f"{context}\nOriginal: {source}\nRewrite: {text}")["input_ids"] + [self.tok.eos_token_id]
+        return self.tok(f"{self.prompt(context, source)} {text}")["input_ids"] + [self.tok.eos_token_id]
 
     def forward(self, cands: list[dict[str, str]]) -> torch.Tensor:
         """(n, 2) raw scores of candidates given as ``{"context", "source", "text"}``."""
@@ -81,7 +85,7 @@ class RatingHeads(torch.nn.Module):
 
         if not texts:
             return np.zeros((0, len(SCALES)), dtype=np.float32)
-        prompt = self.tok(f"{context}\nOriginal: {source}\nRewrite:")["input_ids"]
+        prompt = self.tok(self.prompt(context, source))["input_ids"]
         rows = [self.ids(context, source, t) for t in texts]
         if any(r[: len(prompt)] != prompt for r in rows):  # a text merged into the prompt's last token
             return self([{"context": context, "source": source, "text": t} for t in texts]).float().cpu().numpy()
