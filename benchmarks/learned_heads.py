@@ -2,9 +2,9 @@
 best-of candidates; what they would choose against the default; and shipping them.
 
     python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
-        --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated]
+        --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated] [--init HEADS]
     python benchmarks/learned_heads.py choose --heads heads --candidates r24.jsonl --split cands24 \\
-        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1] [--top 5]
+        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1] [--top 5] [--penalties 0 0] [--against HEADS]
     python benchmarks/learned_heads.py ship --heads heads --card card.md   # -> secondthoughts/examples/rating-heads
 
 ``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the tokenizer's
@@ -17,8 +17,10 @@ out of memory). ``choose``: each head's scores standardised within a story; prin
 of what the default (the likelihood minus the source and length penalties), the likelihood alone,
 the heads alone, argmax(default score + WA x align head + WC x coherence head) and the commands'
 choice (the heads among the default's top ``--top``: ``rating_heads.top_then_heads``) keep, paired
-by story, and the within-story agreement of each head and of the default score with the readers
-(``rerank_agreement.py``'s). ``ship``: the heads into the package with their LoRA as float16, the
+by story (with ``--against``: also other heads' choice among the same top, and these minus those),
+and the within-story agreement of each head and of the default score with the readers
+(``rerank_agreement.py``'s). ``--penalties 0 0`` for files ``realign`` decoded with its default
+penalties, whose scores already hold them. ``ship``: the heads into the package with their LoRA as float16, the
 commands' ``--heads shipped``.
 """
 
@@ -61,9 +63,13 @@ def pair_loss(scores: torch.Tensor, cands: list[cc.Candidate]) -> tuple[torch.Te
     return total, n
 
 
-def train(stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float, seed: int = 0, per_step: int = 8) -> RatingHeads:
+def train(
+    stories: list[list[cc.Candidate]], layers: int, epochs: int, lr: float, seed: int = 0, per_step: int = 8, init: Path | None = None
+) -> RatingHeads:  # fmt: skip
+    """New heads over ``layers`` decoder layers, or ``init``'s heads (their own layers) continued."""
     torch.manual_seed(seed)
-    model = RatingHeads.new(layers).to(default_device()).train()
+    model = RatingHeads.load(init, default_device(), trainable=True) if init else RatingHeads.new(layers).to(default_device())
+    model.train()
     groups = [{"params": [p for p in model.body.parameters() if p.requires_grad], "lr": lr}, {"params": model.head.parameters(), "lr": 1e-3}]
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = epochs * -(-len(stories) // per_step)
@@ -127,9 +133,13 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=5e-4, help="LoRA's learning rate (the head's: 1e-3)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--per-step", type=int, default=8, help="stories a step (each brings all its rated candidates)")
+    t.add_argument("--init", type=Path, help="heads to continue (a folder written by train or ship; their --layers), not new ones")
     c.add_argument("--heads", required=True, type=Path, help="a folder written by train")
     c.add_argument("--weights", nargs=2, type=float, default=[0.25, 1.0], metavar=("WA", "WC"))
     c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the default score's top K (realign --heads-top)")
+    c.add_argument("--penalties", nargs=2, type=float, default=[SOURCE_PENALTY, LENGTH_PENALTY], metavar=("SOURCE", "LENGTH"),
+                   help="the default score's penalties on the files' scores; 0 0 for files realign decoded with its own (their scores hold them)")
+    c.add_argument("--against", type=Path, help="other heads (e.g. the shipped ones): both among the top K, this one's pick minus theirs")
     args = ap.parse_args()
     if args.cmd == "ship":
         for ok, path, want in ((is_heads_folder(args.heads), args.heads, "a folder written by `train`"), (args.card.is_file(), args.card, "a model card")):
@@ -140,8 +150,11 @@ def main() -> None:
         heads.save(args.out, meta, dtype=torch.float16, card=args.card.read_text(encoding="utf-8"))
         print(f"wrote {args.out}")
         return
-    if args.cmd == "choose" and not is_heads_folder(args.heads):
-        sys.exit(f"error: --heads {args.heads}: no heads.json (a folder written by `train`)")
+    if args.cmd == "train" and args.init and not is_heads_folder(args.init):
+        sys.exit(f"error: --init {args.init}: no heads.json (a folder written by `train` or `ship`)")
+    for flag in ("heads", "against"):
+        if args.cmd == "choose" and getattr(args, flag) and not is_heads_folder(getattr(args, flag)):
+            sys.exit(f"error: --{flag} {getattr(args, flag)}: no heads.json (a folder written by `train`)")
     if args.cmd == "choose" and args.top < 1:
         sys.exit("error: --top must be at least 1")
     if args.cmd == "train":
@@ -154,28 +167,37 @@ def main() -> None:
     stories = read(args)
     print(f"{len(stories)} stories, {sum(map(len, stories))} rated candidates")
     if args.cmd == "train":
-        model = train(stories, args.layers, args.epochs, args.lr, args.seed, args.per_step)
-        model.save(args.out, {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained_on": dict(zip(args.candidates, args.split))})
+        model = train(stories, args.layers, args.epochs, args.lr, args.seed, args.per_step, args.init)
+        meta = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained_on": dict(zip(args.candidates, args.split))}
+        model.save(args.out, meta | ({"continued_from": str(args.init)} if args.init else {}))
         print(f"wrote {args.out}")
         return
     heads = head_scores(RatingHeads.load(args.heads, default_device()), stories)
-    scores = [np.column_stack([x, cc.best_of_scores(s, SOURCE_PENALTY, LENGTH_PENALTY)]) for s, x in zip(stories, heads)]
+    scores = [np.column_stack([x, cc.best_of_scores(s, *args.penalties)]) for s, x in zip(stories, heads)]
     wa, wc = args.weights
-    base = cc.pick(stories, SOURCE_PENALTY, LENGTH_PENALTY)
+    base = cc.pick(stories, *args.penalties)
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
     kept = [s[int(np.argmax(x @ np.array([wa, wc, 1.0])))] for s, x in zip(stories, scores)]
     top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # the commands' choice
-    print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
+    if any(args.penalties):  # else the files' scores are the default's: the next row
+        print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
     print(f"{'the default':36s} {cc.summary(base)}")
     print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
     print(f"{f'default + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the default's: {cc.paired(kept, base)}")
     print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
     print(f"{f'the heads among the default top {args.top}':36s} {cc.summary(top)}\n{'':36s} minus the default's: {cc.paired(top, base)}")
     print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(top, base))} of {len(stories)} stories")
+    other = head_scores(RatingHeads.load(args.against, default_device()), stories) if args.against else None
+    if other is not None:
+        theirs = [s[top_then_heads(x[:, 2], y, args.top)] for s, x, y in zip(stories, scores, other)]
+        print(f"{f'--against among the top {args.top}':36s} {cc.summary(theirs)}\n{'':36s} these heads' minus theirs: {cc.paired(top, theirs)}")
+        print(f"{'':36s} another pick than theirs in {sum(a is not b for a, b in zip(top, theirs))} of {len(stories)} stories")
     for scale, name in (("align", "Align"), ("coh", "Coherence")):
-        (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, SCALES.index(scale), scale), agreement(stories, scores, 2, scale)
-        print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}], the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")
+        k = SCALES.index(scale)
+        (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, k, scale), agreement(stories, scores, 2, scale)
+        theirs_agree = "" if other is None else ", --against's head {:.3f} [{:.3f}, {:.3f}]".format(*agreement(stories, other, k, scale)[:3])
+        print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}]{theirs_agree}, the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ class RatingHeads(torch.nn.Module):
         write_dir(out, write)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], device: torch.device | str | None = None) -> RatingHeads:
+    def load(cls, folder: str | os.PathLike[str], device: torch.device | str | None = None, trainable: bool = False) -> RatingHeads:
+        """Heads saved by :meth:`save`, in eval mode; ``trainable``: their LoRA left trainable, to continue them on new ratings."""
         from peft import PeftModel
         from safetensors.torch import load_file
 
@@ -133,7 +134,7 @@ class RatingHeads(torch.nn.Module):
         meta = json.loads((folder / "heads.json").read_text())
         if meta.get("base", base_stamp()) != base_stamp():
             raise ValueError(f"{folder}: trained on another embedded model ({meta['base']}), not {base_stamp()}")
-        heads = cls(PeftModel.from_pretrained(cls.base(meta["layers"]), str(folder / "lora")), meta["layers"])
+        heads = cls(PeftModel.from_pretrained(cls.base(meta["layers"]), str(folder / "lora"), is_trainable=trainable), meta["layers"])
         heads.head.load_state_dict(load_file(folder / "head.safetensors"))
         return heads.to(torch.float32).to(device or default_device()).eval()  # on a GPU where there is one, as the models are
 

@@ -51,21 +51,42 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
         again = RatingHeads.load(tmp_path / "heads", model.head.weight.device)
         assert torch.allclose(together, again(stories[0]), atol=1e-4)  # the raw scores: the head's bias too
     assert json.loads((tmp_path / "heads" / "heads.json").read_text())["base"] == base_stamp()
+    # --init: the saved heads continued (their own 2 layers, LoRA trainable), not new ones (whose zeroed head ties all)
+    continued = lh.train(stories, layers=5, epochs=1, lr=5e-3, init=tmp_path / "heads")  # one step, at warm-up's lr 0
+    assert continued.layers == 2 and any(p.requires_grad for n, p in continued.body.named_parameters() if "lora_" in n)
+    with torch.inference_mode():
+        assert torch.allclose(continued(stories[0]), together, atol=1e-4)
+    # choose --against: the same heads on both sides keep the same texts (scores already penalised: --penalties 0 0)
+    cands, labs = _files(tmp_path, len(STORIES))
+    heads = str(tmp_path / "heads")
+    args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0"]
+    out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out
+    assert "--against's head" in out and "the rewrite likelihood alone" not in out, out
+
+
+def _files(tmp_path: Path, stories: int = 1) -> tuple[Path, Path]:
+    """``realign --keep-candidates`` rows of the first ``stories`` and their labels (split ``t``)."""
+    rows, labels = [], []
+    for i, (ctx, src, texts) in enumerate(STORIES[:stories]):
+        rows.append({"id": f"s{i}", "context": ctx, "source": src, "alternatives": [{"text": t, "valid": True, "score": -1.0 - j / 10} for j, t in enumerate(texts)]})
+        labels += [{"id": f"s{i}", "system": f"alt{j}", "split": "t", "align": [a, a], "coherence": [c, c], "text_sha1": hashlib.sha1(t.encode()).hexdigest()}
+                   for j, (t, (a, c)) in enumerate(zip(texts, RATINGS))]  # fmt: skip
+    cands, labs = tmp_path / "cands.jsonl", tmp_path / "labels.jsonl"
+    cands.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labs.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    return cands, labs
 
 
 def test_bad_input_stops_before_a_model_loads(tmp_path: Path) -> None:
-    ctx, src, texts = STORIES[0]
-    row = {"id": "s0", "context": ctx, "source": src, "alternatives": [{"text": t, "valid": True, "score": -1.0} for t in texts]}
-    labels = [{"id": "s0", "system": f"alt{j}", "split": "t", "align": [a, a], "coherence": [c, c], "text_sha1": hashlib.sha1(t.encode()).hexdigest()}
-              for j, (t, (a, c)) in enumerate(zip(texts, RATINGS))]  # fmt: skip
-    cands, labs = tmp_path / "cands.jsonl", tmp_path / "labels.jsonl"
-    cands.write_text(json.dumps(row) + "\n")
-    labs.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    cands, labs = _files(tmp_path)
     common = ["--candidates", str(cands), "--labels", str(labs)]
     runs = {
         "give one --split per --candidates file": ["train", *common, "--split", "t", "u", "--out", str(tmp_path / "h")],
         "no story with rated candidates (are u the labels' splits": ["train", *common, "--split", "u", "--out", str(tmp_path / "h")],
         "no heads.json (a folder written by `train`)": ["choose", *common, "--split", "t", "--heads", str(tmp_path)],
+        f"--against {tmp_path}: no heads.json": ["choose", *common, "--split", "t", "--heads", str(SHIPPED), "--against", str(tmp_path)],
+        f"--init {tmp_path}: no heads.json": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--init", str(tmp_path)],
         "--layers must be 1 to 30": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--layers", "31"],
         "--per-step must be at least 1": ["train", *common, "--split", "t", "--out", str(tmp_path / "h"), "--per-step", "0"],
         "--out must be a folder, not a file": ["train", *common, "--split", "t", "--out", str(cands)],
