@@ -14,7 +14,8 @@ sigmoid(better - worse) (Bradley-Terry, as reward models are trained); AdamW, ``
 stories a step, the learning rate times min(1, step / (5% of the steps)) x (1 - step / steps). On a
 GPU (bf16 autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran
 out of memory). ``choose``: each head's scores standardised within a story; prints the rated means
-of what the default (the likelihood minus the source and length penalties), the likelihood alone,
+of what the default (the likelihood minus the source and length penalties), the likelihood alone
+(unless ``--penalties 0 0``),
 the heads alone, argmax(default score + WA x align head + WC x coherence head) and the commands'
 choice (the heads among the default's top ``--top``: ``rating_heads.top_then_heads``) keep, paired
 by story (with ``--against``: also other heads' choice among the same top, and these minus those),
@@ -176,11 +177,11 @@ def main() -> None:
     scores = [np.column_stack([x, cc.best_of_scores(s, *args.penalties)]) for s, x in zip(stories, heads)]
     wa, wc = args.weights
     base = cc.pick(stories, *args.penalties)
-    lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
     kept = [s[int(np.argmax(x @ np.array([wa, wc, 1.0])))] for s, x in zip(stories, scores)]
     top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # the commands' choice
     if any(args.penalties):  # else the files' scores are the default's: the next row
+        lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
         print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
     print(f"{'the default':36s} {cc.summary(base)}")
     print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
