@@ -1,5 +1,5 @@
 """Rating heads (``secondthoughts.rating_heads``) trained on people's ratings of a model's own
-best-of candidates; what they would choose against the default; and shipping them.
+best-of candidates; what they would choose against the best-of score and other heads; and shipping them.
 
     python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
         --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated] [--init HEADS]
@@ -14,14 +14,14 @@ sigmoid(better - worse) (Bradley-Terry, as reward models are trained); AdamW, ``
 stories a step, the learning rate times min(1, step / (5% of the steps)) x (1 - step / steps). On a
 GPU (bf16 autocast) when one is there; on a 24 GB CPU machine 24 layers need ``--per-step 1`` (8 ran
 out of memory). ``choose``: each head's scores standardised within a story; prints the rated means
-of what the default (the likelihood minus the source and length penalties), the likelihood alone
-(unless ``--penalties 0 0``),
-the heads alone, argmax(default score + WA x align head + WC x coherence head) and the commands'
-choice (the heads among the default's top ``--top``: ``rating_heads.top_then_heads``) keep, paired
-by story (with ``--against``: also other heads' choice among the same top, and these minus those),
-and the within-story agreement of each head and of the default score with the readers
-(``rerank_agreement.py``'s). ``--penalties 0 0`` for files ``realign`` decoded with its default
-penalties, whose scores already hold them. ``ship``: the heads into the package with their LoRA as float16, the
+of what the best-of score (the likelihood minus the source and length penalties), the likelihood
+alone (unless ``--penalties 0 0``), the heads alone, the commands' default choice (argmax of the
+score + WA x align head + WC x coherence head: ``rating_heads.heads_added``) and the heads among the
+score's top ``--top`` (``--heads-choice top``: ``rating_heads.top_then_heads``) keep, paired by
+story (with ``--against``: also other heads' choice among the same top, and these heads' top and
+added choices minus it), and the within-story agreement of each head and of the score with the
+readers (``rerank_agreement.py``'s). ``--penalties 0 0`` for files ``realign`` decoded with its
+default penalties, whose scores already hold them. ``ship``: the heads into the package with their LoRA as float16, the
 commands' ``--heads shipped``.
 """
 
@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig
 
-from secondthoughts.decoding import HEADS_TOP, LENGTH_PENALTY, SOURCE_PENALTY
+from secondthoughts.decoding import HEADS_ADD, HEADS_TOP, LENGTH_PENALTY, SOURCE_PENALTY
 from secondthoughts.models import default_device, embedded_dir
 from secondthoughts.rating_heads import (
     SCALES,
     SHIPPED,
     RatingHeads,
+    heads_added,
     is_heads_folder,
     standardised,
     top_then_heads,
@@ -136,10 +137,10 @@ def main() -> None:
     t.add_argument("--per-step", type=int, default=8, help="stories a step (each brings all its rated candidates)")
     t.add_argument("--init", type=Path, help="heads to continue (a folder written by train or ship; their --layers), not new ones")
     c.add_argument("--heads", required=True, type=Path, help="a folder written by train")
-    c.add_argument("--weights", nargs=2, type=float, default=[0.25, 1.0], metavar=("WA", "WC"))
-    c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the default score's top K (realign --heads-top)")
+    c.add_argument("--weights", nargs=2, type=float, default=HEADS_ADD, metavar=("WA", "WC"), help="the score + WA x align + WC x coherence (realign --heads-add)")
+    c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the score's top K (realign --heads-choice top --heads-top)")
     c.add_argument("--penalties", nargs=2, type=float, default=[SOURCE_PENALTY, LENGTH_PENALTY], metavar=("SOURCE", "LENGTH"),
-                   help="the default score's penalties on the files' scores; 0 0 for files realign decoded with its own (their scores hold them)")
+                   help="the best-of score's penalties on the files' scores; 0 0 for files realign decoded with its own (their scores hold them)")
     c.add_argument("--against", type=Path, help="other heads (e.g. the shipped ones): both among the top K, this one's pick minus theirs")
     args = ap.parse_args()
     if args.cmd == "ship":
@@ -178,27 +179,28 @@ def main() -> None:
     wa, wc = args.weights
     base = cc.pick(stories, *args.penalties)
     alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
-    kept = [s[int(np.argmax(x @ np.array([wa, wc, 1.0])))] for s, x in zip(stories, scores)]
+    kept = [s[heads_added(x[:, 2], x[:, :2], (wa, wc))] for s, x in zip(stories, scores)]  # --heads-add WA WC's choice
     top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # the commands' choice
-    if any(args.penalties):  # else the files' scores are the default's: the next row
+    if any(args.penalties):  # else the files' scores are the best-of score's: the next row
         lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
         print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")
-    print(f"{'the default':36s} {cc.summary(base)}")
-    print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the default's: {cc.paired(alone, base)}")
-    print(f"{f'default + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the default's: {cc.paired(kept, base)}")
-    print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
-    print(f"{f'the heads among the default top {args.top}':36s} {cc.summary(top)}\n{'':36s} minus the default's: {cc.paired(top, base)}")
-    print(f"{'':36s} another pick than the default's in {sum(a is not b for a, b in zip(top, base))} of {len(stories)} stories")
+    print(f"{'the best-of score':36s} {cc.summary(base)}")
+    print(f"{'the heads alone (align + coherence)':36s} {cc.summary(alone)}\n{'':36s} minus the score's: {cc.paired(alone, base)}")
+    print(f"{f'score + {wa:g} x align + {wc:g} x coherence':36s} {cc.summary(kept)}\n{'':36s} minus the score's: {cc.paired(kept, base)}")
+    print(f"{'':36s} another pick than the score's in {sum(a is not b for a, b in zip(kept, base))} of {len(stories)} stories")
+    print(f"{f'the heads among the score top {args.top}':36s} {cc.summary(top)}\n{'':36s} minus the score's: {cc.paired(top, base)}")
+    print(f"{'':36s} another pick than the score's in {sum(a is not b for a, b in zip(top, base))} of {len(stories)} stories")
     other = head_scores(RatingHeads.load(args.against, default_device()), stories) if args.against else None
     if other is not None:
         theirs = [s[top_then_heads(x[:, 2], y, args.top)] for s, x, y in zip(stories, scores, other)]
         print(f"{f'--against among the top {args.top}':36s} {cc.summary(theirs)}\n{'':36s} these heads' minus theirs: {cc.paired(top, theirs)}")
         print(f"{'':36s} another pick than theirs in {sum(a is not b for a, b in zip(top, theirs))} of {len(stories)} stories")
+        print(f"{'':36s} these heads added ({wa:g}, {wc:g}) minus theirs among the top {args.top}: {cc.paired(kept, theirs)}")
     for scale, name in (("align", "Align"), ("coh", "Coherence")):
         k = SCALES.index(scale)
         (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, k, scale), agreement(stories, scores, 2, scale)
         theirs_agree = "" if other is None else ", --against's head {:.3f} [{:.3f}, {:.3f}]".format(*agreement(stories, other, k, scale)[:3])
-        print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}]{theirs_agree}, the default score {d:.3f} [{dl:.3f}, {dh:.3f}]")
+        print(f"agreement with the readers on {name} ({n} pairs rated >= 1 apart): its head {h:.3f} [{hl:.3f}, {hh:.3f}]{theirs_agree}, the best-of score {d:.3f} [{dl:.3f}, {dh:.3f}]")
 
 
 if __name__ == "__main__":

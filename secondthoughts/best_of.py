@@ -17,11 +17,12 @@ Reranker = Callable[[list[str], list[str]], list[float]]
 
 def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> RealignResult:
     """The candidate whose text ``rerank`` scores highest, or, when ``rerank`` has rating heads
-    (``rerank.heads``, a ``rating_heads.RatingHeads``), the one they rate best among the
-    ``rerank.heads_top`` valid, changed candidates it scores highest (ties: the better score, then
-    the first). Invalid chains and texts identical to the source are chosen only when no candidate
-    is valid and changed (a reranker may well score the unchanged source high); ties go to the
-    first. Each distinct text is scored once; the chosen result's ``alternatives`` lists them all
+    (``rerank.heads``, a ``rating_heads.RatingHeads``), the valid, changed candidate that scores
+    highest with their ratings added, weighted by ``rerank.heads_add`` (``rerank.heads_choice``
+    "add": ``rating_heads.heads_added``), or the one they rate best among the ``rerank.heads_top``
+    that score highest ("top": ``rating_heads.top_then_heads``; ties: the better score, then the
+    first). Invalid chains and texts identical to the source are chosen only when no candidate is
+    valid and changed (a reranker may well score the unchanged source high); ties go to the first. Each distinct text is scored once; the chosen result's ``alternatives`` lists them all
     with their scores (and the heads' raw ratings of those they read)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
@@ -36,11 +37,13 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     heads = getattr(rerank, "heads", None)
     kept = list(dict.fromkeys(r.text for r in changed))  # what the heads were trained and read on
     rated: dict[str, list[float]] = {}
-    if heads is not None and len(kept) > 1:  # rating heads choose among the score's top candidates (rating_heads.top_then_heads)
-        from secondthoughts.rating_heads import top_then_heads
+    if heads is not None and len(kept) > 1:  # rating heads choose: added to the score, or among its top candidates
+        from secondthoughts.rating_heads import heads_added, top_then_heads
 
         rated = dict(zip(kept, heads.score(context, candidates[0].source, kept).tolist()))  # standardised over these
-        pick = kept[top_then_heads([scores[t] for t in kept], np.array(list(rated.values())), rerank.heads_top)]
+        base, ratings = [scores[t] for t in kept], np.array(list(rated.values()))
+        add = rerank.heads_choice == "add"
+        pick = kept[heads_added(base, ratings, rerank.heads_add) if add else top_then_heads(base, ratings, rerank.heads_top)]
         best = next(r for r in useful if r.text == pick)
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
     valid = {t: any(r.valid for r in candidates if r.text == t) for t in texts}  # one valid chain makes a text valid

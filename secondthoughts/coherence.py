@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows
-from secondthoughts.decoding import HEADS_TOP
+from secondthoughts.decoding import HEADS_ADD, HEADS_CHOICE, HEADS_TOP
 from secondthoughts.edits import (
     DEFAULT_COST_SETS,
     Edit,
@@ -308,16 +308,17 @@ class Reranker:
 
     def __init__(
         self, alignment: Sequence[ScoreFn], coherence: Sequence[ScoreFn] = (), coherence_weight: float = 1.0, likelihood: Sequence[Any] = (),
-        source_penalty: float = 0.0, length_penalty: float = 0.0, heads: Any = None, heads_top: int = HEADS_TOP,
+        source_penalty: float = 0.0, length_penalty: float = 0.0, heads: Any = None, heads_choice: str = HEADS_CHOICE,
+        heads_add: Sequence[float] = tuple(HEADS_ADD), heads_top: int = HEADS_TOP,
     ):  # fmt: skip
         if not alignment and not coherence and not likelihood:
             raise ValueError("a reranker needs at least one scorer")
         self.alignment, self.coherence, self.coherence_weight = list(alignment), list(coherence), coherence_weight
         self.likelihood, self.source_penalty, self.length_penalty = list(likelihood), source_penalty, length_penalty
-        if heads_top < 1:
-            raise ValueError(f"heads_top must be >= 1, got {heads_top}")
-        # rating_heads.RatingHeads: best_of.choose_best lets them choose among the heads_top best scored
-        self.heads, self.heads_top = heads, heads_top
+        check_heads_choice(heads_choice, heads_add, heads_top)
+        # rating_heads.RatingHeads: best_of.choose_best adds their ratings to the score (heads_choice
+        # "add", heads_add's weights) or lets them choose among the heads_top best scored ("top")
+        self.heads, self.heads_choice, self.heads_add, self.heads_top = heads, heads_choice, tuple(heads_add), heads_top
 
     @property
     def takes_sources(self) -> bool:  # best_of.choose_best passes the sources when asked
@@ -346,6 +347,17 @@ class Reranker:
         return total
 
 
+def check_heads_choice(heads_choice: str, heads_add: Sequence[float], heads_top: int) -> None:
+    """How rating heads choose: added to the score with two weights >= 0 ("add"), or among the
+    ``heads_top`` (>= 1) best scored ("top")."""
+    if heads_choice not in ("add", "top"):
+        raise ValueError(f"--heads-choice must be add or top, got {heads_choice!r}")
+    if len(heads_add) != 2 or min(heads_add) < 0 or not all(np.isfinite(heads_add)):
+        raise ValueError(f"--heads-add takes two weights >= 0 (align, coherence), got {' '.join(map(str, heads_add))}")
+    if heads_top < 1:
+        raise ValueError(f"--heads-top must be >= 1, got {heads_top}")
+
+
 def _kind_and_path(spec: str) -> tuple[str, str]:
     """``kind=path`` with kind alignment, coherence or likelihood (the kind of a bare path that is
     a direct-mode run folder; ``likelihood`` alone: the rewrite model shipped in the package), or
@@ -362,12 +374,13 @@ def _kind_and_path(spec: str) -> tuple[str, str]:
 
 def load_reranker(
     specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
-    heads: str | None = "none", heads_top: int = HEADS_TOP, **kw: Any,
+    heads: str | None = "none", heads_choice: str = HEADS_CHOICE, heads_add: Sequence[float] = tuple(HEADS_ADD), heads_top: int = HEADS_TOP, **kw: Any,
 ) -> Reranker:  # fmt: skip
     """A :class:`Reranker` from scorer specs: reward run folders (alignment or coherence, as each
     run's config says), direct-mode run folders (likelihood) or ``module:function`` (alignment,
     unless written ``coherence=module:function``); ``heads``: rating heads (``shipped``, a folder
-    or ``none``) that choose among the ``heads_top`` it scores highest."""
+    or ``none``) whose ratings add to its score weighted by ``heads_add`` (``heads_choice`` "add")
+    or choose among the ``heads_top`` it scores highest ("top")."""
     from secondthoughts import reward
     from secondthoughts.likelihood import RewriteLikelihood
     from secondthoughts.rating_heads import RatingHeads, heads_path
@@ -384,16 +397,16 @@ def load_reranker(
             kind = reward.objective_of(fn) if is_run else getattr(fn, "objective", "alignment")
         kinds[kind].append(fn)
     rated = None if heads in (None, "none") else RatingHeads.load(heads_path(heads), device=kw.get("device"))
-    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty, rated, heads_top)
+    return Reranker(kinds["alignment"], kinds["coherence"], coherence_weight, kinds["likelihood"], source_penalty, length_penalty, rated, heads_choice, heads_add, heads_top)
 
 
 def check_reranker(
     specs: Sequence[str], coherence_weight: float = 1.0, source_penalty: float = 0.0, length_penalty: float = 0.0,
-    heads: str | None = "none", heads_top: int = HEADS_TOP,
+    heads: str | None = "none", heads_choice: str = HEADS_CHOICE, heads_add: Sequence[float] = tuple(HEADS_ADD), heads_top: int = HEADS_TOP,
 ) -> None:  # fmt: skip
     """Fail fast, before any model loads, on a spec that is neither a reward run folder, a
     direct-mode run folder nor ``module:function``, a negative weight, ``heads`` that is not a
-    folder of rating heads, or ``heads_top`` below 1."""
+    folder of rating heads, or a heads choice :func:`check_heads_choice` refuses."""
     from secondthoughts import reward
     from secondthoughts.likelihood import is_rewrite_run
     from secondthoughts.rating_heads import heads_path
@@ -405,8 +418,7 @@ def check_reranker(
     for flag, weight in (("coherence-weight", coherence_weight), ("source-penalty", source_penalty), ("length-penalty", length_penalty)):
         if weight < 0:
             raise ValueError(f"--{flag} must be >= 0, got {weight}")
-    if heads_top < 1:
-        raise ValueError(f"--heads-top must be >= 1, got {heads_top}")
+    check_heads_choice(heads_choice, heads_add, heads_top)
     if heads not in (None, "none"):
         heads_path(heads)
     for spec in specs:

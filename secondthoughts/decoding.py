@@ -51,13 +51,16 @@ BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # [-0.09, +0.25] (docs/coherence.md). On rounds 18-19 they read level with the likelihood alone, for
 # the previous model and for the one shipped now (which learned to leave the source's act): kept.
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
-# Of the 5 candidates that score best, rating heads trained on readers' ratings of this model's
-# candidates keep the one they rate best (rating_heads.py). k = 5 chosen on rounds 21-23; read blind
-# on 300 new stories (rounds 24-26) against the score alone: Align +0.31 [+0.15, +0.48], Coherence
-# +0.08 [-0.07, +0.23] (docs/coherence.md). Alone, the heads cost coherence: keep them to the top few.
-HEADS, HEADS_TOP = "shipped", 5
+# Rating heads trained on readers' ratings of this model's candidates (rating_heads.py) add to the
+# best-of score: score + 0.25 x align + 1 x coherence, each head standardised over the text's valid
+# changed candidates (rating_heads.heads_added). Seen on rounds 28-29 and read blind on 612 new
+# stories (rounds 30-33; adopted by a rule written before rounds 32-33 were decoded) against the
+# previous default, the earlier heads choosing among the score's 5 best ("top", k = 5 chosen on
+# rounds 21-23): Coherence +0.19 [+0.11, +0.26], Align -0.03 [-0.12, +0.06] (docs/coherence.md).
+# Alone, without the score, the heads trade coherence for alignment.
+HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 1.0], 5
 # DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
-RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_top")
+RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_choice", "heads_add", "heads_top")
 
 
 @dataclass
@@ -92,11 +95,15 @@ class DecodeSettings:
     source_penalty: float = setting(SOURCE_PENALTY, "best-of score minus W x the share of its source a text keeps (0-1): "
                                                     "a candidate that keeps the unaligned act reads less aligned", metavar="W")
     length_penalty: float = setting(LENGTH_PENALTY, "best-of score minus W x log(words): long candidates drift", metavar="W")
-    heads: str = setting(HEADS, "rating heads that keep, of the --heads-top candidates the best-of score ranks highest, the one "
-                                "they rate most aligned and coherent: 'shipped' (the package's, trained on readers' ratings of the "
-                                "default model's candidates), a folder of heads (benchmarks/learned_heads.py train) or 'none'",
-                         metavar="DIR")
-    heads_top: int = setting(HEADS_TOP, "how many of the best-scored candidates --heads chooses among", metavar="K")
+    heads: str = setting(HEADS, "rating heads that weigh in on the best-of choice (--heads-choice): 'shipped' (the package's, "
+                                "trained on readers' ratings of the default model's candidates), a folder of heads "
+                                "(benchmarks/learned_heads.py train) or 'none'", metavar="DIR")
+    heads_choice: str = setting(HEADS_CHOICE, "add: the heads' ratings added to the best-of score (--heads-add); top: of the "
+                                              "--heads-top candidates the score ranks highest, the one the heads rate best",
+                                choices=("add", "top"))
+    heads_add: list = setting(HEADS_ADD, "--heads-choice add: the best-of score + A x align + C x coherence, each head "
+                                         "standardised over the text's candidates", type=float, nargs=2, metavar=("A", "C"))
+    heads_top: int = setting(HEADS_TOP, "--heads-choice top: how many of the best-scored candidates the heads choose among", metavar="K")
 
     @classmethod
     def from_args(cls, args: Any) -> DecodeSettings:

@@ -187,3 +187,14 @@ def top_then_heads(base: list[float] | np.ndarray, heads: np.ndarray, top: int =
     order = sorted(range(len(base)), key=lambda i: -base[i])[:top]  # stable: equal scores keep their order
     z = standardised(np.asarray(heads, dtype=float)).sum(1)
     return max(order, key=lambda i: z[i])  # max keeps the first of equal keys: the better base score
+
+
+def heads_added(base: list[float] | np.ndarray, heads: np.ndarray, weights: tuple[float, float]) -> int:
+    """The index kept: the highest base score plus ``weights`` (Align, Coherence) times the two
+    heads' scores, each standardised over all the story's candidates. Unlike
+    :func:`top_then_heads` every candidate may win, and a head weighted 0 cannot trade the
+    score away for its own scale. Ties go to the first."""
+    if not len(base):
+        raise ValueError("no candidate to choose from")
+    total = np.asarray(base, dtype=float) + standardised(np.asarray(heads, dtype=float)) @ np.asarray(weights, dtype=float)
+    return int(np.argmax(total))  # argmax keeps the first of equal totals

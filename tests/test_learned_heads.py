@@ -56,12 +56,15 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
     assert continued.layers == 2 and any(p.requires_grad for n, p in continued.body.named_parameters() if "lora_" in n)
     with torch.inference_mode():
         assert torch.allclose(continued(stories[0]), together, atol=1e-4)
-    # choose --against: the same heads on both sides keep the same texts (scores already penalised: --penalties 0 0)
+    # choose --against: the same heads on both sides keep the same texts (scores already penalised: --penalties 0 0);
+    # weighted 0 and among the top 1, added and top choices both keep the best score's text
     cands, labs = _files(tmp_path, len(STORIES))
     heads = str(tmp_path / "heads")
-    args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0"]
+    args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0",
+            "--weights", "0", "0", "--top", "1"]  # fmt: skip
     out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=True, capture_output=True, text=True, timeout=300).stdout
     assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out
+    assert "these heads added (0, 0) minus theirs among the top 1: sum +0.00 [+0.00, +0.00]" in out, out
     assert "--against's head" in out and "the rewrite likelihood alone" not in out, out
 
 

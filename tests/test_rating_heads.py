@@ -1,5 +1,6 @@
 """rating_heads: the choice rule, the shipped heads on the embedded SmolLM2, best-of's choice with
-them, and bad --heads / --heads-top stopping before a model loads."""
+them (among the score's top, or added to it), and bad --heads / --heads-top / --heads-add stopping
+before a model loads."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def test_ties_and_no_candidates() -> None:
         RH.top_then_heads([1.0], np.zeros((1, 2)), top=0)
 
 
+def test_heads_added_to_the_score_with_their_weights() -> None:
+    base = [1.0, 0.9, 0.0]
+    heads = np.array([[0, -1], [2, 1], [1, 0]], dtype=float)  # standardised: align [-1.22, 1.22, 0], coherence [-1.22, 1.22, 0]
+    assert RH.heads_added(base, heads, (0.0, 0.0)) == 0  # no weight: the base score's own choice
+    assert RH.heads_added(base, heads, (0.25, 1.0)) == 1  # 0.9 + 1.53 beats 1.0 - 1.53
+    assert RH.heads_added([0.0, 5.0, 0.0], heads, (0.25, 1.0)) == 1
+    assert RH.heads_added([3.0, 0.0, 2.9], heads, (1.0, 0.0)) == 2  # 2.9 + 0 beats 3.0 - 1.22: the align head alone
+    assert RH.heads_added([1.0, 1.0], np.zeros((2, 2)), (1.0, 1.0)) == 0  # ties: the first
+    with pytest.raises(ValueError, match="no candidate"):
+        RH.heads_added([], np.zeros((0, 2)), (1.0, 1.0))
+
+
 def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
     from secondthoughts.coherence import check_reranker
 
@@ -48,16 +61,28 @@ def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
         check_reranker(["likelihood"], heads=str(tmp_path))
     with pytest.raises(ValueError, match="--heads-top must be >= 1"):
         check_reranker(["likelihood"], heads_top=0)
+    for bad in ([1.0], [1.0, -0.5], [1.0, float("nan")], [1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="--heads-add takes two weights >= 0"):
+            check_reranker(["likelihood"], heads_add=bad)
+    with pytest.raises(ValueError, match="--heads-choice must be add or top"):
+        check_reranker(["likelihood"], heads_choice="sum")
     check_reranker(["likelihood"], heads="shipped")
+    check_reranker(["likelihood"], heads="shipped", heads_add=[0.25, 1.0])
     out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--heads", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert out.returncode != 0 and "no heads.json" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     cfg = tmp_path / "decode.yaml"
-    cfg.write_text("heads_top: 0\n")  # a settings file is checked as the flags are
-    out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--config", str(cfg)],
+    bad_files = (("heads_top: 0\n", "--heads-top must be >= 1"), ("heads_add: [1.0]\n", "--heads-add takes two weights"),
+                 ("heads_choice: sum\n", "heads_choice"))  # fmt: skip
+    for text, error in bad_files:
+        cfg.write_text(text)  # a settings file is checked as the flags are
+        out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        assert out.returncode != 0 and error in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "secondthoughts", "realign", "Tom hits his brother.", "--heads-add", "1", "-2"],
                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert out.returncode != 0 and "--heads-top must be >= 1" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode != 0 and "--heads-add takes two weights >= 0" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 @pytest.mark.slow  # the embedded SmolLM2's first 24 layers
@@ -96,16 +121,21 @@ def test_best_of_lets_the_heads_choose_among_the_top(tmp_path: Path) -> None:
     cands = [RealignResult(context=ctx, source=src, mode="apply", text=t) for t in texts]
     plain = choose_best(cands, Reranker([by_order]))
     assert plain.text == texts[0] and "heads" not in plain.alternatives[0]
-    top1 = choose_best(cands, Reranker([by_order], heads=heads, heads_top=1))
+    top1 = choose_best(cands, Reranker([by_order], heads=heads, heads_choice="top", heads_top=1))
     assert top1.text == texts[0]
-    chosen = choose_best(cands, Reranker([by_order], heads=heads, heads_top=2))
+    chosen = choose_best(cands, Reranker([by_order], heads=heads, heads_choice="top", heads_top=2))
     rated = heads.score(ctx, src, texts[:4])  # the source, unchanged, is no candidate for the heads
     assert chosen.text == texts[RH.top_then_heads(np.log(by_order([], texts[:4])), rated, 2)] == texts[1]  # returning, not keeping
     assert [a["heads"]["align"] for a in chosen.alternatives[:4]] == pytest.approx(rated[:, 0].tolist(), abs=1e-5)
     assert "heads" not in chosen.alternatives[4]
     # No valid changed candidate but one: the heads do not run (nothing to choose between).
     one = [RealignResult(context=ctx, source=src, mode="apply", text=t, valid=t == texts[1]) for t in texts]
-    alone = choose_best(one, Reranker([by_order], heads=heads, heads_top=5))
+    alone = choose_best(one, Reranker([by_order], heads=heads))
     assert alone.text == texts[1] and all("heads" not in a for a in alone.alternatives)
-    with pytest.raises(ValueError, match="heads_top must be >= 1"):
+    # Added to the score (log of by_order's scores, as Reranker gives them), every candidate may win.
+    added = choose_best(cands, Reranker([by_order], heads=heads))  # the default: added, 0.25 x align + 1 x coherence
+    assert added.text == texts[RH.heads_added(np.log(by_order([], texts[:4])), rated, (0.25, 1.0))]
+    assert choose_best(cands, Reranker([by_order], heads=heads, heads_add=(0.0, 0.0))).text == texts[0]  # weights 0: the score's pick
+    assert choose_best(cands, Reranker([by_order], heads=heads, heads_add=(0.0, 50.0))).text == texts[int(np.argmax(rated[:, 1]))]
+    with pytest.raises(ValueError, match="--heads-top must be >= 1"):
         Reranker([by_order], heads=heads, heads_top=0)
