@@ -5,8 +5,9 @@
 Greedy is single-text decoding with chain drafting (``--best-of 1``); best-of-N (the commands'
 default at N = 16: reranked by the shipped rewrite likelihood less the source and length
 penalties) decodes the greedy chain and N sampled ones in one batch and reranks their texts;
-"+ heads" is the same with the rating heads choosing among the top 5 (the commands' default;
-the same seed, so the same candidates: the difference is the heads' pass). Prints the median and
+"+ heads" is the same with the rating heads added to the score (the commands' default; among the
+top 5 instead, the same pass; the same seed, so the same candidates: the difference is the heads'
+pass). Prints the median and
 p90 seconds per text and the ratio of medians to greedy, measured in this one run on the first
 ``--n`` Moral Stories dev examples (each text: greedy, then every decoding, in turn, so load
 changes hit all alike).

@@ -141,7 +141,7 @@ def main() -> None:
     c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the score's top K (realign --heads-choice top --heads-top)")
     c.add_argument("--penalties", nargs=2, type=float, default=[SOURCE_PENALTY, LENGTH_PENALTY], metavar=("SOURCE", "LENGTH"),
                    help="the best-of score's penalties on the files' scores; 0 0 for files realign decoded with its own (their scores hold them)")
-    c.add_argument("--against", type=Path, help="other heads (e.g. the shipped ones): both among the top K, this one's pick minus theirs")
+    c.add_argument("--against", type=Path, help="other heads (e.g. earlier ones): their pick among the top K, and this one's top-K and added picks minus it")
     args = ap.parse_args()
     if args.cmd == "ship":
         for ok, path, want in ((is_heads_folder(args.heads), args.heads, "a folder written by `train`"), (args.card.is_file(), args.card, "a model card")):
@@ -180,7 +180,7 @@ def main() -> None:
     base = cc.pick(stories, *args.penalties)
     alone = [s[int(np.argmax(x[:, 0] + x[:, 1]))] for s, x in zip(stories, scores)]
     kept = [s[heads_added(x[:, 2], x[:, :2], (wa, wc))] for s, x in zip(stories, scores)]  # --heads-add WA WC's choice
-    top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # the commands' choice
+    top = [s[top_then_heads(x[:, 2], x[:, :2], args.top)] for s, x in zip(stories, scores)]  # --heads-choice top's
     if any(args.penalties):  # else the files' scores are the best-of score's: the next row
         lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
         print(f"{'the rewrite likelihood alone':36s} {cc.summary(lik)}")

@@ -53,11 +53,11 @@ BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # Rating heads trained on readers' ratings of this model's candidates (rating_heads.py) add to the
 # best-of score: score + 0.25 x align + 1 x coherence, each head standardised over the text's valid
-# changed candidates (rating_heads.heads_added). Seen on rounds 28-29 and read blind on 612 new
-# stories (rounds 30-33; adopted by a rule written before rounds 32-33 were decoded) against the
-# previous default, the earlier heads choosing among the score's 5 best ("top", k = 5 chosen on
-# rounds 21-23): Coherence +0.19 [+0.11, +0.26], Align -0.03 [-0.12, +0.06] (docs/coherence.md).
-# Alone, without the score, the heads trade coherence for alignment.
+# changed candidates (rating_heads.heads_added). Seen on rounds 28-29 and read blind on 812 new
+# stories (rounds 30-34; adopted by a rule on rounds 32-33 pooled, written before round 33 was
+# decoded) against the previous default, the earlier heads choosing among the score's 5 best
+# ("top", k = 5 chosen on rounds 21-23): Coherence +0.18 [+0.11, +0.24], Align -0.06 [-0.14,
+# +0.03] (docs/coherence.md). Alone, without the score, the heads trade coherence for alignment.
 HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 1.0], 5
 # DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
 RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_choice", "heads_add", "heads_top")

@@ -1,14 +1,16 @@
 """Rating heads: the Align and Coherence a reader would give a candidate re-alignment, learned from
 people's ratings of a model's own best-of-N candidates (docs/coherence.md: the shipped heads
-learned from rounds 18-23).
+learned from rounds 18-23, then continued on rounds 24-27).
 
 Two linear heads over the end-of-sequence token of the embedded SmolLM2's first decoder layers
 (LoRA r16 on every linear layer), reading ``CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT``. Within a
-story they rank candidates the way readers do better than anything else the project has (held
-out: 0.70 of Align pairs against the best-of score's 0.61; Coherence 0.76 against 0.74), yet picking
-by them alone trades coherence for alignment. So they choose only among the candidates the best-of
-score ranks highest (:func:`top_then_heads`): read blind on new stories, that kept more aligned texts
-no less coherent (docs/coherence.md, rounds 24-26). ``benchmarks/learned_heads.py`` trains them.
+story they rank candidates the way readers do better than anything else the project has (rounds
+32-33: 0.75 of Align pairs against the best-of score's 0.59; Coherence 0.79 against 0.76), yet
+picking by them alone trades coherence for alignment. So they weigh in beside the best-of score:
+added to it (:func:`heads_added`, the default: read blind on 812 new stories, more coherent texts,
+alignment level; docs/coherence.md, rounds 28-33), or choosing among the candidates it ranks
+highest (:func:`top_then_heads`, the default of rounds 26-33: more aligned texts, coherence level).
+``benchmarks/learned_heads.py`` trains them.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ batch sharing the prompt's prefill, the text a reranker scores highest kept
 (:func:`~secondthoughts.best_of.choose_best`). Read blind, alignment and coherence scorers made
 text worse than greedy; a rewrite model's likelihood (``likelihood.RewriteLikelihood``) made it
 more coherent at 6-10x the latency, and subtracting the share of the source a text keeps and its
-log word count made it more aligned, and rating heads choosing among the 5 best-scored more
-aligned still (docs/coherence.md): the commands' default (``decoding.BEST_OF``, ``SOURCE_PENALTY``,
+log word count made it more aligned, and rating heads (readers' ratings, learned) added to that
+score more coherent (docs/coherence.md): the commands' default (``decoding.BEST_OF``, ``SOURCE_PENALTY``,
 ``LENGTH_PENALTY``, ``HEADS``), while this API decodes greedily unless ``best_of`` and ``rerank``
 are given.
 

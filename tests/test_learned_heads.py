@@ -60,11 +60,12 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
     # weighted 0 and among the top 1, added and top choices both keep the best score's text
     cands, labs = _files(tmp_path, len(STORIES))
     heads = str(tmp_path / "heads")
-    args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0",
-            "--weights", "0", "0", "--top", "1"]  # fmt: skip
-    out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args], check=True, capture_output=True, text=True, timeout=300).stdout
-    assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out
-    assert "these heads added (0, 0) minus theirs among the top 1: sum +0.00 [+0.00, +0.00]" in out, out
+    args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0"]
+    for extra, added in (([], "these heads added (0.25, 1) minus theirs among the top 5: sum "),
+                         (["--weights", "0", "0", "--top", "1"], "these heads added (0, 0) minus theirs among the top 1: sum +0.00 [+0.00, +0.00]")):  # fmt: skip
+        out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args, *extra], check=True, capture_output=True, text=True, timeout=300).stdout
+        assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out
+        assert added in out, out
     assert "--against's head" in out and "the rewrite likelihood alone" not in out, out
 
 

@@ -43,15 +43,34 @@ def test_ties_and_no_candidates() -> None:
 
 
 def test_heads_added_to_the_score_with_their_weights() -> None:
-    base = [1.0, 0.9, 0.0]
-    heads = np.array([[0, -1], [2, 1], [1, 0]], dtype=float)  # standardised: align [-1.22, 1.22, 0], coherence [-1.22, 1.22, 0]
+    base = [1.0, 0.5, 0.0, 0.6]
+    # align spreads widely (sd 28) and favours 1; coherence narrowly (sd 0.71) and favours 2
+    heads = np.array([[0, 0.0], [40, 0.0], [-40, 1.0], [0, -1.0]])
+    z = RH.standardised(heads)  # align [0, 1.41, -1.41, 0], coherence [0, 0, 1.41, -1.41]
     assert RH.heads_added(base, heads, (0.0, 0.0)) == 0  # no weight: the base score's own choice
-    assert RH.heads_added(base, heads, (0.25, 1.0)) == 1  # 0.9 + 1.53 beats 1.0 - 1.53
-    assert RH.heads_added([0.0, 5.0, 0.0], heads, (0.25, 1.0)) == 1
-    assert RH.heads_added([3.0, 0.0, 2.9], heads, (1.0, 0.0)) == 2  # 2.9 + 0 beats 3.0 - 1.22: the align head alone
+    assert RH.heads_added(base, heads, (1.0, 0.0)) == 1  # 0.5 + 1.41: the align head alone
+    assert RH.heads_added(base, heads, (0.0, 1.0)) == 2  # 0.0 + 1.41: the coherence head alone; raw, its 1.0 would only tie 1.0 + 0 (the first wins)
+    assert RH.heads_added(base, heads, (0.25, 1.0)) == int(np.argmax(np.asarray(base) + z @ [0.25, 1.0])) == 2
+    assert RH.heads_added(base, heads, (1.0, 0.25)) == 1
     assert RH.heads_added([1.0, 1.0], np.zeros((2, 2)), (1.0, 1.0)) == 0  # ties: the first
     with pytest.raises(ValueError, match="no candidate"):
         RH.heads_added([], np.zeros((0, 2)), (1.0, 1.0))
+
+
+def test_heads_flags_reach_the_reranker_settings() -> None:
+    from secondthoughts.cli import build_parser
+    from secondthoughts.commands import realign
+    from secondthoughts.settings import resolve
+
+    def settings(*flags: str) -> dict:
+        parser = build_parser(["realign"])
+        args = parser.parse_args(["realign", "Tom hits his brother.", *flags])
+        resolve(args, realign.settings_parts(args), "realign settings", parser.error)
+        return {k: v for k, v in realign.rerank_settings(args).items() if k.startswith("heads")}
+
+    assert settings() == {"heads": "shipped", "heads_choice": "add", "heads_add": [0.25, 1.0], "heads_top": 5}
+    assert settings("--heads-choice", "top", "--heads-add", "0", "2", "--heads-top", "3") == {
+        "heads": "shipped", "heads_choice": "top", "heads_add": [0.0, 2.0], "heads_top": 3}  # fmt: skip
 
 
 def test_bad_heads_flags_stop_before_a_model_loads(tmp_path: Path) -> None:
