@@ -1,5 +1,6 @@
 """Rating heads (``secondthoughts.rating_heads``) trained on people's ratings of a model's own
-best-of candidates; what they would choose against the best-of score and other heads; and shipping them.
+best-of candidates; what they would choose against the best-of score and other heads; and
+shipping them.
 
     python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
         --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated] [--init HEADS]
@@ -21,8 +22,8 @@ score's top ``--top`` (``--heads-choice top``: ``rating_heads.top_then_heads``) 
 story (with ``--against``: also other heads' choice among the same top, and these heads' top and
 added choices minus it), and the within-story agreement of each head and of the score with the
 readers (``rerank_agreement.py``'s). ``--penalties 0 0`` for files ``realign`` decoded with its
-default penalties, whose scores already hold them. ``ship``: the heads into the package with their LoRA as float16, the
-commands' ``--heads shipped``.
+default penalties, whose scores already hold them. ``ship``: the heads into the package with their
+LoRA as float16, the commands' ``--heads shipped``.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     "add": ``rating_heads.heads_added``), or the one they rate best among the ``rerank.heads_top``
     that score highest ("top": ``rating_heads.top_then_heads``; ties: the better score, then the
     first). Invalid chains and texts identical to the source are chosen only when no candidate is
-    valid and changed (a reranker may well score the unchanged source high); ties go to the first. Each distinct text is scored once; the chosen result's ``alternatives`` lists them all
-    with their scores (and the heads' raw ratings of those they read)."""
+    valid and changed (a reranker may well score the unchanged source high); ties go to the first.
+    Each distinct text is scored once; the chosen result's ``alternatives`` lists them all with
+    their scores (and the heads' raw ratings of those they read)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
