@@ -5,7 +5,7 @@ shipping them.
     python benchmarks/learned_heads.py train --candidates r18.jsonl r21.jsonl --split cands18-learn cands21 \\
         --labels benchmarks/coherence_labels.jsonl --out heads [--layers 24 --epochs 4 --lr 5e-4] [--skip-unrated] [--init HEADS]
     python benchmarks/learned_heads.py choose --heads heads --candidates r24.jsonl --split cands24 \\
-        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 1] [--top 5] [--penalties 0 0] [--against HEADS]
+        --labels benchmarks/coherence_labels.jsonl [--weights 0.25 0.5] [--top 5] [--penalties 0 0] [--against HEADS]
     python benchmarks/learned_heads.py ship --heads heads --card card.md   # -> secondthoughts/examples/rating-heads
 
 ``train``: each candidate is read as "CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT" and the tokenizer's

@@ -52,13 +52,15 @@ BEST_OF, BEST_OF_TEMPERATURE, BEST_OF_RERANK = 16, 0.7, ("likelihood",)
 # the previous model and for the one shipped now (which learned to leave the source's act): kept.
 SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # Rating heads trained on readers' ratings of this model's candidates (rating_heads.py) add to the
-# best-of score: score + 0.25 x align + 1 x coherence, each head standardised over the text's valid
+# best-of score: score + 0.25 x align + 0.5 x coherence, each head standardised over the text's valid
 # changed candidates (rating_heads.heads_added). Seen on rounds 28-29 and read blind on 812 new
 # stories (rounds 30-34; adopted by a rule on rounds 32-33 pooled, written before round 33 was
 # decoded) against the previous default, the earlier heads choosing among the score's 5 best
 # ("top", k = 5 chosen on rounds 21-23): Coherence +0.18 [+0.11, +0.24], Align -0.06 [-0.14,
-# +0.03] (docs/coherence.md). Alone, without the score, the heads trade coherence for alignment.
-HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 1.0], 5
+# +0.03], with coherence weighted 1 (docs/coherence.md). Weighted 0.5 instead (seen on rounds 28-34,
+# then a rule written before round 35 was decoded): Align +0.20 [+0.10, +0.32], Coherence -0.02
+# [-0.11, +0.06] against 1 on round 35. Alone, without the score, the heads trade coherence for alignment.
+HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 0.5], 5
 # DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
 RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_choice", "heads_add", "heads_top")
 

@@ -61,7 +61,7 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
     cands, labs = _files(tmp_path, len(STORIES))
     heads = str(tmp_path / "heads")
     args = ["choose", "--candidates", str(cands), "--split", "t", "--labels", str(labs), "--heads", heads, "--against", heads, "--penalties", "0", "0"]
-    for extra, added in (([], "these heads added (0.25, 1) minus theirs among the top 5: sum "),
+    for extra, added in (([], "these heads added (0.25, 0.5) minus theirs among the top 5: sum "),
                          (["--weights", "0", "0", "--top", "1"], "these heads added (0, 0) minus theirs among the top 1: sum +0.00 [+0.00, +0.00]")):  # fmt: skip
         out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args, *extra], check=True, capture_output=True, text=True, timeout=300).stdout
         assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out

@@ -68,7 +68,7 @@ def test_heads_flags_reach_the_reranker_settings() -> None:
         resolve(args, realign.settings_parts(args), "realign settings", parser.error)
         return {k: v for k, v in realign.rerank_settings(args).items() if k.startswith("heads")}
 
-    assert settings() == {"heads": "shipped", "heads_choice": "add", "heads_add": [0.25, 1.0], "heads_top": 5}
+    assert settings() == {"heads": "shipped", "heads_choice": "add", "heads_add": [0.25, 0.5], "heads_top": 5}
     assert settings("--heads-choice", "top", "--heads-add", "0", "2", "--heads-top", "3") == {
         "heads": "shipped", "heads_choice": "top", "heads_add": [0.0, 2.0], "heads_top": 3}  # fmt: skip
 
@@ -152,8 +152,8 @@ def test_best_of_lets_the_heads_choose_among_the_top(tmp_path: Path) -> None:
     alone = choose_best(one, Reranker([by_order], heads=heads))
     assert alone.text == texts[1] and all("heads" not in a for a in alone.alternatives)
     # Added to the score (log of by_order's scores, as Reranker gives them), every candidate may win.
-    added = choose_best(cands, Reranker([by_order], heads=heads))  # the default: added, 0.25 x align + 1 x coherence
-    assert added.text == texts[RH.heads_added(np.log(by_order([], texts[:4])), rated, (0.25, 1.0))]
+    added = choose_best(cands, Reranker([by_order], heads=heads))  # the default: added, 0.25 x align + 0.5 x coherence
+    assert added.text == texts[RH.heads_added(np.log(by_order([], texts[:4])), rated, (0.25, 0.5))]
     assert choose_best(cands, Reranker([by_order], heads=heads, heads_add=(0.0, 0.0))).text == texts[0]  # weights 0: the score's pick
     assert choose_best(cands, Reranker([by_order], heads=heads, heads_add=(0.0, 50.0))).text == texts[int(np.argmax(rated[:, 1]))]
     with pytest.raises(ValueError, match="--heads-top must be >= 1"):
