@@ -57,9 +57,10 @@ SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # stories (rounds 30-34; adopted by a rule on rounds 32-33 pooled, written before round 33 was
 # decoded) against the previous default, the earlier heads choosing among the score's 5 best
 # ("top", k = 5 chosen on rounds 21-23): Coherence +0.18 [+0.11, +0.24], Align -0.06 [-0.14,
-# +0.03], with coherence weighted 1 (docs/coherence.md). Weighted 0.5 instead (seen on rounds 28-34,
-# then a rule written before round 35 was decoded): Align +0.20 [+0.10, +0.32], Coherence -0.02
-# [-0.11, +0.06] against 1 on round 35. Alone, without the score, the heads trade coherence for alignment.
+# +0.03], with coherence weighted 1 (docs/coherence.md). Weighted 0.5 instead (seen on rounds
+# 28-34, then a rule written before round 35 was decoded): Align +0.20 [+0.10, +0.32], Coherence
+# -0.02 [-0.11, +0.06] against 1 on round 35. Alone, without the score, the heads trade coherence
+# for alignment.
 HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 0.5], 5
 # DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
 RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_choice", "heads_add", "heads_top")

@@ -32,8 +32,8 @@ def add_flags(
     opposite of the default; a metadata ``const`` makes a flag that sets that value, ``required``
     one that must be given (with ``given_only``: by a flag or the file, checked by :func:`resolve`).
     A list takes one or more values (metadata ``nargs``: exactly that many flag values, a file's list
-    checked by the command; ``whole``: one value its
-    parser reads as the whole list, ``--cost-sets 1,1,2;1,1,3``). The type is ``types[name]``, else
+    checked by the command; ``whole``: one value its parser reads as the whole list, ``--cost-sets
+    1,1,2;1,1,3``). The type is ``types[name]``, else
     the metadata's ``type`` (for fields whose default is None), else the default's. ``given_only``:
     flags not given stay out of the namespace, so that they do not override a ``--config`` file."""
     for f in fields(cls):  # type: ignore[arg-type]
