@@ -1,6 +1,6 @@
 """Rating heads: the Align and Coherence a reader would give a candidate re-alignment, learned from
 people's ratings of a model's own best-of-N candidates (docs/coherence.md: the shipped heads
-learned from rounds 18-23, then continued on rounds 24-27).
+learned from rounds 18-23, continued on rounds 24-27, then on rounds 28-35).
 
 Two linear heads over the end-of-sequence token of the embedded SmolLM2's first decoder layers
 (LoRA r16 on every linear layer), reading ``CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT``. Within a
