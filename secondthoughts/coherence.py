@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from secondthoughts.data import DataError, Example, RowError, jsonl_rows
-from secondthoughts.decoding import HEADS_ADD, HEADS_CHOICE, HEADS_TOP
+from secondthoughts.decoding import HEADS_ADD, HEADS_CHOICE, HEADS_CHOICES, HEADS_TOP
 from secondthoughts.edits import (
     DEFAULT_COST_SETS,
     Edit,
@@ -350,8 +350,8 @@ class Reranker:
 def check_heads_choice(heads_choice: str, heads_add: Sequence[float], heads_top: int) -> None:
     """How rating heads choose: added to the score with two weights >= 0 ("add"), or among the
     ``heads_top`` (>= 1) best scored ("top")."""
-    if heads_choice not in ("add", "top"):
-        raise ValueError(f"--heads-choice must be add or top, got {heads_choice!r}")
+    if heads_choice not in HEADS_CHOICES:
+        raise ValueError(f"--heads-choice must be {' or '.join(HEADS_CHOICES)}, got {heads_choice!r}")
     if len(heads_add) != 2 or min(heads_add) < 0 or not all(np.isfinite(heads_add)):
         raise ValueError(f"--heads-add takes two weights >= 0 (align, coherence), got {' '.join(map(str, heads_add))}")
     if heads_top < 1:

@@ -62,6 +62,7 @@ SOURCE_PENALTY, LENGTH_PENALTY = 1.0, 0.5
 # -0.02 [-0.11, +0.06] against 1 on round 35. Alone, without the score, the heads trade coherence
 # for alignment.
 HEADS, HEADS_CHOICE, HEADS_ADD, HEADS_TOP = "shipped", "add", [0.25, 0.5], 5
+HEADS_CHOICES = ("add", "top")  # --heads-choice: coherence.check_heads_choice and the flag's choices
 # DecodeSettings' settings of the best-of choice (coherence.load_reranker's keyword arguments).
 RERANK_SETTINGS = ("coherence_weight", "source_penalty", "length_penalty", "heads", "heads_choice", "heads_add", "heads_top")
 
@@ -103,7 +104,7 @@ class DecodeSettings:
                                 "(benchmarks/learned_heads.py train) or 'none'", metavar="DIR")
     heads_choice: str = setting(HEADS_CHOICE, "add: the heads' ratings added to the best-of score (--heads-add); top: of the "
                                               "--heads-top candidates the score ranks highest, the one the heads rate best",
-                                choices=("add", "top"))
+                                choices=HEADS_CHOICES)
     heads_add: list = setting(HEADS_ADD, "--heads-choice add: the best-of score + A x align + C x coherence, each head "
                                          "standardised over the text's candidates", type=float, nargs=2, metavar=("A", "C"))
     heads_top: int = setting(HEADS_TOP, "--heads-choice top: how many of the best-scored candidates the heads choose among", metavar="K")

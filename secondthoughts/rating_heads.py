@@ -4,12 +4,13 @@ learned from rounds 18-23, continued on rounds 24-27, then on rounds 28-35).
 
 Two linear heads over the end-of-sequence token of the embedded SmolLM2's first decoder layers
 (LoRA r16 on every linear layer), reading ``CONTEXT\\nOriginal: SOURCE\\nRewrite: TEXT``. Within a
-story they rank candidates the way readers do better than anything else the project has (the second-stage heads, rounds
-32-33: 0.75 of Align pairs against the best-of score's 0.59; Coherence 0.79 against 0.76), yet
-picking by them alone trades coherence for alignment. So they weigh in beside the best-of score:
-added to it (:func:`heads_added`, the default: read blind on 812 new stories with coherence weighted
-1, more coherent texts, alignment level; weighted 0.5 since round 35, more aligned, coherence level;
-the heads continued on rounds 28-35 since round 36, more aligned; docs/coherence.md, rounds 30-36), or choosing among the candidates it ranks
+story they rank candidates the way readers do better than anything else the project has (the
+second-stage heads, rounds 32-33: 0.75 of Align pairs against the best-of score's 0.59; Coherence
+0.79 against 0.76), yet picking by them alone trades coherence for alignment. So they weigh in
+beside the best-of score: added to it (:func:`heads_added`, the default: read blind on 812 new
+stories with coherence weighted 1, more coherent texts, alignment level; weighted 0.5 since round
+35, more aligned, coherence level; the heads continued on rounds 28-35 since round 36, more
+aligned; docs/coherence.md, rounds 30-36), or choosing among the candidates it ranks
 highest (:func:`top_then_heads`, the default of rounds 26-33: more aligned texts, coherence level).
 ``benchmarks/learned_heads.py`` trains them.
 """
