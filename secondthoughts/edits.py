@@ -359,3 +359,12 @@ def infer_text_edits(source: str, target: str, costs: Sequence[float] = DEFAULT_
 
 def apply_text_edits(source: str, edits: Iterable[Edit]) -> str:
     return detokenize(apply_edits(tokenize(source), edits))  # type: ignore[arg-type]
+
+
+def realigned_text(source: str, chain: Iterable[Edit]) -> str:
+    """A model's chain applied to its source; a chain that leaves no text is an error, since
+    deleting the act without replacing it is no re-alignment (and best-of would count it as changed)."""
+    text = apply_text_edits(source, chain)
+    if not text.strip():
+        raise EditError("the chain deletes the whole text")
+    return text

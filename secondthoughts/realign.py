@@ -76,14 +76,7 @@ from secondthoughts.drafting import (
     greedy_generate,
 )
 from secondthoughts.edit_vocab import EditVocab
-from secondthoughts.edits import (
-    Edit,
-    EditError,
-    apply_edits,
-    detokenize,
-    infer_text_edits,
-    tokenize,
-)
+from secondthoughts.edits import Edit, EditError, infer_text_edits, realigned_text
 from secondthoughts.readable import ChainLike, as_chain, render_readable
 from secondthoughts.repeats import RepeatGuard
 from secondthoughts.sequences import split_completion
@@ -530,7 +523,7 @@ class Realigner:
                 # fewer tokens than the budget: the model ended the text itself (EOS) before closing the chain
                 raise EditError(f"no {EOC} within {len(gen)} new tokens" + (" (the model wrote EOS)" if len(gen) < budget else ""))
             res.chain = parse_chain(chain_text, job.source, self.chain_format)
-            res.text = detokenize(apply_edits(tokenize(job.source), res.chain))  # type: ignore[arg-type]
+            res.text = realigned_text(job.source, res.chain)
             res.compact = self._render(res.chain, job.source)
             res.readable = render_readable(res.chain, job.source)
         except EditError as e:

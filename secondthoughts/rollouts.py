@@ -14,7 +14,7 @@ from secondthoughts.chain_text import EOC, parse_chain
 from secondthoughts.completion_loss import token_logprobs
 from secondthoughts.data import Example
 from secondthoughts.decoding import repeated_prompt_cache
-from secondthoughts.edits import Edit, EditError, apply_edits, detokenize, tokenize
+from secondthoughts.edits import Edit, EditError, realigned_text
 from secondthoughts.rl_loss import total_rewards
 from secondthoughts.sequences import split_completion
 
@@ -90,7 +90,7 @@ def read_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool, chai
     chain_text, _ = split_completion(vocab.decode(ids))
     try:
         chain = parse_chain(chain_text, source, chain_format)
-        return chain, detokenize(apply_edits(tokenize(source), chain)), None  # type: ignore[arg-type]
+        return chain, realigned_text(source, chain), None
     except EditError as e:
         return [], source, str(e)
 

@@ -294,3 +294,11 @@ def test_edits_module_does_not_import_torch():
     code = "import sys, secondthoughts.edits as e, secondthoughts.chain_text; e.infer_edits('ab','ba',1,1.5,1.2); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_realigned_text_applies_a_chain_but_refuses_one_that_leaves_nothing() -> None:
+    src, tgt = "Tom hits his brother.", "Tom hugs his brother."
+    assert E.realigned_text(src, E.infer_text_edits(src, tgt)) == tgt
+    assert E.realigned_text(src, E.infer_text_edits(src, "Tom.")) == "Tom."
+    with pytest.raises(E.EditError, match="the chain deletes the whole text"):
+        E.realigned_text(src, E.infer_text_edits(src, ""))
