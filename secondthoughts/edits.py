@@ -362,9 +362,10 @@ def apply_text_edits(source: str, edits: Iterable[Edit]) -> str:
 
 
 def realigned_text(source: str, chain: Iterable[Edit]) -> str:
-    """A model's chain applied to its source; a chain that leaves no text is an error, since
-    deleting the act without replacing it is no re-alignment (and best-of would count it as changed)."""
+    """A model's chain applied to its source; a chain that leaves no word (an empty text, or only
+    punctuation such as ".") is an error, since deleting the act without replacing it is no
+    re-alignment (and best-of would count it as a changed candidate)."""
     text = apply_text_edits(source, chain)
-    if not text.strip():
-        raise EditError("the chain deletes the whole text")
+    if not any(c.isalnum() for c in text):
+        raise EditError("the chain deletes every word")
     return text

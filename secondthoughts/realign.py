@@ -105,7 +105,7 @@ class RealignResult:
     text: str = ""
     generated_target: str | None = None  # generate mode
     disagrees: bool | None = None  # generate mode: generated_target != text
-    valid: bool = True  # the chain parsed and applied
+    valid: bool = True  # the chain parsed, applied and left some word
     error: str | None = None  # why not valid
     truncated: bool = False  # max_new_tokens cut the chain; closed after its last complete edit
     prefix_edits: int = 0  # how many leading edits were forced by ``prefix``

@@ -8,7 +8,7 @@ One step, per prompt (``context <|src|> source <|sep|>``, the AEM prompt):
    temperature / top-p / top-k / max_new_tokens exposed), each applied to the source.
 2. **score**: ``reward(contexts, texts)`` of the re-aligned texts (any callable; default the
    value-alignment :class:`~secondthoughts.reward.RewardModel`) plus a validity term: a chain that
-   does not parse, does not apply, or is cut by ``max_new_tokens`` scores ``-invalid_penalty``
+   does not parse, does not apply, deletes every word, or is cut by ``max_new_tokens`` scores ``-invalid_penalty``
    instead, and its error is logged.
 3. **update**: the sequence KL to the frozen AEM model (sum over the chain's tokens of
    ``log pi - log pi_ref``, taken at rollout time) is subtracted, ``beta * KL``, from each reward
@@ -106,7 +106,7 @@ class RefineConfig:
     max_new_tokens: int = _f(0, "chain budget in tokens (0: 3 per source token + 48, as realign); a chain cut by it is invalid")
     constrained: bool = _f(True, "constrained decoding: every sampled chain parses and applies")
     beta: float = _f(0.05, "KL penalty: reward minus beta times the chain's summed log-ratio to the AEM model")
-    invalid_penalty: float = _f(1.0, "reward of a chain that does not parse, apply or finish (given as -penalty)")
+    invalid_penalty: float = _f(1.0, "reward of a chain that does not parse, apply or finish, or deletes every word (given as -penalty)")
     baseline: str = _f("rloo", "advantage baseline: leave-one-out over the k samples, or the reward of a greedy decode", choices=BASELINES)
     ppo_epochs: int = _f(1, "updates per batch; above 1 the importance ratio is clipped (PPO)")
     clip_eps: float = _f(0.2, "PPO clip range of the per-token importance ratio")

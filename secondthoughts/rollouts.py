@@ -84,7 +84,7 @@ def score_rollout(
 def read_chain(vocab: Any, source: str, ids: Sequence[int], finished: bool, chain_format: str) -> tuple[list[Edit], str, str | None]:
     """(chain, text, error) of generated chain ids in ``chain_format``: the text is the chain
     applied to the source, or the source itself with the reason when the chain does not parse,
-    apply or finish."""
+    apply or finish, or deletes every word."""
     if not finished:
         return [], source, f"no {EOC} within {len(ids)} new tokens"
     chain_text, _ = split_completion(vocab.decode(ids))
