@@ -202,7 +202,7 @@ def test_an_inline_run_writes_kept_text_and_its_chains_apply(tmp_path, tiny_mode
     open_chain = tok("<|keep|>Tom<|del|><|old|> hits", add_special_tokens=False)["input_ids"]
     assert r._result(job, 0, open_chain, "apply", None, len(open_chain)).error == f"no <|eoc|> within {len(open_chain)} new tokens"
     assert r._result(job, 0, open_chain, "apply", None, 40).error.endswith("(the model wrote EOS)")
-    # a chain that deletes every word parses and applies, but leaves no text: invalid, the source kept
+    # a chain that deletes every word parses and applies, but leaves no word: invalid, the source kept
     wipe = tok(r._render(infer_text_edits(SRC, "."), SRC), add_special_tokens=False)["input_ids"]
     empty = r._result(job, 0, wipe, "apply", None, 40)
     assert not empty.valid and empty.error == "the chain deletes every word" and empty.text == SRC
