@@ -85,6 +85,8 @@ def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
         if m["del"]:
             return Edit("delete", p, tuple(old))
         new_text = s("rnew")
+        if not new_text:  # an edit that removes text is a delete: say so rather than build an invalid replace
+            raise EditError(f"readable chain, line {lineno}: replace with empty text; write `delete {m['rold']}`")
         if ws and not new_text[:1].isspace():
             new_text = ws + new_text  # keep the space the replaced word had
         return Edit("replace", p, tuple(old), tuple(tokenize(new_text)))

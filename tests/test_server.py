@@ -171,6 +171,9 @@ def test_apply_adds_an_edit_in_source_order(server):
     status, view = post(server, "/api/apply", {"source": SOURCE, "chain": chain, "keep": keep, "add": 'delete "hits"'})
     assert status == 200, view
     assert view["edits"][0]["op"] == "delete" and view["keep"][0] is True and view["text"] == "Tom to his brother and listens to him."  # the insert after it stays
+    # a replace that removes text is refused as a request error (it was a 500), naming the delete to write
+    status, err = post(server, "/api/apply", {"source": SOURCE, "chain": [], "add": 'replace "Tom" with ""'})
+    assert status == 422 and "replace with empty text" in err["error"] and 'delete "Tom"' in err["error"]
 
 
 def test_continue_keeps_the_corrected_prefix(server):
