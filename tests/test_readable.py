@@ -43,6 +43,7 @@ def test_readable_disambiguates_repeated_words():
         ('delete "dog"\ndelete "hits"', "line 2: .*not found"),
         ('delete "hits" at token 3', "not at token 3"),
         ('insert "" at start', "empty text"),
+        ('replace "" with "She" at token 0', "line 1: replace of empty text"),
         ('replace "He" with ""', "line 1: replace with empty text; write `delete \"He\"`"),
     ],
 )
