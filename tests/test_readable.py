@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from secondthoughts.chain_text import render_compact
 from secondthoughts.edits import Edit, EditError, apply_text_edits, infer_text_edits
@@ -50,6 +52,28 @@ def test_readable_disambiguates_repeated_words():
 def test_malformed_readable_says_what_and_where(text, message):
     with pytest.raises(EditError, match=message):
         parse_readable(text, "He hits the dog.")
+
+
+_QUOTED = st.lists(st.sampled_from(["Tom", "hits", " hits", "Tom ", "his", " ", "", ".", "x"]), max_size=3).map("".join)
+_LINE = st.one_of(
+    st.builds('replace "{}" with "{}"'.format, _QUOTED, _QUOTED),
+    st.builds('delete "{}"'.format, _QUOTED),
+    st.builds('insert "{}" after "{}"'.format, _QUOTED, _QUOTED),
+    st.builds('insert "{}" at start'.format, _QUOTED),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.one_of(_LINE, st.builds("{} at token {}".format, _LINE, st.integers(0, 6))), max_size=3),
+       source=st.sampled_from(["Tom hits his brother.", "Tom  hits x.", "x"]))
+def test_any_readable_lines_are_refused_or_apply(lines, source):
+    """What people type is either refused with an EditError or a chain that applies: never an edit that
+    fails later (an empty replace or delete once reached the editor as a 500)."""
+    try:
+        edits = parse_readable("\n".join(lines), source)
+    except EditError:
+        return
+    as_chain(edits, source)
 
 
 # ---------------------------------------------------------------- chains given by people
