@@ -80,10 +80,11 @@ def _parse_line(line: str, tokens: list[str], cursor: int, lineno: int) -> Edit:
 
     if m["rep"] or m["del"]:
         old_text = s("rold") if m["rep"] else s("dold")
-        if not tokenize(old_text):  # a pinned line would otherwise "find" empty text anywhere
+        n_old = len(tokenize(old_text))
+        if not n_old:  # a pinned line would otherwise "find" empty text anywhere
             raise EditError(f"readable chain, line {lineno}: {'replace' if m['rep'] else 'delete'} of empty text; quote the words to change")
         p, ws = locate(old_text, cursor)
-        old = tokens[p : p + len(tokenize(old_text))]
+        old = tokens[p : p + n_old]
         if m["del"]:
             return Edit("delete", p, tuple(old))
         new_text = s("rnew")
