@@ -1,0 +1,41 @@
+"""benchmarks/labels_summary.py on labels written here: per-system means, the random candidate as
+the mean of a story's distinct candidates, and a split with no rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "labels_summary.py"
+
+
+def _run(tmp_path: Path, labels: list[dict], *splits: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    cmd = [sys.executable, str(SCRIPT), "--labels", str(path), "--split", *splits, "--resamples", "200"]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+
+
+def _rows(sid: str, split: str, ratings: dict[str, tuple[int, int]]) -> list[dict]:
+    return [{"id": sid, "system": k, "split": split, "align": [a, a], "coherence": [c, c + 1]} for k, (a, c) in ratings.items()]
+
+
+def test_per_system_means(tmp_path: Path) -> None:
+    labels = _rows("s1", "r1", {"alt0": (4, 4), "alt1": (6, 6), "gold": (7, 7), "source": (1, 6)})
+    labels += _rows("s2", "r1", {"alt0": (2, 2), "alt1": (4, 5), "alt2": (6, 2), "gold": (6, 6), "source": (2, 6)})
+    labels += _rows("s3", "other", {"alt0": (7, 7)})  # another split: left out
+    out = _run(tmp_path, labels, "r1")
+    assert out.returncode == 0, out.stderr
+    table = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert out.stdout.startswith("2 stories")
+    assert table["alt0"][1] == "3.00" and table["alt0"][4] == "3.50"  # coherence: mean of the two raters
+    # random: s1 (4+6)/2 = 5.00 align, s2 (2+4+6)/3 = 4.00; mean 4.50. Coherence >= 5: s1 1/2, s2 1/3.
+    assert table["random"][1] == "4.50" and table["random"][7] == "0.42"
+    assert table["gold"][1] == "6.50" and table["source"][1] == "1.50"
+
+
+def test_a_split_with_no_rows_is_an_error(tmp_path: Path) -> None:
+    out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4)}), "nope")
+    assert out.returncode != 0 and "no rows in split(s) nope" in out.stderr
