@@ -1,12 +1,17 @@
-"""Blind ratings of the labels file summarised per system, from the labels alone: the first
-candidate (``alt0``: the greedy chain's text in rounds that rated every candidate), a random
-distinct candidate (the mean of a story's ``alt<j>``, each distinct text once), gold and source.
+"""Blind ratings of the labels file summarised per system, from the labels alone: by default the
+first candidate (``alt0``: the greedy chain's text in rounds that rated every candidate), a random
+distinct candidate (the mean of a story's ``alt<j>``, each distinct text once), gold and source;
+``--systems`` names others (a text several systems wrote is one row, its systems joined by "+").
 
     python benchmarks/labels_summary.py --labels benchmarks/coherence_labels.jsonl --split cands43 cands44
+    python benchmarks/labels_summary.py --labels benchmarks/coherence_labels.jsonl --split dev46 \
+        --systems default-learn41 trl-sft-3k gold source --paired default-learn41:trl-sft-3k default-learn41:gold
 
 Prints, per system, the mean of the two raters' Align and Coherence and the share at coherence 5
-or more, each with a 95% bootstrap interval over stories (``metrics.mean_ci``). What a reranker
-kept needs the candidates themselves: ``candidate_choice.py``.
+or more, each with a 95% bootstrap interval over stories (``metrics.mean_ci``); for each
+``--paired A:B``, A minus B over the stories that have both, and A's mean coherence as a share of
+B's, with intervals over the same resampled stories. What a reranker kept needs the candidates
+themselves: ``candidate_choice.py``.
 """
 
 from __future__ import annotations
@@ -16,47 +21,79 @@ import json
 import statistics as st
 from collections import defaultdict
 
-from secondthoughts.metrics import mean_ci
+import numpy as np
+
+from secondthoughts.metrics import bootstrap_ci, mean_ci
 
 SYSTEMS = ("alt0", "random", "gold", "source")
+SCALES = ("Align", "Coherence", "coherence >= 5")
 
 
 def per_story(labels: list[dict], splits: set[str]) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """{story id: {system: (align, coherence, share at coherence >= 5)}} over ``splits``."""
+    """{story id: {system: (align, coherence, share at coherence >= 5)}} over ``splits``; "random":
+    the mean over a story's distinct ``alt<j>`` texts."""
     rated: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
     for r in labels:
         if r["split"] in splits:
-            rated[r["id"]][r["system"]] = (st.mean(r["align"]), st.mean(r["coherence"]))
+            for system in r["system"].split("+"):
+                rated[r["id"]][system] = (st.mean(r["align"]), st.mean(r["coherence"]))
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for sid, systems in rated.items():
         alts = [v for k, v in systems.items() if k.startswith("alt")]
-        row = {k: (a, c, float(c >= 5)) for k, (a, c) in systems.items() if k in SYSTEMS}
+        row = {k: (a, c, float(c >= 5)) for k, (a, c) in systems.items()}
         if alts:
             row["random"] = (st.mean(a for a, _ in alts), st.mean(c for _, c in alts), st.mean(float(c >= 5) for _, c in alts))
         out[sid] = row
     return out
 
 
+def cell(values: np.ndarray | list[float], resamples: int) -> str:
+    m = mean_ci(list(values), resamples, seed=0)
+    return f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
+
+
+def paired(stories: dict[str, dict[str, tuple[float, float, float]]], a: str, b: str, resamples: int) -> list[str]:
+    """Lines for A minus B on each scale and A's coherence as a share of B's, over the stories with both."""
+    both = np.array([[s[a], s[b]] for s in stories.values() if a in s and b in s])  # (stories, 2, 3)
+    if not len(both):
+        return [f"{a} - {b}: no story has both"]
+    lines = [f"{a} - {b}, {len(both)} stories:"]
+    for k, scale in enumerate(SCALES):
+        lines.append(f"  {scale:<15} {cell(both[:, 0, k] - both[:, 1, k], resamples):>22}")
+
+    def ratio(i: np.ndarray) -> float:
+        return float(both[i, 0, 1].mean() / both[i, 1, 1].mean())
+
+    lo, hi = bootstrap_ci(len(both), ratio, resamples=resamples, seed=0) or (float("nan"),) * 2
+    lines.append(f"  {'Coherence A/B':<15} {f'{ratio(np.arange(len(both))):.3f} [{lo:.3f}, {hi:.3f}]':>22}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", required=True)
     ap.add_argument("--split", required=True, nargs="+", help="the labels' split(s) to pool")
+    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="systems to print ('random': a random distinct alt<j>)")
+    ap.add_argument("--paired", nargs="+", default=[], metavar="A:B", help="A minus B, and A's coherence as a share of B's")
     ap.add_argument("--resamples", type=int, default=2000)
     args = ap.parse_args()
+    pairs = [p.split(":") for p in args.paired]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise SystemExit(f"error: --paired takes A:B, got {' '.join(args.paired)}")
     with open(args.labels, encoding="utf-8") as f:
         labels = [json.loads(line) for line in f if line.strip()]
     stories = per_story(labels, set(args.split))
     if not stories:
         raise SystemExit(f"error: {args.labels}: no rows in split(s) {' '.join(args.split)}")
     print(f"{len(stories)} stories, split(s) {' '.join(args.split)}")
-    print(f"{'system':<8} {'Align':>22} {'Coherence':>22} {'coherence >= 5':>22}")
-    for system in SYSTEMS:
+    width = max(8, *map(len, args.systems))
+    print(f"{'system':<{width}} {'Align':>22} {'Coherence':>22} {'coherence >= 5':>22}")
+    for system in args.systems:
         rows = [s[system] for s in stories.values() if system in s]
-        cells = ["-"] * 3
-        if rows:
-            ms = [mean_ci([r[k] for r in rows], args.resamples, seed=0) for k in range(3)]
-            cells = [f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" for m in ms]
-        print(f"{system:<8} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+        cells = [cell([r[k] for r in rows], args.resamples) for k in range(3)] if rows else ["-"] * 3
+        print(f"{system:<{width}} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+    for a, b in pairs:
+        print("\n".join(paired(stories, a, b, args.resamples)))
     return 0
 
 

@@ -1,5 +1,6 @@
 """benchmarks/labels_summary.py on labels written here: per-system means, the random candidate as
-the mean of a story's distinct candidates, and a split with no rows."""
+the mean of a story's distinct candidates, named systems and texts several wrote, paired
+differences and the coherence ratio, and bad input."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "labels_summary.py"
 
 
-def _run(tmp_path: Path, labels: list[dict], *splits: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, labels: list[dict], *splits: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in labels))
-    cmd = [sys.executable, str(SCRIPT), "--labels", str(path), "--split", *splits, "--resamples", "200"]
+    cmd = [sys.executable, str(SCRIPT), "--labels", str(path), "--split", *splits, "--resamples", "200", *extra]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
 
 
@@ -39,3 +40,27 @@ def test_per_system_means(tmp_path: Path) -> None:
 def test_a_split_with_no_rows_is_an_error(tmp_path: Path) -> None:
     out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4)}), "nope")
     assert out.returncode != 0 and "no rows in split(s) nope" in out.stderr
+
+
+def test_named_systems_shared_texts_and_paired_ratio(tmp_path: Path) -> None:
+    # s1: "a" and "b" wrote the same text (one row, "a+b"); s2: "a" alone (no "b": left out of the pair).
+    labels = [{"id": "s1", "system": "a+b", "split": "r", "align": [4, 4], "coherence": [3, 3]},
+              {"id": "s1", "system": "gold", "split": "r", "align": [6, 6], "coherence": [6, 6]},
+              {"id": "s2", "system": "a", "split": "r", "align": [2, 2], "coherence": [6, 6]},
+              {"id": "s2", "system": "gold", "split": "r", "align": [7, 7], "coherence": [4, 4]},
+              {"id": "s3", "system": "b", "split": "r", "align": [5, 5], "coherence": [5, 5]}]  # fmt: skip
+    out = _run(tmp_path, labels, "r", extra=("--systems", "a", "b", "gold", "--paired", "a:gold", "a:b"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    table = {line.split()[0]: line.split() for line in lines[2:5]}
+    assert table["a"][1] == "3.00" and table["a"][4] == "4.50"  # s1 shares b's rating
+    assert table["b"][1] == "4.50" and table["b"][4] == "4.00"
+    at = lines.index("a - gold, 2 stories:")
+    assert lines[at + 1].split()[1] == "-3.50"  # align: (4-6 + 2-7) / 2
+    assert lines[at + 4].split()[2] == "0.900"  # coherence (3+6)/2 over (6+4)/2
+    assert "a - b, 1 stories:" in lines
+
+
+def test_a_bad_pair_is_an_error(tmp_path: Path) -> None:
+    out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4)}), "r1", extra=("--paired", "alt0"))
+    assert out.returncode != 0 and "--paired takes A:B" in out.stderr
