@@ -384,8 +384,11 @@ class Realigner:
         group = best_of + 1
         search = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "num_return_sequences": group}
         decoded = self._decode(jobs, max(1, batch_size // group), mode, constrained, max_new_tokens, search, "none", no_repeat, progress, [decoding.GreedyRows(group)])
+        from tqdm.auto import tqdm
+
         out = []
-        for cands in decoded:
+        # The rerankers' passes take a quarter of the time or more: a bar of their own, not a stalled one at 100%.
+        for cands in tqdm(decoded, disable=not progress, desc=f"choose (best of {best_of})", dynamic_ncols=True):
             t0 = time.perf_counter()
             best = choose_best(cands, rerank)
             # Its time is all of it: its batch (shared with the batch's other jobs) and the reranking.
