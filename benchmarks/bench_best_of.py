@@ -10,9 +10,11 @@ top 5 instead, the same pass; the same seed, so the same candidates: the differe
 pass). Prints the median and
 p90 seconds per text and the ratio of medians to greedy, measured in this one run on the first
 ``--n`` Moral Stories dev examples (each text: greedy, then every decoding, in turn, so load
-changes hit all alike). Each best-of row also splits its median into the batch's decoding and the
-choice (the rerankers' and heads' passes), and a last line times one decoding step over a cached
-prompt at one row and at N + 1 rows: what a batch of samples costs a step against one row on this machine.
+changes hit all alike). Each best-of row also gives the median of each part of its time: the
+batch's decoding, and the rest (parsing the chains and choosing: the rerankers' and heads' passes,
+nearly all of it); medians of parts need not add up to the median total. A last line times one
+decoding step over a cached prompt at one row and at N + 1 rows: what a batch of samples costs a
+step against one row on this machine.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main() -> int:
         rerankers[" + heads"].heads = RatingHeads.load(heads)
     r.realign(dev[0].context, dev[0].source)  # warm-up: first-call allocations
     times: dict[str, list[float]] = {"greedy": [], **{f"best-of-{n}{h}": [] for n in args.best_of for h in rerankers}}
-    phases: dict[str, list[tuple[float, float]]] = {k: [] for k in times if k != "greedy"}  # (decoding, choice) seconds
+    phases: dict[str, list[tuple[float, float]]] = {k: [] for k in times if k != "greedy"}  # (decoding, the rest) seconds
     for k, ex in enumerate(dev):
         t0 = time.perf_counter()
         r.realign(ex.context, ex.source)
@@ -67,29 +69,33 @@ def main() -> int:
                 phases[f"best-of-{n}{h}"].append((t["generate_s"], t["total_s"] - t["generate_s"] - t["prompt_s"]))
     base = statistics.median(times["greedy"])
     print(f"{len(dev)} Moral Stories dev texts, one at a time ({args.model or 'the shipped run'}; rerank {' '.join(args.rerank)})")
-    print(f"{'decoding':<20} {'median s':>9} {'p90 s':>7} {'x greedy':>9} {'decoding s':>11} {'choice s':>9}")
+    print(f"{'decoding':<20} {'median s':>9} {'p90 s':>7} {'x greedy':>9} {'decoding s':>11} {'rest s':>9}")
     for name, ts in times.items():
         split = [statistics.median(p[j] for p in phases[name]) for j in (0, 1)] if name in phases else None
         cols = f" {split[0]:11.2f} {split[1]:9.2f}" if split else ""
         print(f"{name:<20} {statistics.median(ts):9.2f} {float(np.percentile(ts, 90)):7.2f} {statistics.median(ts) / base:9.2f}{cols}")
     one = step_seconds(r.model, 1)
-    steps = ", ".join(f"{n + 1} rows {(s := step_seconds(r.model, n + 1)) * 1000:.0f} ms ({s / one:.2f}x)" for n in args.best_of)
-    print(f"one decoding step after 100 cached tokens: 1 row {one * 1000:.0f} ms, {steps}")
+    steps = []
+    for n in args.best_of:
+        many = step_seconds(r.model, n + 1)
+        steps.append(f"{n + 1} rows {many * 1000:.0f} ms ({many / one:.2f}x)")
+    print(f"one decoding step after 100 cached tokens: 1 row {one * 1000:.0f} ms, {', '.join(steps)}")
     return 0
 
 
 def step_seconds(model: torch.nn.Module, rows: int, prompt: int = 100, steps: int = 20) -> float:
-    """Median seconds of one cached decoding step for ``rows`` rows (random token ids)."""
+    """Median seconds of one cached decoding step for ``rows`` rows (random token ids; the first
+    step, which allocates, is left out)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 1000, (rows, prompt), generator=gen)
     ts = []
     with torch.inference_mode():
         cache = model(input_ids=ids, use_cache=True).past_key_values
-        for _ in range(steps):
+        for _ in range(steps + 1):
             t0 = time.perf_counter()
             cache = model(input_ids=torch.randint(100, 1000, (rows, 1), generator=gen), past_key_values=cache, use_cache=True).past_key_values
             ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return statistics.median(ts[1:])
 
 
 if __name__ == "__main__":

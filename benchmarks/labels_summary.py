@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics as st
 from collections import defaultdict
 
@@ -27,19 +28,25 @@ from secondthoughts.metrics import bootstrap_ci, mean_ci
 
 SYSTEMS = ("alt0", "random", "gold", "source")
 SCALES = ("Align", "Coherence", "coherence >= 5")
+ALT = re.compile(r"alt\d+")  # the j-th distinct candidate of a round that rated every candidate
 
 
 def per_story(labels: list[dict], splits: set[str]) -> dict[str, dict[str, tuple[float, float, float]]]:
     """{story id: {system: (align, coherence, share at coherence >= 5)}} over ``splits``; "random":
-    the mean over a story's distinct ``alt<j>`` texts."""
+    the mean over a story's distinct ``alt<j>`` texts. A story's system rated in two of the pooled
+    splits (one story read twice, or two models' candidates of one round) is an error: pool splits
+    of different stories."""
     rated: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+    seen: dict[tuple[str, str], str] = {}
     for r in labels:
         if r["split"] in splits:
             for system in r["system"].split("+"):
+                if seen.setdefault((r["id"], system), r["split"]) != r["split"]:
+                    raise SystemExit(f"error: story {r['id']}, system {system}: rated in splits {seen[(r['id'], system)]} and {r['split']}; pool splits of different stories")
                 rated[r["id"]][system] = (st.mean(r["align"]), st.mean(r["coherence"]))
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for sid, systems in rated.items():
-        alts = [v for k, v in systems.items() if k.startswith("alt")]
+        alts = [v for k, v in systems.items() if ALT.fullmatch(k)]
         row = {k: (a, c, float(c >= 5)) for k, (a, c) in systems.items()}
         if alts:
             row["random"] = (st.mean(a for a, _ in alts), st.mean(c for _, c in alts), st.mean(float(c >= 5) for _, c in alts))
@@ -48,6 +55,7 @@ def per_story(labels: list[dict], splits: set[str]) -> dict[str, dict[str, tuple
 
 
 def cell(values: np.ndarray | list[float], resamples: int) -> str:
+    """"mean [low, high]": the mean and its 95% bootstrap interval over stories."""
     m = mean_ci(list(values), resamples, seed=0)
     return f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
 
@@ -73,10 +81,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", required=True)
     ap.add_argument("--split", required=True, nargs="+", help="the labels' split(s) to pool")
-    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), help="systems to print ('random': a random distinct alt<j>)")
+    ap.add_argument("--systems", nargs="+", help=f"systems to print ('random': a random distinct alt<j>; default: {' '.join(SYSTEMS)})")
     ap.add_argument("--paired", nargs="+", default=[], metavar="A:B", help="A minus B, and A's coherence as a share of B's")
     ap.add_argument("--resamples", type=int, default=2000)
     args = ap.parse_args()
+    if args.resamples < 1:
+        raise SystemExit(f"error: --resamples must be at least 1, got {args.resamples}")
     pairs = [p.split(":") for p in args.paired]
     if any(len(p) != 2 or not all(p) for p in pairs):
         raise SystemExit(f"error: --paired takes A:B, got {' '.join(args.paired)}")
@@ -85,10 +95,15 @@ def main() -> int:
     stories = per_story(labels, set(args.split))
     if not stories:
         raise SystemExit(f"error: {args.labels}: no rows in split(s) {' '.join(args.split)}")
+    known = {k for s in stories.values() for k in s}
+    missing = [k for k in dict.fromkeys([*(args.systems or []), *(x for p in pairs for x in p)]) if k not in known]
+    if missing:
+        raise SystemExit(f"error: {args.labels}: no system {', '.join(missing)} in split(s) {' '.join(args.split)}")
     print(f"{len(stories)} stories, split(s) {' '.join(args.split)}")
-    width = max(8, *map(len, args.systems))
+    systems = args.systems or list(SYSTEMS)  # named ones must exist; the defaults print "-" where a split has none
+    width = max(8, *map(len, systems))
     print(f"{'system':<{width}} {'Align':>22} {'Coherence':>22} {'coherence >= 5':>22}")
-    for system in args.systems:
+    for system in systems:
         rows = [s[system] for s in stories.values() if system in s]
         cells = [cell([r[k] for r in rows], args.resamples) for k in range(3)] if rows else ["-"] * 3
         print(f"{system:<{width}} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")

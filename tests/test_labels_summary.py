@@ -64,3 +64,14 @@ def test_named_systems_shared_texts_and_paired_ratio(tmp_path: Path) -> None:
 def test_a_bad_pair_is_an_error(tmp_path: Path) -> None:
     out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4)}), "r1", extra=("--paired", "alt0"))
     assert out.returncode != 0 and "--paired takes A:B" in out.stderr
+
+
+def test_one_story_in_two_pooled_splits_is_an_error(tmp_path: Path) -> None:
+    labels = _rows("s1", "r1", {"gold": (7, 7)}) + _rows("s1", "r2", {"gold": (6, 6)})
+    out = _run(tmp_path, labels, "r1", "r2", extra=("--systems", "gold"))
+    assert out.returncode != 0 and "story s1, system gold: rated in splits r1 and r2" in out.stderr
+
+
+def test_an_unknown_system_is_an_error(tmp_path: Path) -> None:
+    out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4), "gold": (7, 7)}), "r1", extra=("--paired", "alt0:golden"))
+    assert out.returncode != 0 and "no system golden in split(s) r1" in out.stderr
