@@ -17,11 +17,11 @@ themselves: ``candidate_choice.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics as st
 from collections import defaultdict
 
+import candidate_choice as cc
 import numpy as np
 
 from secondthoughts.metrics import bootstrap_ci, mean_ci
@@ -90,9 +90,7 @@ def main() -> int:
     pairs = [p.split(":") for p in args.paired]
     if any(len(p) != 2 or not all(p) for p in pairs):
         raise SystemExit(f"error: --paired takes A:B, got {' '.join(args.paired)}")
-    with open(args.labels, encoding="utf-8") as f:
-        labels = [json.loads(line) for line in f if line.strip()]
-    stories = per_story(labels, set(args.split))
+    stories = per_story(cc.read_jsonl(args.labels), set(args.split))
     if not stories:
         raise SystemExit(f"error: {args.labels}: no rows in split(s) {' '.join(args.split)}")
     known = {k for s in stories.values() for k in s}

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from secondthoughts import decoding, models
 from secondthoughts.best_of import Reranker, choose_best
@@ -361,8 +362,6 @@ class Realigner:
         order = sorted(range(len(jobs)), key=lambda i: -len(prompts[i]))
         repeats = search.get("num_return_sequences", 1)
         results: list[list[RealignResult]] = [[] for _ in jobs]
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(jobs), disable=not progress, desc=f"realign ({mode})", dynamic_ncols=True) as bar:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
@@ -384,8 +383,6 @@ class Realigner:
         group = best_of + 1
         search = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "num_return_sequences": group}
         decoded = self._decode(jobs, max(1, batch_size // group), mode, constrained, max_new_tokens, search, "none", no_repeat, progress, [decoding.GreedyRows(group)])
-        from tqdm.auto import tqdm
-
         out = []
         # The rerankers' passes take a quarter of the time or more: a bar of their own, not a stalled one at 100%.
         for cands in tqdm(decoded, disable=not progress, desc=f"choose (best of {best_of})", dynamic_ncols=True):
