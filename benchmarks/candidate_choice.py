@@ -17,8 +17,10 @@ target; with ``--versus``, the best of both models' candidates of a story, rated
 shipped default learned from its readers' picks (docs/coherence.md).
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
-``alternatives``: every distinct candidate text with its validity and its score, with the
-penalties at 0 the rewrite likelihood alone). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
+``alternatives``: every distinct candidate text with its validity and its best-of score: the
+rewrite likelihood less the penalties in ``score_penalties``, which are added back here; rows
+written before realign recorded them say nothing, and ``--scored-with`` gives them: rounds 13-26
+decoded with ``--source-penalty 0 --length-penalty 0``, the default decoding with 1 and 0.5). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
 "align", "coherence", "text_sha1"}`` rating the j-th alternative of a story (the texts are model
 outputs on Moral Stories, which the project does not commit; ``text_sha1`` checks that the
 candidates are the ones rated). Candidates are those a reranker may choose: valid and changed.
@@ -46,7 +48,7 @@ import numpy as np
 from secondthoughts.coherence import log_words, source_similarity
 from secondthoughts.decoding import LENGTH_PENALTY, SOURCE_PENALTY
 
-Candidate = dict  # text, valid, score (likelihood), align, coh, and the features below
+Candidate = dict  # text, valid, score (the likelihood, penalties added back), kept, align, coh, and the features below
 
 FEATURES: dict[str, Callable[[Candidate], float]] = {
     "likelihood": lambda c: c["score"],
@@ -64,9 +66,11 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> list[list[Candidate]]:
+def rated_stories(rows: list[dict], labels: list[dict], splits: list[str], scored_with: tuple[float, float] = (0.0, 0.0)) -> list[list[Candidate]]:
     """Each story's rated, valid, changed candidates with their mean ratings and features (labels
-    of any of ``splits``: story ids differ between rounds)."""
+    of any of ``splits``: story ids differ between rounds); ``score`` is the likelihood: the row's
+    ``score_penalties`` (else ``scored_with``: source, length) added back to the best-of score;
+    ``kept``: the text realign kept (the row's ``text``)."""
     lab = {(r["id"], r["system"]): r for r in labels if r["split"] in splits}
     stories, seen = [], set()
     for line, row in enumerate(rows, 1):
@@ -75,6 +79,8 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
         seen.add(row["id"])
         if "alternatives" not in row:
             raise ValueError(f"line {line}: field 'alternatives' missing (realign --keep-candidates writes it)")
+        pen = row.get("score_penalties")
+        source_pen, length_pen = (pen["source"], pen["length"]) if pen else scored_with
         cands = []
         for j, alt in enumerate(row["alternatives"]):
             r = lab.get((row["id"], f"alt{j}"))
@@ -84,7 +90,8 @@ def rated_stories(rows: list[dict], labels: list[dict], splits: list[str]) -> li
                 raise ValueError(f"line {line}: alternative {j} of story {row['id']} is not the text rated (text_sha1 differs)")
             sim = source_similarity(alt["text"], row["source"])
             story = {"id": row["id"], "context": row["context"], "source": row["source"]}
-            cands.append({**alt, **story, "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
+            lik = alt["score"] + source_pen * sim + length_pen * log_words(alt["text"])
+            cands.append({**alt, **story, "score": lik, "kept": alt["text"] == row.get("text"), "align": st.mean(r["align"]), "coh": st.mean(r["coherence"]), "src_sim": sim})
         if cands:
             stories.append(cands)
     return stories
@@ -117,14 +124,14 @@ def keep_rated(rows: list[dict], labels: list[dict], splits: list[str], share: f
     return kept_rows, kept_labels, alts_dropped, stories_dropped
 
 
-def load_rated(flag: str, rows: list[dict], labels: list[dict], splits: list[str], skip_unrated: bool) -> list[list[Candidate]]:
+def load_rated(flag: str, rows: list[dict], labels: list[dict], splits: list[str], skip_unrated: bool, scored_with: tuple[float, float] = (0.0, 0.0)) -> list[list[Candidate]]:
     """``rated_stories`` for a command line: with ``skip_unrated`` through ``keep_rated`` (saying what it
     dropped); a bad row, or no story with rated candidates, stops with one line naming ``flag``."""
     if skip_unrated:
         rows, labels, alts, n = keep_rated(rows, labels, splits)
         print(f"{flag}: dropped {alts} alternatives that are not a rated text, {n} stories with under {SHARE:.0%} rated")
     try:
-        stories = rated_stories(rows, labels, splits)
+        stories = rated_stories(rows, labels, splits, scored_with)
     except ValueError as e:
         sys.exit(f"error: {flag} {e}")
     if not stories:
@@ -213,6 +220,9 @@ def main() -> None:
     ap.add_argument("--candidates", required=True, nargs="+", help="realign --keep-candidates output JSONL")
     ap.add_argument("--labels", required=True)
     ap.add_argument("--split", required=True, nargs="+", help="the labels' split(s) that rated these candidates (several: pooled)")
+    ap.add_argument("--scored-with", nargs=2, type=float, default=(0.0, 0.0), metavar=("SOURCE", "LENGTH"),
+                    help="the penalties the scores of rows without score_penalties already include (realign's --source-penalty "
+                         "and --length-penalty when they were decoded; default 0 0, as rounds 13-26 decoded them)")
     ap.add_argument("--penalties", nargs=2, type=float, action="append", metavar=("SOURCE", "LENGTH"),
                     help="the likelihood minus SOURCE x similarity to the source minus LENGTH x log words (realign's "
                          "--source-penalty and --length-penalty), e.g. weights fitted on another round; repeatable "
@@ -232,7 +242,7 @@ def main() -> None:
 
     def read_rated(flag: str, files: list[str], splits: list[str]) -> list[list[Candidate]]:
         rows = [r for path in files for r in read_jsonl(path)]
-        return load_rated(flag, rows, labels, splits, args.skip_unrated) if files else []
+        return load_rated(flag, rows, labels, splits, args.skip_unrated, tuple(args.scored_with)) if files else []
 
     stories, other = read_rated("--candidates", args.candidates, args.split), read_rated("--versus", args.versus, args.versus_split)
     if args.versus and not {c["id"] for s in other for c in s} & {c["id"] for s in stories for c in s}:
@@ -252,10 +262,15 @@ def main() -> None:
     print(f"{'best by the ratings (a perfect reranker)':44s} {summary(best)}")
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
     print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
+    kept = [c for s in stories for c in s if c["kept"]]
+    if len(kept) == len(stories):  # every story's kept text is a rated candidate
+        print(f"{'the text realign kept (its text field)':44s} {summary(kept)}\n{'':44s} minus the likelihood's: {paired(kept, lik)}")
     names = list(FEATURES)
     for a, b in args.penalties:
         picks = pick(stories, a, b)
         print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
+        if len(kept) == len(stories):  # what the heads (or whatever else realign chose with) added to this score
+            print(f"{'':44s} the kept text minus this weighting's: {paired(kept, picks)}")
         if other:  # the same weighting over the other model's candidates, on the stories both have
             theirs = {p["id"]: p for p in pick(other, a, b)}
             both = [(theirs[p["id"]], p) for p in picks if p["id"] in theirs]

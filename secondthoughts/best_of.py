@@ -24,7 +24,8 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     first). Invalid chains and texts identical to the source are chosen only when no candidate is
     valid and changed (a reranker may well score the unchanged source high); ties go to the first.
     Each distinct text is scored once; the chosen result's ``alternatives`` lists them all with
-    their scores (and the heads' raw ratings of those they read)."""
+    their scores (and the heads' raw ratings of those they read), ``score_penalties`` the source and
+    length penalties those scores include (a ``coherence.Reranker``'s; 0 for any other callable)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     texts = list(dict.fromkeys(r.text for r in candidates))
@@ -49,6 +50,7 @@ def choose_best(candidates: Sequence[RealignResult], rerank: Reranker) -> Realig
     best.candidates, best.rerank_score = len(candidates), float(scores[best.text])
     valid = {t: any(r.valid for r in candidates if r.text == t) for t in texts}  # one valid chain makes a text valid
     best.alternatives = [{"text": t, "valid": valid[t], "score": float(scores[t])} for t in texts]
+    best.score_penalties = {"source": float(getattr(rerank, "source_penalty", 0.0)), "length": float(getattr(rerank, "length_penalty", 0.0))}
     if rated:
         for alt in best.alternatives:
             if alt["text"] in rated:

@@ -120,12 +120,15 @@ class RealignResult:
     # as {"text", "valid", "score"} (and "heads": the rating heads' raw {"align", "coherence"} of those they read);
     # written out only when asked (realign --keep-candidates).
     alternatives: list[dict[str, Any]] | None = None
+    # best-of-N: the penalties the alternatives' scores already include ({"source", "length"}), so that
+    # a reader can recover the likelihood from them; written out with the alternatives.
+    score_penalties: dict[str, float] | None = None
 
     def to_dict(self, alternatives: bool = False) -> dict[str, Any]:
         d = asdict(self)
         d["chain"] = [e.to_dict() for e in self.chain]
         if not alternatives:
-            del d["alternatives"]
+            del d["alternatives"], d["score_penalties"]
         return d
 
     @classmethod

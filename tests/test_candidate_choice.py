@@ -48,6 +48,29 @@ def test_what_each_reranker_keeps(tmp_path: Path) -> None:
     assert len(fitted) == 2 and all("Align 7.00" in lines[i + 1] for i in fitted)  # learned from the other stories
 
 
+def test_scores_with_penalties_in_them_and_the_kept_text(tmp_path: Path) -> None:
+    """Scores written by the default decoding already include its penalties: they are added back, from the
+    row's score_penalties or --scored-with, so that "the likelihood alone" is the likelihood."""
+    from secondthoughts.coherence import log_words, source_similarity
+
+    stories = [_story(k) for k in range(4)]
+    rows = [s for s, _ in stories]
+    for row in rows:  # stored: the likelihood less 3 x similarity less 2 x log words; realign kept the short fix
+        for alt in row["alternatives"]:
+            alt["score"] -= 3 * source_similarity(alt["text"], row["source"]) + 2 * log_words(alt["text"])
+        row["text"] = row["alternatives"][1]["text"]
+    labels = [lab for _, labs in stories for lab in labs]
+    recorded = [{**r, "score_penalties": {"source": 3.0, "length": 2.0}} for r in rows]
+    for given, extra in ((recorded, ()), (rows, ("--scored-with", "3", "2"))):
+        lines = _run(tmp_path, given, labels, *extra, "--penalties", "3", "2").stdout.splitlines()
+        assert "Align 2.00  Coherence 6.00" in lines[3]  # the likelihood alone: the near-copy, as in the test above
+        assert lines[4].startswith("the text realign kept") and "Align 7.00  Coherence 7.00" in lines[4]
+        at = lines.index("likelihood - 3 x similarity - 2 x log words")
+        assert "Align 7.00" in lines[at + 1] and "the kept text minus this weighting's: sum +0.00" in lines[at + 3]
+    lines = _run(tmp_path, rows, labels).stdout.splitlines()  # told nothing: the stored score is taken as the likelihood
+    assert "Align 7.00  Coherence 7.00" in lines[3]
+
+
 def test_rounds_pooled(tmp_path: Path) -> None:
     stories = [_story(k, split="r1") for k in range(2)] + [_story(k, split="r2") for k in range(2, 5)]
     rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]

@@ -162,6 +162,7 @@ def test_best_of_samples_and_picks_the_reranked_text(untrained: Any) -> None:
     assert [(a["text"], a["score"]) for a in res.alternatives] == [(t, float(len(t))) for t in chosen[0]]
     assert all(a["valid"] for a in res.alternatives if a["text"] == res.text)
     assert "alternatives" not in res.to_dict() and res.to_dict(alternatives=True)["alternatives"] == res.alternatives
+    assert res.score_penalties == {"source": 0.0, "length": 0.0} and "score_penalties" not in res.to_dict()  # a plain callable adds none
     many = untrained.realign_many([(ctx, src), ("", "Rose hopes her friend forgets.")], batch_size=8, best_of=3, rerank=longest, seed=1, max_new_tokens=24)
     assert [r.source for r in many] == [src, "Rose hopes her friend forgets."] and all(r.candidates == 4 for r in many)
     with pytest.raises(ValueError, match="needs a reranker"):

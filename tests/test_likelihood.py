@@ -99,6 +99,7 @@ def test_a_direct_run_reranks_best_of_n_with_the_sources(direct_run: Path, tmp_p
     penalties = [SOURCE_PENALTY * C.source_similarity(a["text"], SRC) + LENGTH_PENALTY * math.log(len(a["text"].split())) for a in alts]
     assert SOURCE_PENALTY > 0 and LENGTH_PENALTY > 0  # the command's default best-of score has both
     assert [a["score"] for a in alts] == pytest.approx([x - p for x, p in zip(lik, penalties)], abs=1e-5)
+    assert row["score_penalties"] == {"source": SOURCE_PENALTY, "length": LENGTH_PENALTY}  # a reader can add them back
     assert main(cmd) == 0 and "alternatives" not in json.loads(out.read_text())
     assert main([*cmd, "--source-penalty", "-1"]) == 1  # refused before any model loads
 
