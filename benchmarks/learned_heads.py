@@ -21,8 +21,10 @@ score + WA x align head + WC x coherence head: ``rating_heads.heads_added``) and
 score's top ``--top`` (``--heads-choice top``: ``rating_heads.top_then_heads``) keep, paired by
 story (with ``--against``: also other heads' choice among the same top, and these heads' top and
 added choices minus it), and the within-story agreement of each head and of the score with the
-readers (``rerank_agreement.py``'s). ``--penalties 0 0`` for files ``realign`` decoded with its
-default penalties, whose scores already hold them. ``ship``: the heads into the package with their
+readers (``rerank_agreement.py``'s). Files that record ``score_penalties`` (``realign --keep-candidates``
+since 2026-12-06) have them added back on reading (``candidate_choice.rated_stories``), so the default
+``--penalties`` rebuild the default's score; ``--penalties 0 0`` for older files ``realign`` decoded
+with its default penalties, whose scores hold them unrecorded. ``ship``: the heads into the package with their
 LoRA as float16, the commands' ``--heads shipped``.
 """
 
@@ -141,7 +143,7 @@ def main() -> None:
     c.add_argument("--weights", nargs=2, type=float, default=HEADS_ADD, metavar=("WA", "WC"), help="the score + WA x align + WC x coherence (realign --heads-add)")
     c.add_argument("--top", type=int, default=HEADS_TOP, help="the heads choose among the score's top K (realign --heads-choice top --heads-top)")
     c.add_argument("--penalties", nargs=2, type=float, default=[SOURCE_PENALTY, LENGTH_PENALTY], metavar=("SOURCE", "LENGTH"),
-                   help="the best-of score's penalties on the files' scores; 0 0 for files realign decoded with its own (their scores hold them)")
+                   help="the best-of score's penalties on the files' likelihoods; 0 0 for files realign decoded with its own before it recorded them (score_penalties)")
     c.add_argument("--against", type=Path, help="other heads (e.g. earlier ones): their pick among the top K, and this one's top-K and added picks minus it")
     args = ap.parse_args()
     if args.cmd == "ship":
