@@ -20,12 +20,13 @@ alone (unless ``--penalties 0 0``), the heads alone, the commands' default choic
 score + WA x align head + WC x coherence head: ``rating_heads.heads_added``) and the heads among the
 score's top ``--top`` (``--heads-choice top``: ``rating_heads.top_then_heads``) keep, paired by
 story (with ``--against``: also other heads' choice among the same top, and these heads' top and
-added choices minus it), and the within-story agreement of each head and of the score with the
-readers (``rerank_agreement.py``'s). Files that record ``score_penalties`` (``realign --keep-candidates``
-since 2026-12-06) have them added back on reading (``candidate_choice.rated_stories``), so the default
+added choices minus it; and their added choice, the commands' default, and these heads' added choice
+minus it), and the within-story agreement of each head and of the score with the readers
+(``rerank_agreement.py``'s). Files that record ``score_penalties`` (``realign --keep-candidates`` since
+2026-12-06) have them added back on reading (``candidate_choice.rated_stories``), so the default
 ``--penalties`` rebuild the default's score; ``--penalties 0 0`` for older files ``realign`` decoded
-with its default penalties, whose scores hold them unrecorded. ``ship``: the heads into the package with their
-LoRA as float16, the commands' ``--heads shipped``.
+with its default penalties, whose scores hold them unrecorded. ``ship``: the heads into the package
+with their LoRA as float16, the commands' ``--heads shipped``.
 """
 
 from __future__ import annotations
@@ -199,6 +200,9 @@ def main() -> None:
         print(f"{f'--against among the top {args.top}':36s} {cc.summary(theirs)}\n{'':36s} these heads' minus theirs: {cc.paired(top, theirs)}")
         print(f"{'':36s} another pick than theirs in {sum(a is not b for a, b in zip(top, theirs))} of {len(stories)} stories")
         print(f"{'':36s} these heads added ({wa:g}, {wc:g}) minus theirs among the top {args.top}: {cc.paired(kept, theirs)}")
+        theirs_added = [s[heads_added(x[:, 2], y, (wa, wc))] for s, x, y in zip(stories, scores, other)]  # the commands' default choice, theirs
+        print(f"{f'--against added ({wa:g}, {wc:g})':36s} {cc.summary(theirs_added)}\n{'':36s} these heads added minus theirs added: {cc.paired(kept, theirs_added)}")
+        print(f"{'':36s} another pick than theirs added in {sum(a is not b for a, b in zip(kept, theirs_added))} of {len(stories)} stories")
     for scale, name in (("align", "Align"), ("coh", "Coherence")):
         k = SCALES.index(scale)
         (h, hl, hh, n), (d, dl, dh, _) = agreement(stories, scores, k, scale), agreement(stories, scores, 2, scale)

@@ -66,6 +66,7 @@ def test_heads_learn_the_ranking_and_reload(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, str(BENCH / "learned_heads.py"), *args, *extra], check=True, capture_output=True, text=True, timeout=300).stdout
         assert "these heads' minus theirs: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs in 0 of 3 stories" in out, out
         assert added in out, out
+        assert "these heads added minus theirs added: sum +0.00 [+0.00, +0.00]" in out and "another pick than theirs added in 0 of 3" in out, out
     assert "--against's head" in out and "the rewrite likelihood alone" not in out, out
 
 
