@@ -20,10 +20,11 @@ shipped default learned from its readers' picks (docs/coherence.md).
 ``alternatives``: every distinct candidate text with its validity and its best-of score: the
 rewrite likelihood less the penalties in ``score_penalties``, which are added back here; rows
 written before realign recorded them say nothing, and ``--scored-with`` gives them: rounds 13-26
-decoded with ``--source-penalty 0 --length-penalty 0``, the default decoding with 1 and 0.5). ``--labels``: rows ``{"id", "system": "alt<j>", "split",
-"align", "coherence", "text_sha1"}`` rating the j-th alternative of a story (the texts are model
-outputs on Moral Stories, which the project does not commit; ``text_sha1`` checks that the
-candidates are the ones rated). Candidates are those a reranker may choose: valid and changed.
+decoded with ``--source-penalty 0 --length-penalty 0``, the default decoding with 1 and 0.5).
+``--labels``: rows ``{"id", "system": "alt<j>", "split", "align", "coherence", "text_sha1"}``
+rating the j-th alternative of a story (the texts are model outputs on Moral Stories, which the
+project does not commit; ``text_sha1`` checks that the candidates are the ones rated). Candidates
+are those a reranker may choose: valid and changed.
 
 Prints, for every story with rated candidates: the mean rating of the candidate each reranker
 keeps (Align, Coherence, share at coherence >= 5, their sum), the best candidate by the ratings
@@ -263,13 +264,14 @@ def main() -> None:
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")
     print(f"{'the rewrite likelihood alone':44s} {summary(lik)}")
     kept = [c for s in stories for c in s if c["kept"]]
-    if len(kept) == len(stories):  # every story's kept text is a rated candidate
+    every_kept = len(kept) == len(stories)  # every story's kept text is a rated candidate
+    if every_kept:
         print(f"{'the text realign kept (its text field)':44s} {summary(kept)}\n{'':44s} minus the likelihood's: {paired(kept, lik)}")
     names = list(FEATURES)
     for a, b in args.penalties:
         picks = pick(stories, a, b)
         print(f"likelihood - {a:g} x similarity - {b:g} x log words\n{'':44s} {summary(picks)}\n{'':44s} minus the likelihood's: {paired(picks, lik)}")
-        if len(kept) == len(stories):  # what the heads (or whatever else realign chose with) added to this score
+        if every_kept:  # what the heads (or whatever else realign chose with) added to this score
             print(f"{'':44s} the kept text minus this weighting's: {paired(kept, picks)}")
         if other:  # the same weighting over the other model's candidates, on the stories both have
             theirs = {p["id"]: p for p in pick(other, a, b)}
