@@ -15,6 +15,10 @@ drop those (and stories that keep under 80% of their texts) rather than stop.
 least F, the best by the ratings, as a corrections file for ``secondthoughts learn`` (context, source,
 target; with ``--versus``, the best of both models' candidates of a story, rated in one round): how the
 shipped default learned from its readers' picks (docs/coherence.md).
+``--write-pairs FILE [--good G --bad B --pairs-per-story K]`` writes preference pairs for ``secondthoughts
+learn --pairs`` (context, source, chosen, rejected): per story, the candidates whose lower mean rating
+is >= G (best first by the ratings) against those whose lower mean rating is <= B (shuffled, seed 0),
+zipped with the shorter list cycled, at most K a story.
 
 ``--candidates``: ``realign --keep-candidates`` rows (``id``, ``context``, ``source`` and
 ``alternatives``: every distinct candidate text with its validity and its best-of score: the
@@ -157,6 +161,22 @@ def rated(c: Candidate) -> float:
     return c["align"] + c["coh"]
 
 
+def preference_pairs(stories: list[list[Candidate]], good: float, bad: float, per_story: int, seed: int = 0) -> list[dict]:
+    """Per story, its good candidates (lower mean rating >= ``good``, best first) against its bad ones
+    (lower mean rating <= ``bad``, shuffled), zipped with the shorter list cycled, at most ``per_story``."""
+    rng, out = random.Random(seed), []
+    for s in stories:
+        goods = sorted((c for c in s if min(c["align"], c["coh"]) >= good), key=rated, reverse=True)
+        bads = [c for c in s if min(c["align"], c["coh"]) <= bad]
+        rng.shuffle(bads)
+        if not goods or not bads:
+            continue
+        for k in range(min(per_story, max(len(goods), len(bads)))):
+            g, b = goods[k % len(goods)], bads[k % len(bads)]
+            out.append({"id": g["id"], "context": g["context"], "source": g["source"], "chosen": g["text"], "rejected": b["text"]})
+    return out
+
+
 def features(cands: list[Candidate], names: list[str]) -> np.ndarray:
     """Each feature centred on its story's mean: a reranker only compares within a story."""
     m = np.array([[FEATURES[n](c) for n in names] for c in cands])
@@ -232,6 +252,10 @@ def main() -> None:
     ap.add_argument("--versus-split", nargs="+", default=[], metavar="SPLIT", help="the labels' split(s) that rated --versus")
     ap.add_argument("--write-best", metavar="FILE", help="write, of each story's candidates rated >= --floor on both scales (with --versus, both models'), the best by the ratings as a corrections file")
     ap.add_argument("--floor", type=float, default=6.0, help="--write-best considers candidates whose mean Align and Coherence are both >= this")
+    ap.add_argument("--write-pairs", metavar="FILE", help="write preference pairs (context, source, chosen, rejected) of each story's good and bad candidates")
+    ap.add_argument("--good", type=float, default=5.5, help="--write-pairs: chosen candidates have both mean ratings >= this")
+    ap.add_argument("--bad", type=float, default=3.5, help="--write-pairs: rejected candidates have a mean rating <= this")
+    ap.add_argument("--pairs-per-story", type=int, default=4, help="--write-pairs: at most this many pairs a story")
     ap.add_argument("--skip-unrated", action="store_true",
                     help="candidates decoded again on another machine: drop alternatives that are not a rated text of their story "
                          "(and stories that keep under 80%% of theirs) instead of stopping")
@@ -259,6 +283,12 @@ def main() -> None:
         with open(args.write_best, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"id": b["id"], "context": b["context"], "source": b["source"], "target": b["text"]}) + "\n" for b in kept)
         print(f"wrote {len(kept)} corrections to {args.write_best} (a story's best candidate of those rated >= {args.floor:g} on both scales)")
+    if args.write_pairs:
+        pairs = preference_pairs(stories, args.good, args.bad, args.pairs_per_story)
+        with open(args.write_pairs, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p) + "\n" for p in pairs)
+        print(f"wrote {len(pairs)} pairs of {len({p['id'] for p in pairs})} stories to {args.write_pairs} "
+              f"(chosen rated >= {args.good:g} on both scales, rejected <= {args.bad:g} on one)")
     lik = [max(s, key=lambda c: c["score"]) for s in stories]  # max keeps the first: choose_best's tie rule
     print(f"{'best by the ratings (a perfect reranker)':44s} {summary(best)}")
     print(f"{'a random candidate (mean of all)':44s} {summary([c for s in stories for c in s])}")

@@ -161,7 +161,7 @@ def parse_columns(spec: str) -> dict[str, str]:
 
 
 
-def _optional(row: Row, key: str) -> str:
+def optional_text(row: Row, key: str) -> str:
     """A string field that may be absent or null ("" then)."""
     value = row.get(key)
     if value is None:
@@ -171,10 +171,10 @@ def _optional(row: Row, key: str) -> str:
     return clean_text(value)
 
 
-def _required(row: Row, key: str) -> str:
+def required_text(row: Row, key: str) -> str:
     if row.get(key) is None:
         raise RowError(key, "missing")
-    value = _optional(row, key)
+    value = optional_text(row, key)
     if not value:
         raise RowError(key, "empty")
     return value
@@ -268,12 +268,12 @@ class _Reader:
 def _moral_stories(r: _Reader) -> Iterator[Example]:
     def convert(row: Row, line: int) -> list[Example]:
         # The context sentences stay apart in meta: the reward model uses them as hard negatives.
-        parts = {k: _optional(row, k) for k in ("norm", "situation", "intention")}
-        extra = {k: _optional(row, k) for k in ("moral_consequence", "immoral_consequence", "split")}
+        parts = {k: optional_text(row, k) for k in ("norm", "situation", "intention")}
+        extra = {k: optional_text(row, k) for k in ("moral_consequence", "immoral_consequence", "split")}
         meta = {"dataset": "moral_stories", **parts, **extra}
         ctx = _join(parts.values())
-        source, target = _required(row, "immoral_action"), _required(row, "moral_action")
-        return [_example(ctx, source, target, _required(row, "ID"), meta, "moral_action")]
+        source, target = required_text(row, "immoral_action"), required_text(row, "moral_action")
+        return [_example(ctx, source, target, required_text(row, "ID"), meta, "moral_action")]
 
     return r.each_row(r.rows(("ID", "moral_action", "immoral_action"), "jsonl"), convert, "split")
 
@@ -283,10 +283,10 @@ MIC_META = ("Q", "rot", "A_agrees", "rot-agree", "violation-severity", "split")
 
 def _mic(r: _Reader) -> Iterator[Example]:
     def convert(row: Row, line: int) -> list[Example]:
-        ctx = _join((_required(row, "Q"), _required(row, "rot"))) if r.opts.mic_rot else _required(row, "Q")
+        ctx = _join((required_text(row, "Q"), required_text(row, "rot"))) if r.opts.mic_rot else required_text(row, "Q")
         # Numeric annotations arrive as numbers from JSONL and strings from CSV; kept as given.
         meta = {"dataset": "mic", **{k: row[k] for k in MIC_META if row.get(k) is not None}}
-        source, target = _required(row, "A"), _required(row, "worker_answer")
+        source, target = required_text(row, "A"), required_text(row, "worker_answer")
         return [_example(ctx, source, target, r.default_id(line), meta, "worker_answer")]
 
     required = ("Q", "A", "worker_answer") + (("rot",) if r.opts.mic_rot else ())
@@ -298,8 +298,8 @@ PARADETOX_REWRITES = ("neutral1", "neutral2", "neutral3")
 
 def _paradetox(r: _Reader) -> Iterator[Example]:
     def convert(row: Row, line: int) -> list[Example]:
-        toxic = _required(row, "toxic")
-        given = [(k, _optional(row, k)) for k in PARADETOX_REWRITES]
+        toxic = required_text(row, "toxic")
+        given = [(k, optional_text(row, k)) for k in PARADETOX_REWRITES]
         given = [(k, text) for k, text in given if text]
         rewrites: dict[str, str] = {}  # text -> column; the first occurrence wins
         for k, text in given:
@@ -357,7 +357,7 @@ def _generic(r: _Reader) -> Iterator[Example]:
     mapped = {c for c in cols.values() if c}
 
     def convert(row: Row, line: int) -> list[Example]:
-        ctx = _optional(row, cols["context"]) if cols["context"] else ""
+        ctx = optional_text(row, cols["context"]) if cols["context"] else ""
         id_value = row.get(cols["id"]) if cols["id"] else None
         # Unmapped columns ride along in meta; a "meta" object (our own output) is merged in.
         meta = {k: v for k, v in row.items() if k not in mapped and k != "meta"}
@@ -365,7 +365,7 @@ def _generic(r: _Reader) -> Iterator[Example]:
             meta.update(row["meta"])
         meta.setdefault("dataset", r.stem)
         ex_id = str(id_value) if id_value not in (None, "") else r.default_id(line)
-        source, target = _required(row, cols["source"]), _required(row, cols["target"])
+        source, target = required_text(row, cols["source"]), required_text(row, cols["target"])
         return [_example(ctx, source, target, ex_id, meta, cols["target"])]
 
     # A context column named on purpose must exist (a typo would silently empty every context).
@@ -386,7 +386,7 @@ class _Labeled:
 def _labeled(r: _Reader, text_key: str, split_key: str | None = None) -> Iterator[tuple[_Labeled, Row]]:
     for line, row in r.valid_rows(r.rows(("label", text_key), "csv"), split_key):
         try:
-            yield _Labeled(line, _label(row), _required(row, text_key)), row
+            yield _Labeled(line, _label(row), required_text(row, text_key)), row
         except RowError as e:
             r.invalid(line, e)
 
@@ -422,7 +422,7 @@ def _ethics_deontology(r: _Reader) -> Iterator[Example]:
     groups: dict[str, list[_Labeled]] = {}
     for item, row in _labeled(r, "excuse"):
         try:
-            groups.setdefault(_required(row, "scenario"), []).append(item)
+            groups.setdefault(required_text(row, "scenario"), []).append(item)
         except RowError as e:
             r.invalid(item.line, e)
     return _pairs_to_examples(r, groups.items(), "excuse", "ethics-deontology")

@@ -1,23 +1,26 @@
-"""DPO baseline (TRL's ``DPOTrainer``): the value-aligned text is preferred over the unaligned one.
+"""DPO (TRL's ``DPOTrainer``) from a trained run: a baseline and learning from rated pairs.
 
-The policy starts from a ``secondthoughts train --mode direct`` run, the usual SFT-then-DPO
-recipe: the direct run has already learned the prompt format (``context <|src|> source <|sep|>``,
-whose marker tokens the base model has never seen), and the DPO reference is that SFT model.
-Starting from the base model instead would leave DPO to learn the format from preferences alone.
+Two uses. (1) The direct baseline of ``bench``: the policy starts from a ``secondthoughts train
+--mode direct`` run, the usual SFT-then-DPO recipe, and the value-aligned text is preferred over
+the unaligned one (:func:`target_over_source`). (2) A chain-of-edits run (``--mode coe``, e.g. the
+shipped default) taught by readers' preferences between two texts for the same source
+(:class:`Preference`): each completion is the chain the DP infers from the source to that text,
+exactly as ``train`` and ``learn`` infer it for the run (its first cost set, its merge gap, its
+chain format), then the text and EOS, so that the pairs teach the writing the run decodes.
 
-As in refinement (``policy.load_policy``), the direct run's LoRA is merged into the base weights and a fresh LoRA is
-trained on top; TRL keeps a frozen copy of the fresh adapter as the reference, i.e. the direct
-model. The marker token rows stay as the direct run trained them: TRL 1.16's fused LM head reads
+As in refinement (``policy.load_policy``), the run's LoRA is merged into the base weights and a fresh LoRA is
+trained on top; TRL keeps a frozen copy of the fresh adapter as the reference, i.e. the run itself.
+The marker token rows stay as the run trained them: TRL 1.16's fused LM head reads
 ``lm_head.bias``, which PEFT's trainable-token wrapper of a tied output layer does not have, so
 DPO trains the LoRA weights only. The result is written as a run folder that ``models.load`` and
-``Realigner`` read like a direct run: ``model/`` (one LoRA adapter on the original base, the two
-adapters concatenated, see ``policy.save_policy``, plus the direct run's marker rows),
-``config.json`` (``train`` = the direct run's settings, mode ``direct``; ``dpo`` =
-:class:`DPOSettings`), ``metrics.jsonl`` (TRL's log).
+``Realigner`` read like the run it started from: ``model/`` (one LoRA adapter on the original base,
+the two adapters concatenated, see ``policy.save_policy``, plus the run's marker rows),
+``config.json`` (``train`` = the run's settings; ``dpo`` = :class:`DPOSettings`), ``metrics.jsonl``
+(TRL's log).
 
-Examples are tokenized here exactly as the direct mode tokenizes them
-(``sequences.encode_prompt`` / ``encode_completion``), not by TRL from strings, so the prompt the
-policy is trained on is the one ``Realigner`` decodes from.
+Examples are tokenized here exactly as training tokenizes them (``sequences.encode_prompt`` /
+``encode_completion``), not by TRL from strings, so the prompt the policy is trained on is the one
+``Realigner`` decodes from.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class DPOSettings:
     lora_r: int = field(default=16, metadata={"help": "rank of the new LoRA adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "alpha of the new LoRA adapter"})
     loss_type: str = field(default="sigmoid", metadata={"help": "TRL loss_type (sigmoid: the DPO paper's loss)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (TRL's default: less memory, about a third slower)"})
+    sft_weight: float = field(default=0.0, metadata={"help": "weight of TRL's `sft` loss on the chosen completion added to it (RPO); 0: none"})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPOSettings:
@@ -55,21 +60,92 @@ class DPOSettings:
         for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
             if getattr(out, name) < 1:
                 raise ValueError(f"DPO {name} must be >= 1")
+        if not out.sft_weight >= 0:
+            raise ValueError(f"DPO sft_weight must be >= 0, got {out.sft_weight}")
         return out
 
 
-def preference_rows(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[dict[str, list[int]]]:
-    """TRL's tokenized preference format: the direct-mode prompt, the target (chosen) and the
-    source (rejected), each completion ending in EOS. The context is cut from the left so that
-    the prompt leaves room for the longer completion, as ``sequences.encode`` cuts it."""
-    from secondthoughts.sequences import encode_completion, encode_prompt
+@dataclass(frozen=True)
+class Preference:
+    """Two texts for one (context, source): ``chosen`` preferred over ``rejected``."""
+
+    context: str
+    source: str
+    chosen: str
+    rejected: str
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """How a chain-of-edits run writes its chains: ``None`` in place of one means a direct run."""
+
+    costs: tuple[float, float, float]
+    merge_gap: int | None
+    chain_format: str
+
+    @classmethod
+    def of_run(cls, info: dict[str, Any]) -> ChainSpec | None:
+        if info.get("mode") != "coe":
+            return None
+        from secondthoughts.decoding import chain_format
+        from secondthoughts.edits import DEFAULT_COST_SETS
+
+        costs = (info.get("cost_sets") or DEFAULT_COST_SETS)[0]
+        return cls((float(costs[0]), float(costs[1]), float(costs[2])), info.get("merge_gap"), chain_format(info))
+
+
+def read_preferences(path: str | os.PathLike[str]) -> list[Preference]:
+    """The pairs of a JSONL file (``context`` optional, ``source``, ``chosen``, ``rejected``, ``id``
+    optional), as ``benchmarks/candidate_choice.py --write-pairs`` writes them; a bad row is a
+    one-line ``DataError`` naming file, line and field."""
+    from secondthoughts.data import DataError, RowError, clean_text, jsonl_rows
+    from secondthoughts.dataset_readers import optional_text, required_text
+
+    out = []
+    for line, row in jsonl_rows(Path(path)):
+        try:
+            if isinstance(row, RowError):
+                raise row
+            source, chosen, rejected = (required_text(row, k) for k in ("source", "chosen", "rejected"))
+            if clean_text(chosen) == clean_text(rejected):
+                raise RowError("rejected", "identical to 'chosen': a pair must prefer one text over another")
+            out.append(Preference(optional_text(row, "context"), source, chosen, rejected, str(row.get("id") or "")))
+        except RowError as e:
+            raise DataError(e.message(str(path), line)) from None
+    if not out:
+        raise DataError(f"{path}: no preference pairs")
+    return out
+
+
+def target_over_source(examples: Sequence[Example]) -> list[Preference]:
+    """The direct baseline's pairs: the value-aligned target over the unaligned source."""
+    return [Preference(ex.context, ex.source, ex.target, ex.source, ex.id) for ex in examples]
+
+
+def completion_ids(tokenizer: Any, text: str, source: str, chains: ChainSpec | None) -> list[int]:
+    """What the run writes for ``text`` after the prompt: (its chain from ``source``,) the text, EOS."""
+    from secondthoughts.edits import augment_chains, tokenize
+    from secondthoughts.sequences import encode_completion
+
+    if chains is None:
+        return encode_completion(tokenizer, None, text, source)
+    ((_, edits),) = augment_chains(tokenize(source), tokenize(text), [chains.costs], chains.merge_gap)
+    return encode_completion(tokenizer, edits, text, source, chains.chain_format)
+
+
+def preference_rows(tokenizer: Any, pairs: Sequence[Preference], max_length: int, chains: ChainSpec | None = None) -> list[dict[str, list[int]]]:
+    """TRL's tokenized preference format: the prompt, the chosen and the rejected completion
+    (:func:`completion_ids`). The context is cut from the left so that the prompt leaves room for
+    the longer completion, as ``sequences.encode`` cuts it."""
+    from secondthoughts.sequences import encode_prompt
 
     rows = []
-    for ex in examples:
-        chosen, rejected = encode_completion(tokenizer, None, ex.target, ex.source), encode_completion(tokenizer, None, ex.source, ex.source)
-        bare = len(encode_prompt(tokenizer, "", ex.source))
+    for p in pairs:
+        chosen, rejected = completion_ids(tokenizer, p.chosen, p.source, chains), completion_ids(tokenizer, p.rejected, p.source, chains)
+        bare = len(encode_prompt(tokenizer, "", p.source))
         room = max(0, max_length - bare - max(len(chosen), len(rejected)))
-        rows.append({"prompt_ids": encode_prompt(tokenizer, ex.context, ex.source, room), "chosen_ids": chosen, "rejected_ids": rejected})
+        rows.append({"prompt_ids": encode_prompt(tokenizer, p.context, p.source, room), "chosen_ids": chosen, "rejected_ids": rejected})
     return rows
 
 
@@ -87,10 +163,11 @@ def _trainer_class() -> Any:
     return PretokenizedDPOTrainer
 
 
-def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], out: str | os.PathLike[str], settings: DPOSettings,
+def train_dpo(start: str | os.PathLike[str], pairs: Sequence[Preference], out: str | os.PathLike[str], settings: DPOSettings,
               *, seed: int = 0, progress: bool = True) -> Path:
-    """Train DPO from ``direct_run`` on ``examples`` and write the run folder ``out`` (replaced
-    if it holds an unfinished run: TRL's own checkpoints are not used, a partial run restarts)."""
+    """Train DPO from the run ``start`` (direct or chain-of-edits) on ``pairs`` and write the run
+    folder ``out`` (replaced if it holds an unfinished run: TRL's own checkpoints are not used, a
+    partial run restarts)."""
     import torch
     from datasets import Dataset
     from trl import DPOConfig
@@ -101,24 +178,26 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     from secondthoughts.runs import environment
     from secondthoughts.atomic import write_atomic, write_dir
 
-    direct_run, out = Path(direct_run), Path(out)
-    info = run_info(direct_run)
-    if not info or info.get("mode") != "direct":
-        raise ValueError(f"{direct_run}: DPO starts from a `secondthoughts train --mode direct` run")
-    if not examples:
+    start, out = Path(start), Path(out)
+    info = run_info(start)
+    if not info or info.get("mode") not in ("direct", "coe"):
+        raise ValueError(f"{start}: DPO starts from a `secondthoughts train` run (--mode direct or coe)")
+    if not pairs:
         raise ValueError("no preference pairs to train DPO on")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     # load_policy merges the direct adapter and puts a fresh LoRA (+ marker rows) on top: exactly
     # what refinement does, so the saved adapter combines the two the same way.
-    policy, _, tok, direct_lora = load_policy(str(direct_run), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, seed=seed, train_tokens=False)
-    data = Dataset.from_list(preference_rows(tok, examples, settings.max_length))
+    policy, _, tok, start_lora = load_policy(str(start), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, seed=seed, train_tokens=False)
+    data = Dataset.from_list(preference_rows(tok, pairs, settings.max_length, ChainSpec.of_run(info)))
+    losses = [settings.loss_type, "sft"] if settings.sft_weight else [settings.loss_type]
     cuda = torch.cuda.is_available()
     args = DPOConfig(
         output_dir=str(out / "trainer"), beta=settings.beta, learning_rate=settings.lr, num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1, per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum, max_length=settings.max_length, loss_type=[settings.loss_type],
-        seed=seed, data_seed=seed, logging_steps=5, save_strategy="no", report_to="none", use_cpu=not cuda,
+        gradient_accumulation_steps=settings.grad_accum, max_length=settings.max_length, loss_type=losses,
+        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
+        gradient_checkpointing=settings.gradient_checkpointing, seed=seed, data_seed=seed, logging_steps=5, save_strategy="no", report_to="none", use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(), disable_tqdm=not progress, dataloader_num_workers=0,
     )  # fmt: skip
     trainer = _trainer_class()(model=policy, args=args, train_dataset=data, processing_class=tok)
@@ -129,15 +208,15 @@ def train_dpo(direct_run: str | os.PathLike[str], examples: Sequence[Example], o
     how: list[str] = []
 
     def write(p: Path) -> None:
-        how.append(save_policy(model, tok, p, direct_lora, str(direct_run)))
-        carry_token_rows(direct_run / "model", p)
+        how.append(save_policy(model, tok, p, start_lora, str(start)))
+        carry_token_rows(start / "model", p)
 
     write_dir(out / "model", write)
     log = [{"step": r.get("step", 0), **r} for r in trainer.state.log_history]
     write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     run_info_out = {
-        "train": {**info, "out": str(out)},  # mode "direct": Realigner decodes it like the direct run
-        "dpo": {**asdict(settings), "seed": seed, "start": str(direct_run), "pairs": len(examples), "saved_as": how[0]},
+        "train": {**info, "out": str(out)},  # the start's mode: Realigner decodes it like the start run
+        "dpo": {**asdict(settings), "seed": seed, "start": str(start), "pairs": len(pairs), "saved_as": how[0]},
         "env": environment(trl=_trl_version()),
         "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(model))),
     }

@@ -1,5 +1,10 @@
 """Learning from corrections: continue a trained run on the pairs a user fixed in the editor.
 
+Or from preferences: ``LearnConfig(pairs=...)`` trains DPO (``dpo.train_dpo``: TRL's trainer, the run
+itself as the reference) on pairs of texts for one source, one preferred over the other, e.g. a
+reader's ratings of the run's own candidates (``benchmarks/candidate_choice.py --write-pairs``).
+Such a run restarts rather than resumes; it writes ``dpo.train_dpo``'s run folder plus ``learn.json``.
+
 ``learn(LearnConfig(model="runs/aem", corrections="corrections.jsonl", out="runs/mine"))``
 fine-tunes the run (``train --init-from``: a LoRA run keeps training its adapter) on the
 corrections mixed with a replay sample of training data, so that it picks up what the user
@@ -39,6 +44,10 @@ class LearnConfig:
 
     model: str = _f("", "the trained run to start from (a `train`, `refine` or earlier `learn` run folder)")
     corrections: str = _f("", "corrections JSONL (context, source, target), e.g. saved by `secondthoughts serve`")
+    pairs: str = _f("", "instead of --corrections: preference pairs JSONL (context, source, chosen, rejected) to train DPO on, "
+                        "the run itself as the reference (e.g. benchmarks/candidate_choice.py --write-pairs)")
+    beta: float = _f(0.1, "--pairs: DPO temperature, the strength of the implicit KL to the run")
+    sft_weight: float = _f(1.0, "--pairs: weight of the chosen texts' own loss added to DPO's (RPO), so their likelihood does not fall")
     out: str = _f("runs/learned", "new run folder (the run in --model is left as it is)")
     replay_data: str = _f("", "examples to replay against forgetting; empty: the training data the run records, if still there")
     replay: float = _f(1.0, "replayed examples per correction (0: corrections only)")
@@ -46,7 +55,8 @@ class LearnConfig:
     epochs: float = _f(3.0, "passes over corrections + replay")
     max_steps: int = _f(0, "optimizer steps; overrides --epochs when > 0")
     lr: float = _f(5e-4, "peak learning rate")
-    batch_size: int = _f(4, "rows per optimizer step")
+    batch_size: int = _f(4, "rows (--pairs: pairs) per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_length: int = _f(0, "tokens per packed row; 0: the run's own")
     skip_invalid: bool = _f(False, "skip invalid correction rows (each is named) instead of stopping at the first")
     seed: int = _f(0, "seeds the replay sample, data order and dropout")
@@ -57,6 +67,10 @@ class LearnConfig:
             raise ValueError(f"replay must be a finite number >= 0, got {self.replay}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        if not (self.sft_weight >= 0 and math.isfinite(self.sft_weight)):
+            raise ValueError(f"sft_weight must be a finite number >= 0, got {self.sft_weight}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LearnConfig:
@@ -120,7 +134,7 @@ def train_config(config: LearnConfig, data_file: Path) -> Any:
     max_length = config.max_length or int((run_info(config.model) or {}).get("max_length", 512))
     return TrainConfig(
         **inherited, init_from=config.model, data=str(data_file), out=config.out, eval_fraction=0.0, epochs=config.epochs,
-        max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size, max_length=max_length,
+        max_steps=config.max_steps, lr=config.lr, batch_size=config.batch_size, grad_accum=config.grad_accum, max_length=max_length,
         warmup_ratio=0.0, seed=config.seed, progress=config.progress, checkpoint_every=1, log_every=1,
     )  # fmt: skip
 
@@ -129,14 +143,40 @@ def check(config: LearnConfig) -> None:
     """Everything that can be refused before a model loads: the run, the corrections, the replay file."""
     if not config.model:
         raise ValueError("no run to start from: pass --model RUN")
-    if not config.corrections:
-        raise ValueError("no corrections: pass --corrections corrections.jsonl")
+    if bool(config.corrections) == bool(config.pairs):
+        raise ValueError("pass --corrections corrections.jsonl or --pairs pairs.jsonl" + (", not both" if config.pairs else ""))
     from secondthoughts.sft import init_settings
 
     init_settings(config.model)
+    if config.pairs:
+        from secondthoughts.dpo import read_preferences
+
+        read_preferences(config.pairs)
+        return
     read_corrections(config.corrections, config.skip_invalid)
     if source := replay_source(config):
         next(read_examples(source), None)
+
+
+def learn_pairs(config: LearnConfig) -> Path:
+    """Train DPO from ``config.model`` on ``config.pairs`` into ``config.out`` (a new run folder);
+    returns it. The run's LoRA settings for the new adapter are DPO's (``dpo.DPOSettings``)."""
+    from secondthoughts.decoding import run_info
+    from secondthoughts.dpo import DPOSettings, read_preferences, train_dpo
+
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # train_dpo replaces the folder it writes
+        raise FileExistsError(f"{out} exists and is not an empty folder: choose another --out")
+    check(config)
+    pairs = read_preferences(config.pairs)
+    dpo = DPOSettings(
+        beta=config.beta, lr=config.lr, epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size,
+        grad_accum=config.grad_accum, max_length=config.max_length or int((run_info(config.model) or {}).get("max_length", 256)),
+        sft_weight=config.sft_weight,
+    )  # fmt: skip
+    train_dpo(config.model, pairs, out, dpo, seed=config.seed, progress=config.progress)
+    atomic.write_atomic(out / INFO_FILE, json.dumps({"learn": asdict(config), "pairs": len(pairs)}, indent=2))
+    return out
 
 
 def learn(config: LearnConfig, *, resume: bool = False, stop_after: int | None = None) -> Any:
@@ -145,6 +185,8 @@ def learn(config: LearnConfig, *, resume: bool = False, stop_after: int | None =
     (``stop_after``: end after that many steps as if killed, for tests)."""
     from secondthoughts import sft
 
+    if config.pairs:
+        raise ValueError("learning from pairs trains DPO: call learn_pairs")
     out = Path(config.out)
     data_file = out / DATA_FILE
     if resume:

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import tiny
-import torch
 import yaml
 from hand_made_cells import write_cells
 
@@ -166,32 +165,6 @@ def test_reward_views_reach_the_scorers_and_what_they_judge() -> None:
     assert B.fingerprints(cfg, cells) == explicit
     assert explicit["scorers/moral_stories/main"] != before["scorers/moral_stories/main"]
     assert explicit["s0/moral_stories/aem_rl"] != before["s0/moral_stories/aem_rl"]  # its reward changed
-
-
-# ---------------------------------------------------------------- DPO
-
-
-@pytest.mark.slow
-def test_dpo_with_zero_learning_rate_gives_the_direct_model_back(tmp_path: Path, tiny_model_dir: Path, examples_jsonl: Path) -> None:
-    from secondthoughts import models
-    from secondthoughts.data import read_examples
-    from secondthoughts.dpo import DPOSettings, train_dpo
-    from secondthoughts.realign import Realigner
-    from secondthoughts.sft import TrainConfig, train
-
-    direct = train(TrainConfig(data=str(examples_jsonl), model=str(tiny_model_dir), out=str(tmp_path / "direct"), mode="direct", max_length=128,
-                               batch_size=4, max_steps=2, eval_fraction=0.0, lora_r=4, lr=0.05, progress=False)).out  # fmt: skip
-    out = train_dpo(direct, list(read_examples(examples_jsonl)), tmp_path / "dpo", DPOSettings(lora_r=4, max_steps=1, batch_size=4, grad_accum=1, lr=0.0), progress=False)
-    a, _ = models.load(str(direct), device="cpu")
-    b, _ = models.load(str(out), device="cpu")
-    x = torch.tensor([[5, 400, 7, 401, 9, 12]])  # 400, 401: the run's marker tokens (trained rows carried over)
-    assert torch.allclose(a(x).logits, b(x).logits, atol=1e-5)
-    assert Realigner(out).default_mode() == "direct"
-    info = json.loads((out / "config.json").read_text())
-    assert info["train"]["mode"] == "direct" and info["dpo"]["start"] == str(direct)
-    trained = train_dpo(direct, list(read_examples(examples_jsonl)), tmp_path / "dpo2", DPOSettings(lora_r=4, max_steps=2, batch_size=4, grad_accum=1, lr=0.05), progress=False)
-    c, _ = models.load(str(trained), device="cpu")
-    assert not torch.allclose(a(x).logits, c(x).logits, atol=1e-4)
 
 
 # ---------------------------------------------------------------- a tiny grid, end to end

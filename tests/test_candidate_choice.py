@@ -167,3 +167,23 @@ def test_skip_unrated_candidates_decoded_again(tmp_path: Path) -> None:
     assert _run(tmp_path, rows + unrated, labels, "--skip-unrated").stdout.splitlines()[0] == lines[0]
     wrong = _run(tmp_path, rows, labels, "--skip-unrated", splits=("nope",))
     assert wrong.returncode != 0 and "--candidates: no story with rated candidates (are nope the labels' splits" in wrong.stderr
+
+
+def test_write_pairs_of_good_and_bad_candidates(tmp_path: Path) -> None:
+    stories = [_story(k) for k in range(3)]
+    rows, labels = [s for s, _ in stories], [lab for _, labs in stories for lab in labs]
+    labels[5]["align"] = [6, 6]  # story 1's rambling fix: (6, 3), still bad by its coherence
+    labels[7]["align"], labels[7]["coherence"] = [4, 4], [4, 4]  # story 2's fix: neither good nor bad, so no pair
+    out_file = tmp_path / "pairs.jsonl"
+    out = _run(tmp_path, rows, labels, "--write-pairs", str(out_file))
+    assert out.returncode == 0, out.stderr
+    assert "wrote 4 pairs of 2 stories" in out.stdout
+    pairs = [json.loads(line) for line in out_file.read_text().splitlines()]
+    for k in (0, 1):  # the short fix over each of the two bad ones, once each
+        mine = [p for p in pairs if p["id"] == f"s{k}"]
+        assert {p["chosen"] for p in mine} == {f"Sam{k} returns the ladder."}
+        assert sorted(p["rejected"] for p in mine) == sorted(a["text"] for j, a in enumerate(rows[k]["alternatives"]) if j != 1)
+        assert mine[0]["source"] == rows[k]["source"] and mine[0]["context"] == rows[k]["context"]
+    _run(tmp_path, rows, labels, "--write-pairs", str(out_file), "--pairs-per-story", "1", "--bad", "2.5")
+    assert [(p["id"], p["rejected"]) for p in map(json.loads, out_file.read_text().splitlines())] == [
+        ("s0", "Sam0 keeps the ladder he borrowed and hides it well."), ("s1", "Sam1 keeps the ladder he borrowed and hides it well.")]

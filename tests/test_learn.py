@@ -101,3 +101,54 @@ def test_bad_input_is_refused_in_one_line_before_a_model_loads(tmp_path, base_ru
     # a run whose training data is gone learns with --replay 0 or another replay file
     assert main(["learn", "--model", str(lost), "--corrections", str(good), "--out", str(tmp_path / "r0"), "--replay", "0", "--max-steps", "1", "--no-progress"]) == 0
     assert json.loads((tmp_path / "r0" / INFO_FILE).read_text())["replay"] == 0
+
+
+PAIRS = [
+    {"context": "Ana borrowed a pen.", "source": "Ana keeps the pen.", "chosen": "Ana gives the pen back.", "rejected": "Ana keeps the pen hidden."},
+    {"context": "Bo sees a wallet.", "source": "Bo takes the wallet.", "chosen": "Bo hands the wallet in.", "rejected": "Bo takes the wallet home."},
+]
+
+
+def test_learn_from_preference_pairs_trains_dpo_into_a_run_that_loads(tmp_path, base_run):
+    from secondthoughts.realign import Realigner
+
+    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
+    out = tmp_path / "pref"
+    argv = ["learn", "--model", str(base_run), "--pairs", str(pairs), "--out", str(out), "--max-steps", "2", "--batch-size", "1",
+            "--grad-accum", "2", "--lr", "0.05", "--beta", "0.2", "--sft-weight", "0.5", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info["pairs"] == 2 and info["learn"]["pairs"] == str(pairs)
+    dpo = json.loads((out / "config.json").read_text())["dpo"]
+    assert (dpo["beta"], dpo["sft_weight"], dpo["batch_size"], dpo["grad_accum"], dpo["max_steps"], dpo["start"]) == (0.2, 0.5, 1, 2, 2, str(base_run))
+    r = Realigner(out)
+    assert r.chain_format == "inline" and isinstance(r.realign("Ana borrowed a pen.", "Ana keeps the pen.").text, str)
+    assert main(argv) == 1  # the folder holds a run: refused, left as it is
+    assert json.loads((out / INFO_FILE).read_text()) == info
+    assert main([*argv[:5], "--out", str(tmp_path / "other"), "--resume"]) == 1  # DPO restarts, never resumes
+
+
+def test_bad_pairs_are_refused_in_one_line_before_a_model_loads(tmp_path, base_run, capsys):
+    good = _write(tmp_path / "pairs.jsonl", PAIRS)
+    corr = _write(tmp_path / "corr.jsonl", CORRECTIONS)
+    cases = [
+        ([json.dumps(PAIRS[0]), json.dumps({**PAIRS[1], "chosen": None})], "pairs.jsonl:2: field 'chosen': missing"),
+        ([json.dumps({**PAIRS[0], "rejected": " Ana gives the pen  back."})], "pairs.jsonl:1: field 'rejected': identical to 'chosen'"),
+        (["[1, 2]"], "pairs.jsonl:1: expected a JSON object"),
+        ([], "no preference pairs"),
+    ]
+    out = tmp_path / "mine"
+    (tmp_path / "bad").mkdir()
+    for rows, message in cases:
+        bad = _write(tmp_path / "bad" / "pairs.jsonl", rows)
+        assert main(["learn", "--model", str(base_run), "--pairs", str(bad), "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    for flags, message in ((["--corrections", str(corr), "--pairs", str(good)], "not both"), (["--pairs", str(good), "--beta", "0"], "beta must be")):
+        assert main(["learn", "--model", str(base_run), *flags, "--out", str(out)]) == 1
+        assert message in capsys.readouterr().err
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["learn", "--model", str(base_run), "--pairs", str(good), "--out", str(out)]) == 1
+    assert "is not an empty folder" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"

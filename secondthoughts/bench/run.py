@@ -173,10 +173,10 @@ class Bench:
                 chains = {} if cell.method == "direct" else {"mode": "coe", "chain_format": self.cfg.chain_format}
                 self._sft(run, {**self.cfg.train, "data": str(train_file), "mode": "direct", **chains, "model": self.cfg.model, "seed": cell.seed})
             elif cell.method == "dpo":
-                from secondthoughts.dpo import DPOSettings, train_dpo
+                from secondthoughts.dpo import DPOSettings, target_over_source, train_dpo
 
                 direct = self.out / method_key(cell.seed, cell.dataset, "direct") / "run"
-                train_dpo(direct, split.train, run, DPOSettings.from_dict(self.cfg.dpo), seed=cell.seed, progress=self.progress)
+                train_dpo(direct, target_over_source(split.train), run, DPOSettings.from_dict(self.cfg.dpo), seed=cell.seed, progress=self.progress)
             else:
                 self._refine(cell, run, train_file)
             _write_json(folder / TRAINED_FILE, {"wall_s": time.perf_counter() - t0})

@@ -1,4 +1,5 @@
-"""``secondthoughts learn``: continue a trained run on saved corrections (with replay).
+"""``secondthoughts learn``: continue a trained run on saved corrections (with replay), or train DPO
+on preference pairs (``--pairs``).
 
 Every field of :class:`secondthoughts.learn.LearnConfig` is a flag; ``--config`` reads them from
 YAML and flags override it, as in ``train``.
@@ -25,9 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from secondthoughts import settings
-    from secondthoughts.learn import INFO_FILE, LearnConfig, check, learn
+    from secondthoughts.learn import INFO_FILE, LearnConfig, check, learn, learn_pairs
 
     config = settings.from_args(LearnConfig, args, "learning settings", "learn", file=INFO_FILE)
+    if config.pairs:
+        if args.resume:
+            raise ValueError("a DPO learning run (--pairs) cannot resume: start it again in a new --out")
+        out = learn_pairs(config)
+        print(f"{out}: DPO on the pairs of {config.pairs}; model in {out / 'model'}")
+        return 0
     if args.resume and not (Path(config.out) / INFO_FILE).is_file():
         raise FileNotFoundError(f"{config.out}: no learning run to resume (no {INFO_FILE})")
     if not args.resume:
