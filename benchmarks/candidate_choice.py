@@ -260,6 +260,8 @@ def main() -> None:
                     help="candidates decoded again on another machine: drop alternatives that are not a rated text of their story "
                          "(and stories that keep under 80%% of theirs) instead of stopping")
     args = ap.parse_args()
+    if args.write_pairs and (args.good <= args.bad or args.pairs_per_story < 1):
+        sys.exit("error: --write-pairs needs --good above --bad and --pairs-per-story >= 1")
     if bool(args.versus) != bool(args.versus_split):
         sys.exit("error: --versus and --versus-split go together")
     args.penalties = args.penalties or [(SOURCE_PENALTY, LENGTH_PENALTY)]

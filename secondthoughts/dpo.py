@@ -39,9 +39,9 @@ from secondthoughts.data import Example
 
 @dataclass
 class DPOSettings:
-    """The DPO knobs the benchmark exposes (the rest are TRL's defaults)."""
+    """The DPO knobs the benchmark and ``learn --pairs`` expose (the rest are TRL's defaults)."""
 
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature: strength of the implicit KL to the direct model"})
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature: strength of the implicit KL to the starting run"})
     lr: float = field(default=5e-5, metadata={"help": "learning rate of the new LoRA adapter"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the preference pairs"})
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; overrides epochs when > 0"})
@@ -92,14 +92,16 @@ class ChainSpec:
         from secondthoughts.edits import DEFAULT_COST_SETS
 
         costs = (info.get("cost_sets") or DEFAULT_COST_SETS)[0]
-        return cls((float(costs[0]), float(costs[1]), float(costs[2])), info.get("merge_gap"), chain_format(info))
+        gap = info.get("merge_gap")
+        merge_gap = gap if gap is not None and gap >= 0 else None  # a run saves -1 for "not merged"
+        return cls((float(costs[0]), float(costs[1]), float(costs[2])), merge_gap, chain_format(info))
 
 
 def read_preferences(path: str | os.PathLike[str]) -> list[Preference]:
     """The pairs of a JSONL file (``context`` optional, ``source``, ``chosen``, ``rejected``, ``id``
     optional), as ``benchmarks/candidate_choice.py --write-pairs`` writes them; a bad row is a
     one-line ``DataError`` naming file, line and field."""
-    from secondthoughts.data import DataError, RowError, clean_text, jsonl_rows
+    from secondthoughts.data import DataError, RowError, jsonl_rows, pair_problem
     from secondthoughts.dataset_readers import optional_text, required_text
 
     out = []
@@ -107,8 +109,10 @@ def read_preferences(path: str | os.PathLike[str]) -> list[Preference]:
         try:
             if isinstance(row, RowError):
                 raise row
-            source, chosen, rejected = (required_text(row, k) for k in ("source", "chosen", "rejected"))
-            if clean_text(chosen) == clean_text(rejected):
+            source, chosen, rejected = (required_text(row, k) for k in ("source", "chosen", "rejected"))  # cleaned
+            if reason := pair_problem(source, chosen):  # a chosen copy of the source is no re-alignment
+                raise RowError("chosen", reason)
+            if chosen == rejected:
                 raise RowError("rejected", "identical to 'chosen': a pair must prefer one text over another")
             out.append(Preference(optional_text(row, "context"), source, chosen, rejected, str(row.get("id") or "")))
         except RowError as e:
@@ -125,28 +129,31 @@ def target_over_source(examples: Sequence[Example]) -> list[Preference]:
 
 def completion_ids(tokenizer: Any, text: str, source: str, chains: ChainSpec | None) -> list[int]:
     """What the run writes for ``text`` after the prompt: (its chain from ``source``,) the text, EOS."""
-    from secondthoughts.edits import augment_chains, tokenize
+    from secondthoughts.ail import expert_chain
     from secondthoughts.sequences import encode_completion
 
     if chains is None:
         return encode_completion(tokenizer, None, text, source)
-    ((_, edits),) = augment_chains(tokenize(source), tokenize(text), [chains.costs], chains.merge_gap)
-    return encode_completion(tokenizer, edits, text, source, chains.chain_format)
+    return encode_completion(tokenizer, expert_chain(source, text, chains.costs, chains.merge_gap), text, source, chains.chain_format)
 
 
-def preference_rows(tokenizer: Any, pairs: Sequence[Preference], max_length: int, chains: ChainSpec | None = None) -> list[dict[str, list[int]]]:
+def preference_rows(tokenizer: Any, pairs: Sequence[Preference], max_length: int, chains: ChainSpec | None = None) -> tuple[list[dict[str, list[int]]], list[str]]:
     """TRL's tokenized preference format: the prompt, the chosen and the rejected completion
-    (:func:`completion_ids`). The context is cut from the left so that the prompt leaves room for
-    the longer completion, as ``sequences.encode`` cuts it."""
+    (:func:`completion_ids`), and the ids of pairs left out because source and completions alone
+    exceed ``max_length`` (as ``sequences.build_sequences`` drops such examples: TRL would cut the
+    completion's end). The context is cut from the left so that the prompt leaves room for the
+    longer completion, as ``sequences.encode`` cuts it."""
     from secondthoughts.sequences import encode_prompt
 
-    rows = []
+    rows, dropped = [], []
     for p in pairs:
         chosen, rejected = completion_ids(tokenizer, p.chosen, p.source, chains), completion_ids(tokenizer, p.rejected, p.source, chains)
-        bare = len(encode_prompt(tokenizer, "", p.source))
-        room = max(0, max_length - bare - max(len(chosen), len(rejected)))
+        room = max_length - len(encode_prompt(tokenizer, "", p.source)) - max(len(chosen), len(rejected))
+        if room < 0:
+            dropped.append(p.id or p.source)
+            continue
         rows.append({"prompt_ids": encode_prompt(tokenizer, p.context, p.source, room), "chosen_ids": chosen, "rejected_ids": rejected})
-    return rows
+    return rows, dropped
 
 
 def _trainer_class() -> Any:
@@ -186,10 +193,13 @@ def train_dpo(start: str | os.PathLike[str], pairs: Sequence[Preference], out: s
         raise ValueError("no preference pairs to train DPO on")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    # load_policy merges the direct adapter and puts a fresh LoRA (+ marker rows) on top: exactly
+    # load_policy merges the run's adapter and puts a fresh LoRA (+ marker rows) on top: exactly
     # what refinement does, so the saved adapter combines the two the same way.
     policy, _, tok, start_lora = load_policy(str(start), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, seed=seed, train_tokens=False)
-    data = Dataset.from_list(preference_rows(tok, pairs, settings.max_length, ChainSpec.of_run(info)))
+    rows, dropped = preference_rows(tok, pairs, settings.max_length, ChainSpec.of_run(info))
+    if not rows:
+        raise ValueError(f"no preference pair fits in {settings.max_length} tokens (DPO max_length)")
+    data = Dataset.from_list(rows)
     losses = [settings.loss_type, "sft"] if settings.sft_weight else [settings.loss_type]
     cuda = torch.cuda.is_available()
     args = DPOConfig(
@@ -216,7 +226,7 @@ def train_dpo(start: str | os.PathLike[str], pairs: Sequence[Preference], out: s
     write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     run_info_out = {
         "train": {**info, "out": str(out)},  # the start's mode: Realigner decodes it like the start run
-        "dpo": {**asdict(settings), "seed": seed, "start": str(start), "pairs": len(pairs), "saved_as": how[0]},
+        "dpo": {**asdict(settings), "seed": seed, "start": str(start), "pairs": len(rows), "dropped": dropped, "saved_as": how[0]},
         "env": environment(trl=_trl_version()),
         "model": dict(zip(("trainable_parameters", "parameters"), models.count_parameters(model))),
     }

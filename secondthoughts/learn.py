@@ -57,7 +57,7 @@ class LearnConfig:
     lr: float = _f(5e-4, "peak learning rate")
     batch_size: int = _f(4, "rows (--pairs: pairs) per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
-    max_length: int = _f(0, "tokens per packed row; 0: the run's own")
+    max_length: int = _f(0, "tokens per packed row (--pairs: per prompt + completion); 0: the run's own")
     skip_invalid: bool = _f(False, "skip invalid correction rows (each is named) instead of stopping at the first")
     seed: int = _f(0, "seeds the replay sample, data order and dropout")
     progress: bool = _f(True, "show a progress bar")
@@ -140,7 +140,8 @@ def train_config(config: LearnConfig, data_file: Path) -> Any:
 
 
 def check(config: LearnConfig) -> None:
-    """Everything that can be refused before a model loads: the run, the corrections, the replay file."""
+    """Everything that can be refused before a model loads: the run, the corrections and the replay
+    file, or the pairs and the DPO settings."""
     if not config.model:
         raise ValueError("no run to start from: pass --model RUN")
     if bool(config.corrections) == bool(config.pairs):
@@ -151,6 +152,7 @@ def check(config: LearnConfig) -> None:
     if config.pairs:
         from secondthoughts.dpo import read_preferences
 
+        dpo_settings(config)
         read_preferences(config.pairs)
         return
     read_corrections(config.corrections, config.skip_invalid)
@@ -158,24 +160,31 @@ def check(config: LearnConfig) -> None:
         next(read_examples(source), None)
 
 
+def dpo_settings(config: LearnConfig) -> Any:
+    """The ``dpo.DPOSettings`` of a ``--pairs`` run (checked: a bad one is a one-line error); the new
+    adapter's LoRA settings are DPO's defaults."""
+    from secondthoughts.decoding import run_info
+    from secondthoughts.dpo import DPOSettings
+
+    max_length = config.max_length or int((run_info(config.model) or {}).get("max_length", 256))
+    return DPOSettings.from_dict({
+        "beta": config.beta, "lr": config.lr, "epochs": config.epochs, "max_steps": config.max_steps, "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum, "max_length": max_length, "sft_weight": config.sft_weight,
+    })  # fmt: skip
+
+
 def learn_pairs(config: LearnConfig) -> Path:
     """Train DPO from ``config.model`` on ``config.pairs`` into ``config.out`` (a new run folder);
-    returns it. The run's LoRA settings for the new adapter are DPO's (``dpo.DPOSettings``)."""
-    from secondthoughts.decoding import run_info
-    from secondthoughts.dpo import DPOSettings, read_preferences, train_dpo
+    returns it."""
+    from secondthoughts.dpo import read_preferences, train_dpo
 
     out = Path(config.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # train_dpo replaces the folder it writes
         raise FileExistsError(f"{out} exists and is not an empty folder: choose another --out")
     check(config)
-    pairs = read_preferences(config.pairs)
-    dpo = DPOSettings(
-        beta=config.beta, lr=config.lr, epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size,
-        grad_accum=config.grad_accum, max_length=config.max_length or int((run_info(config.model) or {}).get("max_length", 256)),
-        sft_weight=config.sft_weight,
-    )  # fmt: skip
-    train_dpo(config.model, pairs, out, dpo, seed=config.seed, progress=config.progress)
-    atomic.write_atomic(out / INFO_FILE, json.dumps({"learn": asdict(config), "pairs": len(pairs)}, indent=2))
+    train_dpo(config.model, read_preferences(config.pairs), out, dpo_settings(config), seed=config.seed, progress=config.progress)
+    pairs = json.loads((out / "config.json").read_text(encoding="utf-8"))["dpo"]["pairs"]  # those that fit
+    atomic.write_atomic(out / INFO_FILE, json.dumps({"learn": asdict(config), "pairs": pairs}, indent=2))
     return out
 
 

@@ -184,6 +184,9 @@ def test_write_pairs_of_good_and_bad_candidates(tmp_path: Path) -> None:
         assert {p["chosen"] for p in mine} == {f"Sam{k} returns the ladder."}
         assert sorted(p["rejected"] for p in mine) == sorted(a["text"] for j, a in enumerate(rows[k]["alternatives"]) if j != 1)
         assert mine[0]["source"] == rows[k]["source"] and mine[0]["context"] == rows[k]["context"]
+    for flags in (("--good", "4", "--bad", "4"), ("--pairs-per-story", "0")):
+        bad = _run(tmp_path, rows, labels, "--write-pairs", str(out_file), *flags)
+        assert bad.returncode != 0 and "--write-pairs needs --good above --bad and --pairs-per-story >= 1" in bad.stderr
     _run(tmp_path, rows, labels, "--write-pairs", str(out_file), "--pairs-per-story", "1", "--bad", "2.5")
     assert [(p["id"], p["rejected"]) for p in map(json.loads, out_file.read_text().splitlines())] == [
         ("s0", "Sam0 keeps the ladder he borrowed and hides it well."), ("s1", "Sam1 keeps the ladder he borrowed and hides it well.")]

@@ -64,7 +64,9 @@ def test_a_chain_run_learns_from_rated_pairs_in_its_own_chain_format(tmp_path: P
     spec = ChainSpec.of_run(run_info(coe) or {})
     assert spec == ChainSpec((1.0, 1.0, 3.0), 3, "anchored")
     _, tok = models.load(str(coe), device="cpu")
-    for pair, row in zip(PAIRS, preference_rows(tok, PAIRS, 128, spec)):
+    rows, dropped = preference_rows(tok, PAIRS, 128, spec)
+    assert len(rows) == 2 and dropped == []
+    for pair, row in zip(PAIRS, rows):
         for text, ids in ((pair.chosen, row["chosen_ids"]), (pair.rejected, row["rejected_ids"])):
             assert ids[-1] == tok.eos_token_id
             chain, written = split_completion(tok.decode(ids[:-1]))
@@ -72,16 +74,42 @@ def test_a_chain_run_learns_from_rated_pairs_in_its_own_chain_format(tmp_path: P
             assert written == text and detokenize(apply_edits(tokenize(pair.source), edits)) == text
         assert tok.decode(row["prompt_ids"]).endswith(pair.source + "<|sep|>")
     # merged at gap 3: "keeps" -> "gives" and "and hides it" -> "back and says thanks" are one edit, not two
-    assert len(parse_chain(split_completion(tok.decode(preference_rows(tok, PAIRS[:1], 128, spec)[0]["chosen_ids"][:-1]))[0], PAIRS[0].source, "anchored")) == 1
+    assert len(parse_chain(split_completion(tok.decode(rows[0]["chosen_ids"][:-1]))[0], PAIRS[0].source, "anchored")) == 1
+    unmerged = ChainSpec.of_run({**(run_info(coe) or {}), "merge_gap": -1})  # how a run saves "not merged"
+    assert unmerged is not None and unmerged.merge_gap is None
+    assert len(parse_chain(split_completion(tok.decode(preference_rows(tok, PAIRS[:1], 128, unmerged)[0][0]["chosen_ids"][:-1]))[0], PAIRS[0].source, "anchored")) > 1
+    # a pair whose source and completions alone exceed max_length is left out, named, rather than cut by TRL
+    long = Preference("", "Bo takes the wallet.", "Bo hands the wallet in " + "and says so " * 60 + ".", "Bo takes the wallet home.", "long")
+    kept, dropped = preference_rows(tok, [PAIRS[0], long], 128, spec)
+    assert len(kept) == 1 and dropped == ["long"] and all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= 128 for r in kept)
+    with pytest.raises(ValueError, match="no preference pair fits in 16 tokens"):
+        train_dpo(coe, [long], tmp_path / "none", DPOSettings(lora_r=4, max_length=16, max_steps=1))
     out = train_dpo(coe, PAIRS * 2, tmp_path / "dpo", DPOSettings(lora_r=4, max_steps=1, batch_size=2, grad_accum=1, lr=0.0, sft_weight=1.0), progress=False)
     assert _same(coe, out)
     info = json.loads((out / "config.json").read_text())
-    assert (info["train"]["mode"], info["train"]["merge_gap"], info["dpo"]["pairs"], info["dpo"]["sft_weight"]) == ("coe", 3, 4, 1.0)
+    assert (info["train"]["mode"], info["train"]["merge_gap"], info["dpo"]["pairs"], info["dpo"]["dropped"], info["dpo"]["sft_weight"]) == ("coe", 3, 4, [], 1.0)
     assert Realigner(out).default_mode() == "apply"
     trained = train_dpo(coe, PAIRS * 2, tmp_path / "dpo2", DPOSettings(lora_r=4, max_steps=2, batch_size=2, grad_accum=1, lr=0.05, sft_weight=1.0), progress=False)
     assert not _same(coe, trained, atol=1e-4)
     log = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert log and "train_loss" in log[-1]
+
+
+def test_pairs_files_and_their_bad_rows(tmp_path: Path) -> None:
+    from secondthoughts.data import DataError
+    from secondthoughts.dpo import read_preferences
+
+    good = {"context": "Ana borrowed a pen.", "source": "Ana keeps the pen.", "chosen": "Ana gives  the pen back.", "rejected": "Ana keeps it.", "id": 7}
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "context": None}) + "\n")
+    assert read_preferences(f) == [Preference("Ana borrowed a pen.", "Ana keeps the pen.", "Ana gives the pen back.", "Ana keeps it.", "7"),
+                                   Preference("", "Ana keeps the pen.", "Ana gives the pen back.", "Ana keeps it.", "7")]  # fmt: skip
+    for row, message in (({**good, "chosen": "Ana keeps  the pen."}, "pairs.jsonl:1: field 'chosen': identical to the source"),
+                         ({**good, "rejected": 3}, "pairs.jsonl:1: field 'rejected': expected a string"),
+                         ({**good, "source": ""}, "pairs.jsonl:1: field 'source': empty")):  # fmt: skip
+        f.write_text(json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=message):
+            read_preferences(f)
 
 
 def test_settings_and_starts_that_dpo_refuses(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ PAIRS = [
 ]
 
 
-def test_learn_from_preference_pairs_trains_dpo_into_a_run_that_loads(tmp_path, base_run):
+def test_learn_from_preference_pairs_trains_dpo_into_a_run_that_loads(tmp_path, base_run, capsys):
     from secondthoughts.realign import Realigner
 
     pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
@@ -126,6 +126,7 @@ def test_learn_from_preference_pairs_trains_dpo_into_a_run_that_loads(tmp_path, 
     assert main(argv) == 1  # the folder holds a run: refused, left as it is
     assert json.loads((out / INFO_FILE).read_text()) == info
     assert main([*argv[:5], "--out", str(tmp_path / "other"), "--resume"]) == 1  # DPO restarts, never resumes
+    assert "cannot resume" in capsys.readouterr().err
 
 
 def test_bad_pairs_are_refused_in_one_line_before_a_model_loads(tmp_path, base_run, capsys):
@@ -145,7 +146,8 @@ def test_bad_pairs_are_refused_in_one_line_before_a_model_loads(tmp_path, base_r
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not out.exists()
-    for flags, message in ((["--corrections", str(corr), "--pairs", str(good)], "not both"), (["--pairs", str(good), "--beta", "0"], "beta must be")):
+    for flags, message in ((["--corrections", str(corr), "--pairs", str(good)], "not both"), (["--pairs", str(good), "--beta", "0"], "beta must be"),
+                           (["--pairs", str(good), "--grad-accum", "0"], "grad_accum must be >= 1")):  # fmt: skip
         assert main(["learn", "--model", str(base_run), *flags, "--out", str(out)]) == 1
         assert message in capsys.readouterr().err
     out.mkdir()
