@@ -47,7 +47,7 @@ class DPOSettings:
     max_steps: int = field(default=0, metadata={"help": "optimizer steps; overrides epochs when > 0"})
     batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch"})
     grad_accum: int = field(default=2, metadata={"help": "micro-batches per optimizer step"})
-    max_length: int = field(default=256, metadata={"help": "tokens of prompt + completion; longer rows keep their start"})
+    max_length: int = field(default=256, metadata={"help": "tokens of prompt + completion: the context is cut from the left to fit; a pair whose source and completions alone are longer is left out"})
     lora_r: int = field(default=16, metadata={"help": "rank of the new LoRA adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "alpha of the new LoRA adapter"})
     loss_type: str = field(default="sigmoid", metadata={"help": "TRL loss_type (sigmoid: the DPO paper's loss)"})
