@@ -150,6 +150,13 @@ def chain_format(info: dict[str, Any] | None) -> str:
     return info.get("chain_format", LEGACY_CHAIN_FORMAT) if info else DEFAULT_CHAIN_FORMAT
 
 
+def merge_gap(info: dict[str, Any] | None) -> int | None:
+    """The merge gap a run's chains were trained with (``sequences.build_sequences``'s): None where
+    it merged nothing (its config says -1) or predates merging."""
+    gap = (info or {}).get("merge_gap")
+    return gap if gap is not None and gap >= 0 else None
+
+
 def context_limit(tokenizer: Any, source: str, max_length: int | None) -> int | None:
     """How many context tokens a prompt keeps (None: all). Training cut the context so that the
     whole sequence fit ``max_length``; decoding leaves room for a completion about twice the

@@ -88,13 +88,11 @@ class ChainSpec:
     def of_run(cls, info: dict[str, Any]) -> ChainSpec | None:
         if info.get("mode") != "coe":
             return None
-        from secondthoughts.decoding import chain_format
+        from secondthoughts.decoding import chain_format, merge_gap
         from secondthoughts.edits import DEFAULT_COST_SETS
 
         costs = (info.get("cost_sets") or DEFAULT_COST_SETS)[0]
-        gap = info.get("merge_gap")
-        merge_gap = gap if gap is not None and gap >= 0 else None  # a run saves -1 for "not merged"
-        return cls((float(costs[0]), float(costs[1]), float(costs[2])), merge_gap, chain_format(info))
+        return cls((float(costs[0]), float(costs[1]), float(costs[2])), merge_gap(info), chain_format(info))
 
 
 def read_preferences(path: str | os.PathLike[str]) -> list[Preference]:

@@ -210,7 +210,7 @@ class Refiner:
         from accelerate import Accelerator
         from transformers import get_scheduler
 
-        from secondthoughts.decoding import chain_format, run_info
+        from secondthoughts.decoding import chain_format, merge_gap, run_info
         from secondthoughts.edit_vocab import EditVocab
 
         self.config = config
@@ -220,8 +220,7 @@ class Refiner:
         self.device = self.accelerator.device
         self.aem_info = run_info(config.policy) or {}
         self.chain_format = chain_format(self.aem_info)  # as the policy writes chains
-        gap = self.aem_info.get("merge_gap", -1)
-        self.merge_gap = gap if gap >= 0 else None  # expert chains as the policy learned them
+        self.merge_gap = merge_gap(self.aem_info)  # expert chains as the policy learned them
         if self.aem_info.get("mode", "coe") != "coe":
             raise ValueError(f"{config.policy} was trained with --mode {self.aem_info['mode']}: refinement needs a chain-of-edits run")
         self.policy, self.reference, self.tokenizer, self.aem = load_policy(
