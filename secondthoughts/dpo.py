@@ -51,7 +51,7 @@ class DPOSettings:
     lora_r: int = field(default=16, metadata={"help": "rank of the new LoRA adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "alpha of the new LoRA adapter"})
     loss_type: str = field(default="sigmoid", metadata={"help": "TRL loss_type (sigmoid: the DPO paper's loss)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass (TRL's default: less memory, about a third slower)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass for less memory (TRL's default; off here: a 3-step trial on the 135M model, 2 CPU threads, measured 22 s a step either way)"})
     sft_weight: float = field(default=0.0, metadata={"help": "weight of TRL's `sft` loss on the chosen completion added to it (RPO); 0: none"})
 
     @classmethod
