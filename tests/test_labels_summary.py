@@ -5,6 +5,7 @@ differences and the coherence ratio, and bad input."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,19 @@ def test_one_story_in_two_pooled_splits_is_an_error(tmp_path: Path) -> None:
 def test_an_unknown_system_is_an_error(tmp_path: Path) -> None:
     out = _run(tmp_path, _rows("s1", "r1", {"alt0": (4, 4), "gold": (7, 7)}), "r1", extra=("--paired", "alt0:golden"))
     assert out.returncode != 0 and "no system golden in split(s) r1" in out.stderr
+
+
+def test_level_widens_the_intervals_and_a_bad_level_is_an_error(tmp_path: Path) -> None:
+    labels = [r for i in range(12) for r in _rows(f"s{i}", "r", {"a": (1 + i % 7, 1 + i % 5), "gold": (7, 7)})]
+
+    def bounds(*extra: str) -> list[tuple[float, float]]:
+        out = _run(tmp_path, labels, "r", extra=("--systems", "a", "--paired", "a:gold", *extra))
+        assert out.returncode == 0, out.stderr
+        return [(float(lo), float(hi)) for lo, hi in re.findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", out.stdout)]
+
+    at95, at99 = bounds(), bounds("--level", "0.99")
+    assert len(at95) == len(at99) == 7  # three cells of "a", three paired scales, the ratio
+    assert all(lo99 <= lo95 and hi95 <= hi99 for (lo95, hi95), (lo99, hi99) in zip(at95, at99))
+    assert any(lo99 < lo95 for (lo95, _), (lo99, _) in zip(at95, at99))
+    out = _run(tmp_path, labels, "r", extra=("--level", "1.5"))
+    assert out.returncode != 0 and "--level must be between 0 and 1, got 1.5" in out.stderr
