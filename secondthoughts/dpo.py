@@ -26,6 +26,7 @@ Examples are tokenized here exactly as training tokenizes them (``sequences.enco
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -60,9 +61,17 @@ class DPOSettings:
         for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
             if getattr(out, name) < 1:
                 raise ValueError(f"DPO {name} must be >= 1")
-        if not out.sft_weight >= 0:
-            raise ValueError(f"DPO sft_weight must be >= 0, got {out.sft_weight}")
+        check_loss_weights(out.beta, out.sft_weight)
         return out
+
+
+def check_loss_weights(beta: float, sft_weight: float) -> None:
+    """DPO's beta (> 0) and the chosen texts' own loss weight (>= 0), both finite: for
+    :class:`DPOSettings` and for ``learn``'s flags, which are refused before any model loads."""
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    if not (sft_weight >= 0 and math.isfinite(sft_weight)):
+        raise ValueError(f"sft_weight must be >= 0 and finite, got {sft_weight}")
 
 
 @dataclass(frozen=True)

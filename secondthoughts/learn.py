@@ -31,6 +31,7 @@ from typing import Any
 from secondthoughts import atomic, runs, settings
 from secondthoughts.data import DataError, Example, read_examples, write_examples
 from secondthoughts.dataset_readers import read_dataset
+from secondthoughts.dpo import check_loss_weights
 
 _f = settings.setting
 
@@ -67,10 +68,7 @@ class LearnConfig:
             raise ValueError(f"replay must be a finite number >= 0, got {self.replay}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
-        if not (self.sft_weight >= 0 and math.isfinite(self.sft_weight)):
-            raise ValueError(f"sft_weight must be a finite number >= 0, got {self.sft_weight}")
+        check_loss_weights(self.beta, self.sft_weight)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LearnConfig:

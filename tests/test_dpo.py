@@ -115,6 +115,10 @@ def test_pairs_files_and_their_bad_rows(tmp_path: Path) -> None:
 def test_settings_and_starts_that_dpo_refuses(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sft_weight must be >= 0"):
         DPOSettings.from_dict({"sft_weight": -1})
+    with pytest.raises(ValueError, match="sft_weight must be >= 0 and finite, got inf"):
+        DPOSettings.from_dict({"sft_weight": float("inf")})
+    with pytest.raises(ValueError, match="beta must be a finite number > 0, got 0"):
+        DPOSettings.from_dict({"beta": 0})
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         DPOSettings.from_dict({"batch_size": 0})
     with pytest.raises(ValueError, match="DPO starts from a `secondthoughts train` run"):
