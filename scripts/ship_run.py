@@ -29,14 +29,14 @@ KEEP = ("config.json", "README.md", "loss.png", "metrics.jsonl")
 def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
     if not (run / "model" / "adapter_config.json").is_file():
         raise SystemExit(f"{run}: not a LoRA run folder (no model/adapter_config.json)")
+    if not (run / "README.md").exists() and card_extra is None:
+        raise SystemExit(f"{run} has no model card (README.md): pass --card-extra")
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     tmp.chmod(0o755)  # mkdtemp makes it private; the package is read by every user
     for name in KEEP:
         if (run / name).exists() or name == "config.json":
             shutil.copy2(run / name, tmp / name)
     card = tmp / "README.md"  # its "Use" snippet names the run folder it was written in
-    if not card.exists() and card_extra is None:
-        raise SystemExit(f"{run} has no model card (README.md): pass --card-extra")
     text = card.read_text(encoding="utf-8").replace(str(run), f"secondthoughts/examples/{dest.name}") if card.exists() else ""
     if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
         text = (text.rstrip() + "\n\n" if text else "") + card_extra.read_text(encoding="utf-8").strip() + "\n"
@@ -45,6 +45,8 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
     weights = tmp / "model" / "adapter_model.safetensors"
     state = load_file(weights)
     save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, weights, metadata={"format": "pt"})
+    for path in tmp.rglob("*"):  # copies keep a run's private modes (a trainer may write 0600); every user reads these
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
