@@ -15,6 +15,7 @@ rebuilt by the commands in ``benchmarks/ms1000.sh``.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,26 +28,47 @@ KEEP = ("config.json", "README.md", "loss.png", "metrics.jsonl")
 
 
 def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
-    if not (run / "model" / "adapter_config.json").is_file():
-        raise SystemExit(f"{run}: not a LoRA run folder (no model/adapter_config.json)")
+    weights_in = run / "model" / "adapter_model.safetensors"
+    if not (run / "model" / "adapter_config.json").is_file() or not weights_in.is_file():
+        raise SystemExit(f"{run}: not a LoRA run folder (no model/adapter_config.json and adapter_model.safetensors)")
+    if not (run / "config.json").is_file():
+        raise SystemExit(f"{run}: no config.json (not a run folder)")
+    if card_extra is not None and not card_extra.is_file():
+        raise SystemExit(f"{card_extra}: no such file (--card-extra)")
     if not (run / "README.md").exists() and card_extra is None:
         raise SystemExit(f"{run} has no model card (README.md): pass --card-extra")
+    # The card's "Use" snippet and the config name the folder the run was written to (as given then, or resolved
+    # now); quoted, so that a run folder whose path starts another's is not rewritten inside it.
+    out = json.loads((run / "config.json").read_text(encoding="utf-8")).get("train", {}).get("out")
+    olds = {f'"{p}"' for p in (str(run), str(run.resolve()), out) if p}
+    here = f'"secondthoughts/examples/{dest.name}"'
+
+    def relocate(text: str) -> str:
+        for old in olds:
+            text = text.replace(old, here)
+        return text
+
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the package is read by every user
-    for name in KEEP:
-        if (run / name).exists() or name == "config.json":
-            shutil.copy2(run / name, tmp / name)
-    card = tmp / "README.md"  # its "Use" snippet names the run folder it was written in
-    text = card.read_text(encoding="utf-8").replace(str(run), f"secondthoughts/examples/{dest.name}") if card.exists() else ""
-    if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
-        text = (text.rstrip() + "\n\n" if text else "") + card_extra.read_text(encoding="utf-8").strip() + "\n"
-    card.write_text(text, encoding="utf-8")
-    shutil.copytree(run / "model", tmp / "model")
-    weights = tmp / "model" / "adapter_model.safetensors"
-    state = load_file(weights)
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, weights, metadata={"format": "pt"})
-    for path in tmp.rglob("*"):  # copies keep a run's private modes (a trainer may write 0600); every user reads these
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    try:
+        for name in KEEP:
+            if (run / name).exists():
+                shutil.copy2(run / name, tmp / name)
+        config = tmp / "config.json"
+        config.write_text(relocate(config.read_text(encoding="utf-8")), encoding="utf-8")
+        card = tmp / "README.md"
+        text = relocate(card.read_text(encoding="utf-8")) if card.exists() else ""
+        if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
+            text = (text.rstrip() + "\n\n" if text else "") + card_extra.read_text(encoding="utf-8").strip() + "\n"
+        card.write_text(text, encoding="utf-8")
+        shutil.copytree(run / "model", tmp / "model")
+        weights = tmp / "model" / "adapter_model.safetensors"
+        state = load_file(weights)
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, weights, metadata={"format": "pt"})
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and a run's own modes may be private; every user reads these
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-shipped stays in the package
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
