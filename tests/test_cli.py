@@ -67,11 +67,19 @@ def test_demo_says_how_the_shipped_run_was_trained(tmp_path: Path) -> None:
     assert run is not None
     info = json.loads((run / "config.json").read_text())
     line = shipped_summary(run)
-    assert f"on {info['data']['train_examples']:,} Moral Stories pairs" in line
-    assert line.startswith("SmolLM2-135M with a LoRA adapter continued from" if info["train"].get("init_from") else "SmolLM2-135M with a LoRA adapter trained by")
-    info["train"].pop("init_from", None)  # a run trained from the base model says so
+    if "dpo" in info:  # the shipped default is taught by DPO (``learn --pairs``) on a continued run
+        assert line.startswith(f"SmolLM2-135M with a LoRA adapter taught by DPO on {info['dpo']['pairs']:,} preference pairs")
+        assert info["train"]["init_from"] in line and "merged at gap 3" in line
+    else:
+        assert f"on {info['data']['train_examples']:,} Moral Stories pairs" in line
+    info.pop("dpo", None)
+    info["data"] = {"train_examples": 3000}
     (tmp_path / "config.json").write_text(json.dumps(info))
-    assert shipped_summary(tmp_path).startswith("SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on")
+    assert f"continued from `{info['train']['init_from']}` on 3,000 Moral Stories pairs" in shipped_summary(tmp_path)
+    info["train"].pop("init_from", None)  # a run trained from the base model says so
+    info.pop("data")  # and one whose config lacks the counts does not fail on them
+    (tmp_path / "config.json").write_text(json.dumps(info))
+    assert shipped_summary(tmp_path).startswith("SmolLM2-135M with a LoRA adapter trained by `secondthoughts train` on its Moral Stories pairs")
 
 
 def test_console_script_starts_without_torch():

@@ -185,13 +185,19 @@ def shipped_summary(run: Path) -> str:
     from secondthoughts.realign import run_info
 
     info = run_info(run) or {}
-    data = json.loads((run / "config.json").read_text(encoding="utf-8")).get("data", {}) if (run / "config.json").is_file() else {}
+    config = json.loads((run / "config.json").read_text(encoding="utf-8")) if (run / "config.json").is_file() else {}
     gap = info.get("merge_gap", -1)
+    chains = f"{info.get('chain_format', 'positional')} chains" + (f" merged at gap {gap}" if gap >= 0 else "")
+    dpo = config.get("dpo")
+    if isinstance(dpo, dict):  # ``learn --pairs``: its train section is the start run's, which it continued
+        start = info.get("init_from") or "a trained run"
+        return (f"SmolLM2-135M with a LoRA adapter taught by DPO on {dpo.get('pairs', 0):,} preference pairs "
+                f"(beta {dpo.get('beta', 0):g}) on top of a run continued from `{start}`, {chains}")
+    n, epochs = config.get("data", {}).get("train_examples"), info.get("epochs")
     # A run continued from another (``learn``, ``train --init-from``) says so: its pairs are the last stage's only.
     how = f"continued from `{info['init_from']}`" if info.get("init_from") else "trained by `secondthoughts train`"
-    return (f"SmolLM2-135M with a LoRA adapter {how} on {data.get('train_examples', '?'):,} Moral Stories "
-            f"pairs, {info.get('epochs', '?'):g} epoch(s), {info.get('chain_format', 'positional')} chains"
-            + (f" merged at gap {gap}" if gap >= 0 else ""))
+    return (f"SmolLM2-135M with a LoRA adapter {how} on {f'{n:,}' if isinstance(n, int) else 'its'} Moral Stories "
+            f"pairs, {f'{epochs:g}' if isinstance(epochs, (int, float)) else '?'} epoch(s), {chains}")
 
 
 def run(args: argparse.Namespace) -> int:
