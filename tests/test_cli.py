@@ -67,12 +67,13 @@ def test_demo_says_how_the_shipped_run_was_trained(tmp_path: Path) -> None:
     assert run is not None
     info = json.loads((run / "config.json").read_text())
     line = shipped_summary(run)
-    if "dpo" in info:  # the shipped default is taught by DPO (``learn --pairs``) on a continued run
-        assert line.startswith(f"SmolLM2-135M with a LoRA adapter taught by DPO on {info['dpo']['pairs']:,} preference pairs")
-        assert info["train"]["init_from"] in line and "merged at gap 3" in line
-    else:
-        assert f"on {info['data']['train_examples']:,} Moral Stories pairs" in line
-    info.pop("dpo", None)
+    assert f"on {info['data']['train_examples']:,} Moral Stories pairs" in line
+    dpo = {**info, "dpo": {"pairs": 1250, "beta": 0.1}}  # ``learn --pairs`` keeps its start run's train section
+    dpo.pop("data")
+    (tmp_path / "config.json").write_text(json.dumps(dpo))
+    line = shipped_summary(tmp_path)
+    assert line.startswith("SmolLM2-135M with a LoRA adapter taught by DPO on 1,250 preference pairs (beta 0.1) on top of a run")
+    assert info["train"]["init_from"] in line and "merged at gap 3" in line
     info["data"] = {"train_examples": 3000}
     (tmp_path / "config.json").write_text(json.dumps(info))
     assert f"continued from `{info['train']['init_from']}` on 3,000 Moral Stories pairs" in shipped_summary(tmp_path)
