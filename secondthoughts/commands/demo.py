@@ -190,9 +190,9 @@ def shipped_summary(run: Path) -> str:
     chains = f"{info.get('chain_format', 'positional')} chains" + (f" merged at gap {gap}" if gap >= 0 else "")
     dpo = config.get("dpo")
     if isinstance(dpo, dict):  # ``learn --pairs``: its train section is the start run's, which it continued
-        start = info.get("init_from") or "a trained run"
+        start = f"a run continued from `{info['init_from']}`" if info.get("init_from") else "a trained run"
         return (f"SmolLM2-135M with a LoRA adapter taught by DPO on {dpo.get('pairs', 0):,} preference pairs "
-                f"(beta {dpo.get('beta', 0):g}) on top of a run continued from `{start}`, {chains}")
+                f"(beta {dpo.get('beta', 0):g}) on top of {start}, {chains}")
     n, epochs = config.get("data", {}).get("train_examples"), info.get("epochs")
     # A run continued from another (``learn``, ``train --init-from``) says so: its pairs are the last stage's only.
     how = f"continued from `{info['init_from']}`" if info.get("init_from") else "trained by `secondthoughts train`"
