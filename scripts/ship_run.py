@@ -39,7 +39,8 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
         raise SystemExit(f"{run} has no model card (README.md): pass --card-extra")
     # The card's "Use" snippet and the config name the folder the run was written to (as given then, or resolved
     # now); quoted, so that a run folder whose path starts another's is not rewritten inside it.
-    out = json.loads((run / "config.json").read_text(encoding="utf-8")).get("train", {}).get("out")
+    config_text = (run / "config.json").read_text(encoding="utf-8")
+    out = json.loads(config_text).get("train", {}).get("out")
     olds = {f'"{p}"' for p in (str(run), str(run.resolve()), out) if p}
     here = f'"secondthoughts/examples/{dest.name}"'
 
@@ -50,11 +51,10 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
 
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
+        (tmp / "config.json").write_text(relocate(config_text), encoding="utf-8")
         for name in KEEP:
-            if (run / name).exists():
+            if name != "config.json" and (run / name).exists():
                 shutil.copy2(run / name, tmp / name)
-        config = tmp / "config.json"
-        config.write_text(relocate(config.read_text(encoding="utf-8")), encoding="utf-8")
         card = tmp / "README.md"
         text = relocate(card.read_text(encoding="utf-8")) if card.exists() else ""
         if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too

@@ -188,14 +188,14 @@ def shipped_summary(run: Path) -> str:
     config = json.loads((run / "config.json").read_text(encoding="utf-8")) if (run / "config.json").is_file() else {}
     gap = info.get("merge_gap", -1)
     chains = f"{info.get('chain_format', 'positional')} chains" + (f" merged at gap {gap}" if gap >= 0 else "")
+    # A run continued from another (``learn``, ``train --init-from``) says so: its pairs are the last stage's only.
+    continued = f"continued from `{info['init_from']}`" if info.get("init_from") else ""
     dpo = config.get("dpo")
     if isinstance(dpo, dict):  # ``learn --pairs``: its train section is the start run's, which it continued
-        start = f"a run continued from `{info['init_from']}`" if info.get("init_from") else "a trained run"
         return (f"SmolLM2-135M with a LoRA adapter taught by DPO on {dpo.get('pairs', 0):,} preference pairs "
-                f"(beta {dpo.get('beta', 0):g}) on top of {start}, {chains}")
+                f"(beta {dpo.get('beta', 0):g}) on top of {f'a run {continued}' if continued else 'a trained run'}, {chains}")
     n, epochs = config.get("data", {}).get("train_examples"), info.get("epochs")
-    # A run continued from another (``learn``, ``train --init-from``) says so: its pairs are the last stage's only.
-    how = f"continued from `{info['init_from']}`" if info.get("init_from") else "trained by `secondthoughts train`"
+    how = continued or "trained by `secondthoughts train`"
     return (f"SmolLM2-135M with a LoRA adapter {how} on {f'{n:,}' if isinstance(n, int) else 'its'} Moral Stories "
             f"pairs, {f'{epochs:g}' if isinstance(epochs, (int, float)) else '?'} epoch(s), {chains}")
 
