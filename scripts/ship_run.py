@@ -53,13 +53,13 @@ def ship(run: Path, dest: Path, card_extra: Path | None = None) -> Path:
     try:
         (tmp / "config.json").write_text(relocate(config_text), encoding="utf-8")
         for name in KEEP:
-            if name != "config.json" and (run / name).exists():
+            if name not in ("config.json", "README.md") and (run / name).exists():
                 shutil.copy2(run / name, tmp / name)
-        card = tmp / "README.md"
+        card = run / "README.md"
         text = relocate(card.read_text(encoding="utf-8")) if card.exists() else ""
         if card_extra is not None:  # measured after training (decodings, dev figures): the card says them too
             text = (text.rstrip() + "\n\n" if text else "") + card_extra.read_text(encoding="utf-8").strip() + "\n"
-        card.write_text(text, encoding="utf-8")
+        (tmp / "README.md").write_text(text, encoding="utf-8")
         shutil.copytree(run / "model", tmp / "model")
         weights = tmp / "model" / "adapter_model.safetensors"
         state = load_file(weights)
